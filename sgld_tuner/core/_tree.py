@@ -1,0 +1,75 @@
+"""Flatten tensors, tuples/lists and dicts of tensors to a list of leaves and back.
+
+The solvers work on flat lists of tensors; users pass whatever structure suits their
+problem. A tiny recursive spec keeps the two in step without private torch APIs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+Spec = Any  # None for a tensor leaf, ("seq", type, [specs]) or ("dict", keys, [specs])
+
+
+def flatten(obj: Any) -> tuple[list[torch.Tensor], Spec]:
+    """Return the tensor leaves of ``obj`` (depth first) and a spec to rebuild it."""
+    if isinstance(obj, torch.Tensor):
+        return [obj], None
+    if isinstance(obj, (tuple, list)):
+        leaves, specs = [], []
+        for item in obj:
+            sub, spec = flatten(item)
+            leaves.extend(sub)
+            specs.append(spec)
+        return leaves, ("seq", type(obj), specs)
+    if isinstance(obj, dict):
+        leaves, specs = [], []
+        keys = list(obj.keys())
+        for key in keys:
+            sub, spec = flatten(obj[key])
+            leaves.extend(sub)
+            specs.append(spec)
+        return leaves, ("dict", keys, specs)
+    raise TypeError(
+        f"expected a tensor or a tuple/list/dict of tensors, got {type(obj).__name__}"
+    )
+
+
+def unflatten(leaves: list[torch.Tensor], spec: Spec) -> Any:
+    """Inverse of :func:`flatten`."""
+    obj, rest = _build(list(leaves), spec)
+    if rest:
+        raise ValueError(f"{len(rest)} leaves left over when rebuilding the structure")
+    return obj
+
+
+def _build(leaves: list[torch.Tensor], spec: Spec):
+    if spec is None:
+        return leaves[0], leaves[1:]
+    kind, meta, specs = spec
+    items = []
+    for sub in specs:
+        item, leaves = _build(leaves, sub)
+        items.append(item)
+    if kind == "dict":
+        return dict(zip(meta, items)), leaves
+    return meta(items), leaves
+
+
+def numel(leaves: list[torch.Tensor]) -> int:
+    return sum(t.numel() for t in leaves)
+
+
+def dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of elementwise products over matching leaves."""
+    return sum((x * y).sum() for x, y in zip(a, b))
+
+
+def zeros_like(leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.zeros_like(t) for t in leaves]
+
+
+def fill_none(grads, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Replace the ``None`` that ``autograd.grad(allow_unused=True)`` returns with zeros."""
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]

@@ -1,0 +1,145 @@
+"""The HPO-SGLD hypergradient: SGLD samples and the forward recursion of paper eq. 22.
+
+Only vector-Jacobian products are taken (``torch.autograd.grad`` with ``grad_outputs``),
+so memory is O(dim theta + dim lam) whatever the number of inner steps.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _tree
+from .problem import BilevelProblem, ChainState, Hypergradient, InnerSettings, chain_start
+from .sgld import langevin_step
+
+
+def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: ChainState,
+                   settings: InnerSettings, generator: torch.Generator) -> Hypergradient:
+    """HPO-SGLD hypergradient of ``E_{p(theta|lam)}[f(lam, theta)]`` (paper Alg. 1).
+
+    Per step ``m = 1 .. B + M``::
+
+        theta_m = theta_{m-1} - eta grad_theta L_T + sqrt(2 eta tau) kappa z
+        g_m     = rho_m g_{m-1} + (theta_m - theta_{m-1})^T Hf(theta_{m-1}) J0
+                  - eta grad_theta f(theta_m)^T [ d2L_T/dlam dtheta + (paper only) H_T J0 ]
+        h      += (grad_lam f(theta_m) + g_m) / M          for m > B
+
+    ``rho_m = 1`` for ``recursion="paper"`` (eq. 22 verbatim). For ``"damped"``,
+    ``rho_m = clip(1 - eta v^T H_T v / v^T v, 0, 1)`` with ``v = grad_theta f(theta_m)``:
+    the ``(I - eta H_T)`` contraction of the exact tangent recursion, taken along ``v``.
+    It stands in for the paper's ``-eta H_T J0`` term, which is that same contraction
+    frozen at the start.
+    """
+    eta, burn_in, n_samples = settings.inner_lr, settings.burn_in, settings.n_samples
+    damped = settings.recursion == "damped"
+    depends = problem.start_depends_on_lam
+    n_lam = len(lam)
+
+    theta_start = chain_start(problem, lam, state, settings)
+    theta = [t.detach().requires_grad_(True) for t in theta_start]
+
+    def through_start(u):
+        """``u^T J0`` (zero for leaves of lam the start does not use)."""
+        grads = torch.autograd.grad(theta_start, lam, grad_outputs=u, retain_graph=True,
+                                    allow_unused=True)
+        return _tree.fill_none(grads, lam)
+
+    f_theta_prev = None
+    if depends:
+        value = problem.outer(lam, theta)
+        f_theta_prev = _tree.fill_none(
+            torch.autograd.grad(value, theta, create_graph=True, allow_unused=True), theta)
+        g = through_start([v.detach() for v in f_theta_prev])
+    elif damped and settings.chain == "persistent" and state.tangent is not None:
+        g = [t.clone() for t in state.tangent]
+    else:
+        g = _tree.zeros_like(lam)
+
+    # A closed-form mixed derivative spares the double backward when nothing else
+    # (Hessian-vector product) is needed from it.
+    use_closed_form = problem.mixed_vjp is not None and not damped and not depends
+    need_hessian = damped or depends
+
+    h = _tree.zeros_like(lam)
+    outer_sum = torch.zeros((), dtype=lam[0].dtype, device=lam[0].device)
+    samples = [] if settings.keep_samples else None
+    inner_uses_lam = None
+    rho = torch.ones((), dtype=lam[0].dtype, device=lam[0].device)
+    inner_value = None
+
+    for m in range(1, burn_in + n_samples + 1):
+        inner_value = problem.inner(lam, theta)
+        grad_inner = torch.autograd.grad(inner_value, theta, create_graph=not use_closed_form,
+                                         allow_unused=True)
+        grad_inner = _tree.fill_none(grad_inner, theta)
+        new_theta = langevin_step(theta, grad_inner, lr=eta, temperature=settings.temperature,
+                                  noise_scale=settings.noise_scale, generator=generator)
+        new_theta = [t.requires_grad_(True) for t in new_theta]
+
+        outer_value = problem.outer(lam, new_theta)
+        grads = torch.autograd.grad(outer_value, new_theta + lam, create_graph=depends,
+                                    allow_unused=True)
+        f_theta = _tree.fill_none(grads[: len(new_theta)], new_theta)
+        f_lam = _tree.fill_none(grads[len(new_theta):], lam)
+        v = [t.detach() for t in f_theta]
+
+        if use_closed_form:
+            mixed = problem.mixed(lam, theta, v)
+            hess_v = None
+        else:
+            targets = lam + (theta if need_hessian else [])
+            prods = torch.autograd.grad(grad_inner, targets, grad_outputs=v, allow_unused=True)
+            if inner_uses_lam is None:
+                inner_uses_lam = [p is not None for p in prods[:n_lam]]
+            mixed = _tree.fill_none(prods[:n_lam], lam)
+            hess_v = _tree.fill_none(prods[n_lam:], theta) if need_hessian else None
+
+        with torch.no_grad():
+            if damped:
+                vv = _tree.dot(v, v)
+                if vv > 0:
+                    rho = (1.0 - eta * _tree.dot(v, hess_v) / vv).clamp(0.0, 1.0)
+                g = [rho * gi for gi in g]
+            g = [gi - eta * bi for gi, bi in zip(g, mixed)]
+        if depends:
+            delta = [n.detach() - t.detach() for n, t in zip(new_theta, theta)]
+            curv = _tree.fill_none(torch.autograd.grad(
+                f_theta_prev, theta, grad_outputs=delta, allow_unused=True), theta)
+            extra = through_start(curv)
+            if not damped:
+                extra = [e - eta * s for e, s in zip(extra, through_start(hess_v))]
+            g = [gi + e for gi, e in zip(g, extra)]
+            f_theta_prev = f_theta
+
+        if m > burn_in:
+            with torch.no_grad():
+                h = [hi + (fl + gi) / n_samples for hi, fl, gi in zip(h, f_lam, g)]
+                outer_sum += outer_value.detach()
+            if samples is not None:
+                samples.append([t.detach().clone() for t in new_theta])
+        theta = new_theta
+
+    state.theta = [t.detach() for t in theta]
+    state.n_steps += burn_in + n_samples
+    state.tangent = ([t.detach() for t in g]
+                     if damped and not depends and settings.chain == "persistent" else None)
+    diagnostics = {"rho": float(rho)}
+    if inner_uses_lam is not None:
+        diagnostics["inner_uses_lam"] = inner_uses_lam
+    return Hypergradient(
+        grad=[t.detach() for t in h],
+        outer_loss=float(outer_sum / n_samples),
+        inner_loss=float(inner_value.detach()),
+        theta=[t.detach() for t in theta],
+        samples=samples,
+        diagnostics=diagnostics,
+    )
+
+
+def hypergradient(problem: BilevelProblem, lam: list[torch.Tensor], state: ChainState,
+                  settings: InnerSettings, generator: torch.Generator) -> Hypergradient:
+    """Dispatch to the method named by ``settings.method`` (all share this signature)."""
+    from .baselines import BASELINES
+
+    if settings.method == "sgld":
+        return sgld_hypergrad(problem, lam, state, settings, generator)
+    return BASELINES[settings.method](problem, lam, state, settings, generator)

@@ -1,0 +1,228 @@
+"""Shared types: the bilevel problem, the inner-loop settings, the chain state and the result.
+
+Every hypergradient method (``hypergrad.py`` and ``baselines.py``) has the signature::
+
+    method(problem, lam, state, settings, generator) -> Hypergradient
+
+with ``lam`` a flat list of leaf tensors that require grad, ``state`` the per-chain
+:class:`ChainState` (updated in place) and ``generator`` the one ``torch.Generator``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from . import _tree
+
+METHODS = ("sgld", "rmd", "rmd-fo", "fmd", "ift-cg", "ift-neumann")
+
+
+@dataclass
+class InnerSettings:
+    """Inner-loop knobs shared by all methods.
+
+    Parameters
+    ----------
+    method : str
+        One of ``METHODS``.
+    inner_lr : float
+        Inner step size ``eta`` (SGLD and the unrolled baselines alike).
+    burn_in, n_samples : int
+        SGLD's ``B`` (steps discarded) and ``M`` (steps averaged).
+    temperature, noise_scale : float
+        SGLD's ``tau`` and ``kappa``: noise std per step is ``sqrt(2 eta tau) * kappa``.
+    n_inner : int or None
+        Inner steps of the baselines; ``None`` means ``burn_in + n_samples`` (equal cost).
+    chain : {"persistent", "restart"}
+        Whether an outer iteration continues the previous chain (detached, so still
+        independent of ``lam``) or restarts from ``theta0``. A callable ``theta0``
+        (MAML-type start) always restarts.
+    recursion : {"damped", "paper"}
+        ``"paper"`` is eq. 22 as published. ``"damped"`` keeps the ``(I - eta H)``
+        contraction the first-order recursion drops, through the Rayleigh quotient of
+        the inner Hessian along ``grad_theta f`` (one double-backward gives both
+        products), and carries the recursion state across outer iterations of a
+        persistent chain. See ``docs/bias.md`` for the measurements behind the default.
+    keep_samples : bool
+        Keep the ``M`` retained SGLD samples in the result (for posterior ensembles).
+    cg_iters, cg_damping : int, float
+        IFT-CG: iterations and Hessian regulariser ``gamma`` in ``(H + gamma I) x = v``.
+    neumann_iters, neumann_alpha : int, float
+        IFT-Neumann: series length ``i`` and step ``alpha`` in
+        ``H^-1 v ~ alpha * sum_k (I - alpha H)^k v``.
+    """
+
+    method: str = "sgld"
+    inner_lr: float = 0.01
+    burn_in: int = 50
+    n_samples: int = 50
+    temperature: float = 1.0
+    noise_scale: float = 1.0
+    n_inner: int | None = None
+    chain: str = "persistent"
+    recursion: str = "damped"
+    keep_samples: bool = False
+    cg_iters: int = 10
+    cg_damping: float = 0.01
+    neumann_iters: int = 10
+    neumann_alpha: float = 0.99
+
+    def validate(self) -> "InnerSettings":
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.chain not in ("persistent", "restart"):
+            raise ValueError(f"chain must be 'persistent' or 'restart', got {self.chain!r}")
+        if self.recursion not in ("damped", "paper"):
+            raise ValueError(f"recursion must be 'damped' or 'paper', got {self.recursion!r}")
+        checks = {
+            "inner_lr": self.inner_lr > 0,
+            "burn_in": self.burn_in >= 0,
+            "n_samples": self.n_samples >= 1,
+            "temperature": self.temperature >= 0,
+            "noise_scale": self.noise_scale >= 0,
+            "n_inner": self.n_inner is None or self.n_inner >= 1,
+            "cg_iters": self.cg_iters >= 1,
+            "neumann_iters": self.neumann_iters >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{n}={getattr(self, n)!r}" for n in bad)
+            raise ValueError(
+                f"invalid inner settings: {values} (need inner_lr > 0, burn_in >= 0, "
+                "n_samples >= 1, temperature >= 0, noise_scale >= 0, n_inner >= 1)"
+            )
+        return self
+
+    @property
+    def steps(self) -> int:
+        """Inner steps per outer iteration for the chosen method."""
+        if self.method == "sgld":
+            return self.burn_in + self.n_samples
+        return self.n_inner if self.n_inner is not None else self.burn_in + self.n_samples
+
+
+@dataclass
+class ChainState:
+    """What persists between outer iterations of one chain (one per cv fold in the tuner)."""
+
+    theta: list[torch.Tensor] | None = None
+    tangent: list[torch.Tensor] | None = None  # damped recursion's g, shaped like lam
+    n_steps: int = 0
+
+    def reset(self) -> None:
+        self.theta, self.tangent, self.n_steps = None, None, 0
+
+
+@dataclass
+class Hypergradient:
+    """One hypergradient estimate.
+
+    Attributes
+    ----------
+    grad : list of Tensor
+        ``d E[f] / d lam``, shaped like ``lam``.
+    outer_loss : float
+        Outer loss averaged over the retained samples (SGLD) or at the final iterate.
+    inner_loss : float
+        Inner loss at the last step.
+    theta : list of Tensor
+        Last inner iterate (detached).
+    samples : list of list of Tensor or None
+        Retained SGLD samples when ``keep_samples`` was set.
+    diagnostics : dict
+        Method-specific numbers (e.g. the damping factor).
+    """
+
+    grad: list[torch.Tensor]
+    outer_loss: float
+    inner_loss: float
+    theta: list[torch.Tensor]
+    samples: list[list[torch.Tensor]] | None = None
+    diagnostics: dict = field(default_factory=dict)
+
+
+class BilevelProblem:
+    """Outer and inner losses over structured ``lam`` / ``theta``, seen as flat tensor lists.
+
+    Parameters
+    ----------
+    outer_loss, inner_loss : callable
+        ``(lam, theta) -> scalar tensor`` on the user's structures. ``inner_loss`` may be
+        a minibatch (stochastic) estimate; each inner step calls it exactly once.
+    lam_spec : spec
+        Structure of ``lam`` (from ``_tree.flatten``).
+    theta0 : tensor, tuple/dict of tensors, or callable
+        Start of the chain. A callable ``lam -> theta`` is the MAML-type start whose
+        Jacobian ``J0`` enters the recursion.
+    mixed_vjp : callable, optional
+        ``(lam, theta, v) -> list`` giving ``v^T d2 L_T / (d theta d lam)`` in closed form
+        (separable penalties), used instead of a double backward where the method
+        needs nothing else from it.
+    """
+
+    def __init__(self, outer_loss: Callable, inner_loss: Callable, lam_spec, theta0: Any,
+                 mixed_vjp: Callable | None = None):
+        self.outer_loss = outer_loss
+        self.inner_loss = inner_loss
+        self.lam_spec = lam_spec
+        self.mixed_vjp = mixed_vjp
+        if callable(theta0) and not isinstance(theta0, torch.Tensor):
+            self.theta0_fn = theta0
+            self.theta0_leaves, self.theta_spec = None, None
+        else:
+            self.theta0_fn = None
+            leaves, self.theta_spec = _tree.flatten(theta0)
+            self.theta0_leaves = [t.detach().clone() for t in leaves]
+
+    @property
+    def start_depends_on_lam(self) -> bool:
+        return self.theta0_fn is not None
+
+    def start(self, lam: list[torch.Tensor]) -> list[torch.Tensor]:
+        """theta0 as leaves; keeps the graph to ``lam`` for a callable start."""
+        if self.theta0_fn is None:
+            return [t.clone() for t in self.theta0_leaves]
+        out = self.theta0_fn(_tree.unflatten(lam, self.lam_spec))
+        leaves, spec = _tree.flatten(out)
+        self.theta_spec = spec
+        return leaves
+
+    def _call(self, fn, name, lam, theta) -> torch.Tensor:
+        value = fn(_tree.unflatten(lam, self.lam_spec), _tree.unflatten(theta, self.theta_spec))
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must return a scalar tensor, got {type(value).__name__}")
+        if value.numel() != 1:
+            raise ValueError(
+                f"{name} must return a scalar tensor, got shape {tuple(value.shape)}; "
+                "reduce it (e.g. .mean()) first"
+            )
+        return value.reshape(())
+
+    def outer(self, lam, theta) -> torch.Tensor:
+        return self._call(self.outer_loss, "outer_loss", lam, theta)
+
+    def inner(self, lam, theta) -> torch.Tensor:
+        return self._call(self.inner_loss, "inner_loss", lam, theta)
+
+    def mixed(self, lam, theta, v) -> list[torch.Tensor]:
+        out = self.mixed_vjp(_tree.unflatten(lam, self.lam_spec),
+                             _tree.unflatten(theta, self.theta_spec),
+                             _tree.unflatten(v, self.theta_spec))
+        leaves, _ = _tree.flatten(out)
+        return leaves
+
+
+def chain_start(problem: BilevelProblem, lam, state: ChainState, settings: InnerSettings):
+    """Leaves to start this outer iteration's chain from.
+
+    A callable ``theta0`` is re-evaluated at ``lam`` (graph kept: the MAML-type start);
+    otherwise a persistent chain continues from where the last outer iteration left it.
+    The returned leaves are the ones ``J0`` is taken of; callers detach their own copy.
+    """
+    if problem.start_depends_on_lam:
+        return problem.start(lam)
+    if settings.chain == "persistent" and state.theta is not None:
+        return [t.detach() for t in state.theta]
+    return problem.start(lam)
