@@ -1,0 +1,66 @@
+"""``cv_results_`` and ``history_`` in the formats scikit-learn and pandas users expect."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+
+def rank_scores(scores: np.ndarray) -> np.ndarray:
+    """GridSearchCV's ranking: 1 is best, ties share the lowest rank, NaN ranks last."""
+    scores = np.asarray(scores, dtype=float)
+    if np.isnan(scores).all():
+        return np.ones(len(scores), dtype=np.int32)
+    filled = np.where(np.isnan(scores), np.nanmin(scores) - 1.0, scores)
+    return rankdata(-filled, method="min").astype(np.int32)
+
+
+def build_cv_results(points: list[dict], metric_names: list[str], n_splits: int,
+                     single_metric: bool) -> dict:
+    """Assemble ``cv_results_`` from evaluation points of the hyperparameter trajectory.
+
+    Parameters
+    ----------
+    points : list of dict
+        One per evaluation point: ``iteration``, ``params`` (name -> scalar summary),
+        ``scores`` (metric -> list of per-split scores), ``fit_times`` and
+        ``score_times`` (per split, seconds).
+    metric_names : list of str
+        Metric keys; a single metric is reported under the name ``score``.
+    n_splits : int
+    single_metric : bool
+        Whether to use GridSearchCV's single-metric names (``mean_test_score``...).
+
+    Returns
+    -------
+    dict of numpy arrays (``param_*`` as masked arrays, like GridSearchCV).
+    """
+    n = len(points)
+    results: dict = {}
+    fit = np.array([p["fit_times"] for p in points], dtype=float).reshape(n, n_splits)
+    score = np.array([p["score_times"] for p in points], dtype=float).reshape(n, n_splits)
+    results["mean_fit_time"], results["std_fit_time"] = fit.mean(axis=1), fit.std(axis=1)
+    results["mean_score_time"], results["std_score_time"] = score.mean(axis=1), score.std(axis=1)
+    names = sorted({key for p in points for key in p["params"]})
+    for name in names:
+        values = np.ma.MaskedArray(np.empty(n, dtype=float), mask=True)
+        for i, p in enumerate(points):
+            if name in p["params"]:
+                values[i] = p["params"][name]
+        results[f"param_{name}"] = values
+    results["params"] = [dict(p["params"]) for p in points]
+    results["iteration"] = np.array([p["iteration"] for p in points], dtype=int)
+    for metric in metric_names:
+        key = "score" if single_metric else metric
+        table = np.array([p["scores"][metric] for p in points], dtype=float).reshape(n, n_splits)
+        for k in range(n_splits):
+            results[f"split{k}_test_{key}"] = table[:, k]
+        results[f"mean_test_{key}"] = table.mean(axis=1)
+        results[f"std_test_{key}"] = table.std(axis=1)
+        results[f"rank_test_{key}"] = rank_scores(results[f"mean_test_{key}"])
+    return results
+
+
+def build_history(records: list[dict]) -> pd.DataFrame:
+    """One row per outer iteration (columns vary with what was recorded)."""
+    return pd.DataFrame.from_records(records)
