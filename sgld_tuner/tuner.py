@@ -15,7 +15,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from joblib import Parallel, delayed
-from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier, is_regressor
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import check_cv
 from sklearn.preprocessing import LabelEncoder
@@ -296,21 +296,25 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     def _validate_inputs(self, X, y):
         X, y = validate_data(self, X, y, accept_sparse=False, dtype=None, allow_nd=True,
                              multi_output=not self._is_classifier,
-                             y_numeric=not self._is_classifier)
+                             y_numeric=is_regressor(self.estimator))
         # The net computes in float32 (skorch's default); float64 input is cast, by design.
         X = np.asarray(X, dtype=np.float32)
+        if not X.flags.writeable:  # torch warns on read-only arrays (e.g. from DataFrames)
+            X = X.copy()
         if self._is_classifier:
             check_classification_targets(y)
             encoder = LabelEncoder().fit(y)
             if len(encoder.classes_) < 2:
                 raise ValueError(
-                    f"y has a single class ({encoder.classes_[0]!r}); a classifier needs at "
+                    f"y has 1 class only ({encoder.classes_[0]!r}); a classifier needs at "
                     "least 2 classes")
             self.classes_ = encoder.classes_
             self._label_encoder = encoder
             y = encoder.transform(y).astype(np.int64)
-        else:
+        elif is_regressor(self.estimator):
             y = np.asarray(y, dtype=np.float32)
+        else:  # a plain NeuralNet: the user's criterion decides what y must be
+            y = np.asarray(y)
         return X, y
 
     # ------------------------------------------------------------------ fit
@@ -341,10 +345,15 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self.scorer_ = scorers if multimetric else scorers["score"]
 
         cv = check_cv(self.cv, y, classifier=self._is_classifier)
+        if len(X) < cv.get_n_splits(X, y, groups):
+            raise ValueError(
+                f"n_samples={len(X)} is fewer than the {cv.get_n_splits(X, y, groups)} cv "
+                "folds; pass more data or a smaller cv")
         splits = list(cv.split(X, y, groups))
         self.n_splits_ = len(splits)
         rng = check_random_state(self.random_state)
         seeds = rng.randint(0, 2**31 - 1, size=(len(splits), 2))
+        refit_seed = int(rng.randint(0, 2**31 - 1))
 
         settings = self._settings()
         folds = [self._make_fold(X, y, train, val, seed)
@@ -433,14 +442,19 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
 
         self.cv_results_ = build_cv_results(points, metric_names, self.n_splits_, not multimetric)
         self.history_ = build_history(records)
-        self._folds = folds
+        # Keep the chains' states (for warm starts), not the folds: those hold data copies.
+        self._chain_states = [fold.state for fold in folds]
         self._bound = folds[0].problem.bound
         self.hyperparams_ = self._public_values(lam)
         self._select_best(snapshots, metric_names, multimetric)
         if self.refit:
             refit_started = time.perf_counter()
             self.best_estimator_ = make_learned_net(self.estimator, self.hyperparams, self.best_params_)
-            self.best_estimator_.fit(X, y)
+            # skorch draws initial weights and batch order from torch's global RNG: seed it
+            # (without disturbing the caller's stream) so that random_state fixes the refit.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(refit_seed)
+                self.best_estimator_.fit(X, y)
             self.refit_time_ = time.perf_counter() - refit_started
         return self
 
@@ -458,17 +472,17 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         if self._is_classifier:
             overrides["classes"] = list(range(len(self.classes_)))
         net.set_params(**overrides)
-        # skorch initialises the module from torch's global RNG: seed it without
-        # disturbing the caller's stream.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed[0]))
-            net.initialize()
         device = getattr(net, "device", "cpu") or "cpu"
         generator = make_generator(int(seed[1]), device)
         batch_size = self.batch_size if self.batch_size is not None else net.batch_size
-        problem = NetProblem(net, self.hyperparams, X[train], y[train], X[val], y[val],
-                             train_rows=np.asarray(train), batch_size=batch_size,
-                             generator=generator)
+        # skorch initialises the module from torch's global RNG (lazy modules only on the
+        # first forward, inside NetProblem): seed it without disturbing the caller's stream.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed[0]))
+            net.initialize()
+            problem = NetProblem(net, self.hyperparams, X[train], y[train], X[val], y[val],
+                                 train_rows=np.asarray(train), batch_size=batch_size,
+                                 generator=generator)
         lam_spec = _tree.flatten(problem.init_lam())[1]
         bilevel = BilevelProblem(problem.outer_loss, problem.inner_loss, lam_spec,
                                  problem.theta0(), mixed_vjp=problem.mixed_vjp())
@@ -543,7 +557,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ delegation
     def _encode(self, y):
-        return self._label_encoder.transform(y) if self._is_classifier else np.asarray(y, dtype=np.float32)
+        if self._is_classifier:
+            return self._label_encoder.transform(y)
+        return np.asarray(y, dtype=np.float32) if is_regressor(self.estimator) else np.asarray(y)
 
     def _check_X(self, X):
         check_is_fitted(self, "best_estimator_")
@@ -562,7 +578,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     @available_if(_estimator_has("predict_proba"))
     def predict_proba(self, X):
         """Class probabilities from ``best_estimator_`` (columns follow ``classes_``)."""
-        return self.best_estimator_.predict_proba(self._check_X(X))
+        X = self._check_X(X)
+        return self.best_estimator_.predict_proba(X)
 
     @available_if(_estimator_has("predict_proba"))
     def predict_log_proba(self, X):

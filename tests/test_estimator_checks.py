@@ -1,0 +1,47 @@
+"""scikit-learn's estimator checks on the tuner over a tiny skorch net.
+
+Checks that cannot apply are listed with the reason (``expected_failed_checks``).
+"""
+import torch
+from skorch import NeuralNetClassifier
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sgld_tuner import SGLDHyperTuner
+from sgld_tuner.hyperparams import PerWeightL1
+
+
+class LazyMLP(torch.nn.Module):
+    """Input size inferred on first use; the output size must be fixed up front (skorch)."""
+
+    def __init__(self, hidden=4, n_out=3):
+        super().__init__()
+        self.hidden = torch.nn.LazyLinear(hidden)
+        self.out = torch.nn.Linear(hidden, n_out)
+
+    def forward(self, X):
+        return self.out(torch.tanh(self.hidden(X)))
+
+
+def make_tuner():
+    net = NeuralNetClassifier(LazyMLP, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
+                              max_epochs=1, batch_size=32, train_split=None, verbose=0)
+    return SGLDHyperTuner(net, {"l1": PerWeightL1(init=1e-3)}, n_outer=1, burn_in=1,
+                          n_samples=1, cv=2, eval_every=1, random_state=0)
+
+
+FIXED_OUTPUT = ("the data has a different number of classes than the 3 outputs the skorch "
+                "module was built with; a net's output layer is fixed at construction")
+
+EXPECTED_FAILURES = {
+    "check_estimators_dtypes": FIXED_OUTPUT,
+    "check_dtype_object": FIXED_OUTPUT,
+    "check_estimators_pickle": FIXED_OUTPUT,
+    "check_classifier_data_not_an_array": FIXED_OUTPUT,
+    "check_classifiers_train": ("one epoch of a 4-unit MLP (kept tiny for test speed) does not "
+                                "reach the check's accuracy thresholds"),
+}
+
+
+@parametrize_with_checks([make_tuner()], expected_failed_checks=lambda est: EXPECTED_FAILURES)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)

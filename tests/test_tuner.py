@@ -1,0 +1,235 @@
+"""SGLDHyperTuner as a scikit-learn citizen: composition, fitted attributes, input handling."""
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
+from sklearn.base import clone, is_classifier, is_regressor
+from sklearn.datasets import load_digits, make_regression
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils._param_validation import InvalidParameterError
+
+from sgld_tuner import SGLDHyperTuner
+from sgld_tuner.hyperparams import PerWeightL1, WeightDecay
+
+
+class TinyMLP(torch.nn.Module):
+    def __init__(self, n_in=64, hidden=8, n_out=4):
+        super().__init__()
+        self.hidden = torch.nn.Linear(n_in, hidden)
+        self.out = torch.nn.Linear(hidden, n_out)
+
+    def forward(self, X):
+        return self.out(torch.tanh(self.hidden(X)))
+
+
+def tiny_classifier(**kwargs):
+    params = dict(module__n_in=64, module__n_out=4, criterion=torch.nn.CrossEntropyLoss,
+                  lr=0.1, max_epochs=2, batch_size=32, train_split=None, verbose=0)
+    params.update(kwargs)
+    return NeuralNetClassifier(TinyMLP, **params)
+
+
+def tiny_tuner(net=None, **kwargs):
+    params = dict(n_outer=2, burn_in=1, n_samples=1, cv=2, eval_every=1, random_state=0)
+    params.update(kwargs)
+    return SGLDHyperTuner(net if net is not None else tiny_classifier(),
+                          {"l1": PerWeightL1(init=1e-3)}, **params)
+
+
+@pytest.fixture(scope="module")
+def digits4():
+    X, y = load_digits(n_class=4, return_X_y=True)
+    return (X[:120] / 16.0).astype(np.float32), y[:120]
+
+
+@pytest.fixture(scope="module")
+def fitted(digits4):
+    return tiny_tuner().fit(*digits4)
+
+
+def test_fitted_attributes_follow_gridsearchcv(fitted, digits4):
+    X, y = digits4
+    res = fitted.cv_results_
+    for key in ["params", "param_l1", "split0_test_score", "split1_test_score", "mean_test_score",
+                "std_test_score", "rank_test_score", "mean_fit_time", "std_fit_time",
+                "mean_score_time", "std_score_time"]:
+        assert key in res, key
+    assert len(res["params"]) == 2  # eval_every=1, n_outer=2: two points on the trajectory
+    assert res["rank_test_score"].dtype.kind == "i"
+    assert np.isscalar(res["param_l1"][0])  # a summary, not the per-weight array
+    assert fitted.best_index_ == int(np.argmin(res["rank_test_score"]))
+    assert fitted.best_score_ == res["mean_test_score"][fitted.best_index_]
+    assert set(fitted.best_params_) == {"l1"} and set(fitted.hyperparams_) == {"l1"}
+    sizes = sum(np.size(v) for v in fitted.best_params_["l1"].values())
+    assert sizes == 64 * 8 + 8 * 4  # one strength per weight of both layers
+    assert fitted.n_splits_ == 2 and fitted.n_features_in_ == 64
+    np.testing.assert_array_equal(fitted.classes_, np.arange(4))
+    assert fitted.refit_time_ > 0 and len(fitted.history_) == 2
+    assert {"outer_loss", "hypergrad_norm", "time_s", "param_l1"} <= set(fitted.history_)
+    assert fitted.predict(X).shape == (len(X),)
+    proba = fitted.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
+    assert 0.0 <= fitted.score(X, y) <= 1.0
+
+
+def test_is_a_classifier_when_wrapping_one(fitted):
+    assert is_classifier(fitted) and not is_regressor(fitted)
+
+
+def test_clone_and_deep_params_route_to_the_net():
+    tuner = tiny_tuner()
+    params = tuner.get_params(deep=True)
+    assert params["estimator__lr"] == 0.1
+    tuner.set_params(estimator__lr=0.05, estimator__module__hidden=5, temperature=1e-3)
+    assert tuner.estimator.lr == 0.05 and tuner.estimator.module__hidden == 5
+    cloned = clone(tuner)
+    assert cloned.get_params()["estimator__module__hidden"] == 5
+    assert cloned.hyperparams["l1"] is not tuner.hyperparams["l1"]
+
+
+def test_pickle_round_trip_predicts_the_same(fitted, digits4):
+    X, _ = digits4
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.predict(X), fitted.predict(X))
+
+
+def test_best_estimator_clones_and_retrains_with_learned_values(fitted, digits4):
+    X, y = digits4
+    again = clone(fitted.best_estimator_).fit(X, y)
+    assert again.predict(X).shape == (len(X),)
+
+
+def test_inside_pipeline_and_cross_val_score(digits4):
+    X, y = digits4
+    pipe = make_pipeline(StandardScaler(), tiny_tuner(n_outer=1))
+    pipe.fit(X, y)
+    assert pipe.score(X, y) > 0.25
+    scores = cross_val_score(tiny_tuner(n_outer=1), X, y, cv=2)
+    assert scores.shape == (2,) and np.all(np.isfinite(scores))
+
+
+def test_gridsearchcv_around_the_tuner_over_discrete_knobs(digits4):
+    X, y = digits4
+    grid = GridSearchCV(tiny_tuner(n_outer=1),
+                        {"estimator__module__hidden": [4, 8], "temperature": [1e-4, 1e-2]}, cv=2)
+    grid.fit(X, y)
+    assert len(grid.cv_results_["params"]) == 4
+    assert grid.best_estimator_.best_params_.keys() == {"l1"}
+
+
+def test_multimetric_scoring_and_refit_by_name(digits4):
+    X, y = digits4
+    tuner = tiny_tuner(scoring=["accuracy", "neg_log_loss"], refit="neg_log_loss").fit(X, y)
+    res = tuner.cv_results_
+    assert {"mean_test_accuracy", "rank_test_neg_log_loss", "split1_test_neg_log_loss"} <= set(res)
+    assert tuner.best_index_ == int(np.argmin(res["rank_test_neg_log_loss"]))
+    with pytest.raises(ValueError, match="multi-metric"):
+        tiny_tuner(scoring=["accuracy", "f1_macro"], refit=True).fit(X, y)
+
+
+def test_refit_callable_and_refit_false(digits4):
+    X, y = digits4
+    tuner = tiny_tuner(refit=lambda res: 0).fit(X, y)
+    assert tuner.best_index_ == 0 and not hasattr(tuner, "best_score_")
+    no_refit = tiny_tuner(refit=False).fit(X, y)
+    assert not hasattr(no_refit, "best_estimator_") and not hasattr(no_refit, "predict")
+
+
+def test_string_labels_and_dataframe_input(digits4):
+    X, y = digits4
+    labels = np.array(["zero", "one", "two", "three"])[y]
+    frame = pd.DataFrame(X, columns=[f"px{i}" for i in range(64)])
+    tuner = tiny_tuner(n_outer=1).fit(frame, pd.Series(labels))
+    assert set(tuner.predict(frame)) <= set(labels)
+    assert list(tuner.feature_names_in_)[:2] == ["px0", "px1"]
+
+
+def test_float64_input_is_accepted(digits4):
+    X, y = digits4
+    tuner = tiny_tuner(n_outer=1).fit(X.astype(np.float64), y)
+    assert tuner.predict(X.astype(np.float64)).shape == (len(X),)
+
+
+def test_regressor_with_weight_decay():
+    X, y = make_regression(n_samples=80, n_features=6, noise=0.1, random_state=0)
+    X, y = X.astype(np.float32), (y / y.std()).astype(np.float32).reshape(-1, 1)
+    net = NeuralNetRegressor(TinyMLP, module__n_in=6, module__n_out=1, lr=0.05, max_epochs=2,
+                             batch_size=16, train_split=None, verbose=0)
+    tuner = SGLDHyperTuner(net, {"wd": WeightDecay(init=1e-3, granularity="tensor")}, n_outer=2,
+                           burn_in=1, n_samples=1, cv=KFold(2), eval_every=1, random_state=0)
+    tuner.fit(X, y)
+    assert is_regressor(tuner) and tuner.predict(X).shape[0] == 80
+    assert np.isfinite(tuner.best_score_)
+
+
+def test_same_random_state_same_scores_and_different_differs(digits4):
+    X, y = digits4
+    a = tiny_tuner(refit=False, temperature=1e-2).fit(X, y).cv_results_["mean_test_score"]
+    b = tiny_tuner(refit=False, temperature=1e-2).fit(X, y).cv_results_["mean_test_score"]
+    np.testing.assert_array_equal(a, b)
+    losses = [tiny_tuner(refit=False, random_state=s, temperature=1e-2).fit(X, y).history_["outer_loss"].iloc[-1]
+              for s in (0, 1)]
+    assert losses[0] != losses[1]
+
+
+def test_callbacks_can_stop_and_verbose_shows_progress(digits4, capsys):
+    X, y = digits4
+    seen = []
+    tuner = tiny_tuner(n_outer=5, refit=False, verbose=1,
+                       callbacks=[lambda rec: seen.append(rec["iteration"]) or rec["iteration"] >= 1])
+    with pytest.warns(RuntimeWarning, match="callback"):
+        tuner.fit(X, y)
+    assert seen == [0, 1] and len(tuner.history_) == 2
+    assert "SGLDHyperTuner" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs,error", [
+    ({"temperature": 0.0}, InvalidParameterError),
+    ({"n_outer": 0}, InvalidParameterError),
+    ({"burn_in": -1}, InvalidParameterError),
+    ({"n_samples": 0}, InvalidParameterError),
+    ({"cv": "five"}, InvalidParameterError),
+    ({"method": "grid"}, InvalidParameterError),
+])
+def test_invalid_knobs_raise_sklearn_errors(digits4, kwargs, error):
+    with pytest.raises(error):
+        tiny_tuner(**kwargs).fit(*digits4)
+
+
+def test_bad_estimator_and_hyperparams(digits4):
+    X, y = digits4
+    from sklearn.linear_model import LogisticRegression
+
+    with pytest.raises((TypeError, InvalidParameterError), match="skorch|estimator"):
+        SGLDHyperTuner(LogisticRegression(), {"l1": PerWeightL1()}).fit(X, y)
+    with pytest.raises(ValueError, match="hyperparams is empty"):
+        SGLDHyperTuner(tiny_classifier(), {}).fit(X, y)
+    with pytest.raises(ValueError, match="available"):
+        SGLDHyperTuner(tiny_classifier(), {"l1": PerWeightL1(params="nope.*")}, n_outer=1,
+                       cv=2).fit(X, y)
+
+
+@pytest.mark.parametrize("make_bad,match", [
+    (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), y), "NaN"),
+    (lambda X, y: (X, y[:-3]), "inconsistent numbers of samples"),
+    (lambda X, y: (X, np.zeros_like(y)), "1 class"),
+])
+def test_bad_data_is_refused_before_training(digits4, make_bad, match):
+    X, y = make_bad(*digits4)
+    with pytest.raises(ValueError, match=match):
+        tiny_tuner().fit(X, y)
+
+
+def test_plain_neuralnet_is_accepted_with_explicit_scoring(digits4):
+    X, y = digits4
+    net = NeuralNet(TinyMLP, criterion=torch.nn.CrossEntropyLoss, lr=0.1, max_epochs=1,
+                    batch_size=32, train_split=None, verbose=0)
+    tuner = tiny_tuner(net=net, scoring=lambda est, X_, y_: -float(np.mean(
+        np.argmax(est.predict_proba(X_), 1) != y_)), refit=False)
+    tuner.fit(X, y.astype(np.int64))
+    assert np.isfinite(tuner.cv_results_["mean_test_score"]).all()
