@@ -1,0 +1,24 @@
+"""Hyperparameter kinds that :class:`sgld_tuner.SGLDHyperTuner` can learn.
+
+Each kind is a small scikit-learn style specification (``__init__`` only stores its
+arguments); :meth:`Hyperparameter.bind` attaches it to a module and the data's shapes.
+
+==================  ==========================================  =========================
+kind                what it learns                              transform (raw -> value)
+==================  ==========================================  =========================
+PerWeightL1         one L1 strength per weight (paper 4.2)      softplus
+WeightDecay         L2 strengths per weight / tensor / global   softplus
+LossWeights         per-class weights of the criterion          C * softmax (mean 1)
+TaylorLoss          8-coefficient polynomial loss (eq. 53)      identity
+AffineAugmentation  ranges of random affine warps (paper 4.6)   identity
+SampleWeights       one weight per training row                 2 * sigmoid, in (0, 2)
+==================  ==========================================  =========================
+"""
+from .augmentation import AffineAugmentation
+from .base import BoundHyperparameter, Hyperparameter
+from .losses import LossWeights, TaylorLoss
+from .penalties import PerWeightL1, WeightDecay
+from .reweighting import SampleWeights
+
+__all__ = ["Hyperparameter", "BoundHyperparameter", "PerWeightL1", "WeightDecay",
+           "LossWeights", "TaylorLoss", "AffineAugmentation", "SampleWeights"]

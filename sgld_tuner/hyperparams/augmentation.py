@@ -1,0 +1,161 @@
+"""Learned affine data augmentation (invariance learning, paper Sec. 4.6 / Supplement D.6).
+
+Each training image is warped by ``T = matrix_exp(sum_i eps_i lam_i G_i)`` with
+``eps_i ~ U[-1, 1]`` drawn per image, ``G_i`` the 3x3 Lie-algebra generators of the affine
+group, applied with ``affine_grid`` / ``grid_sample`` so the loss is differentiable in
+``lam``. ``|lam_i|`` is the learned range of transformation ``i``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import BoundHyperparameter, Hyperparameter, as_tensor
+
+__all__ = ["AffineAugmentation", "GENERATORS"]
+
+# Generators acting on grid_sample's normalised coordinates (x, y, 1) in [-1, 1]^2.
+GENERATORS = {
+    "tx": ((0, 0, 1), (0, 0, 0), (0, 0, 0)),      # x-translation
+    "ty": ((0, 0, 0), (0, 0, 1), (0, 0, 0)),      # y-translation
+    "rot": ((0, -1, 0), (1, 0, 0), (0, 0, 0)),    # rotation
+    "sx": ((1, 0, 0), (0, 0, 0), (0, 0, 0)),      # x-scaling (log scale)
+    "sy": ((0, 0, 0), (0, 1, 0), (0, 0, 0)),      # y-scaling
+    "shear": ((0, 1, 0), (1, 0, 0), (0, 0, 0)),   # shear (symmetric)
+}
+
+
+class AffineAugmentation(Hyperparameter):
+    """Learned ranges of random affine transformations of image inputs.
+
+    Parameters
+    ----------
+    generators : tuple of str, default=("tx", "ty", "rot", "sx", "sy", "shear")
+        Which transformations to learn, from ``GENERATORS``.
+    init : float or dict, default=0.0
+        Initial range per generator (one float for all, or dict generator -> float). 0 is
+        "no augmentation", but also a stationary point: ``eps`` is symmetric, so the
+        expected loss is even in each ``lam_i`` and its expected hypergradient vanishes at
+        0 (only minibatch noise moves it). Start from a small value such as 0.05 to learn.
+    image_shape : tuple, optional
+        ``(H, W)`` or ``(C, H, W)`` to reshape flat rows (e.g. ``(8, 8)`` for digits); when
+        ``None`` the inputs must already be ``(N, C, H, W)`` or ``(N, H, W)``.
+    n_samples : int, default=1
+        Monte Carlo draws per image: the module output is averaged over them (the paper's
+        ``g_bar``; it used 31).
+    rho : float, default=0.0
+        Adds ``-rho * ||lam||^2`` to the outer loss to favour wide invariances (paper D.6
+        uses 0.01). Unbounded below in ``lam``: keep ``rho`` small.
+
+    Notes
+    -----
+    Transform: identity (``lam`` may be negative; ``eps`` is symmetric so only ``|lam_i|``
+    matters). Rotation ranges are in radians, translations in half-widths of the image,
+    scales in log-units. Applied in training (and in the outer loss when the tuner asks for
+    ``augment_outer``); prediction uses un-warped inputs. ``to_public`` gives a dict
+    ``generator -> float``; ``summary`` is ``mean |lam_i|``.
+    """
+
+    def __init__(self, generators=("tx", "ty", "rot", "sx", "sy", "shear"), init=0.0,
+                 image_shape=None, n_samples=1, rho=0.0):
+        self.generators = generators
+        self.init = init
+        self.image_shape = image_shape
+        self.n_samples = n_samples
+        self.rho = rho
+
+    def _make_bound(self, module, names, *, n_train, n_classes, input_shape):
+        gens = (self.generators,) if isinstance(self.generators, str) else tuple(self.generators)
+        unknown = [g for g in gens if g not in GENERATORS]
+        if not gens or unknown or len(set(gens)) != len(gens):
+            raise ValueError(f"AffineAugmentation: generators must be distinct names from "
+                             f"{list(GENERATORS)}, got {self.generators!r}")
+        if int(self.n_samples) != self.n_samples or self.n_samples < 1:
+            raise ValueError(f"AffineAugmentation: n_samples must be an int >= 1, "
+                             f"got {self.n_samples!r}")
+        if not (math.isfinite(self.rho) and self.rho >= 0):
+            raise ValueError(f"AffineAugmentation: rho must be >= 0, got {self.rho!r}")
+        image_shape = self._image_shape(tuple(input_shape))
+        bound = _BoundAffine(self, gens, image_shape, int(self.n_samples), float(self.rho))
+        bound.init = bound.public_dict(self.init)
+        return bound
+
+    def _image_shape(self, input_shape):
+        shape = self.image_shape
+        if shape is None:
+            if len(input_shape) == 3:
+                return input_shape
+            if len(input_shape) == 2:
+                return (1,) + input_shape
+            raise ValueError(
+                f"AffineAugmentation: inputs of row shape {input_shape} are not images; "
+                "pass image_shape=(H, W) or (C, H, W) to reshape flat rows")
+        shape = tuple(int(s) for s in shape)
+        if len(shape) == 2:
+            shape = (1,) + shape
+        if len(shape) != 3 or math.prod(shape) != math.prod(input_shape):
+            raise ValueError(f"AffineAugmentation: image_shape={self.image_shape!r} does not "
+                             f"fit input rows of shape {input_shape}")
+        return shape
+
+
+class _BoundAffine(BoundHyperparameter):
+    def __init__(self, spec, gens, image_shape, n_samples, rho):
+        super().__init__(spec, [])
+        self.gens = gens
+        self.image_shape = image_shape
+        self.n_samples = n_samples
+        self.rho = rho
+        self.init = None
+
+    def public_dict(self, value):
+        if isinstance(value, dict):
+            missing = [g for g in self.gens if g not in value]
+            if missing:
+                raise ValueError(f"AffineAugmentation: value lacks generators {missing}")
+            return {g: float(value[g]) for g in self.gens}
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.ndim == 1 and arr.shape == (len(self.gens),):
+            return {g: float(v) for g, v in zip(self.gens, arr)}
+        return {g: float(arr) for g in self.gens}
+
+    def init_raw(self, device, dtype):
+        return self.from_public(self.init, device, dtype)
+
+    def value(self, raw):
+        return raw
+
+    def transform_inputs(self, raw, X, generator):
+        n = X.shape[0]
+        k = self.n_samples
+        imgs = X.reshape(n, *self.image_shape)
+        if k > 1:
+            imgs = imgs.repeat(k, 1, 1, 1)   # replica-major: rows [r*n:(r+1)*n] = replica r
+        m = imgs.shape[0]
+        eps = torch.rand(m, len(self.gens), generator=generator, device=generator.device,
+                         dtype=X.dtype).to(X.device) * 2 - 1
+        gmat = torch.tensor([GENERATORS[g] for g in self.gens], dtype=X.dtype, device=X.device)
+        algebra = torch.einsum("mk,kij->mij", eps * raw, gmat)
+        affine = torch.linalg.matrix_exp(algebra)[:, :2, :]
+        grid = F.affine_grid(affine, list(imgs.shape), align_corners=False)
+        out = F.grid_sample(imgs, grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+        return out.reshape(m, *X.shape[1:])
+
+    def outer_penalty(self, raw):
+        if self.rho == 0:
+            return None
+        return -self.rho * (raw ** 2).sum()
+
+    def to_public(self, raw):
+        return {g: float(v) for g, v in zip(self.gens, raw.detach().cpu().tolist())}
+
+    def from_public(self, value, device, dtype):
+        d = self.public_dict(value)
+        return as_tensor([d[g] for g in self.gens], device, dtype)
+
+    def summary(self, raw):
+        return float(raw.detach().abs().double().mean())

@@ -1,0 +1,589 @@
+"""From a skorch net to functional bilevel losses, and back to a net that trains with
+learned hyperparameters.
+
+:class:`NetProblem` evaluates one initialized skorch net at arbitrary parameters with
+``torch.func.functional_call`` (the net is never trained in place), giving the inner
+(training) and outer (validation) losses the core solver needs.
+
+:func:`make_learned_net` returns a fresh skorch net (:class:`LearnedNet`,
+:class:`LearnedNetClassifier` or :class:`LearnedNetRegressor`) whose ``get_loss`` and
+training-time forward apply the learned values, so ``fit`` retrains with them and
+``sklearn.base.clone`` keeps them.
+
+Both share :func:`_training_loss`, so tuning and refitting optimise the same objective:
+
+    mean_i [ w_i * l_i ] + sum(inner penalties)
+
+where ``l_i`` is the per-sample training loss (the net's criterion, or the learned
+:class:`~sgld_tuner.hyperparams.TaylorLoss`) and ``w_i`` the product of class weights
+(:class:`~sgld_tuner.hyperparams.LossWeights`) and row weights
+(:class:`~sgld_tuner.hyperparams.SampleWeights`). Without per-sample features the
+criterion is used unchanged (same reduction as the plain net).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
+from skorch.dataset import get_len
+from skorch.utils import to_tensor
+from torch.func import functional_call
+
+from .hyperparams.base import BoundHyperparameter, Hyperparameter
+
+__all__ = ["NetProblem", "make_learned_net", "LearnedNet", "LearnedNetClassifier",
+           "LearnedNetRegressor"]
+
+# Keys of the dict that LearnedNet.partial_fit wraps X in when row weights are learned:
+# skorch's Dataset slices every value of a dict X with the batch indices, so the row
+# index travels with its row through any train_split and shuffling.
+ROW_KEY = "__sgld_row__"
+WRAP_KEY = "__sgld_X__"
+OUTER_BATCH = 1024
+
+
+# ----------------------------------------------------------------------------------------
+# loss plumbing shared by NetProblem and LearnedNet
+# ----------------------------------------------------------------------------------------
+
+class _Criterion:
+    """The net's criterion as a batch-mean and as a per-sample function.
+
+    Mirrors ``NeuralNetClassifier.get_loss``: with ``NLLLoss`` the module outputs
+    probabilities and skorch takes ``log(p + eps)`` first.
+    """
+
+    def __init__(self, net):
+        self.criterion = net.criterion_
+        # A plain NeuralNet with a classification criterion is a classifier too (class
+        # weights and TaylorLoss apply), but only NeuralNetClassifier logs probabilities.
+        self.is_classifier = isinstance(net, NeuralNetClassifier) or isinstance(
+            self.criterion, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss))
+        self.log_proba = isinstance(net, NeuralNetClassifier) and isinstance(
+            self.criterion, torch.nn.NLLLoss)
+        self._per_sample = None
+
+    def _prep(self, y_pred):
+        if self.log_proba:
+            return torch.log(y_pred + torch.finfo(y_pred.dtype).eps)
+        return y_pred
+
+    def mean(self, y_pred, y_true):
+        return self.criterion(self._prep(y_pred), y_true)
+
+    def probabilities(self, y_pred):
+        """Class probabilities from the module output (for TaylorLoss)."""
+        return y_pred if self.log_proba else torch.softmax(y_pred, dim=-1)
+
+    def per_sample(self, y_pred, y_true):
+        if self._per_sample is None:
+            if not hasattr(self.criterion, "reduction"):
+                raise TypeError(
+                    f"criterion {type(self.criterion).__name__} has no 'reduction' attribute; "
+                    "class/sample weights and learned losses need a per-sample loss "
+                    "(a torch.nn loss with reduction='none')")
+            crit = copy.copy(self.criterion)
+            crit.reduction = "none"
+            self._per_sample = crit
+        out = self._per_sample(self._prep(y_pred), y_true)
+        # Multi-output regression gives (n, d): one number per row is the mean over outputs,
+        # which keeps mean-reduction semantics of the plain criterion.
+        return out.reshape(out.shape[0], -1).mean(dim=1) if out.dim() > 1 else out
+
+
+def _training_loss(crit: _Criterion, bound: dict[str, BoundHyperparameter], raws: dict,
+                   y_pred, y_true, rows, theta) -> torch.Tensor:
+    """``mean_i w_i l_i + sum_k penalty_k`` (see module docstring)."""
+    taylor = None
+    weights = None
+    for name, b in bound.items():
+        r = raws[name]
+        ps = b.per_sample_loss(r, y_pred, y_true, crit.per_sample)
+        if ps is not None:
+            if taylor is not None:
+                raise ValueError("at most one hyperparameter may replace the training loss")
+            taylor = ps
+        cw = b.class_weights(r)
+        if cw is not None:
+            w = cw[y_true.long()]
+            weights = w if weights is None else weights * w
+        if rows is not None:
+            sw = b.sample_weights(r, rows)
+            if sw is not None:
+                weights = sw if weights is None else weights * sw
+    if taylor is None and weights is None:
+        loss = crit.mean(y_pred, y_true)
+    else:
+        per = taylor if taylor is not None else crit.per_sample(y_pred, y_true)
+        loss = (per * weights).mean() if weights is not None else per.mean()
+    for name, b in bound.items():
+        pen = b.inner_penalty(raws[name], theta)
+        if pen is not None:
+            loss = loss + pen
+    return loss
+
+
+def _transform(bound, raws, X, generator):
+    for name, b in bound.items():
+        X = b.transform_inputs(raws[name], X, generator)
+    return X
+
+
+def _average_replicas(out, n_rows):
+    """Average module outputs over replicas stacked replica-major (MC average of g(Tx))."""
+    if out.shape[0] == n_rows:
+        return out
+    k = out.shape[0] // n_rows
+    return out.reshape(k, n_rows, *out.shape[1:]).mean(dim=0)
+
+
+def _first_output(out):
+    # skorch convention: with several module outputs the first one is the prediction
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _module_device(module):
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _module_dtype(module):
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.get_default_dtype()
+
+
+# ----------------------------------------------------------------------------------------
+# NetProblem
+# ----------------------------------------------------------------------------------------
+
+class NetProblem:
+    """Functional inner/outer losses of one initialized skorch net on one train/validation split.
+
+    Parameters
+    ----------
+    net : skorch.NeuralNet
+        Initialized net (``module_``, ``criterion_`` and ``device`` exist). Its module is
+        only evaluated with :func:`torch.func.functional_call`; :meth:`load_theta` is the
+        one method that writes into it.
+    hyperparams : dict of str -> Hyperparameter
+        The kinds to learn, bound here against ``net.module_``.
+    X_train, y_train, X_val, y_val : ndarray
+        Split data. ``X`` is cast to the module's floating dtype; ``y`` holds int labels
+        ``0..C-1`` for classifiers, floats for regressors (a 1-d regression target is
+        reshaped to ``(n, 1)`` when the module outputs one column).
+    train_rows : array of int, optional
+        Indices of the training rows into the full training set, used by
+        :class:`~sgld_tuner.hyperparams.SampleWeights`; default ``arange(len(X_train))``.
+    batch_size : int, optional
+        Inner minibatch size; ``None`` uses ``net.batch_size``; ``-1`` or ``>= n`` gives full
+        batch. Rows are drawn without replacement with ``generator``.
+    generator : torch.Generator
+        Source of all randomness here (minibatches, augmentation draws). It should live on
+        ``net.device``; draws are made on the generator's device and moved.
+    augment_outer : bool, default=False
+        Also apply input transforms (augmentation) in the outer loss, as in paper D.6.
+    n_train_total : int, optional
+        Size of the full training set (length of :class:`SampleWeights`' weight vector);
+        default ``max(train_rows) + 1``. Pass it when the last rows may fall in validation.
+
+    Attributes
+    ----------
+    bound : dict of str -> BoundHyperparameter
+
+    Notes
+    -----
+    The inner loss runs the module in train mode and the outer loss in eval mode, as
+    skorch's training and validation steps do. Dropout inside the module draws from
+    torch's global RNG, not from ``generator`` (``functional_call`` cannot reroute it);
+    BatchNorm running statistics are buffers of ``net.module_`` and are updated in place
+    by inner evaluations.
+    """
+
+    def __init__(self, net, hyperparams: dict[str, Hyperparameter], X_train, y_train, X_val,
+                 y_val, *, train_rows=None, batch_size=None, generator: torch.Generator,
+                 augment_outer: bool = False, n_train_total: int | None = None):
+        if not getattr(net, "initialized_", False):
+            raise ValueError("NetProblem needs an initialized net (call net.initialize())")
+        self.net = net
+        self.module = net.module_
+        # where the parameters actually are (net.device may be None: "leave as is")
+        self.device = _module_device(self.module)
+        self.dtype = _module_dtype(self.module)
+        self.generator = generator
+        self.augment_outer = augment_outer
+        self.crit = _Criterion(net)
+
+        self.X_train = self._as_x(X_train)
+        self.X_val = self._as_x(X_val)
+        self.y_train = self._as_y(y_train)
+        self.y_val = self._as_y(y_val)
+        n = self.X_train.shape[0]
+        if train_rows is None:
+            train_rows = np.arange(n)
+        train_rows = np.asarray(train_rows, dtype=np.int64)
+        if train_rows.shape != (n,):
+            raise ValueError(f"train_rows must have one index per training row ({n}), "
+                             f"got shape {train_rows.shape}")
+        self.train_rows = torch.as_tensor(train_rows, device=self.device)
+        if batch_size is None:
+            batch_size = getattr(net, "batch_size", -1)
+        self.batch_size = n if batch_size is None or batch_size < 0 or batch_size >= n \
+            else int(batch_size)
+
+        # One forward on two rows tells the number of classes and the output layout.
+        with torch.no_grad():
+            probe = _first_output(self.module(self.X_train[:2]))
+        n_classes = int(probe.shape[-1]) if self.crit.is_classifier else None
+        if not self.crit.is_classifier and probe.dim() == 2 and probe.shape[1] == 1:
+            if self.y_train.dim() == 1:
+                self.y_train = self.y_train[:, None]
+            if self.y_val.dim() == 1:
+                self.y_val = self.y_val[:, None]
+        if n_train_total is None:
+            n_train_total = int(train_rows.max()) + 1 if n else 0
+        self.hyperparams = dict(hyperparams)
+        self.bound: dict[str, BoundHyperparameter] = {
+            name: hp.bind(self.module, n_train=n_train_total, n_classes=n_classes,
+                          input_shape=tuple(self.X_train.shape[1:]))
+            for name, hp in self.hyperparams.items()
+        }
+        for b in self.bound.values():
+            if hasattr(b, "_set_output_kind"):
+                b._set_output_kind(self.crit.probabilities)
+
+    def _as_x(self, X):
+        return torch.as_tensor(np.asarray(X), device=self.device).to(self.dtype)
+
+    def _as_y(self, y):
+        y = torch.as_tensor(np.asarray(y), device=self.device)
+        if self.crit.is_classifier or not y.is_floating_point():
+            return y.long()
+        return y.to(self.dtype)
+
+    # -- values ---------------------------------------------------------------------------
+    def init_lam(self) -> dict:
+        """Raw initial values keyed by hyperparameter name, on ``net.device``."""
+        return {name: b.init_raw(self.device, self.dtype) for name, b in self.bound.items()}
+
+    def theta0(self) -> dict[str, torch.Tensor]:
+        """Detached copies of ``net.module_``'s parameters (``named_parameters`` order)."""
+        return {n: p.detach().clone() for n, p in self.module.named_parameters()}
+
+    def load_theta(self, theta) -> NeuralNet:
+        """Copy ``theta`` into ``net.module_`` and return the net (ready to predict)."""
+        params = dict(self.module.named_parameters())
+        with torch.no_grad():
+            for n, t in theta.items():
+                params[n].copy_(t)
+        return self.net
+
+    # -- losses ---------------------------------------------------------------------------
+    def _forward(self, lam, theta, X, transform: bool):
+        n = X.shape[0]
+        if transform:
+            X = _transform(self.bound, lam, X, self.generator)
+        out = _first_output(functional_call(self.module, theta, (X,)))
+        return _average_replicas(out, n)
+
+    def _draw_rows(self):
+        n = self.X_train.shape[0]
+        if self.batch_size >= n:
+            return None
+        gdev = self.generator.device
+        perm = torch.randperm(n, generator=self.generator, device=gdev)
+        return perm[: self.batch_size].to(self.device)
+
+    def inner_loss(self, lam, theta) -> torch.Tensor:
+        """Training loss on one minibatch (module in train mode): learned transforms,
+        learned loss, class/sample weights and inner penalties applied."""
+        idx = self._draw_rows()
+        if idx is None:
+            X, y, rows = self.X_train, self.y_train, self.train_rows
+        else:
+            X, y, rows = self.X_train[idx], self.y_train[idx], self.train_rows[idx]
+        self.module.train()
+        y_pred = self._forward(lam, theta, X, transform=True)
+        return _training_loss(self.crit, self.bound, lam, y_pred, y, rows, theta)
+
+    def outer_loss(self, lam, theta) -> torch.Tensor:
+        """The net's own criterion on the validation split (module in eval mode), over
+        chunks of at most 1024 rows weighted by size, plus outer penalties."""
+        self.module.eval()
+        n = self.X_val.shape[0]
+        total = None
+        for start in range(0, n, OUTER_BATCH):
+            X = self.X_val[start:start + OUTER_BATCH]
+            y = self.y_val[start:start + OUTER_BATCH]
+            y_pred = self._forward(lam, theta, X, transform=self.augment_outer)
+            term = self.crit.mean(y_pred, y) * (X.shape[0] / n)
+            total = term if total is None else total + term
+        for name, b in self.bound.items():
+            pen = b.outer_penalty(lam[name])
+            if pen is not None:
+                total = total + pen
+        return total
+
+    def mixed_vjp(self):
+        """Closed-form ``(lam, theta, v) -> v^T d2 L_T/(d theta d lam)`` when every
+        hyperparameter is a separable penalty, else ``None``."""
+        if not self.bound or not all(b.closed_form_mixed for b in self.bound.values()):
+            return None
+        bound = self.bound
+
+        def mixed(lam, theta, v):
+            with torch.no_grad():
+                lam = {k: _detach_tree(x) for k, x in lam.items()}
+                theta = {k: t.detach() for k, t in theta.items()}
+                return {name: b.mixed_vjp(lam[name], theta, v) for name, b in bound.items()}
+
+        return mixed
+
+
+def _detach_tree(x):
+    if isinstance(x, dict):
+        return {k: _detach_tree(v) for k, v in x.items()}
+    return x.detach()
+
+
+# ----------------------------------------------------------------------------------------
+# Learned nets
+# ----------------------------------------------------------------------------------------
+
+class _LearnedMixin:
+    """Training with learned hyperparameter values; see :func:`make_learned_net`."""
+
+    def __init__(self, module, *args, hyperparams=None, learned_values=None, **kwargs):
+        super().__init__(module, *args, **kwargs)
+        self.hyperparams = hyperparams
+        self.learned_values = learned_values
+
+    # transient state, rebuilt lazily (e.g. after unpickling or set_params)
+    _HP_STATE = ("hp_bound_", "hp_raw_", "hp_generator_", "hp_rows_", "hp_crit_")
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for key in self._HP_STATE:
+            state.pop(key, None)
+        return state
+
+    def set_params(self, **kwargs):
+        out = super().set_params(**kwargs)
+        self._hp_reset()
+        return out
+
+    def _hp_reset(self):
+        for key in self._HP_STATE:
+            self.__dict__.pop(key, None)
+
+    def initialize(self):
+        self._hp_reset()
+        return super().initialize()
+
+    def _hp_ensure(self, x_batch: torch.Tensor):
+        """Bind the hyperparameters to ``module_`` once, at the first training batch."""
+        if getattr(self, "hp_bound_", None) is not None:
+            return
+        hps = self.hyperparams or {}
+        values = self.learned_values or {}
+        missing = [k for k in hps if k not in values]
+        if missing:
+            raise ValueError(f"learned_values lacks values for hyperparameters {missing}")
+        crit = _Criterion(self)
+        dtype = _module_dtype(self.module_)
+        device = _module_device(self.module_)
+        n_classes = None
+        if crit.is_classifier:
+            with torch.no_grad():
+                if isinstance(x_batch, Mapping):
+                    probe = self.module_(**{k: v[:1] for k, v in x_batch.items()})
+                else:
+                    probe = self.module_(x_batch[:1])
+                n_classes = int(_first_output(probe).shape[-1])
+        input_shape = () if isinstance(x_batch, Mapping) else tuple(x_batch.shape[1:])
+        n_train = getattr(self, "hp_n_train_", None)
+        if n_train is None:
+            n_train = 0
+        bound = {name: hp.bind(self.module_, n_train=n_train, n_classes=n_classes,
+                               input_shape=input_shape)
+                 for name, hp in hps.items()}
+        for b in bound.values():
+            if hasattr(b, "_set_output_kind"):
+                b._set_output_kind(crit.probabilities)
+        self.hp_crit_ = crit
+        self.hp_raw_ = {name: b.from_public(values[name], device, dtype)
+                        for name, b in bound.items()}
+        self.hp_bound_ = bound
+        gen = torch.Generator(device=device)
+        # seeded from torch's global RNG so torch.manual_seed makes refits reproducible
+        gen.manual_seed(int(torch.randint(0, 2**62, (1,))))
+        self.hp_generator_ = gen
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        n_train = int(get_len(X)) if not _is_wrapped(X) else int(get_len(X[ROW_KEY]))
+        if n_train != getattr(self, "hp_n_train_", None):
+            self._hp_reset()   # row weights are bound to the number of rows
+        self.hp_n_train_ = n_train
+        if self.hyperparams and _has_sample_weights(self.hyperparams) and not _is_wrapped(X):
+            X = _wrap_rows(X)
+        return super().partial_fit(X, y, classes=classes, **fit_params)
+
+    def infer(self, x, **fit_params):
+        x, rows = _unwrap(x)
+        if rows is not None:
+            rows = to_tensor(rows, device=self.device).long()
+        training = self.module_.training
+        self.hp_rows_ = rows if training else None
+        if not training or not self.hyperparams:
+            return super().infer(x, **fit_params)
+        x = to_tensor(x, device=self.device)
+        if isinstance(x, Mapping):
+            if any(_has_augmentation(hp) for hp in self.hyperparams.values()):
+                raise TypeError("AffineAugmentation needs array inputs, not a dict X")
+            self._hp_ensure(x)
+            return super().infer(x, **fit_params)
+        self._hp_ensure(x)
+        if x.is_floating_point():
+            x = x.to(_module_dtype(self.module_))
+        n = x.shape[0]
+        x = _transform(self.hp_bound_, self.hp_raw_, x, self.hp_generator_)
+        return _average_replicas(_first_output(self.module_(x, **fit_params)), n)
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        """Training loss with the learned values when ``training``, else the plain criterion.
+
+        The validation loss that skorch reports stays the net's own criterion, the same
+        quantity the tuner's outer loss optimised.
+        """
+        if not training or not self.hyperparams:
+            return super().get_loss(y_pred, y_true, X=X, training=training)
+        if getattr(self, "hp_bound_", None) is None:
+            self._hp_ensure(to_tensor(_unwrap(X)[0], device=self.device))
+        y_true = to_tensor(y_true, device=self.device)
+        if self.hp_crit_.is_classifier:
+            y_true = y_true.long()
+        theta = dict(self.module_.named_parameters())
+        return _training_loss(self.hp_crit_, self.hp_bound_, self.hp_raw_, y_pred, y_true,
+                              getattr(self, "hp_rows_", None), theta)
+
+
+def _unwrap(X):
+    """``(X as the user gave it, row indices or None)`` from a possibly wrapped batch."""
+    if isinstance(X, Mapping) and ROW_KEY in X:
+        x = {k: v for k, v in X.items() if k != ROW_KEY}
+        if set(x) == {WRAP_KEY}:
+            x = x[WRAP_KEY]
+        return x, X[ROW_KEY]
+    return X, None
+
+
+def _is_wrapped(X) -> bool:
+    return isinstance(X, Mapping) and ROW_KEY in X
+
+
+def _wrap_rows(X):
+    rows = np.arange(get_len(X), dtype=np.int64)
+    if isinstance(X, Mapping):
+        out = dict(X)
+        out[ROW_KEY] = rows
+        return out
+    return {WRAP_KEY: X, ROW_KEY: rows}
+
+
+def _has_sample_weights(hyperparams) -> bool:
+    from .hyperparams.reweighting import SampleWeights
+
+    return any(isinstance(hp, SampleWeights) for hp in hyperparams.values())
+
+
+def _has_augmentation(hp) -> bool:
+    from .hyperparams.augmentation import AffineAugmentation
+
+    return isinstance(hp, AffineAugmentation)
+
+
+class LearnedNet(_LearnedMixin, NeuralNet):
+    """``skorch.NeuralNet`` that trains with learned hyperparameter values.
+
+    Parameters
+    ----------
+    module, *args, **kwargs
+        As for :class:`skorch.NeuralNet`.
+    hyperparams : dict of str -> Hyperparameter
+        The kinds that were tuned.
+    learned_values : dict of str -> value
+        Their learned values in public form (``BoundHyperparameter.to_public``).
+
+    Notes
+    -----
+    During training (``module_.training``) the forward applies learned input transforms
+    and ``get_loss`` returns ``mean_i w_i l_i + penalties`` (see the module docstring);
+    in evaluation (validation, ``predict``) the net behaves like the plain one.
+
+    :class:`~sgld_tuner.hyperparams.SampleWeights` are indexed by row position: weight
+    ``k`` belongs to row ``k`` of the ``X`` passed to ``fit`` (the full training set, in
+    order). ``fit`` therefore wraps ``X`` in a dict ``{"__sgld_X__": X, "__sgld_row__":
+    arange(n)}`` (or adds the row key to a dict ``X``); skorch slices it with every batch and
+    ``infer`` unwraps it before calling the module, so internal ``train_split`` and
+    shuffling keep rows and weights aligned. ``len(X)`` must equal the number of learned
+    weights.
+    """
+
+
+class LearnedNetClassifier(_LearnedMixin, NeuralNetClassifier):
+    """``skorch.NeuralNetClassifier`` that trains with learned hyperparameter values.
+
+    See :class:`LearnedNet` for the parameters and the training-time behaviour.
+    """
+
+
+class LearnedNetRegressor(_LearnedMixin, NeuralNetRegressor):
+    """``skorch.NeuralNetRegressor`` that trains with learned hyperparameter values.
+
+    See :class:`LearnedNet` for the parameters and the training-time behaviour.
+    """
+
+
+def make_learned_net(estimator, hyperparams: dict[str, Hyperparameter], values: dict[str, object]):
+    """Fresh unfitted clone of the user's net whose training uses the learned values.
+
+    Parameters
+    ----------
+    estimator : skorch.NeuralNet
+        The user's net (fitted or not; only its parameters are read).
+    hyperparams : dict of str -> Hyperparameter
+        The tuned kinds (cloned into the new net).
+    values : dict of str -> object
+        Learned values in public form (``to_public``); deep-copied.
+
+    Returns
+    -------
+    LearnedNet, LearnedNetClassifier or LearnedNetRegressor
+        Picked by ``estimator``'s type. A user subclass's own overrides (e.g. a custom
+        ``get_loss``) are not carried over; a warning says so.
+    """
+    if isinstance(estimator, NeuralNetClassifier):
+        cls, base = LearnedNetClassifier, NeuralNetClassifier
+    elif isinstance(estimator, NeuralNetRegressor):
+        cls, base = LearnedNetRegressor, NeuralNetRegressor
+    elif isinstance(estimator, NeuralNet):
+        cls, base = LearnedNet, NeuralNet
+    else:
+        raise TypeError(f"expected a skorch NeuralNet, got {type(estimator).__name__}")
+    if type(estimator) not in (base, cls):
+        warnings.warn(
+            f"{type(estimator).__name__} is a subclass of {base.__name__}; the learned net is "
+            f"a {cls.__name__} and does not carry the subclass's own method overrides",
+            UserWarning, stacklevel=2)
+    params = {k: v for k, v in estimator.get_params(deep=False).items()
+              if not k.startswith("_") and k not in ("hyperparams", "learned_values")}
+    params = {k: clone(v, safe=False) for k, v in params.items()}
+    return cls(hyperparams={k: clone(v) for k, v in hyperparams.items()},
+               learned_values=copy.deepcopy(dict(values)), **params)

@@ -1,0 +1,252 @@
+"""Conformance suite every hyperparameter kind must pass.
+
+The independent truth is central finite differences in float64 of the hypergradient
+through one inner gradient step, ``d/dlam f(lam, theta - eta * grad_theta L_T(lam, theta))``,
+on a tiny net; closed-form mixed derivatives are checked against the double backward.
+"""
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from skorch import NeuralNetClassifier, NeuralNetRegressor
+
+from sgld_tuner.core import _tree
+from sgld_tuner.hyperparams import (AffineAugmentation, Hyperparameter, LossWeights,
+                                    PerWeightL1, SampleWeights, TaylorLoss, WeightDecay)
+from sgld_tuner.skorch_adapter import NetProblem
+
+N_ROWS, N_FEATURES, N_CLASSES = 24, 16, 3
+
+
+class TinyMLP(torch.nn.Module):
+    def __init__(self, softmax=False):
+        super().__init__()
+        self.hidden = torch.nn.Linear(N_FEATURES, 6)
+        self.out = torch.nn.Linear(6, N_CLASSES)
+        self.softmax = softmax
+
+    def forward(self, x):
+        z = self.out(torch.tanh(self.hidden(x)))
+        return torch.softmax(z, dim=-1) if self.softmax else z
+
+
+KINDS = {
+    "l1": lambda: PerWeightL1(init=0.05),
+    "l1_bias": lambda: PerWeightL1(init=0.05, params=["*.weight", "out.bias"]),
+    "wd_weight": lambda: WeightDecay(init=0.1),
+    "wd_tensor": lambda: WeightDecay(init=0.1, granularity="tensor"),
+    "wd_global": lambda: WeightDecay(init=0.1, params="*", granularity="global"),
+    "loss_weights": lambda: LossWeights(init=1.0),
+    "taylor": lambda: TaylorLoss(),
+    "affine": lambda: AffineAugmentation(init=0.2, image_shape=(4, 4), n_samples=2, rho=0.01),
+    "affine_some": lambda: AffineAugmentation(generators=("rot", "sx"), init=0.3,
+                                              image_shape=(1, 4, 4)),
+    "sample_weights": lambda: SampleWeights(init=1.0),
+}
+
+
+def _data(seed=0):
+    rng = np.random.RandomState(seed)
+    X = rng.randn(N_ROWS, N_FEATURES).astype(np.float32)
+    y = (np.arange(N_ROWS) % N_CLASSES).astype(np.int64)
+    return X, y
+
+
+def _problem(hp, *, softmax=False, seed=0):
+    torch.manual_seed(seed)
+    criterion = torch.nn.NLLLoss if softmax else torch.nn.CrossEntropyLoss
+    net = NeuralNetClassifier(TinyMLP, module__softmax=softmax, criterion=criterion,
+                              verbose=0).initialize()
+    net.module_.double()
+    X, y = _data(seed)
+    gen = torch.Generator().manual_seed(1)
+    # the validation rows double as "held-out" rows; SampleWeights covers all 24 rows
+    problem = NetProblem(net, {"h": hp}, X[:16], y[:16], X[16:], y[16:],
+                         batch_size=-1, generator=gen, n_train_total=N_ROWS)
+    return problem
+
+
+def _perturbed_lam(problem, seed=0):
+    """Init plus noise, so symmetric points (lam = 0, uniform weights) do not hide errors."""
+    lam = problem.init_lam()
+    leaves, spec = _tree.flatten(lam)
+    g = torch.Generator().manual_seed(seed)
+    leaves = [t + 0.3 * torch.randn(t.shape, generator=g, dtype=t.dtype) for t in leaves]
+    return leaves, spec
+
+
+def _one_step_objective(problem, spec, theta0, eta=0.5):
+    names = list(theta0)
+
+    def objective(leaves):
+        lam = _tree.unflatten(leaves, spec)
+        problem.generator.manual_seed(7)   # same augmentation draws in every evaluation
+        theta = {n: theta0[n].clone().requires_grad_(True) for n in names}
+        inner = problem.inner_loss(lam, theta)
+        grads = torch.autograd.grad(inner, [theta[n] for n in names], create_graph=True)
+        stepped = {n: theta[n] - eta * g for n, g in zip(names, grads)}
+        return problem.outer_loss(lam, stepped)
+
+    return objective
+
+
+@pytest.mark.parametrize("softmax", [False, True], ids=["ce", "nll_proba"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_one_step_hypergradient_matches_finite_differences(kind, softmax):
+    problem = _problem(KINDS[kind](), softmax=softmax)
+    leaves, spec = _perturbed_lam(problem)
+    objective = _one_step_objective(problem, spec, problem.theta0())
+
+    lam = [t.clone().requires_grad_(True) for t in leaves]
+    value = objective(lam)
+    grads = torch.autograd.grad(value, lam, allow_unused=True)
+    grads = _tree.fill_none(grads, lam)
+    assert any(float(g.abs().max()) > 0 for g in grads), "hyperparameter has no effect"
+
+    g = torch.Generator().manual_seed(3)
+    h = 1e-6
+    for _ in range(2):
+        direction = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in leaves]
+        plus = objective([t + h * d for t, d in zip(leaves, direction)]).detach()
+        minus = objective([t - h * d for t, d in zip(leaves, direction)]).detach()
+        fd = float((plus - minus) / (2 * h))
+        ad = float(sum((gi * d).sum() for gi, d in zip(grads, direction)))
+        assert ad == pytest.approx(fd, rel=1e-4, abs=1e-8)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_closed_form_mixed_vjp_matches_double_backward(kind):
+    problem = _problem(KINDS[kind]())
+    bound = problem.bound["h"]
+    mixed = problem.mixed_vjp()
+    if not bound.closed_form_mixed:
+        assert mixed is None
+        assert bound.mixed_vjp(None, None, None) is NotImplemented
+        return
+    assert mixed is not None
+    leaves, spec = _perturbed_lam(problem)
+    lam_leaves = [t.clone().requires_grad_(True) for t in leaves]
+    lam = _tree.unflatten(lam_leaves, spec)
+    theta = {n: t.requires_grad_(True) for n, t in problem.theta0().items()}
+    g = torch.Generator().manual_seed(5)
+    v = {n: torch.randn(t.shape, generator=g, dtype=t.dtype) for n, t in theta.items()}
+
+    problem.generator.manual_seed(0)
+    inner = problem.inner_loss(lam, theta)
+    grads = torch.autograd.grad(inner, list(theta.values()), create_graph=True)
+    expected = torch.autograd.grad(grads, lam_leaves, grad_outputs=list(v.values()),
+                                   allow_unused=True)
+    expected = _tree.fill_none(expected, lam_leaves)
+    got, _ = _tree.flatten(mixed(lam, theta, v))
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_public_round_trip(kind):
+    problem = _problem(KINDS[kind]())
+    bound = problem.bound["h"]
+    raw = problem.init_lam()["h"]
+    public = bound.to_public(raw)
+    assert isinstance(public, (float, np.ndarray, dict))
+    back = bound.from_public(public, torch.device("cpu"), torch.float64)
+    _assert_same_public(bound.to_public(back), public)
+    assert np.isfinite(bound.summary(raw))
+    # value() is the constrained scale that to_public reports
+    value = _public_of(bound.value(raw))
+    if isinstance(public, dict) and not isinstance(value, dict):   # AffineAugmentation
+        value = dict(zip(public, value))
+    _assert_same_public(value, public)
+    # a perturbed value survives the round trip too
+    leaves, spec = _tree.flatten(raw)
+    moved = _tree.unflatten([t + 0.1 for t in leaves], spec)
+    again = bound.from_public(bound.to_public(moved), torch.device("cpu"), torch.float64)
+    _assert_same_public(bound.to_public(again), bound.to_public(moved))
+
+
+def _public_of(value):
+    if isinstance(value, dict):
+        return {k: _public_of(v) for k, v in value.items()}
+    return value.detach().double().numpy()
+
+
+def _assert_same_public(a, b):
+    if isinstance(b, dict):
+        assert set(a) == set(b)
+        for k in b:
+            _assert_same_public(a[k], b[k])
+    else:
+        np.testing.assert_allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float),
+                                   rtol=1e-9, atol=1e-12)
+
+
+def test_init_values_are_respected():
+    problem = _problem(PerWeightL1(init=1e-4))
+    pub = problem.bound["h"].to_public(problem.init_lam()["h"])
+    assert set(pub) == {"hidden.weight", "out.weight"}
+    np.testing.assert_allclose(pub["hidden.weight"], 1e-4, rtol=1e-9)
+    problem = _problem(TaylorLoss())
+    # Brier start: l = ||p - y||^2 - 1
+    b = problem.bound["h"]
+    p = torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64)
+    # the module outputs logits here (CrossEntropyLoss), so pass log p
+    loss = b.per_sample_loss(problem.init_lam()["h"], p.log(), torch.tensor([1]), None)
+    assert float(loss) == pytest.approx(0.2 ** 2 + 0.5 ** 2 + 0.3 ** 2 - 1)
+    problem = _problem(LossWeights(init=[1.0, 2.0, 3.0]))
+    w = problem.bound["h"].to_public(problem.init_lam()["h"])
+    np.testing.assert_allclose(w, [0.5, 1.0, 1.5])
+
+
+@pytest.mark.parametrize("kind", ["l1", "wd_weight", "wd_tensor"])
+def test_glob_matching_nothing_lists_names(kind):
+    hp = clone(KINDS[kind]()).set_params(params="encoder.*")
+    with pytest.raises(ValueError, match="hidden.weight"):
+        _problem(hp)
+
+
+def test_glob_matches_top_level_names():
+    module = torch.nn.Linear(3, 2)
+    bound = PerWeightL1().bind(module, n_train=5, n_classes=2, input_shape=(3,))
+    assert bound.name_targets == ["weight"]
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_clone_and_get_params(kind):
+    hp = KINDS[kind]()
+    assert isinstance(hp, Hyperparameter)
+    cloned = clone(hp)
+    assert cloned is not hp and type(cloned) is type(hp)
+    assert repr(cloned.get_params()) == repr(hp.get_params())
+
+
+@pytest.mark.parametrize("hp", [LossWeights(), TaylorLoss()], ids=["loss_weights", "taylor"])
+def test_classifier_only_kinds_reject_regressors(hp):
+    net = NeuralNetRegressor(torch.nn.Linear, module__in_features=4, module__out_features=1,
+                             verbose=0).initialize()
+    X = np.zeros((6, 4), np.float32)
+    y = np.zeros(6, np.float32)
+    with pytest.raises(ValueError, match="classifiers only"):
+        NetProblem(net, {"h": hp}, X, y, X, y, generator=torch.Generator())
+
+
+@pytest.mark.parametrize("hp, match", [
+    (WeightDecay(granularity="layer"), "granularity"),
+    (PerWeightL1(init=-1.0), ">= 0"),
+    (AffineAugmentation(generators=("spin",), image_shape=(4, 4)), "generators"),
+    (AffineAugmentation(image_shape=(3, 3)), "image_shape"),
+    (AffineAugmentation(), "not images"),
+    (SampleWeights(init=3.0), r"\(0, 2\)"),
+    (TaylorLoss(init=[1.0, 2.0]), "8"),
+])
+def test_invalid_specifications_fail_at_bind(hp, match):
+    with pytest.raises(ValueError, match=match):
+        _problem(hp)
+
+
+def test_affine_zero_is_identity():
+    problem = _problem(AffineAugmentation(init=0.0, image_shape=(4, 4)))
+    bound = problem.bound["h"]
+    X = problem.X_train
+    out = bound.transform_inputs(problem.init_lam()["h"], X, torch.Generator())
+    torch.testing.assert_close(out, X, rtol=0, atol=1e-12)

@@ -1,0 +1,324 @@
+"""NetProblem (skorch net -> functional losses) and the learned nets used for refit."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
+from skorch.utils import to_tensor
+
+from sgld_tuner.hyperparams import (AffineAugmentation, LossWeights, PerWeightL1, SampleWeights,
+                                    TaylorLoss, WeightDecay)
+from sgld_tuner.skorch_adapter import (ROW_KEY, WRAP_KEY, LearnedNet, LearnedNetClassifier,
+                                       LearnedNetRegressor, NetProblem, make_learned_net)
+
+
+class Classifier(torch.nn.Module):
+    def __init__(self, n_in=16, n_out=3, softmax=True):
+        super().__init__()
+        self.hidden = torch.nn.Linear(n_in, 8)
+        self.out = torch.nn.Linear(8, n_out)
+        self.softmax = softmax
+
+    def forward(self, x):
+        z = self.out(torch.relu(self.hidden(x)))
+        return torch.softmax(z, dim=-1) if self.softmax else z
+
+
+def _data(n=60, seed=0):
+    rng = np.random.RandomState(seed)
+    X = rng.randn(n, 16).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 1).astype(np.int64)
+    return X, y
+
+
+def _nets():
+    """The three criterion paths: skorch's default NLLLoss on probabilities, CE on logits,
+    MSE regression."""
+    return {
+        "nll_proba": NeuralNetClassifier(Classifier, max_epochs=2, verbose=0, lr=0.1,
+                                         train_split=None),
+        "ce_logits": NeuralNetClassifier(Classifier, module__softmax=False, max_epochs=2,
+                                         criterion=torch.nn.CrossEntropyLoss, verbose=0, lr=0.1,
+                                         train_split=None),
+        "mse": NeuralNetRegressor(torch.nn.Linear, module__in_features=16, module__out_features=1,
+                                  max_epochs=2, verbose=0, lr=0.05, train_split=None),
+    }
+
+
+def _targets(kind, y, X):
+    return X[:, :1].sum(1).astype(np.float32) if kind == "mse" else y
+
+
+def _problem(net, hps, X, y, **kw):
+    kw.setdefault("generator", torch.Generator().manual_seed(0))
+    return NetProblem(net, hps, X[:40], y[:40], X[40:], y[40:], **kw)
+
+
+@pytest.mark.parametrize("kind", ["nll_proba", "ce_logits", "mse"])
+def test_theta0_losses_and_load_theta(kind):
+    torch.manual_seed(0)
+    net = _nets()[kind].initialize()
+    X, y = _data()
+    y = _targets(kind, y, X)
+    problem = _problem(net, {"l1": PerWeightL1(init=1e-3)}, X, y, batch_size=8)
+
+    theta = problem.theta0()
+    params = dict(net.module_.named_parameters())
+    assert list(theta) == list(params)
+    for n, t in theta.items():
+        assert not t.requires_grad and t.data_ptr() != params[n].data_ptr()
+        torch.testing.assert_close(t, params[n].detach())
+
+    # outer loss = the net's own criterion (incl. skorch's log of probabilities for NLLLoss)
+    lam = problem.init_lam()
+    with torch.no_grad():
+        net.module_.eval()
+        y_val = y[40:] if kind != "mse" else y[40:, None]
+        expected = net.get_loss(net.infer(X[40:]), to_tensor(y_val, "cpu"))
+    assert float(problem.outer_loss(lam, theta)) == pytest.approx(float(expected), rel=1e-6)
+
+    # the inner loss is a minibatch estimate that depends on lam
+    first = problem.inner_loss(lam, theta)
+    assert first.shape == ()
+    problem.generator.manual_seed(3)
+    a = problem.inner_loss(lam, theta)
+    problem.generator.manual_seed(3)
+    lam_big = {"l1": {n: r + 5.0 for n, r in lam["l1"].items()}}
+    b = problem.inner_loss(lam_big, theta)
+    assert float(b) > float(a)
+
+    # load_theta writes into the module; predictions follow
+    moved = {n: t + 0.5 for n, t in theta.items()}
+    returned = problem.load_theta(moved)
+    assert returned is net
+    torch.testing.assert_close(dict(net.module_.named_parameters())["out.weight" if kind != "mse"
+                                                                     else "weight"].detach(),
+                               moved["out.weight" if kind != "mse" else "weight"])
+    pred = net.predict(X[:5])
+    assert pred.shape[0] == 5
+
+
+def test_minibatch_sizes():
+    net = _nets()["ce_logits"].initialize()
+    X, y = _data()
+    full = _problem(net, {}, X, y, batch_size=-1)
+    assert full.batch_size == 40 and full._draw_rows() is None
+    assert _problem(net, {}, X, y, batch_size=1000).batch_size == 40
+    assert _problem(net, {}, X, y).batch_size == 40          # net.batch_size = 128
+    small = _problem(net, {}, X, y, batch_size=8)
+    rows = small._draw_rows()
+    assert rows.shape == (8,) and len(set(rows.tolist())) == 8
+
+
+def test_mixed_vjp_only_for_separable_penalties():
+    net = _nets()["ce_logits"].initialize()
+    X, y = _data()
+    assert _problem(net, {"l1": PerWeightL1(), "wd": WeightDecay()}, X, y).mixed_vjp() is not None
+    assert _problem(net, {"l1": PerWeightL1(), "cw": LossWeights()}, X, y).mixed_vjp() is None
+    assert _problem(net, {}, X, y).mixed_vjp() is None
+
+
+def test_sample_weights_use_global_rows():
+    net = _nets()["ce_logits"].initialize()
+    X, y = _data()
+    rows = np.arange(20, 60)   # the fold's training rows are rows 20..59 of the full set
+    problem = NetProblem(net, {"w": SampleWeights()}, X[20:60], y[20:60], X[:20], y[:20],
+                         train_rows=rows, batch_size=-1, generator=torch.Generator())
+    lam = problem.init_lam()
+    assert lam["w"].shape == (60,)
+    theta = problem.theta0()
+    g = torch.autograd.grad(problem.inner_loss({"w": lam["w"].requires_grad_(True)}, theta),
+                            lam["w"])[0]
+    assert torch.all(g[:20] == 0) and torch.all(g[20:] != 0)
+
+
+HPS_ALL = {
+    "l1": PerWeightL1(init=1e-3),
+    "wd": WeightDecay(init=1e-3, granularity="global", params="*"),
+    "cw": LossWeights(init=[1.0, 2.0, 3.0]),
+    "aug": AffineAugmentation(init=0.1, image_shape=(4, 4), n_samples=2),
+    "sw": SampleWeights(),
+}
+
+
+def _learned_values(net, hps, X, y):
+    problem = _problem(net, hps, X, y, n_train_total=len(X))
+    lam = problem.init_lam()
+    return {k: b.to_public(lam[k]) for k, b in problem.bound.items()}
+
+
+@pytest.mark.parametrize("kind", ["nll_proba", "ce_logits", "mse"])
+def test_make_learned_net_fits_pickles_and_clones(kind):
+    torch.manual_seed(0)
+    X, y = _data()
+    y = _targets(kind, y, X)
+    user_net = _nets()[kind]
+    hps = {k: v for k, v in HPS_ALL.items() if kind != "mse" or k != "cw"}
+    values = _learned_values(clone(user_net).initialize(), hps, X, y)
+
+    learned = make_learned_net(user_net, hps, values)
+    expected_cls = LearnedNetRegressor if kind == "mse" else LearnedNetClassifier
+    assert type(learned) is expected_cls
+    assert not getattr(learned, "initialized_", False)
+    assert learned.get_params()["max_epochs"] == 2
+    y_fit = y[:, None] if kind == "mse" else y
+    learned.fit(X, y_fit)
+    assert np.isfinite(learned.history[-1, "train_loss"])
+    pred = learned.predict(X)
+    assert pred.shape[0] == len(X)
+
+    restored = pickle.loads(pickle.dumps(learned))
+    np.testing.assert_allclose(restored.predict(X), pred)
+    restored.partial_fit(X, y_fit)    # training again after unpickling rebinds lazily
+
+    refit = clone(learned)
+    assert refit.hyperparams.keys() == hps.keys()
+    _assert_values_equal(refit.learned_values, values)
+    refit.fit(X, y_fit)
+    assert refit.predict(X).shape == pred.shape
+    # the user's net is untouched
+    assert not getattr(user_net, "initialized_", False)
+
+
+def _assert_values_equal(a, b):
+    if isinstance(b, dict):
+        assert set(a) == set(b)
+        for k in b:
+            _assert_values_equal(a[k], b[k])
+    else:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b))
+
+
+def test_plain_neural_net_gets_learned_net():
+    net = NeuralNet(Classifier, criterion=torch.nn.NLLLoss, max_epochs=1, verbose=0)
+    learned = make_learned_net(net, {"l1": PerWeightL1()}, {"l1": 0.0})
+    assert type(learned) is LearnedNet
+    X, y = _data()
+    learned.fit(X, y)
+    assert learned.predict_proba(X).shape == (60, 3)
+
+
+@pytest.mark.parametrize("kind", ["nll_proba", "ce_logits", "mse"])
+def test_no_effect_values_reproduce_plain_loss(kind):
+    torch.manual_seed(0)
+    X, y = _data()
+    y = _targets(kind, y, X)
+    user_net = _nets()[kind].initialize()
+    no_effect = {"l1": 0.0, "wd": 0.0, "sw": 1.0, "aug": 0.0}
+    hps = {"l1": PerWeightL1(), "wd": WeightDecay(params="*"), "sw": SampleWeights(),
+           "aug": AffineAugmentation(image_shape=(4, 4))}
+    if kind != "mse":
+        no_effect["cw"] = 1.0
+        hps["cw"] = LossWeights()
+    learned = make_learned_net(user_net, hps, no_effect).initialize()
+    learned.module_.load_state_dict(user_net.module_.state_dict())
+    learned.hp_n_train_ = len(X)
+
+    idx = torch.arange(10, 30)
+    xb = {WRAP_KEY: torch.as_tensor(X[10:30]), ROW_KEY: idx}
+    yb = torch.as_tensor(y[10:30] if kind != "mse" else y[10:30, None])
+    learned.module_.train()
+    user_net.module_.train()
+    y_pred = learned.infer(xb)
+    plain_pred = user_net.infer(torch.as_tensor(X[10:30]))
+    torch.testing.assert_close(y_pred, plain_pred, rtol=1e-5, atol=1e-6)
+    loss = learned.get_loss(y_pred, yb, X=xb, training=True)
+    plain = user_net.get_loss(plain_pred, yb, training=True)
+    assert float(loss.detach()) == pytest.approx(float(plain.detach()), rel=1e-5, abs=1e-7)
+
+
+def test_refit_loss_matches_netproblem_inner_loss():
+    """Tuning and refitting optimise the same training objective."""
+    torch.manual_seed(0)
+    X, y = _data()
+    net = _nets()["nll_proba"].initialize()
+    hps = {"l1": PerWeightL1(init=0.01), "cw": LossWeights(init=[1.0, 2.0, 3.0]),
+           "sw": SampleWeights(init=np.linspace(0.2, 1.8, 60)), "taylor": TaylorLoss()}
+    problem = NetProblem(net, hps, X, y, X[:5], y[:5], batch_size=-1,
+                         generator=torch.Generator())
+    lam = problem.init_lam()
+    values = {k: b.to_public(lam[k]) for k, b in problem.bound.items()}
+    expected = problem.inner_loss(lam, problem.theta0())
+
+    learned = make_learned_net(net, hps, values).initialize()
+    learned.module_.load_state_dict(net.module_.state_dict())
+    learned.hp_n_train_ = len(X)
+    xb = {WRAP_KEY: torch.as_tensor(X), ROW_KEY: torch.arange(60)}
+    learned.module_.train()
+    loss = learned.get_loss(learned.infer(xb), torch.as_tensor(y), X=xb, training=True)
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")
+def test_sample_weights_follow_rows_through_skorch_batching():
+    """Row k of fit's X gets weight k even with train_split and shuffled batches."""
+    torch.manual_seed(0)
+    X, y = _data()
+    weights = np.full(60, 1.0)
+    weights[::2] = 1e-6
+    net = NeuralNetClassifier(Classifier, max_epochs=1, verbose=0, batch_size=7,
+                              iterator_train__shuffle=True)
+    learned = make_learned_net(net, {"sw": SampleWeights()}, {"sw": weights})
+    seen = []
+    original = LearnedNetClassifier.get_loss
+
+    def spy(self, y_pred, y_true, X=None, training=False):
+        if training:
+            seen.append((self.hp_rows_.clone(), to_tensor(X[WRAP_KEY], "cpu").clone()))
+        return original(self, y_pred, y_true, X=X, training=training)
+
+    learned.get_loss = spy.__get__(learned)
+    learned.fit(X, y)
+    assert seen
+    for rows, xb in seen:
+        torch.testing.assert_close(xb, torch.as_tensor(X)[rows])
+    with pytest.raises(ValueError, match="one per training row"):
+        make_learned_net(net, {"sw": SampleWeights()}, {"sw": weights}).fit(X[:30], y[:30])
+
+
+def test_subclass_warns():
+    class MyNet(NeuralNetClassifier):
+        pass
+
+    with pytest.warns(UserWarning, match="subclass"):
+        make_learned_net(MyNet(Classifier), {}, {})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+def test_everything_on_cuda():
+    X, y = _data()
+    net = NeuralNetClassifier(Classifier, device="cuda", verbose=0, max_epochs=1).initialize()
+    problem = NetProblem(net, HPS_ALL, X[:40], y[:40], X[40:], y[40:], n_train_total=60,
+                         batch_size=8, generator=torch.Generator(device="cuda").manual_seed(0),
+                         augment_outer=True)
+    lam = problem.init_lam()
+    theta = problem.theta0()
+    for t in list(theta.values()):
+        assert t.is_cuda
+    assert problem.inner_loss(lam, theta).is_cuda
+    assert problem.outer_loss(lam, theta).is_cuda
+    values = {k: b.to_public(lam[k]) for k, b in problem.bound.items()}
+    make_learned_net(net, HPS_ALL, values).fit(X, y)
+
+
+class DictInput(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 3)
+
+    def forward(self, data, scale):
+        return torch.softmax(self.lin(data * scale), dim=-1)
+
+
+def test_dict_inputs_with_sample_weights_and_penalties():
+    X, y = _data()
+    Xd = {"data": X, "scale": np.ones((60, 1), np.float32)}
+    net = NeuralNetClassifier(DictInput, max_epochs=2, verbose=0, train_split=None, batch_size=16)
+    learned = make_learned_net(net, {"sw": SampleWeights(), "l1": PerWeightL1()},
+                               {"sw": np.linspace(0.1, 1.9, 60), "l1": 1e-3})
+    learned.fit(Xd, y)
+    assert np.isfinite(learned.history[-1, "train_loss"])
+    assert learned.predict(Xd).shape == (60,)
