@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 
+import joblib
 import numpy as np
 import torch
 from joblib import Parallel, delayed
+from joblib import hash as joblib_hash
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier, is_regressor
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import check_cv
@@ -28,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .core import (BilevelProblem, ChainState, InnerSettings, hypergradient, make_generator,
                    make_outer_optimizer)
 from .core import _tree
-from .hyperparams import Hyperparameter
+from .hyperparams import AffineAugmentation, Hyperparameter
 from .results import build_cv_results, build_history
 from .skorch_adapter import NetProblem, make_learned_net
 
@@ -52,6 +54,30 @@ def _estimator_has(attr):
         return bool(self.refit)
 
     return check
+
+
+@dataclass
+class _SearchState:
+    """Everything a search needs to continue exactly where it stopped (pickles as is)."""
+
+    data_hash: str
+    splits: list
+    seeds: np.ndarray
+    refit_seed: int
+    chain_states: list
+    generator_states: list
+    fit_times: list
+    last_fit_times: list
+    lam: list | None = None
+    lam_spec: object = None
+    optimizer_state: dict | None = None
+    iteration: int = 0
+    outer_lr_scale: float = 1.0
+    inner_lr_scale: float = 1.0
+    best_value: float = -np.inf
+    points: list = field(default_factory=list)
+    records: list = field(default_factory=list)
+    snapshots: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -83,7 +109,9 @@ def _fold_hypergradient(fold: _FoldChain, lam_values, settings: InnerSettings):
 def _score_fold(fold: _FoldChain, scorers: dict, error_score):
     """Scores of the fold's current chain position on its validation split."""
     started = time.perf_counter()
-    theta = _tree.unflatten(fold.state.theta, fold.bilevel.theta_spec)
+    # A chain that never completed a step (e.g. rolled back at once) sits at theta0.
+    leaves = fold.state.theta if fold.state.theta is not None else fold.bilevel.theta0_leaves
+    theta = _tree.unflatten(leaves, fold.bilevel.theta_spec)
     net = fold.problem.load_theta(theta)
     scores = {}
     for name, scorer in scorers.items():
@@ -152,7 +180,11 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     timeout : float, optional
         Seconds after which the search ends at the next outer iteration.
     error_score : "raise" or float, default=nan
-        Score of an evaluation that fails.
+        Score of an evaluation that fails. With ``"raise"``, a divergence that persists
+        after the rollbacks raises ``FloatingPointError`` instead of ending the search.
+    warm_start : bool, default=False
+        Continue the previous search on the same data (after an interruption, a
+        timeout, :meth:`load`, or with a larger ``n_outer``) instead of starting over.
 
     Attributes
     ----------
@@ -195,6 +227,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         "callbacks": [list, None],
         "timeout": [Interval(Real, 0, None, closed="neither"), None],
         "error_score": [StrOptions({"raise"}), Real],
+        "warm_start": ["boolean"],
     }
 
     def __init__(self, estimator, hyperparams, *, n_outer=50, outer_lr=0.05,
@@ -202,7 +235,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                  noise_scale=1.0, inner_lr=None, batch_size=None, method="sgld",
                  recursion="damped", chain="persistent", cv=5, scoring=None, refit=True,
                  eval_every=5, n_jobs=None, random_state=None, verbose=0, callbacks=None,
-                 timeout=None, error_score=np.nan):
+                 timeout=None, error_score=np.nan, warm_start=False):
         self.estimator = estimator
         self.hyperparams = hyperparams
         self.n_outer = n_outer
@@ -227,6 +260,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self.callbacks = callbacks
         self.timeout = timeout
         self.error_score = error_score
+        self.warm_start = warm_start
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_tags__(self):
@@ -344,77 +378,105 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self.multimetric_ = multimetric
         self.scorer_ = scorers if multimetric else scorers["score"]
 
-        cv = check_cv(self.cv, y, classifier=self._is_classifier)
-        if len(X) < cv.get_n_splits(X, y, groups):
-            raise ValueError(
-                f"n_samples={len(X)} is fewer than the {cv.get_n_splits(X, y, groups)} cv "
-                "folds; pass more data or a smaller cv")
-        splits = list(cv.split(X, y, groups))
-        self.n_splits_ = len(splits)
-        rng = check_random_state(self.random_state)
-        seeds = rng.randint(0, 2**31 - 1, size=(len(splits), 2))
-        refit_seed = int(rng.randint(0, 2**31 - 1))
-
-        settings = self._settings()
+        state = self._resume_or_start(X, y, groups)
+        self.n_splits_ = len(state.splits)
+        settings = self._settings(state.inner_lr_scale)
         folds = [self._make_fold(X, y, train, val, seed)
-                 for (train, val), seed in zip(splits, seeds)]
-        lam_init = folds[0].problem.init_lam()
-        lam, lam_spec = _tree.flatten(lam_init)
-        lam = [t.detach().clone().requires_grad_(True) for t in lam]
-        self._lam_spec = lam_spec
-        optimizer = make_outer_optimizer(self.outer_optimizer, lam, self.outer_lr)
+                 for (train, val), seed in zip(state.splits, state.seeds)]
+        if state.lam is None:
+            state.lam, self._lam_spec = _tree.flatten(folds[0].problem.init_lam())
+            state.lam = [t.detach() for t in state.lam]
+        else:
+            self._lam_spec = state.lam_spec
+        state.lam_spec = self._lam_spec
+        for fold, chain, gen_state, fit_time in zip(folds, state.chain_states,
+                                                     state.generator_states, state.fit_times):
+            fold.state = chain
+            if gen_state is not None:
+                fold.generator.set_state(gen_state)
+            fold.fit_time = fit_time
+        lam = [t.detach().clone().requires_grad_(True) for t in state.lam]
+        optimizer = make_outer_optimizer(self.outer_optimizer, lam, self.outer_lr * state.outer_lr_scale)
+        if state.optimizer_state is not None:
+            optimizer.load_state_dict(state.optimizer_state)
 
-        points, records, snapshots = [], [], {}
         best_key = self._refit_metric(metric_names)
-        best_value, stop_reason = -np.inf, None
+        stop_reason, warned_divergence, retries = None, False, 0
         started = time.perf_counter()
-        progress = self._progress()
+        progress = self._progress(state.iteration)
         parallel = Parallel(n_jobs=self.n_jobs, prefer="threads")
-        last_fit_times = np.zeros(len(folds))
         try:
-            for k in range(self.n_outer):
+            while state.iteration < self.n_outer:
+                k = state.iteration
                 it_started = time.perf_counter()
-                outputs = parallel(delayed(_fold_hypergradient)(fold, [t.detach() for t in lam], settings)
-                                   for fold in folds)
-                folds = [fold for fold, _ in outputs]
-                results = [res for _, res in outputs]
-                grad = [torch.stack([r.grad[i] for r in results]).mean(0) for i in range(len(lam))]
-                outer_loss = float(np.mean([r.outer_loss for r in results]))
-                finite = math.isfinite(outer_loss) and all(bool(torch.isfinite(g).all()) for g in grad)
+                checkpoint = self._checkpoint(lam, folds)
+                try:
+                    outputs = parallel(delayed(_fold_hypergradient)(fold, [t.detach() for t in lam], settings)
+                                       for fold in folds)
+                    results = [res for _, res in outputs]
+                    folds = [fold for fold, _ in outputs]
+                    grad = [torch.stack([r.grad[i] for r in results]).mean(0) for i in range(len(lam))]
+                    outer_loss = float(np.mean([r.outer_loss for r in results]))
+                    finite = (math.isfinite(outer_loss)
+                              and all(math.isfinite(r.inner_loss) for r in results)
+                              and all(bool(torch.isfinite(g).all()) for g in grad))
+                    if finite:
+                        optimizer.zero_grad(set_to_none=False)
+                        for leaf, g in zip(lam, grad):
+                            leaf.grad = g.to(leaf.dtype)
+                        optimizer.step()
+                        finite = all(bool(torch.isfinite(t).all()) for t in lam)
+                except KeyboardInterrupt:
+                    folds = self._restore(checkpoint, lam, folds)
+                    raise
+                if not finite:
+                    # Roll back to the last finite point, halve both steps, try again.
+                    folds = self._restore(checkpoint, lam, folds)
+                    retries += 1
+                    state.outer_lr_scale *= 0.5
+                    state.inner_lr_scale *= 0.5
+                    for group in optimizer.param_groups:
+                        group["lr"] *= 0.5
+                    settings = self._settings(state.inner_lr_scale)
+                    state.records.append({"iteration": k, "outer_loss": outer_loss,
+                                          "diverged": True, "retry": retries,
+                                          "outer_lr": self.outer_lr * state.outer_lr_scale,
+                                          "inner_lr": settings.inner_lr,
+                                          "time_s": time.perf_counter() - it_started})
+                    if not warned_divergence:
+                        warnings.warn(
+                            f"non-finite loss or hypergradient at outer iteration {k}: rolled "
+                            "the hyperparameters and chains back to the last finite point and "
+                            "halved the outer and inner steps (see history_)",
+                            DivergenceWarning, stacklevel=2)
+                        warned_divergence = True
+                    if retries > self._MAX_RETRIES:
+                        message = (f"still diverging at outer iteration {k} after "
+                                   f"{self._MAX_RETRIES} retries with halved steps")
+                        if self.error_score == "raise":
+                            raise FloatingPointError(message)
+                        stop_reason = message
+                        break
+                    continue
+                retries = 0
+                public = self._summaries(folds[0].problem, lam)
                 record = {"iteration": k, "outer_loss": outer_loss,
                           "inner_loss": float(np.mean([r.inner_loss for r in results])),
                           "hypergrad_norm": float(torch.sqrt(sum((g.double() ** 2).sum() for g in grad))),
-                          "diverged": not finite}
-                if not finite:
-                    warnings.warn(f"non-finite loss or hypergradient at outer iteration {k}; "
-                                  "hyperparameters kept at their last finite value",
-                                  DivergenceWarning, stacklevel=2)
-                    stop_reason = f"diverged at outer iteration {k}"
-                else:
-                    optimizer.zero_grad(set_to_none=False)
-                    for leaf, g in zip(lam, grad):
-                        leaf.grad = g.to(leaf.dtype)
-                    optimizer.step()
-                public = self._summaries(folds[0].problem, lam)
+                          "diverged": False}
                 record.update({f"param_{name}": v for name, v in public.items()})
-                if finite and (k % self.eval_every == self.eval_every - 1 or k == self.n_outer - 1):
-                    point, mean_scores = self._evaluate(folds, scorers, public, k, last_fit_times)
-                    last_fit_times = np.array([f.fit_time for f in folds])
-                    points.append(point)
-                    record.update({f"mean_test_{m if multimetric else 'score'}": s
-                                   for m, s in mean_scores.items()})
-                    self._keep_snapshot(snapshots, len(points) - 1, lam, mean_scores, best_key,
-                                        best_value)
-                    if best_key is not None and mean_scores[best_key] > best_value:
-                        best_value = mean_scores[best_key]
+                if k % self.eval_every == self.eval_every - 1 or k == self.n_outer - 1:
+                    mean_scores = self._evaluate_into(state, folds, scorers, public, k, lam, best_key)
+                    record.update({f"mean_test_{m if multimetric else 'score'}": v
+                                   for m, v in mean_scores.items()})
                 record["time_s"] = time.perf_counter() - it_started
-                records.append(record)
+                state.records.append(record)
+                state.iteration += 1
+                state.lam = [t.detach().clone() for t in lam]
                 if progress is not None:
                     progress.update(1)
                     shown = {key: round(v, 4) for key, v in record.items() if key.startswith("mean_test")}
                     progress.set_postfix(outer_loss=round(outer_loss, 4), **shown)
-                if stop_reason:
-                    break
                 if any(cb(dict(record)) for cb in (self.callbacks or [])):
                     stop_reason = f"stopped by a callback after outer iteration {k}"
                     break
@@ -422,46 +484,56 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                     stop_reason = f"timeout of {self.timeout}s reached after outer iteration {k}"
                     break
         except KeyboardInterrupt:
-            stop_reason = f"interrupted (KeyboardInterrupt) at outer iteration {len(records)}"
+            stop_reason = f"interrupted (KeyboardInterrupt) at outer iteration {state.iteration}"
         finally:
             if progress is not None:
                 progress.close()
         if stop_reason:
-            warnings.warn(f"search ended early: {stop_reason}; keeping the results so far",
+            warnings.warn(f"search ended early: {stop_reason}; keeping the results so far "
+                          "(fit again with warm_start=True to continue)",
                           SearchInterrupted, stacklevel=2)
         self.stop_reason_ = stop_reason
 
-        if not points and folds[0].state.theta is not None:
-            # Nothing scored yet (early stop): score where the chains are now.
-            public = self._summaries(folds[0].problem, lam)
-            point, mean_scores = self._evaluate(folds, scorers, public, len(records) - 1, last_fit_times)
-            points.append(point)
-            self._keep_snapshot(snapshots, 0, lam, mean_scores, best_key, best_value)
-        if not points:
-            raise RuntimeError(f"the search ended before any hyperparameter was scored ({stop_reason})")
-
-        self.cv_results_ = build_cv_results(points, metric_names, self.n_splits_, not multimetric)
-        self.history_ = build_history(records)
-        # Keep the chains' states (for warm starts), not the folds: those hold data copies.
-        self._chain_states = [fold.state for fold in folds]
+        # The state the search can resume from (warm_start=True, save/load).
+        state.lam = [t.detach().clone() for t in lam]
+        state.optimizer_state = optimizer.state_dict()
+        state.chain_states = [fold.state for fold in folds]
+        state.generator_states = [fold.generator.get_state() for fold in folds]
+        state.fit_times = [fold.fit_time for fold in folds]
+        self._search_state = state
         self._bound = folds[0].problem.bound
+
+        if not state.points:
+            # Stopped before the first scheduled evaluation: score where the chains are
+            # (the starting point if nothing finite was ever reached).
+            public = self._summaries(folds[0].problem, lam)
+            self._evaluate_into(state, folds, scorers, public, state.iteration - 1, lam, best_key)
+        self.cv_results_ = build_cv_results(state.points, metric_names, self.n_splits_, not multimetric)
+        self.history_ = build_history(state.records)
         self.hyperparams_ = self._public_values(lam)
-        self._select_best(snapshots, metric_names, multimetric)
+        for key in [k for k in self.cv_results_ if k.startswith("mean_test_")]:
+            if np.isnan(self.cv_results_[key]).all():
+                raise ValueError(f"every evaluation failed ({key} is all NaN); see the warnings, "
+                                 "or pass error_score='raise' to see the first error")
+        self._select_best(state.snapshots, metric_names, multimetric)
         if self.refit:
             refit_started = time.perf_counter()
             self.best_estimator_ = make_learned_net(self.estimator, self.hyperparams, self.best_params_)
             # skorch draws initial weights and batch order from torch's global RNG: seed it
             # (without disturbing the caller's stream) so that random_state fixes the refit.
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(refit_seed)
+                torch.manual_seed(state.refit_seed)
                 self.best_estimator_.fit(X, y)
             self.refit_time_ = time.perf_counter() - refit_started
         return self
 
     # ------------------------------------------------------------------ fit helpers
-    def _settings(self) -> InnerSettings:
+    _MAX_RETRIES = 3  # divergence: rollbacks with halved steps before the search stops
+
+    def _settings(self, inner_lr_scale: float = 1.0) -> InnerSettings:
         inner_lr = self.inner_lr if self.inner_lr is not None else self.estimator.get_params()["lr"]
-        return InnerSettings(method=self.method, inner_lr=float(inner_lr), burn_in=self.burn_in,
+        return InnerSettings(method=self.method, inner_lr=float(inner_lr) * inner_lr_scale,
+                             burn_in=self.burn_in,
                              n_samples=self.n_samples, temperature=self.temperature,
                              noise_scale=self.noise_scale, chain=self.chain,
                              recursion=self.recursion).validate()
@@ -474,6 +546,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         net.set_params(**overrides)
         device = getattr(net, "device", "cpu") or "cpu"
         generator = make_generator(int(seed[1]), device)
+        # The paper transforms validation images too when learning invariances.
+        augments = any(isinstance(h, AffineAugmentation) for h in self.hyperparams.values())
         batch_size = self.batch_size if self.batch_size is not None else net.batch_size
         # skorch initialises the module from torch's global RNG (lazy modules only on the
         # first forward, inside NetProblem): seed it without disturbing the caller's stream.
@@ -481,8 +555,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             torch.manual_seed(int(seed[0]))
             net.initialize()
             problem = NetProblem(net, self.hyperparams, X[train], y[train], X[val], y[val],
-                                 train_rows=np.asarray(train), batch_size=batch_size,
-                                 generator=generator)
+                                 train_rows=np.asarray(train), n_train_total=len(X),
+                                 batch_size=batch_size, generator=generator,
+                                 augment_outer=augments)
         lam_spec = _tree.flatten(problem.init_lam())[1]
         bilevel = BilevelProblem(problem.outer_loss, problem.inner_loss, lam_spec,
                                  problem.theta0(), mixed_vjp=problem.mixed_vjp())
@@ -503,6 +578,67 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     def _public_values(self, lam) -> dict:
         raw = _tree.unflatten([t.detach() for t in lam], self._lam_spec)
         return {name: bound.to_public(raw[name]) for name, bound in self._bound.items()}
+
+    def _evaluate_into(self, state, folds, scorers, public, iteration, lam, best_key):
+        """Score the chains now, append the point to ``state`` and keep its values."""
+        point, mean_scores = self._evaluate(folds, scorers, public, iteration, state.last_fit_times)
+        state.last_fit_times = [f.fit_time for f in folds]
+        state.points.append(point)
+        self._keep_snapshot(state.snapshots, len(state.points) - 1, lam, mean_scores, best_key,
+                            state.best_value)
+        if mean_scores[best_key] > state.best_value:
+            state.best_value = mean_scores[best_key]
+        return mean_scores
+
+    @staticmethod
+    def _checkpoint(lam, folds):
+        """What a rollback needs. Chains replace (never mutate) their tensors, so
+        references suffice; generator states are copied."""
+        return ([t.detach().clone() for t in lam],
+                [(f.state.theta, f.state.tangent, f.state.n_steps) for f in folds],
+                [f.generator.get_state() for f in folds])
+
+    @staticmethod
+    def _restore(checkpoint, lam, folds):
+        """Roll back to ``checkpoint``. New state and generator objects, so that a worker
+        thread still finishing an interrupted step cannot write into the restored ones."""
+        lam_values, chains, gen_states = checkpoint
+        with torch.no_grad():
+            for leaf, value in zip(lam, lam_values):
+                leaf.copy_(value)
+        restored = []
+        for fold, (theta, tangent, n_steps), gen_state in zip(folds, chains, gen_states):
+            generator = torch.Generator(device=fold.generator.device)
+            generator.set_state(gen_state)
+            fold.problem.generator = generator
+            restored.append(_FoldChain(
+                net=fold.net, problem=fold.problem, bilevel=fold.bilevel,
+                state=ChainState(theta=theta, tangent=tangent, n_steps=n_steps),
+                generator=generator, X_val=fold.X_val, y_val=fold.y_val, fit_time=fold.fit_time))
+        return restored
+
+    def _resume_or_start(self, X, y, groups) -> "_SearchState":
+        """The saved search state when warm-starting on the same data, else a fresh one."""
+        fingerprint = joblib_hash((X, y))
+        previous = getattr(self, "_search_state", None)
+        if self.warm_start and previous is not None:
+            if previous.data_hash != fingerprint:
+                raise ValueError("warm_start=True continues a search on the same X and y; "
+                                 "this data differs. Fit with warm_start=False to start over.")
+            return previous
+        cv = check_cv(self.cv, y, classifier=self._is_classifier)
+        n_splits = cv.get_n_splits(X, y, groups)
+        if len(X) < n_splits:
+            raise ValueError(f"n_samples={len(X)} is fewer than the {n_splits} cv folds; "
+                             "pass more data or a smaller cv")
+        splits = [(np.asarray(tr), np.asarray(va)) for tr, va in cv.split(X, y, groups)]
+        rng = check_random_state(self.random_state)
+        seeds = rng.randint(0, 2**31 - 1, size=(len(splits), 2))
+        return _SearchState(data_hash=fingerprint, splits=splits, seeds=seeds,
+                            refit_seed=int(rng.randint(0, 2**31 - 1)),
+                            chain_states=[ChainState() for _ in splits],
+                            generator_states=[None] * len(splits),
+                            fit_times=[0.0] * len(splits), last_fit_times=[0.0] * len(splits))
 
     def _evaluate(self, folds, scorers, public, iteration, last_fit_times):
         per_fold = Parallel(n_jobs=self.n_jobs, prefer="threads")(
@@ -548,12 +684,29 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self.best_params_ = self._public_values(snapshots[self.best_index_])
         self._best_snapshot = snapshots[self.best_index_]
 
-    def _progress(self):
+    def _progress(self, done=0):
         if not self.verbose:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.n_outer, desc="SGLDHyperTuner", unit="outer")
+        return tqdm(total=self.n_outer, initial=done, desc="SGLDHyperTuner", unit="outer")
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        """Write the tuner, fitted or stopped mid-search, to ``path`` (a pickle).
+
+        Load it with :meth:`load`; ``fit`` with ``warm_start=True`` then continues the
+        search. Like any pickle, only load files you trust.
+        """
+        joblib.dump(self, path)
+
+    @classmethod
+    def load(cls, path) -> "SGLDHyperTuner":
+        """Read a tuner written by :meth:`save`."""
+        obj = joblib.load(path)
+        if not isinstance(obj, cls):
+            raise TypeError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}")
+        return obj
 
     # ------------------------------------------------------------------ delegation
     def _encode(self, y):

@@ -27,11 +27,11 @@ class TinyMLP(torch.nn.Module):
         return self.out(torch.tanh(self.hidden(X)))
 
 
-def tiny_classifier(**kwargs):
+def tiny_classifier(module=TinyMLP, **kwargs):
     params = dict(module__n_in=64, module__n_out=4, criterion=torch.nn.CrossEntropyLoss,
                   lr=0.1, max_epochs=2, batch_size=32, train_split=None, verbose=0)
     params.update(kwargs)
-    return NeuralNetClassifier(TinyMLP, **params)
+    return NeuralNetClassifier(module, **params)
 
 
 def tiny_tuner(net=None, **kwargs):

@@ -1,0 +1,210 @@
+"""Faults a long search meets: divergence, Ctrl-C, timeouts, resume, load, parallel folds.
+
+Each test here backs one row of docs/reliability.md.
+"""
+import os
+import time
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.datasets import load_digits
+
+from sgld_tuner import SGLDHyperTuner
+from sgld_tuner.hyperparams import PerWeightL1
+from sgld_tuner.tuner import DivergenceWarning, SearchInterrupted
+
+from test_tuner import TinyMLP, tiny_classifier, tiny_tuner
+
+
+class FlakyMLP(TinyMLP):
+    """Outputs NaN on chosen forward calls: a chain that blows up, on demand."""
+
+    calls = 0
+    nan_calls = range(0)
+
+    def forward(self, X):
+        type(self).calls += 1
+        out = super().forward(X)
+        return out * float("nan") if type(self).calls in self.nan_calls else out
+
+
+class InterruptingMLP(TinyMLP):
+    """Raises KeyboardInterrupt on one forward call, as Ctrl-C would mid-step."""
+
+    calls = 0
+    interrupt_at = -1
+
+    def forward(self, X):
+        type(self).calls += 1
+        if type(self).calls == self.interrupt_at:
+            raise KeyboardInterrupt
+        return super().forward(X)
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = load_digits(n_class=4, return_X_y=True)
+    return (X[:120] / 16.0).astype(np.float32), y[:120]
+
+
+def assert_no_nan(tuner):
+    assert np.isfinite(tuner.best_score_)
+    for values in (tuner.best_params_, tuner.hyperparams_):
+        for arr in values["l1"].values():
+            assert np.isfinite(arr).all()
+
+
+def test_transient_divergence_rolls_back_shrinks_and_continues(data):
+    FlakyMLP.calls, FlakyMLP.nan_calls = 0, range(30, 34)
+    tuner = tiny_tuner(tiny_classifier(module=FlakyMLP), n_outer=6, eval_every=2)
+    with pytest.warns(DivergenceWarning, match="rolled"):
+        tuner.fit(*data)
+    hist = tuner.history_
+    assert hist["diverged"].any() and (~hist["diverged"]).sum() == 6
+    assert hist.loc[hist["diverged"], "inner_lr"].iloc[0] == pytest.approx(0.05)
+    assert_no_nan(tuner)
+
+
+def test_persistent_divergence_stops_with_best_so_far(data):
+    FlakyMLP.calls, FlakyMLP.nan_calls = 0, range(45, 10**9)
+    tuner = tiny_tuner(tiny_classifier(module=FlakyMLP), n_outer=10, eval_every=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuner.fit(*data)
+    kinds = [w.category for w in caught]
+    assert kinds.count(DivergenceWarning) == 1 and SearchInterrupted in kinds
+    assert "diverging" in tuner.stop_reason_
+    assert len(tuner.cv_results_["params"]) >= 1
+    assert_no_nan(tuner)
+
+
+def test_persistent_divergence_raises_with_error_score_raise(data):
+    FlakyMLP.calls, FlakyMLP.nan_calls = 0, range(1, 10**9)
+    tuner = tiny_tuner(tiny_classifier(module=FlakyMLP), n_outer=3, error_score="raise")
+    with pytest.raises(FloatingPointError, match="diverging"):
+        tuner.fit(*data)
+
+
+def test_diverging_from_the_start_keeps_the_initial_values(data):
+    FlakyMLP.calls, FlakyMLP.nan_calls = 0, range(1, 10**9)
+    tuner = tiny_tuner(tiny_classifier(module=FlakyMLP), n_outer=3, refit=False,
+                       error_score=0.0)
+    with pytest.warns(SearchInterrupted):
+        tuner.fit(*data)
+    for arr in tuner.best_params_["l1"].values():
+        np.testing.assert_allclose(arr, 1e-3, rtol=1e-5)
+
+
+def test_ctrl_c_mid_step_keeps_results_and_refits(data):
+    InterruptingMLP.calls, InterruptingMLP.interrupt_at = 0, 25
+    tuner = tiny_tuner(tiny_classifier(module=InterruptingMLP), n_outer=20, eval_every=1)
+    with pytest.warns(SearchInterrupted, match="KeyboardInterrupt"):
+        tuner.fit(*data)
+    assert 0 < len(tuner.history_) < 20
+    assert hasattr(tuner, "best_estimator_") and tuner.predict(data[0]).shape == (120,)
+    assert_no_nan(tuner)
+
+
+def test_ctrl_c_from_a_callback(data):
+    def stop(record):
+        if record["iteration"] == 1:
+            raise KeyboardInterrupt
+
+    tuner = tiny_tuner(n_outer=10, callbacks=[stop])
+    with pytest.warns(SearchInterrupted):
+        tuner.fit(*data)
+    assert len(tuner.history_) == 2 and hasattr(tuner, "best_estimator_")
+
+
+def test_timeout_ends_the_search_cleanly(data):
+    tuner = tiny_tuner(n_outer=50, timeout=1e-6)
+    with pytest.warns(SearchInterrupted, match="timeout"):
+        tuner.fit(*data)
+    assert len(tuner.history_) == 1 and len(tuner.cv_results_["params"]) == 1
+    assert_no_nan(tuner)
+
+
+def stop_after_second_iteration(record):
+    return record["iteration"] == 1
+
+
+def test_interrupted_then_resumed_ends_where_uninterrupted_ends(data, tmp_path):
+    full = tiny_tuner(n_outer=4, eval_every=1, temperature=1e-2).fit(*data)
+
+    stopper = tiny_tuner(n_outer=4, eval_every=1, temperature=1e-2,
+                         callbacks=[stop_after_second_iteration])
+    with pytest.warns(SearchInterrupted):
+        stopper.fit(*data)
+    path = tmp_path / "search.joblib"
+    stopper.save(path)
+    resumed = SGLDHyperTuner.load(path)
+    resumed.set_params(callbacks=None, warm_start=True)
+    resumed.fit(*data)
+
+    np.testing.assert_array_equal(resumed.cv_results_["mean_test_score"],
+                                  full.cv_results_["mean_test_score"])
+    for name, arr in full.hyperparams_["l1"].items():
+        np.testing.assert_array_equal(resumed.hyperparams_["l1"][name], arr)
+    np.testing.assert_array_equal(resumed.predict_proba(data[0]), full.predict_proba(data[0]))
+
+
+def test_warm_start_with_more_outer_iterations_continues(data):
+    tuner = tiny_tuner(n_outer=2, eval_every=1).fit(*data)
+    tuner.set_params(n_outer=3, warm_start=True).fit(*data)
+    assert list(tuner.cv_results_["iteration"]) == [0, 1, 2]
+    with pytest.raises(ValueError, match="same X and y"):
+        tuner.set_params(n_outer=4).fit(data[0][:100], data[1][:100])
+
+
+def test_load_refuses_other_objects(tmp_path):
+    import joblib
+
+    joblib.dump({"not": "a tuner"}, tmp_path / "x.joblib")
+    with pytest.raises(TypeError, match="not a SGLDHyperTuner"):
+        SGLDHyperTuner.load(tmp_path / "x.joblib")
+
+
+def test_parallel_folds_give_the_sequential_result(data):
+    one = tiny_tuner(n_jobs=1, refit=False, temperature=1e-2).fit(*data)
+    two = tiny_tuner(n_jobs=2, refit=False, temperature=1e-2).fit(*data)
+    np.testing.assert_array_equal(one.cv_results_["mean_test_score"],
+                                  two.cv_results_["mean_test_score"])
+
+
+def _rss_mb():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_fifty_fits_keep_memory_flat(data):
+    X, y = data
+    rss = []
+    for i in range(50):
+        tiny_tuner(n_outer=1, refit=False, random_state=i).fit(X, y)
+        if i in (9, 49):
+            rss.append(_rss_mb())
+    # No graphs, chains or data retained between fits: 40 more fits add (almost) nothing.
+    assert rss[1] - rss[0] < 25, rss
+
+
+@pytest.mark.parametrize("make_bad,error,match", [
+    (lambda X, y: (sp.csr_matrix(X), y), TypeError, "[Ss]parse"),
+    (lambda X, y: (np.where(X > 0.9, np.inf, X), y), ValueError, "infinity"),
+    (lambda X, y: (X[:1], y[:1]), ValueError, "1 class|fewer"),
+])
+def test_bad_input_fails_fast(data, make_bad, error, match):
+    X, y = make_bad(*data)
+    started = time.perf_counter()
+    with pytest.raises(error, match=match):
+        tiny_tuner().fit(X, y)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_fewer_samples_than_folds(data):
+    X, y = data
+    with pytest.raises(ValueError, match="fewer than the 5 cv folds|n_splits=5"):
+        tiny_tuner(cv=5).fit(X[:4], np.array([0, 1, 0, 1]))
