@@ -213,7 +213,6 @@ class NetProblem:
         if not getattr(net, "initialized_", False):
             raise ValueError("NetProblem needs an initialized net (call net.initialize())")
         self.net = net
-        self.module = net.module_
         # where the parameters actually are (net.device may be None: "leave as is")
         self.device = _module_device(self.module)
         self.dtype = _module_dtype(self.module)
@@ -258,6 +257,13 @@ class NetProblem:
         for b in self.bound.values():
             if hasattr(b, "_set_output_kind"):
                 b._set_output_kind(self.crit.probabilities)
+
+    @property
+    def module(self):
+        # Always the net's own module: skorch's unpickling (e.g. in a Dask or loky worker)
+        # rebuilds ``module_``, so a cached reference would go stale and load_theta would
+        # write into a module that predict never uses.
+        return self.net.module_
 
     def _as_x(self, X):
         return torch.as_tensor(np.asarray(X), device=self.device).to(self.dtype)

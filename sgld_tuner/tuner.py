@@ -185,6 +185,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     warm_start : bool, default=False
         Continue the previous search on the same data (after an interruption, a
         timeout, :meth:`load`, or with a larger ``n_outer``) instead of starting over.
+    method_options : dict, optional
+        Options of the baselines: ``n_inner``, ``cg_iters``, ``cg_damping``,
+        ``neumann_iters``, ``neumann_alpha`` (see ``sgld_tuner.core.InnerSettings``).
 
     Attributes
     ----------
@@ -228,6 +231,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         "timeout": [Interval(Real, 0, None, closed="neither"), None],
         "error_score": [StrOptions({"raise"}), Real],
         "warm_start": ["boolean"],
+        "method_options": [dict, None],
     }
 
     def __init__(self, estimator, hyperparams, *, n_outer=50, outer_lr=0.05,
@@ -235,7 +239,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                  noise_scale=1.0, inner_lr=None, batch_size=None, method="sgld",
                  recursion="damped", chain="persistent", cv=5, scoring=None, refit=True,
                  eval_every=5, n_jobs=None, random_state=None, verbose=0, callbacks=None,
-                 timeout=None, error_score=np.nan, warm_start=False):
+                 timeout=None, error_score=np.nan, warm_start=False, method_options=None):
         self.estimator = estimator
         self.hyperparams = hyperparams
         self.n_outer = n_outer
@@ -261,6 +265,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self.timeout = timeout
         self.error_score = error_score
         self.warm_start = warm_start
+        self.method_options = method_options
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_tags__(self):
@@ -536,7 +541,16 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                              burn_in=self.burn_in,
                              n_samples=self.n_samples, temperature=self.temperature,
                              noise_scale=self.noise_scale, chain=self.chain,
-                             recursion=self.recursion).validate()
+                             recursion=self.recursion, **self._method_options()).validate()
+
+    _METHOD_OPTIONS = ("n_inner", "cg_iters", "cg_damping", "neumann_iters", "neumann_alpha")
+
+    def _method_options(self) -> dict:
+        options = dict(self.method_options or {})
+        unknown = sorted(set(options) - set(self._METHOD_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown method_options {unknown}; valid: {list(self._METHOD_OPTIONS)}")
+        return options
 
     def _make_fold(self, X, y, train, val, seed) -> _FoldChain:
         net = clone(self.estimator)

@@ -208,3 +208,17 @@ def test_fewer_samples_than_folds(data):
     X, y = data
     with pytest.raises(ValueError, match="fewer than the 5 cv folds|n_splits=5"):
         tiny_tuner(cv=5).fit(X[:4], np.array([0, 1, 0, 1]))
+
+
+def test_dask_backend_spreads_folds_and_matches_sequential(data):
+    distributed = pytest.importorskip("distributed")
+    import joblib
+
+    sequential = tiny_tuner(refit=False, temperature=1e-2).fit(*data)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster):
+        with joblib.parallel_config(backend="dask"):
+            spread = tiny_tuner(n_jobs=2, refit=False, temperature=1e-2).fit(*data)
+    np.testing.assert_array_equal(spread.cv_results_["mean_test_score"],
+                                  sequential.cv_results_["mean_test_score"])

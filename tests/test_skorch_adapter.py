@@ -322,3 +322,27 @@ def test_dict_inputs_with_sample_weights_and_penalties():
     learned.fit(Xd, y)
     assert np.isfinite(learned.history[-1, "train_loss"])
     assert learned.predict(Xd).shape == (60,)
+
+
+def test_load_theta_reaches_the_net_after_pickling():
+    """Process-based joblib backends (loky, Dask) pickle the problem: load_theta must still
+    write into the module that predict uses."""
+    import pickle
+
+    import numpy as np
+    import torch
+    from skorch import NeuralNetClassifier
+
+    from sgld_tuner.hyperparams import PerWeightL1
+    from sgld_tuner.skorch_adapter import NetProblem
+
+    net = NeuralNetClassifier(torch.nn.Linear, module__in_features=5, module__out_features=3,
+                              criterion=torch.nn.CrossEntropyLoss, train_split=None,
+                              verbose=0).initialize()
+    X = np.random.default_rng(0).random((12, 5), dtype=np.float32)
+    y = np.arange(12) % 3
+    problem = pickle.loads(pickle.dumps(NetProblem(net, {"l1": PerWeightL1()}, X, y, X, y,
+                                                   generator=torch.Generator())))
+    theta = {name: torch.zeros_like(t) for name, t in problem.theta0().items()}
+    proba = problem.load_theta(theta).predict_proba(X)
+    np.testing.assert_allclose(proba, 1.0 / 3.0, rtol=1e-6)

@@ -233,3 +233,16 @@ def test_plain_neuralnet_is_accepted_with_explicit_scoring(digits4):
         np.argmax(est.predict_proba(X_), 1) != y_)), refit=False)
     tuner.fit(X, y.astype(np.int64))
     assert np.isfinite(tuner.cv_results_["mean_test_score"]).all()
+
+
+@pytest.mark.parametrize("method,options", [("ift-cg", {"cg_iters": 3, "cg_damping": 0.1}),
+                                            ("ift-neumann", {"neumann_iters": 2}),
+                                            ("rmd", {"n_inner": 3})])
+def test_baseline_methods_run_through_the_tuner(digits4, method, options):
+    tuner = tiny_tuner(method=method, method_options=options, refit=False).fit(*digits4)
+    assert np.isfinite(tuner.cv_results_["mean_test_score"]).all()
+
+
+def test_unknown_method_option_is_refused(digits4):
+    with pytest.raises(ValueError, match="unknown method_options"):
+        tiny_tuner(method_options={"cg_steps": 3}).fit(*digits4)
