@@ -166,7 +166,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     scoring : str, callable, list, tuple or dict, optional
         As in ``GridSearchCV``; ``None`` uses the net's ``score`` (accuracy / R^2).
     refit : bool, str or callable, default=True
-        As in ``GridSearchCV``.
+        As in ``GridSearchCV``; ``"ensemble"`` also runs an SGLD chain on all data at the
+        learned values after the refit and predicts with the average over its samples
+        (``ensemble_``, see ``docs/ensemble.md``).
     eval_every : int, default=5
         Score the trajectory every this many outer iterations (and at the last one).
     n_jobs : int, optional
@@ -521,14 +523,26 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                 raise ValueError(f"every evaluation failed ({key} is all NaN); see the warnings, "
                                  "or pass error_score='raise' to see the first error")
         self._select_best(state.snapshots, metric_names, multimetric)
+        self.__dict__.pop("ensemble_", None)  # never keep the ensemble of an earlier fit
         if self.refit:
             refit_started = time.perf_counter()
             self.best_estimator_ = make_learned_net(self.estimator, self.hyperparams, self.best_params_)
+            if self._is_classifier:
+                # The refit net sees encoded labels; predictions are mapped back via classes_.
+                self.best_estimator_.set_params(classes=list(range(len(self.classes_))))
             # skorch draws initial weights and batch order from torch's global RNG: seed it
             # (without disturbing the caller's stream) so that random_state fixes the refit.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(state.refit_seed)
                 self.best_estimator_.fit(X, y)
+            if isinstance(self.refit, str) and self.refit == "ensemble":
+                from .ensemble import collect_posterior_samples
+
+                self.ensemble_ = collect_posterior_samples(
+                    self.best_estimator_, self.hyperparams, self.best_params_, X, y,
+                    inner_lr=settings.inner_lr, temperature=self.temperature,
+                    noise_scale=self.noise_scale, batch_size=self.batch_size,
+                    random_state=state.refit_seed)
             self.refit_time_ = time.perf_counter() - refit_started
         return self
 
@@ -733,11 +747,16 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, accept_sparse=False, dtype=None, allow_nd=True)
         return np.asarray(X, dtype=np.float32)
 
+    def _predictor(self):
+        """The posterior ensemble when ``refit="ensemble"``, else ``best_estimator_``."""
+        ensemble = getattr(self, "ensemble_", None)
+        return self.best_estimator_ if ensemble is None else ensemble
+
     @available_if(_estimator_has("predict"))
     def predict(self, X):
         """Predict with ``best_estimator_`` (class labels in the original encoding)."""
         X = self._check_X(X)
-        pred = self.best_estimator_.predict(X)
+        pred = self._predictor().predict(X)
         if self._is_classifier:
             return self.classes_[np.asarray(pred, dtype=int)]
         return pred
@@ -746,7 +765,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     def predict_proba(self, X):
         """Class probabilities from ``best_estimator_`` (columns follow ``classes_``)."""
         X = self._check_X(X)
-        return self.best_estimator_.predict_proba(X)
+        return self._predictor().predict_proba(X)
 
     @available_if(_estimator_has("predict_proba"))
     def predict_log_proba(self, X):
@@ -760,4 +779,4 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         scorer = self.scorer_
         if self.multimetric_:
             scorer = self.scorer_[self._refit_metric(list(self.scorer_))]
-        return scorer(self.best_estimator_, X, self._encode(y))
+        return scorer(self._predictor(), X, self._encode(y))

@@ -1,0 +1,573 @@
+"""Posterior ensembles from an SGLD chain at the learned hyperparameters, and calibration.
+
+HPO-SGLD scores hyperparameters by an expectation over ``p(theta | lam) ∝
+exp(-L_T(lam, theta) / tau)``. Once ``lam`` is learned, the same Langevin dynamics can be
+run on all training data to draw weights from that distribution; averaging the predictions
+of the draws is a (cheap, approximate) posterior predictive.
+
+* :func:`collect_posterior_samples` runs that chain from a trained net and returns
+* :class:`PosteriorEnsemble`, a scikit-learn style classifier/regressor whose
+  ``predict_proba`` is the mean of the members' probabilities;
+* :func:`expected_calibration_error` and :func:`calibration_report` measure whether the
+  predicted confidences match the observed accuracies (the paper's Table 11 reports ECE).
+
+See ``docs/ensemble.md`` for usage, measurements and caveats.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, is_classifier, is_regressor
+from sklearn.metrics import accuracy_score, log_loss, r2_score
+from sklearn.utils import check_random_state
+from sklearn.utils.metaestimators import available_if
+
+from .core import _tree
+from .core.sgld import langevin_step, make_generator
+from .skorch_adapter import NetProblem
+
+__all__ = ["PosteriorEnsemble", "collect_posterior_samples", "expected_calibration_error",
+           "calibration_report"]
+
+
+# ----------------------------------------------------------------------------------------
+# calibration
+# ----------------------------------------------------------------------------------------
+
+def _column_index(y, classes) -> np.ndarray:
+    """Positions of the labels ``y`` in ``classes`` (the columns of a probability matrix)."""
+    y = np.asarray(y)
+    classes = np.asarray(classes)
+    order = np.argsort(classes, kind="stable")
+    pos = np.searchsorted(classes[order], y)
+    pos = np.clip(pos, 0, len(classes) - 1)
+    found = classes[order][pos] == y
+    if not np.all(found):
+        unknown = np.unique(y[~found])[:5]
+        raise ValueError(f"labels {unknown.tolist()} are not among the classes {classes.tolist()}")
+    return order[pos]
+
+
+def expected_calibration_error(proba, y, n_bins: int = 15, *, classes=None) -> float:
+    """Expected calibration error of the top-label confidence (Guo et al., 2017).
+
+    Each row's confidence is its largest probability and its prediction the column of
+    that probability. Rows are grouped into ``n_bins`` equal-width confidence bins
+    ``(0, 1/n_bins], (1/n_bins, 2/n_bins], ..., ((n_bins-1)/n_bins, 1]`` (a confidence of
+    exactly 0 goes to the first bin), and
+
+        ECE = sum_b (|B_b| / n) * |accuracy(B_b) - mean confidence(B_b)|
+
+    over the non-empty bins.
+
+    Parameters
+    ----------
+    proba : array-like of shape (n_samples, n_classes) or (n_samples,)
+        Predicted class probabilities. A 1-d array is read as the probability of the
+        second (positive) class of a binary problem.
+    y : array-like of shape (n_samples,)
+        True labels: column indices ``0..n_classes-1``, or labels from ``classes``.
+    n_bins : int, default=15
+        Number of equal-width bins; 15 is the choice of Guo et al. (2017).
+    classes : array-like of shape (n_classes,), optional
+        The label of each column of ``proba`` (e.g. an estimator's ``classes_``); when
+        given, ``y`` holds labels rather than column indices.
+
+    Returns
+    -------
+    float
+        ECE as a fraction in ``[0, 1]`` (multiply by 100 for the paper's percentages).
+
+    Examples
+    --------
+    >>> expected_calibration_error([[0.9, 0.1], [0.2, 0.8]], [0, 0], n_bins=5)
+    0.45
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim == 1:
+        proba = np.column_stack([1.0 - proba, proba])
+    if proba.ndim != 2 or proba.shape[0] == 0:
+        raise ValueError(f"proba must have shape (n_samples, n_classes), got {proba.shape}")
+    if not (isinstance(n_bins, (int, np.integer)) and n_bins >= 1):
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    if classes is not None:
+        y_idx = _column_index(y, classes)
+    else:
+        y_idx = np.asarray(y)
+        if y_idx.dtype.kind not in "iub":
+            raise ValueError("y must hold column indices (integers); pass classes= to use labels")
+        y_idx = y_idx.astype(np.int64)
+    if y_idx.shape != (proba.shape[0],):
+        raise ValueError(f"y has shape {y_idx.shape}; expected ({proba.shape[0]},)")
+    confidence = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == y_idx).astype(np.float64)
+    # Right-closed bins: searchsorted on the inner edges with side="left" counts the
+    # edges strictly below the confidence, so a confidence equal to an edge k/n_bins lands
+    # in the bin that ends there (and 1.0 in the last bin).
+    inner_edges = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
+    bins = np.searchsorted(inner_edges, confidence, side="left")
+    counts = np.bincount(bins, minlength=n_bins)
+    gap = np.abs(np.bincount(bins, weights=correct, minlength=n_bins)
+                 - np.bincount(bins, weights=confidence, minlength=n_bins))
+    # sum_b |B_b|/n * |acc_b - conf_b| = sum_b |sum_{i in B_b}(correct_i - conf_i)| / n
+    return float(gap.sum() / counts.sum())
+
+
+def _proba_rows(model, X):
+    """``(proba, classes)`` of a fitted classifier, its rows renormalised in float64."""
+    proba = np.asarray(model.predict_proba(X), dtype=np.float64)
+    if proba.ndim == 1:
+        proba = np.column_stack([1.0 - proba, proba])
+    proba = proba / proba.sum(axis=1, keepdims=True)
+    classes = getattr(model, "classes_", None)
+    if classes is None:
+        classes = np.arange(proba.shape[1])
+    return proba, np.asarray(classes)
+
+
+def calibration_report(tuner_or_models, X_test, y_test, *, n_bins: int = 15):
+    """Accuracy, negative log-likelihood and ECE of fitted classifiers on held-out data.
+
+    Parameters
+    ----------
+    tuner_or_models : SGLDHyperTuner, classifier, dict or list of classifiers
+        A fitted :class:`~sgld_tuner.SGLDHyperTuner` gives the rows ``"refit net"``
+        (``best_estimator_``) and, when it has one, ``"posterior ensemble"``
+        (``ensemble_``). A dict maps row names to fitted classifiers; a list (or a single
+        classifier) is named by class name. Every model needs ``predict_proba``; its
+        ``classes_`` (if any) maps ``y_test`` to columns.
+    X_test : array-like
+        Held-out inputs, as the models expect them (a tuner's are cast to float32 as in
+        its ``predict``).
+    y_test : array-like of shape (n_samples,)
+        Held-out labels in the original encoding.
+    n_bins : int, default=15
+        Bins of :func:`expected_calibration_error`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model with columns ``model``, ``accuracy``, ``nll`` (mean negative log
+        probability of the true class, natural log) and ``ece`` (fraction, not percent).
+    """
+    import pandas as pd
+
+    models = _as_named_models(tuner_or_models)
+    y_test = np.asarray(y_test)
+    rows = []
+    for name, (model, as_float32, classes) in models.items():
+        X = np.asarray(X_test, dtype=np.float32) if as_float32 else X_test
+        proba, model_classes = _proba_rows(model, X)
+        classes = model_classes if classes is None else np.asarray(classes)
+        y_idx = _column_index(y_test, classes)
+        rows.append({
+            "model": name,
+            "accuracy": float(accuracy_score(y_idx, proba.argmax(axis=1))),
+            "nll": float(log_loss(y_idx, proba, labels=np.arange(proba.shape[1]))),
+            "ece": expected_calibration_error(proba, y_idx, n_bins=n_bins),
+        })
+    return pd.DataFrame(rows, columns=["model", "accuracy", "nll", "ece"])
+
+
+def _as_named_models(obj) -> dict:
+    """``{name: (model, cast X to float32?, classes override or None)}``."""
+    from .tuner import SGLDHyperTuner  # here: the tuner module imports this one
+
+    if isinstance(obj, SGLDHyperTuner):
+        if not hasattr(obj, "best_estimator_"):
+            raise ValueError("the tuner has no refit net: fit it with refit=True or "
+                             "refit='ensemble' (or pass the models themselves)")
+        # Its nets were trained on float32 inputs and on labels encoded 0..C-1, so cast X
+        # as its predict does and map the user's labels through the tuner's classes_
+        # rather than the nets' own.
+        classes = getattr(obj, "classes_", None)
+        out = {"refit net": (obj.best_estimator_, True, classes)}
+        if getattr(obj, "ensemble_", None) is not None:
+            out["posterior ensemble"] = (obj.ensemble_, True, classes)
+        return out
+    if isinstance(obj, Mapping):
+        return {str(k): (m, False, None) for k, m in obj.items()}
+    if isinstance(obj, Sequence) and not isinstance(obj, str):
+        named = {}
+        for m in obj:
+            base = type(m).__name__
+            name, k = base, 2
+            while name in named:
+                name, k = f"{base} ({k})", k + 1
+            named[name] = (m, False, None)
+        return named
+    return {type(obj).__name__: (obj, False, None)}
+
+
+# ----------------------------------------------------------------------------------------
+# the ensemble
+# ----------------------------------------------------------------------------------------
+
+def _net_kind(net) -> str:
+    if is_classifier(net):
+        return "classifier"
+    if is_regressor(net):
+        return "regressor"
+    return "net"
+
+
+class PosteriorEnsemble(BaseEstimator):
+    """Average the predictions of one skorch architecture over a list of weight samples.
+
+    A fitted container (like a frozen estimator): it is built from samples, typically by
+    :func:`collect_posterior_samples`, and :meth:`fit` does nothing.
+
+    Parameters
+    ----------
+    net : skorch.NeuralNet
+        Gives the architecture, the device and the prediction path (``predict_proba``
+        with skorch's own output nonlinearity). Members are evaluated by loading each
+        sample into this net's module, so the ensemble owns it: pass a copy if the net is
+        used elsewhere. An unfitted net (e.g. after :func:`sklearn.base.clone`) is
+        initialised at the first prediction.
+    samples : list of dict of str -> torch.Tensor
+        One ``module_.state_dict()`` per member, as CPU tensors (parameters and buffers).
+    classes : array-like, optional
+        Label of each probability column for classifiers; default ``net.classes_``, else
+        ``0..n_classes-1``.
+
+    Attributes
+    ----------
+    n_members_ : int
+        Number of samples averaged.
+    classes_ : ndarray
+        Class labels (classifiers only).
+
+    Notes
+    -----
+    Classifiers average probabilities, not logits: the posterior predictive
+    ``p(y | x) = E_theta[p(y | x, theta)]``. Regressors average the outputs (the
+    predictive mean); ``predict(X, return_std=True)`` also gives their spread over the
+    members. Prediction costs ``n_members_`` forward passes, and loading samples into
+    the shared module makes concurrent predictions from several threads unsafe.
+    """
+
+    def __init__(self, net, samples, classes=None):
+        self.net = net
+        self.samples = samples
+        self.classes = classes
+
+    def __repr__(self, N_CHAR_MAX=700):
+        # The default repr would print every sample's tensors.
+        return (f"{type(self).__name__}(net={type(self.net).__name__}, "
+                f"n_members={len(self.samples)})")
+
+    # -- scikit-learn plumbing ------------------------------------------------------------
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        kind = _net_kind(self.net)
+        if kind != "net":
+            from sklearn.utils import get_tags
+
+            inner = get_tags(self.net)
+            tags.estimator_type = inner.estimator_type
+            tags.classifier_tags = inner.classifier_tags
+            tags.regressor_tags = inner.regressor_tags
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return bool(self.samples)
+
+    def fit(self, X=None, y=None, **fit_params):
+        """Do nothing: the members are given (see :func:`collect_posterior_samples`).
+
+        Returns
+        -------
+        self
+        """
+        return self
+
+    @property
+    def n_members_(self) -> int:
+        return len(self.samples)
+
+    @property
+    def classes_(self) -> np.ndarray:
+        if _net_kind(self.net) != "classifier":
+            raise AttributeError("classes_ exists for classifiers only")
+        if self.classes is not None:
+            return np.asarray(self.classes)
+        try:
+            return np.asarray(self.net.classes_)
+        except AttributeError:
+            return np.arange(self._output_width())
+
+    # -- members --------------------------------------------------------------------------
+    def _ready_net(self):
+        if not self.samples:
+            raise ValueError("PosteriorEnsemble has no samples")
+        if not getattr(self.net, "initialized_", False):
+            # e.g. after clone(): the architecture comes back from the net's parameters
+            self.net.initialize()
+        return self.net
+
+    def _members(self, fn):
+        """``fn(net)`` with each sample loaded in turn (module in eval mode)."""
+        net = self._ready_net()
+        module = net.module_
+        outputs = []
+        with torch.no_grad():
+            for state in self.samples:
+                # load_state_dict copies across devices, so CPU samples serve a CUDA net
+                module.load_state_dict(state)
+                outputs.append(np.asarray(fn(net)))
+        return outputs
+
+    def _output_width(self) -> int:
+        state = self.samples[0]
+        last = [v for k, v in state.items() if k.endswith("bias") or k.endswith("weight")]
+        if not last:
+            raise AttributeError("cannot tell the number of classes; pass classes=")
+        return int(last[-1].shape[0])
+
+    def _mean_output(self, X):
+        outs = self._members(lambda net: net.predict_proba(X))
+        return np.mean(np.stack(outs, axis=0), axis=0), outs
+
+    # -- prediction -----------------------------------------------------------------------
+    def _is_classifier(self):
+        return _net_kind(self.net) == "classifier"
+
+    @available_if(_is_classifier)
+    def predict_proba(self, X):
+        """Mean over the members of their class probabilities.
+
+        Parameters
+        ----------
+        X : array-like
+            Inputs as the net takes them.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Columns follow ``classes_``; rows sum to 1.
+        """
+        mean, _ = self._mean_output(X)
+        return mean
+
+    @available_if(_is_classifier)
+    def predict_log_proba(self, X):
+        """Log of :meth:`predict_proba`."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X, return_std: bool = False):
+        """Class of largest mean probability (classifiers) or mean output (otherwise).
+
+        Parameters
+        ----------
+        X : array-like
+        return_std : bool, default=False
+            Regressors and plain nets only: also return the standard deviation of the
+            members' outputs (the spread of the samples, not a noise model).
+
+        Returns
+        -------
+        ndarray, or (ndarray, ndarray) with ``return_std``
+        """
+        mean, outs = self._mean_output(X)
+        if self._is_classifier():
+            if return_std:
+                raise ValueError("return_std is for regressors; use predict_proba")
+            return self.classes_[mean.argmax(axis=1)]
+        if return_std:
+            return mean, np.std(np.stack(outs, axis=0), axis=0)
+        return mean
+
+    def score(self, X, y, sample_weight=None):
+        """Accuracy (classifiers) or R^2 (regressors) of :meth:`predict`."""
+        kind = _net_kind(self.net)
+        if kind == "classifier":
+            return float(accuracy_score(y, self.predict(X), sample_weight=sample_weight))
+        if kind == "regressor":
+            pred = self.predict(X)
+            y = np.asarray(y)
+            if pred.ndim == 2 and pred.shape[1] == 1 and y.ndim == 1:
+                pred = pred[:, 0]
+            return float(r2_score(y, pred, sample_weight=sample_weight))
+        raise TypeError("score needs a NeuralNetClassifier or NeuralNetRegressor")
+
+    def predict_members(self, X) -> np.ndarray:
+        """Each member's ``predict_proba`` output, stacked: shape ``(n_members_, ...)``."""
+        return np.stack(self._members(lambda net: net.predict_proba(X)), axis=0)
+
+
+# ----------------------------------------------------------------------------------------
+# the chain
+# ----------------------------------------------------------------------------------------
+
+def _state_dict_with(module, theta: dict) -> dict:
+    """``module.state_dict()`` on CPU with the parameters replaced by ``theta``.
+
+    Tied parameters appear under several names in a state dict but once in
+    ``named_parameters``: map each name to its tensor so all aliases get the sample.
+    """
+    canonical = {id(p): name for name, p in module.named_parameters()}
+    aliases = dict(module.named_parameters(remove_duplicate=False))
+    out = {}
+    for key, value in module.state_dict().items():
+        if key in aliases:
+            value = theta[canonical[id(aliases[key])]]
+        out[key] = value.detach().to("cpu", copy=True)
+    return out
+
+
+def collect_posterior_samples(net, hyperparams, learned_values, X, y, *, n_samples: int = 20,
+                              burn_in: int = 50, thin: int = 10, inner_lr: float | None = None,
+                              temperature: float = 1e-4, noise_scale: float = 1.0,
+                              batch_size: int | None = None, random_state=None,
+                              classes=None) -> PosteriorEnsemble:
+    """Draw weights by SGLD on all training data at fixed hyperparameters; return an ensemble.
+
+    The chain starts at the trained net's weights and runs
+
+        theta <- theta - inner_lr * grad L_T(lam, theta) + sqrt(2 inner_lr tau) kappa z
+
+    on minibatches of ``X, y`` with the learned values ``lam`` held fixed: the inner
+    dynamics of HPO-SGLD without the hypergradient. After ``burn_in`` steps every
+    ``thin``-th state is kept, ``n_samples`` in all (``burn_in + thin * n_samples`` steps).
+
+    Parameters
+    ----------
+    net : skorch.NeuralNet
+        An initialised (normally fitted) net, e.g. ``SGLDHyperTuner.best_estimator_``.
+        It is not modified: the chain runs on a deep copy, which the ensemble keeps.
+    hyperparams : dict of str -> Hyperparameter or None
+        The tuned kinds; ``None`` takes them from a
+        :class:`~sgld_tuner.skorch_adapter.LearnedNet` (``net.hyperparams``), or uses the
+        plain training loss.
+    learned_values : dict or None
+        Their values in public form (``SGLDHyperTuner.best_params_``); ``None`` takes
+        ``net.learned_values``.
+    X, y : array-like
+        All training data, as the net was trained on it (for classifiers, labels as the
+        criterion takes them, i.e. what ``net.fit`` got). Learned per-row weights
+        (``SampleWeights``) index these rows in order.
+    n_samples : int, default=20
+        Members of the ensemble (each prediction costs this many forward passes).
+    burn_in : int, default=50
+        Steps run before the first kept sample.
+    thin : int, default=10
+        Steps between kept samples (>= 1); consecutive SGLD states are strongly
+        correlated, so keeping all of them adds cost without adding diversity.
+    inner_lr : float, optional
+        Step size ``eta``; default the net's ``lr``.
+    temperature : float, default=1e-4
+        ``tau`` (>= 0). ``p(theta | lam) ∝ exp(-L_T / tau)`` with ``L_T`` a *mean* loss over
+        ``n`` rows is the Bayesian posterior (with the penalties as a prior) at
+        ``tau = 1 / n``; smaller is colder (closer to the trained point).
+    noise_scale : float, default=1.0
+        ``kappa`` (>= 0); ``0`` turns the chain into minibatch SGD.
+    batch_size : int, optional
+        Minibatch size; default the net's ``batch_size``; ``-1`` is full batch.
+    random_state : int, RandomState or None
+        Seeds the minibatches, the Langevin noise and (inside the chain only) torch's
+        global RNG, which dropout draws from.
+    classes : array-like, optional
+        Passed to :class:`PosteriorEnsemble`; default ``net.classes_``.
+
+    Returns
+    -------
+    PosteriorEnsemble
+
+    Notes
+    -----
+    Why not ``sgld_tuner.core.hypergradient`` with ``keep_samples=True``: with ``lam``
+    fixed, every part of it except the Langevin step is wasted work (an outer loss per
+    step, vector-Jacobian products for the recursion, a validation split). The chain here
+    uses the same :func:`~sgld_tuner.core.langevin_step` and the same training objective
+    (:meth:`NetProblem.inner_loss`, shared with tuning and with the refit net), so it
+    samples the distribution the tuner averaged over, at one backward pass per step.
+
+    Tensors stay on the net's device during the chain; only the kept samples are
+    copied to CPU (pickling, memory on the accelerator).
+    """
+    _check_chain_args(n_samples, burn_in, thin, inner_lr, temperature, noise_scale)
+    if not getattr(net, "initialized_", False):
+        raise ValueError("collect_posterior_samples needs a fitted (initialised) skorch net")
+    if hyperparams is None:
+        hyperparams = getattr(net, "hyperparams", None) or {}
+    if learned_values is None:
+        learned_values = getattr(net, "learned_values", None) or {}
+    missing = [k for k in hyperparams if k not in learned_values]
+    if missing:
+        raise ValueError(f"learned_values lacks values for hyperparameters {missing}")
+    if inner_lr is None:
+        inner_lr = float(net.lr)
+    if batch_size is None:
+        batch_size = getattr(net, "batch_size", -1)
+    if classes is None and _net_kind(net) == "classifier":
+        try:
+            classes = np.asarray(net.classes_)
+        except AttributeError:
+            classes = None
+
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if len(X) != len(y):
+        raise ValueError(f"X and y have different lengths ({len(X)} and {len(y)})")
+    work = copy.deepcopy(net)  # the user's net (module mode, BN buffers) stays untouched
+    module = work.module_
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    rng = check_random_state(random_state)
+    chain_seed, global_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
+    generator = make_generator(chain_seed, device)
+
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        # Dropout and other in-module randomness draw from torch's global RNG, which the
+        # functional forward cannot reroute: seed it here so random_state fixes the chain,
+        # inside fork_rng so the caller's stream is left as it was.
+        torch.manual_seed(global_seed)
+        # No validation split: the outer loss is never evaluated here.
+        problem = NetProblem(work, hyperparams, X, y, X[:0], y[:0], batch_size=batch_size,
+                             generator=generator, n_train_total=len(X))
+        lam = {name: b.from_public(learned_values[name], problem.device, problem.dtype)
+               for name, b in problem.bound.items()}
+        theta, spec = _tree.flatten(problem.theta0())
+        samples = []
+        total = burn_in + thin * n_samples
+        for step in range(1, total + 1):
+            theta = [t.detach().requires_grad_(True) for t in theta]
+            loss = problem.inner_loss(lam, _tree.unflatten(theta, spec))
+            grads = torch.autograd.grad(loss, theta, allow_unused=True)
+            grads = _tree.fill_none(grads, theta)
+            theta = langevin_step(theta, grads, lr=inner_lr, temperature=temperature,
+                                  noise_scale=noise_scale, generator=generator)
+            if step > burn_in and (step - burn_in) % thin == 0:
+                # Checked only at kept samples: a per-step check would synchronise a CUDA
+                # device every step, and a NaN, once in theta, stays there.
+                if not all(bool(torch.isfinite(t).all()) for t in theta):
+                    raise FloatingPointError(
+                        f"the SGLD chain diverged by step {step} (non-finite weights); "
+                        "lower inner_lr or temperature")
+                samples.append(_state_dict_with(module, _tree.unflatten(theta, spec)))
+    module.load_state_dict(samples[-1])
+    module.eval()
+    return PosteriorEnsemble(work, samples, classes=classes)
+
+
+def _check_chain_args(n_samples, burn_in, thin, inner_lr, temperature, noise_scale):
+    checks = {
+        "n_samples": isinstance(n_samples, (int, np.integer)) and n_samples >= 1,
+        "burn_in": isinstance(burn_in, (int, np.integer)) and burn_in >= 0,
+        "thin": isinstance(thin, (int, np.integer)) and thin >= 1,
+        "inner_lr": inner_lr is None or (np.isfinite(inner_lr) and inner_lr > 0),
+        "temperature": np.isfinite(temperature) and temperature >= 0,
+        "noise_scale": np.isfinite(noise_scale) and noise_scale >= 0,
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        values = {"n_samples": n_samples, "burn_in": burn_in, "thin": thin,
+                  "inner_lr": inner_lr, "temperature": temperature, "noise_scale": noise_scale}
+        shown = ", ".join(f"{n}={values[n]!r}" for n in bad)
+        raise ValueError(f"invalid chain settings: {shown} (need n_samples >= 1, burn_in >= 0, "
+                         "thin >= 1, inner_lr > 0, temperature >= 0, noise_scale >= 0)")
