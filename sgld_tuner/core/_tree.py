@@ -63,7 +63,27 @@ def numel(leaves: list[torch.Tensor]) -> int:
 
 def dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
     """Sum of elementwise products over matching leaves."""
-    return sum((x * y).sum() for x, y in zip(a, b))
+    pairs = list(zip(a, b))
+    if pairs and all(x.dtype == y.dtype and x.device == y.device and x.shape == y.shape
+                     for x, y in pairs):
+        # torch.dot reduces in one pass without materialising x * y (a full-size
+        # temporary per leaf on million-weight nets); stacking keeps it on the device.
+        return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in pairs]).sum()
+    return sum((x * y).sum() for x, y in pairs)
+
+
+def axpy_(ys: list[torch.Tensor], xs: list[torch.Tensor], alpha: float) -> list[torch.Tensor]:
+    """``ys + alpha * xs``, in place in ``ys`` where dtypes and shapes allow.
+
+    One fused ``torch._foreach_add_`` pass instead of a temporary per leaf; falls back to
+    out-of-place (type-promoting, broadcasting) arithmetic otherwise. Returns the result
+    list, which callers must use instead of ``ys``.
+    """
+    if ys and all(y.dtype == x.dtype and y.shape == x.shape and y.device == x.device
+                  for y, x in zip(ys, xs)):
+        torch._foreach_add_(ys, xs, alpha=alpha)
+        return ys
+    return [y + alpha * x for y, x in zip(ys, xs)]
 
 
 def zeros_like(leaves: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -53,6 +53,10 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
         g = [t.clone() for t in state.tangent]
     else:
         g = _tree.zeros_like(lam)
+    if not depends:
+        # J0 = 0: the start is never differentiated, so do not hold a copy of it (a
+        # full model's worth of memory) for the whole chain.
+        theta_start = None
 
     # A closed-form mixed derivative spares the double backward when nothing else
     # (Hessian-vector product) is needed from it.
@@ -65,6 +69,7 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
     inner_uses_lam = None
     rho = torch.ones((), dtype=lam[0].dtype, device=lam[0].device)
     inner_value = None
+    n_theta = len(theta)
 
     for m in range(1, burn_in + n_samples + 1):
         inner_value = problem.inner(lam, theta)
@@ -74,12 +79,18 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
         new_theta = langevin_step(theta, grad_inner, lr=eta, temperature=settings.temperature,
                                   noise_scale=settings.noise_scale, generator=generator)
         new_theta = [t.requires_grad_(True) for t in new_theta]
+        if use_closed_form:
+            grad_inner = None  # only the step needed it; free it before the outer backward
 
+        # grad_lam f only enters h, i.e. after burn-in: skip that part of the backward before.
+        keep = m > burn_in
         outer_value = problem.outer(lam, new_theta)
-        grads = torch.autograd.grad(outer_value, new_theta + lam, create_graph=depends,
-                                    allow_unused=True)
-        f_theta = _tree.fill_none(grads[: len(new_theta)], new_theta)
-        f_lam = _tree.fill_none(grads[len(new_theta):], lam)
+        grads = torch.autograd.grad(outer_value, new_theta + lam if keep else new_theta,
+                                    create_graph=depends, allow_unused=True)
+        f_theta = _tree.fill_none(grads[:n_theta], new_theta)
+        # Keep the Nones: most outer losses do not touch lam, and zeros would cost a
+        # full-size fill and add per leaf and step for nothing.
+        f_lam = grads[n_theta:]
         v = [t.detach() for t in f_theta]
 
         if use_closed_form:
@@ -92,14 +103,23 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
                 inner_uses_lam = [p is not None for p in prods[:n_lam]]
             mixed = _tree.fill_none(prods[:n_lam], lam)
             hess_v = _tree.fill_none(prods[n_lam:], theta) if need_hessian else None
+        # The graph of the inner gradient is no longer needed: free it before the
+        # elementwise updates below so it never overlaps with their temporaries.
+        grad_inner = None
 
         with torch.no_grad():
             if damped:
                 vv = _tree.dot(v, v)
-                if vv > 0:
-                    rho = (1.0 - eta * _tree.dot(v, hess_v) / vv).clamp(0.0, 1.0)
-                g = [rho * gi for gi in g]
-            g = [gi - eta * bi for gi, bi in zip(g, mixed)]
+                # torch.where instead of `if vv > 0`: no host sync, same rule (keep the
+                # previous rho when v = 0; the NaN of 0/0 lands in the branch not taken).
+                rho = torch.where(vv > 0, (1.0 - eta * _tree.dot(v, hess_v) / vv).clamp(0.0, 1.0),
+                                  rho)
+                if g and all(gi.dtype == rho.dtype for gi in g):
+                    torch._foreach_mul_(g, rho)
+                else:
+                    g = [rho * gi for gi in g]
+            g = _tree.axpy_(g, mixed, -eta)
+            del mixed
         if depends:
             delta = [n.detach() - t.detach() for n, t in zip(new_theta, theta)]
             curv = _tree.fill_none(torch.autograd.grad(
@@ -110,9 +130,17 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
             g = [gi + e for gi, e in zip(g, extra)]
             f_theta_prev = f_theta
 
-        if m > burn_in:
+        if keep:
             with torch.no_grad():
-                h = [hi + (fl + gi) / n_samples for hi, fl, gi in zip(h, f_lam, g)]
+                # h += (grad_lam f + g) / M, as fused in-place adds.
+                h = _tree.axpy_(h, g, 1.0 / n_samples)
+                direct = [(i, fl) for i, fl in enumerate(f_lam) if fl is not None]
+                if direct:
+                    idx = [i for i, _ in direct]
+                    part = _tree.axpy_([h[i] for i in idx], [fl for _, fl in direct],
+                                       1.0 / n_samples)
+                    for i, hi in zip(idx, part):
+                        h[i] = hi
                 outer_sum += outer_value.detach()
             if samples is not None:
                 samples.append([t.detach().clone() for t in new_theta])
