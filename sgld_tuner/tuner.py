@@ -189,7 +189,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         timeout, :meth:`load`, or with a larger ``n_outer``) instead of starting over.
     method_options : dict, optional
         Options of the baselines: ``n_inner``, ``cg_iters``, ``cg_damping``,
-        ``neumann_iters``, ``neumann_alpha`` (see ``sgld_tuner.core.InnerSettings``).
+        ``neumann_iters``, ``neumann_alpha``; and ``curvature_every`` for the damped
+        recursion (see ``sgld_tuner.core.InnerSettings``).
 
     Attributes
     ----------
@@ -557,7 +558,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                              noise_scale=self.noise_scale, chain=self.chain,
                              recursion=self.recursion, **self._method_options()).validate()
 
-    _METHOD_OPTIONS = ("n_inner", "cg_iters", "cg_damping", "neumann_iters", "neumann_alpha")
+    _METHOD_OPTIONS = ("n_inner", "cg_iters", "cg_damping", "neumann_iters", "neumann_alpha",
+                       "curvature_every")
 
     def _method_options(self) -> dict:
         options = dict(self.method_options or {})

@@ -58,10 +58,11 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
         # full model's worth of memory) for the whole chain.
         theta_start = None
 
-    # A closed-form mixed derivative spares the double backward when nothing else
-    # (Hessian-vector product) is needed from it.
-    use_closed_form = problem.mixed_vjp is not None and not damped and not depends
-    need_hessian = damped or depends
+    # The damping factor needs a Hessian-vector product (a double backward); it is a
+    # scalar that drifts slowly along a chain, so it may be refreshed every k steps only.
+    # Steps in between (and the paper recursion) use the closed-form mixed derivative
+    # when the problem has one, and then need no double backward at all.
+    refresh_every = settings.curvature_every or (burn_in + n_samples)
 
     h = _tree.zeros_like(lam)
     outer_sum = torch.zeros((), dtype=lam[0].dtype, device=lam[0].device)
@@ -72,6 +73,8 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
     n_theta = len(theta)
 
     for m in range(1, burn_in + n_samples + 1):
+        need_hessian = depends or (damped and (m - 1) % refresh_every == 0)
+        use_closed_form = problem.mixed_vjp is not None and not need_hessian
         inner_value = problem.inner(lam, theta)
         grad_inner = torch.autograd.grad(inner_value, theta, create_graph=not use_closed_form,
                                          allow_unused=True)
@@ -108,12 +111,13 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
         grad_inner = None
 
         with torch.no_grad():
-            if damped:
+            if damped and hess_v is not None:
                 vv = _tree.dot(v, v)
                 # torch.where instead of `if vv > 0`: no host sync, same rule (keep the
                 # previous rho when v = 0; the NaN of 0/0 lands in the branch not taken).
                 rho = torch.where(vv > 0, (1.0 - eta * _tree.dot(v, hess_v) / vv).clamp(0.0, 1.0),
                                   rho)
+            if damped:
                 if g and all(gi.dtype == rho.dtype for gi in g):
                     torch._foreach_mul_(g, rho)
                 else:
