@@ -126,6 +126,9 @@ def make_problem(width: int, lam_init: float = 1e-5):
 # (label, method, recursion, closed form?) for every configuration the scripts measure
 CONFIGS = {
     "sgld-damped": ("sgld", "damped", False),
+    # The tuner's default for penalty kinds: damped, curvature once per outer iteration,
+    # closed-form mixed derivative on every other step.
+    "sgld-damped-closed": ("sgld", "damped", True),
     "sgld-paper": ("sgld", "paper", False),
     "sgld-paper-closed": ("sgld", "paper", True),
     "rmd": ("rmd", "damped", False),

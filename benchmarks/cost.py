@@ -43,7 +43,7 @@ import torch  # noqa: E402
 import _mlp  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-SGLD = ["sgld-damped", "sgld-paper", "sgld-paper-closed"]
+SGLD = ["sgld-damped", "sgld-damped-closed", "sgld-paper", "sgld-paper-closed"]
 OUTER = SGLD + ["rmd", "ift-cg"]
 MIB = 2.0 ** 20
 

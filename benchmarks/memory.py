@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import _mlp  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-LABELS = ["sgld-damped", "sgld-paper", "sgld-paper-closed", "rmd"]
+LABELS = ["sgld-damped", "sgld-damped-closed", "sgld-paper", "sgld-paper-closed", "rmd"]
 MIB = 2.0 ** 20
 
 
