@@ -159,7 +159,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     batch_size : int, optional
         Inner minibatch size; defaults to the net's ``batch_size``.
     method : {"sgld", "rmd", "rmd-fo", "fmd", "ift-cg", "ift-neumann"}, default="sgld"
-    recursion : {"damped", "paper"}, default="damped"
+    recursion : {"damped", "paper", "tracked"}, default="damped"
         See ``docs/bias.md``.
     chain : {"persistent", "restart"}, default="persistent"
     cv : int, cv splitter or iterable, default=5
@@ -221,7 +221,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         "inner_lr": [Interval(Real, 0, None, closed="neither"), None],
         "batch_size": [Interval(Integral, -1, None, closed="left"), None],
         "method": [StrOptions({"sgld", "rmd", "rmd-fo", "fmd", "ift-cg", "ift-neumann"})],
-        "recursion": [StrOptions({"damped", "paper"})],
+        "recursion": [StrOptions({"damped", "paper", "tracked"})],
         "chain": [StrOptions({"persistent", "restart"})],
         "cv": ["cv_object"],
         "scoring": [StrOptions(set()), callable, list, tuple, dict, str, None],

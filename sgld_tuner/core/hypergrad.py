@@ -28,10 +28,23 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
     the ``(I - eta H_T)`` contraction of the exact tangent recursion, taken along ``v``.
     It stands in for the paper's ``-eta H_T J0`` term, which is that same contraction
     frozen at the start.
+
+    ``"tracked"`` leaves the forward recursion for a warm-started implicit one: along the
+    same chain it keeps an adjoint ``w ~ H_T^-1 grad_theta f`` by one gradient step per
+    inner step (``w <- w - eta (H_T w - grad_theta f)``) and uses ``g_m = -w^T
+    d2L_T/(dtheta dlam)``. One double backward with ``grad_outputs = w`` gives both
+    products. Unbiased at stationarity whatever the dimension (the damped recursion
+    damps along one direction only), but it needs that double backward at every step and
+    a start independent of ``lam``; ``w`` persists across outer iterations of a
+    persistent chain. See ``docs/bias.md``.
     """
     eta, burn_in, n_samples = settings.inner_lr, settings.burn_in, settings.n_samples
     damped = settings.recursion == "damped"
+    tracked = settings.recursion == "tracked"
     depends = problem.start_depends_on_lam
+    if tracked and depends:
+        raise ValueError("recursion='tracked' needs a start independent of lam; use "
+                         "'damped' or 'paper' for a callable (MAML-type) theta0")
     n_lam = len(lam)
 
     theta_start = chain_start(problem, lam, state, settings)
@@ -53,6 +66,11 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
         g = [t.clone() for t in state.tangent]
     else:
         g = _tree.zeros_like(lam)
+    persistent = settings.chain == "persistent"
+    adjoint = None
+    if tracked:
+        adjoint = ([t.clone() for t in state.adjoint] if persistent and state.adjoint is not None
+                   else _tree.zeros_like(theta))
     if not depends:
         # J0 = 0: the start is never differentiated, so do not hold a copy of it (a
         # full model's worth of memory) for the whole chain.
@@ -73,7 +91,7 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
     n_theta = len(theta)
 
     for m in range(1, burn_in + n_samples + 1):
-        need_hessian = depends or (damped and (m - 1) % refresh_every == 0)
+        need_hessian = depends or tracked or (damped and (m - 1) % refresh_every == 0)
         use_closed_form = problem.mixed_vjp is not None and not need_hessian
         inner_value = problem.inner(lam, theta)
         grad_inner = torch.autograd.grad(inner_value, theta, create_graph=not use_closed_form,
@@ -96,7 +114,18 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
         f_lam = grads[n_theta:]
         v = [t.detach() for t in f_theta]
 
-        if use_closed_form:
+        if tracked:
+            prods = torch.autograd.grad(grad_inner, lam + theta, grad_outputs=adjoint,
+                                        allow_unused=True)
+            if inner_uses_lam is None:
+                inner_uses_lam = [p is not None for p in prods[:n_lam]]
+            with torch.no_grad():
+                # g_m = -w^T B with the adjoint before its step (both at theta_{m-1}).
+                g = [-b for b in _tree.fill_none(prods[:n_lam], lam)]
+                hess_w = _tree.fill_none(prods[n_lam:], theta)
+                adjoint = [w - eta * (hw - ft) for w, hw, ft in zip(adjoint, hess_w, v)]
+            mixed, hess_v = None, None
+        elif use_closed_form:
             mixed = problem.mixed(lam, theta, v)
             hess_v = None
         else:
@@ -122,7 +151,8 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
                     torch._foreach_mul_(g, rho)
                 else:
                     g = [rho * gi for gi in g]
-            g = _tree.axpy_(g, mixed, -eta)
+            if mixed is not None:
+                g = _tree.axpy_(g, mixed, -eta)
             del mixed
         if depends:
             delta = [n.detach() - t.detach() for n, t in zip(new_theta, theta)]
@@ -153,7 +183,8 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
     state.theta = [t.detach() for t in theta]
     state.n_steps += burn_in + n_samples
     state.tangent = ([t.detach() for t in g]
-                     if damped and not depends and settings.chain == "persistent" else None)
+                     if damped and not depends and persistent else None)
+    state.adjoint = [t.detach() for t in adjoint] if tracked and persistent else None
     diagnostics = {"rho": float(rho)}
     if inner_uses_lam is not None:
         diagnostics["inner_uses_lam"] = inner_uses_lam

@@ -133,7 +133,7 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     bounds : (low, high) or list of pairs, optional
         Projection of ``lam`` after each outer step.
     chain : {"persistent", "restart"}
-    recursion : {"damped", "paper"}
+    recursion : {"damped", "paper", "tracked"}
         See :class:`~sgld_tuner.core.problem.InnerSettings`.
     mixed_vjp : callable, optional
         Closed-form ``v^T d2 L_T / (d theta d lam)``, see ``BilevelProblem``.

@@ -39,8 +39,10 @@ class InnerSettings:
         Whether an outer iteration continues the previous chain (detached, so still
         independent of ``lam``) or restarts from ``theta0``. A callable ``theta0``
         (MAML-type start) always restarts.
-    recursion : {"damped", "paper"}
-        ``"paper"`` is eq. 22 as published. ``"damped"`` keeps the ``(I - eta H)``
+    recursion : {"damped", "paper", "tracked"}
+        ``"tracked"`` (see ``sgld_hypergrad``) keeps an adjoint ``w ~ H^-1 grad f`` along
+        the chain instead: unbiased at stationarity in any dimension, at one double
+        backward per step. ``"paper"`` is eq. 22 as published. ``"damped"`` keeps the ``(I - eta H)``
         contraction the first-order recursion drops, through the Rayleigh quotient of
         the inner Hessian along ``grad_theta f`` (one double-backward gives both
         products), and carries the recursion state across outer iterations of a
@@ -82,8 +84,9 @@ class InnerSettings:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.chain not in ("persistent", "restart"):
             raise ValueError(f"chain must be 'persistent' or 'restart', got {self.chain!r}")
-        if self.recursion not in ("damped", "paper"):
-            raise ValueError(f"recursion must be 'damped' or 'paper', got {self.recursion!r}")
+        if self.recursion not in ("damped", "paper", "tracked"):
+            raise ValueError("recursion must be 'damped', 'paper' or 'tracked', got "
+                             f"{self.recursion!r}")
         checks = {
             "inner_lr": self.inner_lr > 0,
             "burn_in": self.burn_in >= 0,
@@ -119,9 +122,10 @@ class ChainState:
     theta: list[torch.Tensor] | None = None
     tangent: list[torch.Tensor] | None = None  # damped recursion's g, shaped like lam
     n_steps: int = 0
+    adjoint: list[torch.Tensor] | None = None  # tracked recursion's w, shaped like theta
 
     def reset(self) -> None:
-        self.theta, self.tangent, self.n_steps = None, None, 0
+        self.theta, self.tangent, self.adjoint, self.n_steps = None, None, None, 0
 
 
 @dataclass
