@@ -1,0 +1,70 @@
+"""Speedup of parallel folds: SGLDHyperTuner with n_jobs=1 vs n_jobs=2 (joblib threads).
+
+Wall-clock time of the search (refit excluded) on digits, 5 folds, per-weight L1, with
+torch limited to one intra-op thread per fold so that two folds use two cores. Writes
+benchmarks/results/parallel_folds.{json,md}. ``SGLD_TUNER_SMOKE=1`` runs a tiny version.
+
+    python benchmarks/parallel_folds.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import time
+
+import numpy as np
+import torch
+
+from sgld_tuner import SGLDHyperTuner
+from sgld_tuner.demo import load_data, make_net
+from sgld_tuner.hyperparams import PerWeightL1
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+SMOKE = os.environ.get("SGLD_TUNER_SMOKE") == "1"
+
+
+def search_time(n_jobs: int, n_outer: int, repeats: int) -> list[float]:
+    X, _, y, _ = load_data(n_train=600, random_state=0)
+    times = []
+    for _ in range(repeats):
+        tuner = SGLDHyperTuner(make_net(), {"l1": PerWeightL1(init=1e-4)}, n_outer=n_outer,
+                               cv=5, eval_every=5, n_jobs=n_jobs, refit=False, random_state=0)
+        started = time.perf_counter()
+        tuner.fit(X, y)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    n_outer, repeats = (4, 1) if SMOKE else (30, 3)
+    # One untimed fit first: imports, lazy initialisation and allocator warm-up would
+    # otherwise all land on whichever setting is timed first.
+    for n_jobs in (1, 2):
+        search_time(n_jobs, 1, 1)
+    rows = []
+    for n_jobs in (1, 2):
+        times = search_time(n_jobs, n_outer, repeats)
+        rows.append({"n_jobs": n_jobs, "median_s": float(np.median(times)), "times_s": times})
+    speedup = rows[0]["median_s"] / rows[1]["median_s"]
+    meta = {"cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "torch": torch.__version__,
+            "python": platform.python_version(), "n_outer": n_outer, "folds": 5,
+            "smoke": SMOKE}
+    lines = ["| n_jobs | median search wall time (s) |", "|---:|---:|"]
+    lines += [f"| {r['n_jobs']} | {r['median_s']:.2f} |" for r in rows]
+    lines += ["", f"speedup n_jobs=2 over n_jobs=1: **{speedup:.2f}x** "
+              f"({meta['cpu_count']} cores, load average at the end {meta['load_avg'][0]:.2f})"]
+    table = "\n".join(lines)
+    print(table)
+    if not SMOKE:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "parallel_folds.json").write_text(json.dumps(
+            {"rows": rows, "speedup": speedup, "meta": meta}, indent=2))
+        (RESULTS / "parallel_folds.md").write_text(
+            "# Parallel folds\n\nCommand: `python benchmarks/parallel_folds.py`\n\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
