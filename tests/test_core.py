@@ -329,3 +329,15 @@ def test_tracked_recursion_refuses_a_lam_dependent_start(ridge):
     with pytest.raises(ValueError, match="tracked"):
         one_hypergradient(outer, inner, lam, lambda l: l.clone(), recursion="tracked",
                           burn_in=1, n_samples=1)
+
+
+def test_projection_callable_is_applied_after_each_step():
+    def onto_simplex_like(lam):  # keep the two weights positive and summing to one
+        clipped = lam.clamp(min=1e-6)
+        return clipped / clipped.sum()
+
+    res = minimize(lambda l, t: ((t - torch.tensor([1.0, 0.0])) ** 2).sum(),
+                   lambda l, t: ((t - 3 * l) ** 2).sum(), torch.tensor([0.5, 0.5]),
+                   torch.zeros(2), n_outer=5, outer_lr=0.1, burn_in=1, n_samples=1,
+                   inner_lr=0.2, temperature=0.0, projection=onto_simplex_like)
+    assert float(res.lam.sum()) == pytest.approx(1.0) and bool((res.lam > 0).all())

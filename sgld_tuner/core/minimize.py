@@ -104,7 +104,8 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
              temperature: float = 1.0, noise_scale: float = 1.0, n_inner: int | None = None,
              random_state=None, callback: Callable | None = None, bounds=None,
              chain: str = "persistent", recursion: str = "damped", mixed_vjp=None,
-             method_options: dict | None = None) -> BilevelResult:
+             method_options: dict | None = None,
+             projection: Callable | None = None) -> BilevelResult:
     """Solve ``min_lam E_{p(theta|lam)} f(lam, theta)`` by hypergradient descent.
 
     Parameters
@@ -138,7 +139,11 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     mixed_vjp : callable, optional
         Closed-form ``v^T d2 L_T / (d theta d lam)``, see ``BilevelProblem``.
     method_options : dict, optional
-        ``cg_iters``, ``cg_damping``, ``neumann_iters``, ``neumann_alpha``, ``keep_samples``.
+        ``cg_iters``, ``cg_damping``, ``neumann_iters``, ``neumann_alpha``,
+        ``curvature_every``, ``keep_samples``.
+    projection : callable, optional
+        ``lam -> lam`` (on the user's structure) applied after each outer step and after
+        ``bounds``, e.g. onto a simplex; its output replaces ``lam`` in place.
 
     Returns
     -------
@@ -194,6 +199,12 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
             leaf.grad = g.to(leaf.dtype)
         optimizer.step()
         project(lam, bounds)
+        if projection is not None:
+            with torch.no_grad():
+                projected, _ = _tree.flatten(projection(_tree.unflatten(
+                    [t.detach().clone() for t in lam], lam_spec)))
+                for leaf, value in zip(lam, projected):
+                    leaf.copy_(value)
         if not all(bool(torch.isfinite(t).all()) for t in lam):
             success = False
             message = f"lam became non-finite after outer iteration {k}; kept the last finite lam"
