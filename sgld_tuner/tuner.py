@@ -146,7 +146,10 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     n_outer : int, default=50
         Outer (hyperparameter) iterations.
     outer_lr : float, default=0.05
-        Step size of the outer optimizer on the unconstrained hyperparameters.
+        Step size of the outer optimizer on the unconstrained hyperparameters. Strengths
+        (L1, weight decay) are softplus-scaled: near 1e-4 an Adam step of 0.05 changes
+        them by about 5% (like a log scale), so ``n_outer * outer_lr`` bounds how many
+        e-folds a strength can travel; raise ``outer_lr`` for short searches.
     outer_optimizer : {"adam", "sgd"} or callable, default="adam"
     burn_in, n_samples : int, default=5, 5
         SGLD steps per outer iteration discarded (``B``) and averaged (``M``).
@@ -180,7 +183,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     callbacks : list of callable, optional
         Each gets the record of every outer iteration (a dict); a truthy return stops.
     timeout : float, optional
-        Seconds after which the search ends at the next outer iteration.
+        Seconds of search after which it ends; checked after each outer iteration, so
+        the last iteration and the refit come on top.
     error_score : "raise" or float, default=nan
         Score of an evaluation that fails. With ``"raise"``, a divergence that persists
         after the rollbacks raises ``FloatingPointError`` instead of ending the search.
