@@ -416,8 +416,11 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         stop_reason, warned_divergence, retries = None, False, 0
         started = time.perf_counter()
         progress = self._progress(state.iteration)
+        # One worker pool for the whole search (re-creating it every outer iteration
+        # cost more than the folds' work on small nets).
         parallel = Parallel(n_jobs=self.n_jobs, prefer="threads")
         try:
+            parallel.__enter__()
             while state.iteration < self.n_outer:
                 k = state.iteration
                 it_started = time.perf_counter()
@@ -478,7 +481,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                           "diverged": False}
                 record.update({f"param_{name}": v for name, v in public.items()})
                 if k % self.eval_every == self.eval_every - 1 or k == self.n_outer - 1:
-                    mean_scores = self._evaluate_into(state, folds, scorers, public, k, lam, best_key)
+                    mean_scores = self._evaluate_into(state, folds, scorers, public, k, lam, best_key,
+                                                      parallel)
                     record.update({f"mean_test_{m if multimetric else 'score'}": v
                                    for m, v in mean_scores.items()})
                 record["time_s"] = time.perf_counter() - it_started
@@ -498,6 +502,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         except KeyboardInterrupt:
             stop_reason = f"interrupted (KeyboardInterrupt) at outer iteration {state.iteration}"
         finally:
+            parallel.__exit__(None, None, None)
             if progress is not None:
                 progress.close()
         if stop_reason:
@@ -613,9 +618,11 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         raw = _tree.unflatten([t.detach() for t in lam], self._lam_spec)
         return {name: bound.to_public(raw[name]) for name, bound in self._bound.items()}
 
-    def _evaluate_into(self, state, folds, scorers, public, iteration, lam, best_key):
+    def _evaluate_into(self, state, folds, scorers, public, iteration, lam, best_key,
+                       parallel=None):
         """Score the chains now, append the point to ``state`` and keep its values."""
-        point, mean_scores = self._evaluate(folds, scorers, public, iteration, state.last_fit_times)
+        point, mean_scores = self._evaluate(folds, scorers, public, iteration,
+                                            state.last_fit_times, parallel)
         state.last_fit_times = [f.fit_time for f in folds]
         state.points.append(point)
         self._keep_snapshot(state.snapshots, len(state.points) - 1, lam, mean_scores, best_key,
@@ -674,8 +681,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                             generator_states=[None] * len(splits),
                             fit_times=[0.0] * len(splits), last_fit_times=[0.0] * len(splits))
 
-    def _evaluate(self, folds, scorers, public, iteration, last_fit_times):
-        per_fold = Parallel(n_jobs=self.n_jobs, prefer="threads")(
+    def _evaluate(self, folds, scorers, public, iteration, last_fit_times, parallel=None):
+        parallel = parallel or Parallel(n_jobs=self.n_jobs, prefer="threads")
+        per_fold = parallel(
             delayed(_score_fold)(fold, scorers, self.error_score) for fold in folds)
         scores = {m: [s[m] for s, _ in per_fold] for m in scorers}
         point = {
