@@ -1,0 +1,27 @@
+"""Weight decay learned per parameter tensor (one strength per layer's weight matrix).
+
+Run: python examples/weight_decay.py   (SGLD_TUNER_SMOKE=1 for a few-second run)
+"""
+import os
+
+import torch
+
+from sgld_tuner import SGLDHyperTuner
+from sgld_tuner.demo import load_data, make_net
+from sgld_tuner.hyperparams import WeightDecay
+
+SMOKE = os.environ.get("SGLD_TUNER_SMOKE", "0") not in ("", "0")
+torch.set_num_threads(1)
+X_train, X_test, y_train, y_test = load_data(n_train=300)
+
+# granularity="tensor": one strength per matching parameter ("hidden.weight", "out.weight"),
+# a handful of hyperparameters; "weight" would give one per weight, like PerWeightL1.
+wd = WeightDecay(init=1e-4, granularity="tensor")
+tuner = SGLDHyperTuner(make_net(max_epochs=3 if SMOKE else 40), {"wd": wd},
+                       n_outer=3 if SMOKE else 40, cv=3, eval_every=1 if SMOKE else 5,
+                       random_state=0)
+tuner.fit(X_train, y_train)
+
+for name, value in tuner.best_params_["wd"].items():
+    print(f"{name:14s} weight decay {float(value):.2e}")
+print(f"best cv accuracy {tuner.best_score_:.3f}, test accuracy {tuner.score(X_test, y_test):.3f}")
