@@ -57,7 +57,7 @@ from sklearn.model_selection import (GridSearchCV, PredefinedSplit, RandomizedSe
 from sklearn.preprocessing import StandardScaler
 
 from sgld_tuner import SGLDHyperTuner
-from sgld_tuner.demo import MLP, L1NetClassifier, make_net
+from sgld_tuner.demo import MLP, L1NetClassifier, L1NetRegressor, make_net
 from sgld_tuner.hyperparams import PerWeightL1
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -77,23 +77,6 @@ SMALL_N = 150
 # e^6. A one-seed probe of 0.05 / 0.2 / 0.5 (diabetes full, digits 150 rows) showed no
 # clear winner, so the span argument decided.
 OUTER_LR = float(os.environ.get("COMPARE_OUTER_LR", 0.2))
-
-
-class L1NetRegressor(NeuralNetRegressor):
-    """Regression counterpart of ``sgld_tuner.demo.L1NetClassifier`` (one global L1
-    strength on every ``*.weight``), which the demo does not provide for regressors."""
-
-    def __init__(self, *args, lambda_l1=0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lambda_l1 = lambda_l1
-
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        loss = super().get_loss(y_pred, y_true, X=X, training=training)
-        if training and self.lambda_l1 > 0:
-            penalty = sum(p.abs().sum() for n, p in self.module_.named_parameters()
-                          if n.endswith("weight"))
-            loss = loss + self.lambda_l1 * penalty
-        return loss
 
 
 # --------------------------------------------------------------------------- data

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import torch
-from skorch import NeuralNetClassifier
+from skorch import NeuralNetClassifier, NeuralNetRegressor
 from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV, train_test_split
 
@@ -32,6 +32,14 @@ class MLP(torch.nn.Module):
         return self.out(torch.relu(self.hidden(X)))
 
 
+def global_l1_penalty(module: torch.nn.Module, strength: float) -> torch.Tensor | float:
+    """``strength * sum |w|`` over every ``*.weight`` of ``module``: one global L1 strength."""
+    if strength <= 0:
+        return 0.0
+    return strength * sum(p.abs().sum() for name, p in module.named_parameters()
+                          if name.endswith("weight"))
+
+
 class L1NetClassifier(NeuralNetClassifier):
     """A skorch classifier with one global L1 strength, what a grid search would tune."""
 
@@ -41,10 +49,19 @@ class L1NetClassifier(NeuralNetClassifier):
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         loss = super().get_loss(y_pred, y_true, X=X, training=training)
-        if training and self.lambda_l1 > 0:
-            weights = [p for name, p in self.module_.named_parameters() if name.endswith("weight")]
-            loss = loss + self.lambda_l1 * sum(w.abs().sum() for w in weights)
-        return loss
+        return loss + global_l1_penalty(self.module_, self.lambda_l1) if training else loss
+
+
+class L1NetRegressor(NeuralNetRegressor):
+    """The regression counterpart of :class:`L1NetClassifier`."""
+
+    def __init__(self, *args, lambda_l1=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lambda_l1 = lambda_l1
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        return loss + global_l1_penalty(self.module_, self.lambda_l1) if training else loss
 
 
 def make_net(net_class=NeuralNetClassifier, max_epochs=40, **kwargs):
