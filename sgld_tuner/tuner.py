@@ -505,6 +505,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             parallel.__exit__(None, None, None)
             if progress is not None:
                 progress.close()
+        self._warn_if_chains_degraded(state.records)
         if stop_reason:
             warnings.warn(f"search ended early: {stop_reason}; keeping the results so far "
                           "(fit again with warm_start=True to continue)",
@@ -558,6 +559,21 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit helpers
     _MAX_RETRIES = 3  # divergence: rollbacks with halved steps before the search stops
+
+    @staticmethod
+    def _warn_if_chains_degraded(records):
+        """A chain can go bad without a NaN (noise or step too large): the validation loss
+        then climbs instead of falling. Say so, since the best point is then arbitrary."""
+        losses = [r["outer_loss"] for r in records if not r.get("diverged")]
+        if len(losses) < 4:
+            return
+        start, end = np.mean(losses[:2]), np.mean(losses[-2:])
+        if math.isfinite(start) and math.isfinite(end) and end > 1.5 * start + 1e-8:
+            warnings.warn(
+                f"the validation loss rose from {start:.4g} to {end:.4g} during the search: "
+                "the chains are likely not training (lower temperature, noise_scale or "
+                "inner_lr); the selected point may be arbitrary", DivergenceWarning,
+                stacklevel=3)
 
     def _settings(self, inner_lr_scale: float = 1.0) -> InnerSettings:
         inner_lr = self.inner_lr if self.inner_lr is not None else self.estimator.get_params()["lr"]

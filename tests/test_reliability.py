@@ -222,3 +222,16 @@ def test_dask_backend_spreads_folds_and_matches_sequential(data):
             spread = tiny_tuner(n_jobs=2, refit=False, temperature=1e-2).fit(*data)
     np.testing.assert_array_equal(spread.cv_results_["mean_test_score"],
                                   sequential.cv_results_["mean_test_score"])
+
+
+def test_chains_that_degrade_without_nan_are_flagged(data):
+    # Far too much Langevin noise: the weights random-walk and validation loss climbs.
+    tuner = tiny_tuner(n_outer=6, temperature=50.0, refit=False)
+    with pytest.warns(DivergenceWarning, match="validation loss rose"):
+        tuner.fit(*data)
+
+
+def test_healthy_search_does_not_warn_about_degraded_chains(data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DivergenceWarning)
+        tiny_tuner(n_outer=6, refit=False).fit(*data)
