@@ -107,7 +107,7 @@ def run_synthetic_1d(noisy, settings, lam_star, theta_star, which="short"):
         # seed (no random draw anywhere), so one run is the whole distribution.
         long_row = "1000 inner" in name
         n_seeds = 1 if not stochastic else (settings["long_seeds"] if long_row else settings["seeds"])
-        lams, thetas, secs = [], [], []
+        lams, thetas, secs, n_diverged = [], [], [], 0
         for seed in range(n_seeds):
             problem = Synthetic1D(noisy=noisy, random_state=1000 + seed)
             opts = dict(n_outer=settings["n_outer"], outer_lr=0.005, inner_lr=0.005,
@@ -118,11 +118,23 @@ def run_synthetic_1d(noisy, settings, lam_star, theta_star, which="short"):
             res = minimize(problem.outer_loss, problem.inner_loss, problem.lam0,
                            problem.theta0, **opts)
             secs.append(time.perf_counter() - started)
-            lams.append(float(res.lam))
-            thetas.append(float(res.theta))
+            lam_value, theta_value = float(res.lam), float(res.theta)
+            # A blown-up run can keep a finite but meaningless lam (the last finite one):
+            # count it as diverged rather than averaging it in. The problem lives on [0, 1].
+            if (not res.success or not np.isfinite(theta_value)
+                    or not 0.0 <= lam_value <= 1.0):
+                n_diverged += 1
+                continue
+            lams.append(lam_value)
+            thetas.append(theta_value)
         lams, thetas = np.array(lams), np.array(thetas)
+        if len(lams) == 0:
+            out.append({"name": name, "n_seeds": n_seeds, "n_diverged": n_diverged,
+                        "seconds_per_run": float(np.mean(secs)), "paper": paper_lookup(table, name)})
+            print(f"  {name:38s} diverged in all {n_seeds} runs")
+            continue
         row = {
-            "name": name, "n_seeds": n_seeds,
+            "name": name, "n_seeds": n_seeds, "n_diverged": n_diverged,
             "lam_mean": lams.mean(), "lam_std": lams.std(),
             "theta_mean": thetas.mean(), "theta_std": thetas.std(),
             # error of each run, then averaged (not the error of the mean)
@@ -326,13 +338,19 @@ def run_fig3(settings):
 
 def fmt_row(row):
     paper = row["paper"]
+    paper_s = (f"{paper[0]:.4f} ({paper[1]:.4f}) | {paper[2]:.4f} ({paper[3]:.4f})"
+               if paper else "- | -")
+    diverged = row.get("n_diverged", 0)
+    if diverged == row["n_seeds"]:
+        return (f"| {row['name']} | {row['n_seeds']} | diverged ({diverged}/{row['n_seeds']}) "
+                f"| - | - | - | - | - | {paper_s} |")
+    seeds = (f"{row['n_seeds']} ({diverged} diverged, excluded)" if diverged
+             else f"{row['n_seeds']}")
     ours = (f"{row['lam_mean']:.4f} ± {row['lam_std']:.4f} | {row['lam_err_paper']:.4f} | "
             f"{row['lam_err_exact']:.4f} ± {row['lam_err_exact_std']:.4f} | "
             f"{row['theta_mean']:.4f} ± {row['theta_std']:.4f} | {row['theta_err_paper']:.4f} | "
             f"{row['theta_err_exact']:.4f}")
-    paper_s = (f"{paper[0]:.4f} ({paper[1]:.4f}) | {paper[2]:.4f} ({paper[3]:.4f})"
-               if paper else "- | -")
-    return f"| {row['name']} | {row['n_seeds']} | {ours} | {paper_s} |"
+    return f"| {row['name']} | {seeds} | {ours} | {paper_s} |"
 
 
 TABLE_HEAD = ("| method | seeds | lam (mean ± std) | \\|lam-0.7487\\| | \\|lam-lam*\\| (exact) | "
