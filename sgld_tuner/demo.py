@@ -40,28 +40,24 @@ def global_l1_penalty(module: torch.nn.Module, strength: float) -> torch.Tensor 
                           if name.endswith("weight"))
 
 
-class L1NetClassifier(NeuralNetClassifier):
+class _GlobalL1:
+    """Mixin: one global L1 strength ``lambda_l1`` added to the training loss."""
+
+    def __init__(self, *args, lambda_l1=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lambda_l1 = lambda_l1
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        return loss + global_l1_penalty(self.module_, self.lambda_l1) if training else loss
+
+
+class L1NetClassifier(_GlobalL1, NeuralNetClassifier):
     """A skorch classifier with one global L1 strength, what a grid search would tune."""
 
-    def __init__(self, *args, lambda_l1=0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lambda_l1 = lambda_l1
 
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        loss = super().get_loss(y_pred, y_true, X=X, training=training)
-        return loss + global_l1_penalty(self.module_, self.lambda_l1) if training else loss
-
-
-class L1NetRegressor(NeuralNetRegressor):
+class L1NetRegressor(_GlobalL1, NeuralNetRegressor):
     """The regression counterpart of :class:`L1NetClassifier`."""
-
-    def __init__(self, *args, lambda_l1=0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lambda_l1 = lambda_l1
-
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        loss = super().get_loss(y_pred, y_true, X=X, training=training)
-        return loss + global_l1_penalty(self.module_, self.lambda_l1) if training else loss
 
 
 def make_net(net_class=NeuralNetClassifier, max_epochs=40, **kwargs):

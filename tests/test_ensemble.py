@@ -20,14 +20,7 @@ HP = {"l1": PerWeightL1(init=1e-3)}
 VALUES = {"l1": 1e-3}
 
 
-class TinyMLP(torch.nn.Module):
-    def __init__(self, n_in=64, hidden=8, n_out=4):
-        super().__init__()
-        self.hidden = torch.nn.Linear(n_in, hidden)
-        self.out = torch.nn.Linear(hidden, n_out)
-
-    def forward(self, X):
-        return self.out(torch.tanh(self.hidden(X)))
+from test_tuner import TinyMLP  # noqa: E402  (the shared tiny test module)
 
 
 def tiny_net(**kwargs):
