@@ -191,6 +191,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     warm_start : bool, default=False
         Continue the previous search on the same data (after an interruption, a
         timeout, :meth:`load`, or with a larger ``n_outer``) instead of starting over.
+        The chains' state is kept after ``fit`` only when ``warm_start=True`` or when the
+        search ended early, so a finished search holds no per-fold weight copies.
     method_options : dict, optional
         Options of the baselines: ``n_inner``, ``cg_iters``, ``cg_damping``,
         ``neumann_iters``, ``neumann_alpha``; and ``curvature_every`` for the damped
@@ -518,7 +520,10 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         state.chain_states = [fold.state for fold in folds]
         state.generator_states = [fold.generator.get_state() for fold in folds]
         state.fit_times = [fold.fit_time for fold in folds]
-        self._search_state = state
+        # Each fold's chain is a full copy of the net's weights: keep them only where a
+        # resume needs them (warm_start, or a search that ended early), so that a finished
+        # tuner and its pickle stay small.
+        self._search_state = state if (self.warm_start or stop_reason) else None
         self._bound = folds[0].problem.bound
 
         if not state.points:

@@ -152,11 +152,16 @@ def test_interrupted_then_resumed_ends_where_uninterrupted_ends(data, tmp_path):
 
 
 def test_warm_start_with_more_outer_iterations_continues(data):
-    tuner = tiny_tuner(n_outer=2, eval_every=1).fit(*data)
-    tuner.set_params(n_outer=3, warm_start=True).fit(*data)
+    tuner = tiny_tuner(n_outer=2, eval_every=1, warm_start=True).fit(*data)
+    tuner.set_params(n_outer=3).fit(*data)
     assert list(tuner.cv_results_["iteration"]) == [0, 1, 2]
     with pytest.raises(ValueError, match="same X and y"):
         tuner.set_params(n_outer=4).fit(data[0][:100], data[1][:100])
+
+
+def test_a_finished_search_keeps_no_chain_copies(data):
+    tuner = tiny_tuner(n_outer=2).fit(*data)
+    assert tuner._search_state is None  # no per-fold weight copies after a full search
 
 
 def test_load_refuses_other_objects(tmp_path):
