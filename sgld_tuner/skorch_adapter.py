@@ -209,7 +209,8 @@ class NetProblem:
 
     def __init__(self, net, hyperparams: dict[str, Hyperparameter], X_train, y_train, X_val,
                  y_val, *, train_rows=None, batch_size=None, generator: torch.Generator,
-                 augment_outer: bool = False, n_train_total: int | None = None):
+                 augment_outer: bool = False, n_train_total: int | None = None,
+                 outer_batch_size: int | None = None):
         if not getattr(net, "initialized_", False):
             raise ValueError("NetProblem needs an initialized net (call net.initialize())")
         self.net = net
@@ -236,6 +237,12 @@ class NetProblem:
             batch_size = getattr(net, "batch_size", -1)
         self.batch_size = n if batch_size is None or batch_size < 0 or batch_size >= n \
             else int(batch_size)
+        # None: the whole validation split at every step (exact). An int draws that many
+        # validation rows per call with the generator: a stochastic outer loss, which the
+        # method allows and which cuts the per-step cost when the split is large.
+        n_val = self.X_val.shape[0]
+        self.outer_batch_size = (None if outer_batch_size is None or outer_batch_size < 0
+                                 or outer_batch_size >= n_val else int(outer_batch_size))
 
         # One forward on two rows tells the number of classes and the output layout.
         with torch.no_grad():
@@ -299,13 +306,16 @@ class NetProblem:
         out = _first_output(functional_call(self.module, theta, (X,)))
         return _average_replicas(out, n)
 
-    def _draw_rows(self):
-        n = self.X_train.shape[0]
-        if self.batch_size >= n:
+    def _draw_rows(self, n=None, size=None):
+        """Row indices of one minibatch (training rows unless told otherwise), or None
+        for the full set."""
+        n = self.X_train.shape[0] if n is None else n
+        size = self.batch_size if size is None else size
+        if size >= n:
             return None
         gdev = self.generator.device
         perm = torch.randperm(n, generator=self.generator, device=gdev)
-        return perm[: self.batch_size].to(self.device)
+        return perm[:size].to(self.device)
 
     def inner_loss(self, lam, theta) -> torch.Tensor:
         """Training loss on one minibatch (module in train mode): learned transforms,
@@ -323,11 +333,15 @@ class NetProblem:
         """The net's own criterion on the validation split (module in eval mode), over
         chunks of at most 1024 rows weighted by size, plus outer penalties."""
         self.module.eval()
-        n = self.X_val.shape[0]
+        X_val, y_val = self.X_val, self.y_val
+        if self.outer_batch_size is not None:
+            idx = self._draw_rows(X_val.shape[0], self.outer_batch_size)
+            X_val, y_val = X_val[idx], y_val[idx]
+        n = X_val.shape[0]
         total = None
         for start in range(0, n, OUTER_BATCH):
-            X = self.X_val[start:start + OUTER_BATCH]
-            y = self.y_val[start:start + OUTER_BATCH]
+            X = X_val[start:start + OUTER_BATCH]
+            y = y_val[start:start + OUTER_BATCH]
             y_pred = self._forward(lam, theta, X, transform=self.augment_outer)
             term = self.crit.mean(y_pred, y) * (X.shape[0] / n)
             total = term if total is None else total + term

@@ -193,6 +193,11 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         timeout, :meth:`load`, or with a larger ``n_outer``) instead of starting over.
         The chains' state is kept after ``fit`` only when ``warm_start=True`` or when the
         search ended early, so a finished search holds no per-fold weight copies.
+    outer_batch_size : int, optional
+        Validation rows per evaluation of the outer loss inside the chain (drawn anew
+        each step). ``None`` (default) uses the whole validation split at every step,
+        exact but the dominant cost when the split is much larger than a batch; see
+        ``docs/performance.md``. Scoring for ``cv_results_`` always uses the whole split.
     method_options : dict, optional
         Options of the baselines: ``n_inner``, ``cg_iters``, ``cg_damping``,
         ``neumann_iters``, ``neumann_alpha``; and ``curvature_every`` for the damped
@@ -241,6 +246,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         "error_score": [StrOptions({"raise"}), Real],
         "warm_start": ["boolean"],
         "method_options": [dict, None],
+        "outer_batch_size": [Interval(Integral, 1, None, closed="left"), None],
     }
 
     def __init__(self, estimator, hyperparams, *, n_outer=50, outer_lr=0.05,
@@ -248,7 +254,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                  noise_scale=1.0, inner_lr=None, batch_size=None, method="sgld",
                  recursion="damped", chain="persistent", cv=5, scoring=None, refit=True,
                  eval_every=5, n_jobs=None, random_state=None, verbose=0, callbacks=None,
-                 timeout=None, error_score=np.nan, warm_start=False, method_options=None):
+                 timeout=None, error_score=np.nan, warm_start=False, method_options=None,
+                 outer_batch_size=None):
         self.estimator = estimator
         self.hyperparams = hyperparams
         self.n_outer = n_outer
@@ -275,6 +282,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self.error_score = error_score
         self.warm_start = warm_start
         self.method_options = method_options
+        self.outer_batch_size = outer_batch_size
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_tags__(self):
@@ -617,7 +625,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             problem = NetProblem(net, self.hyperparams, X[train], y[train], X[val], y[val],
                                  train_rows=np.asarray(train), n_train_total=len(X),
                                  batch_size=batch_size, generator=generator,
-                                 augment_outer=augments)
+                                 augment_outer=augments,
+                                 outer_batch_size=self.outer_batch_size)
         lam_spec = _tree.flatten(problem.init_lam())[1]
         bilevel = BilevelProblem(problem.outer_loss, problem.inner_loss, lam_spec,
                                  problem.theta0(), mixed_vjp=problem.mixed_vjp())

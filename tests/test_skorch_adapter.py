@@ -346,3 +346,27 @@ def test_load_theta_reaches_the_net_after_pickling():
     theta = {name: torch.zeros_like(t) for name, t in problem.theta0().items()}
     proba = problem.load_theta(theta).predict_proba(X)
     np.testing.assert_allclose(proba, 1.0 / 3.0, rtol=1e-6)
+
+
+def test_outer_minibatch_is_an_unbiased_draw_of_the_full_outer_loss():
+    import numpy as np
+    import torch
+    from skorch import NeuralNetClassifier
+
+    from sgld_tuner.hyperparams import PerWeightL1
+    from sgld_tuner.skorch_adapter import NetProblem
+
+    net = NeuralNetClassifier(torch.nn.Linear, module__in_features=4, module__out_features=3,
+                              criterion=torch.nn.CrossEntropyLoss, train_split=None,
+                              verbose=0).initialize()
+    rng = np.random.default_rng(0)
+    X = rng.random((60, 4), dtype=np.float32)
+    y = np.arange(60) % 3
+    full = NetProblem(net, {"l1": PerWeightL1()}, X, y, X, y, generator=torch.Generator())
+    mini = NetProblem(net, {"l1": PerWeightL1()}, X, y, X, y,
+                      generator=torch.Generator().manual_seed(0), outer_batch_size=10)
+    lam, theta = full.init_lam(), full.theta0()
+    exact = float(full.outer_loss(lam, theta))
+    draws = [float(mini.outer_loss(lam, theta)) for _ in range(400)]
+    assert len(set(draws)) > 1  # each call draws new rows
+    assert abs(np.mean(draws) - exact) < 0.02 * abs(exact)

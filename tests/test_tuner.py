@@ -246,3 +246,10 @@ def test_baseline_methods_run_through_the_tuner(digits4, method, options):
 def test_unknown_method_option_is_refused(digits4):
     with pytest.raises(ValueError, match="unknown method_options"):
         tiny_tuner(method_options={"cg_steps": 3}).fit(*digits4)
+
+
+def test_outer_minibatch_runs_and_differs_from_the_full_split(digits4):
+    full = tiny_tuner(refit=False).fit(*digits4)
+    mini = tiny_tuner(refit=False, outer_batch_size=16).fit(*digits4)
+    assert np.isfinite(mini.cv_results_["mean_test_score"]).all()
+    assert mini.history_["outer_loss"].iloc[-1] != full.history_["outer_loss"].iloc[-1]

@@ -1,0 +1,124 @@
+"""Inner-step cost per hyperparameter kind, through the tuner's own adapter (NetProblem).
+
+For PerWeightL1 (penalty), TaylorLoss (learned loss) and AffineAugmentation: CPU time of
+one HPO-SGLD inner step (the tuner's defaults: damped recursion, curvature once per outer
+iteration, B = M = 5) divided by one plain SGD training step of the same net on the same
+batch size, with the outer loss on the whole validation split (the default) and on one
+batch of validation rows (``outer_batch_size``). Digits, 1200 train / 597 validation rows,
+batch 64, 64-H-10 MLP. Writes benchmarks/results/cost_kinds.{json,md}.
+
+    python benchmarks/cost_kinds.py            # SGLD_TUNER_SMOKE=1 for a quick check
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from torch.func import functional_call
+
+from sgld_tuner.core import BilevelProblem, ChainState, InnerSettings, hypergradient
+from sgld_tuner.core import _tree
+from sgld_tuner.demo import make_net
+from sgld_tuner.hyperparams import AffineAugmentation, PerWeightL1, TaylorLoss
+from sgld_tuner.skorch_adapter import NetProblem
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+SMOKE = os.environ.get("SGLD_TUNER_SMOKE") == "1"
+BATCH = 64
+KINDS = {
+    "PerWeightL1": lambda: PerWeightL1(init=1e-4),
+    "TaylorLoss": lambda: TaylorLoss(),
+    "AffineAugmentation": lambda: AffineAugmentation(init=0.05, image_shape=(8, 8)),
+}
+
+
+def data():
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(X))
+    return X[order[:1200]], y[order[:1200]], X[order[1200:]], y[order[1200:]]
+
+
+def plain_step_seconds(net, X, y, repeats):
+    """One SGD step (forward, backward, update) on a BATCH-row minibatch, CPU seconds."""
+    module, crit = net.module_, net.criterion_
+    theta = {n: p.detach().clone().requires_grad_(True) for n, p in module.named_parameters()}
+    X, y = torch.as_tensor(X), torch.as_tensor(y)
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(repeats):
+        started = time.process_time()
+        for _ in range(10):
+            idx = torch.randperm(len(X), generator=gen)[:BATCH]
+            loss = crit(functional_call(module, theta, (X[idx],)), y[idx])
+            grads = torch.autograd.grad(loss, list(theta.values()))
+            with torch.no_grad():
+                for t, g in zip(theta.values(), grads):
+                    t.sub_(0.1 * g)
+        times.append((time.process_time() - started) / 10)
+    return float(np.median(times))
+
+
+def sgld_step_seconds(net, kind, outer_batch_size, Xtr, ytr, Xva, yva, repeats):
+    """One HPO-SGLD inner step with the tuner's default settings, CPU seconds."""
+    problem = NetProblem(net, {"h": KINDS[kind]()}, Xtr, ytr, Xva, yva, batch_size=BATCH,
+                         generator=torch.Generator().manual_seed(0),
+                         augment_outer=kind == "AffineAugmentation",
+                         outer_batch_size=outer_batch_size)
+    lam, spec = _tree.flatten(problem.init_lam())
+    lam = [t.detach().requires_grad_(True) for t in lam]
+    bilevel = BilevelProblem(problem.outer_loss, problem.inner_loss, spec, problem.theta0(),
+                             mixed_vjp=problem.mixed_vjp())
+    settings = InnerSettings(inner_lr=0.1, burn_in=5, n_samples=5, temperature=1e-4).validate()
+    state, gen = ChainState(), torch.Generator().manual_seed(1)
+    hypergradient(bilevel, lam, state, settings, gen)  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.process_time()
+        hypergradient(bilevel, lam, state, settings, gen)
+        times.append((time.process_time() - started) / settings.steps)
+    return float(np.median(times))
+
+
+def main():
+    torch.set_num_threads(1)
+    Xtr, ytr, Xva, yva = data()
+    hidden_sizes, repeats = ([128], 2) if SMOKE else ([128, 1024], 5)
+    rows = []
+    for hidden in hidden_sizes:
+        net = make_net(module__hidden=hidden).initialize()
+        plain = plain_step_seconds(net, Xtr, ytr, repeats)
+        for kind in KINDS:
+            for outer in (None, BATCH):
+                step = sgld_step_seconds(net, kind, outer, Xtr, ytr, Xva, yva, repeats)
+                rows.append({"hidden": hidden, "kind": kind,
+                             "outer_rows": "all 597" if outer is None else str(outer),
+                             "plain_ms": plain * 1e3, "sgld_ms": step * 1e3,
+                             "ratio": step / plain})
+                print(f"hidden {hidden:5d} {kind:18s} outer rows {rows[-1]['outer_rows']:>7s}: "
+                      f"plain {plain * 1e3:6.2f} ms, sgld {step * 1e3:6.2f} ms, "
+                      f"ratio {step / plain:5.2f}x")
+    lines = ["| MLP hidden | kind | outer-loss rows per step | plain step (CPU ms) | "
+             "sgld inner step (CPU ms) | ratio |", "|---:|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['hidden']} | {r['kind']} | {r['outer_rows']} | {r['plain_ms']:.2f} | "
+              f"{r['sgld_ms']:.2f} | {r['ratio']:.2f}x |" for r in rows]
+    meta = {"torch": torch.__version__, "threads": 1, "load_avg": os.getloadavg(),
+            "cpu_count": os.cpu_count(), "smoke": SMOKE}
+    table = "\n".join(lines)
+    print(table)
+    if not SMOKE:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "cost_kinds.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=1))
+        (RESULTS / "cost_kinds.md").write_text(
+            "# Inner-step cost per hyperparameter kind\n\nCommand: "
+            "`python benchmarks/cost_kinds.py` (CPU time, one thread, load average "
+            f"{meta['load_avg'][0]:.2f} on {meta['cpu_count']} cores)\n\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
