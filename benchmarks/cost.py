@@ -29,7 +29,6 @@ Writes ``benchmarks/results/cost.json`` and ``benchmarks/results/cost.md``
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -41,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import _mlp  # noqa: E402
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SGLD = ["sgld-damped", "sgld-damped-closed", "sgld-paper", "sgld-paper-closed"]
@@ -301,13 +301,9 @@ def main(argv: list[str] | None = None) -> None:
         "load_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "total_s": time.perf_counter() - started,
     }
-    os.makedirs(args.out_dir, exist_ok=True)
     stem = ("cost_smoke" if _mlp.smoke() else "cost") + (f"_{args.tag}" if args.tag else "")
-    with open(os.path.join(args.out_dir, stem + ".json"), "w") as fh:
-        json.dump({"meta": meta, "sizes": sizes}, fh, indent=2)
     text = to_markdown(sizes, meta)
-    with open(os.path.join(args.out_dir, stem + ".md"), "w") as fh:
-        fh.write(text)
+    write_results(os.path.join(args.out_dir, stem), {"meta": meta, "sizes": sizes}, text)
     print()
     print(text)
 

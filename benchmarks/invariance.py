@@ -34,10 +34,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import time
 import warnings
 
@@ -53,6 +51,7 @@ from sgld_tuner import SGLDHyperTuner
 from sgld_tuner.demo import make_net
 from sgld_tuner.hyperparams import AffineAugmentation
 from sgld_tuner.hyperparams.augmentation import GENERATORS
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GENS = ("tx", "ty", "rot", "sx", "sy", "shear")
@@ -318,16 +317,12 @@ def main(argv=None):
     md = to_markdown(summary, lam_df, cfg, seeds, elapsed)
     print("\n" + md)
 
-    os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, "invariance" + suffix + ("_smoke" if is_smoke else ""))
-    with open(stem + ".json", "w") as fh:
-        json.dump({"config": cfg, "seeds": seeds, "variants": variants, "elapsed_s": elapsed,
-                   "platform": platform.platform(), "torch": torch.__version__,
-                   "rows": df.to_dict("records"), "summary": summary.to_dict("records"),
-                   "learned": lam_df.to_dict("records"), "paper_table8": PAPER_TABLE8,
-                   "paper_lambda": PAPER_LAMBDA}, fh, indent=1, default=float)
-    with open(stem + ".md", "w") as fh:
-        fh.write(md)
+    write_results(stem, {"config": cfg, "seeds": seeds, "variants": variants,
+                         "elapsed_s": elapsed, "rows": df.to_dict("records"),
+                         "summary": summary.to_dict("records"),
+                         "learned": lam_df.to_dict("records"), "paper_table8": PAPER_TABLE8,
+                         "paper_lambda": PAPER_LAMBDA}, md)
     plot(summary, lam_df, stem + ".png")
     print(f"wrote {stem}.json/.md/.png")
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 import warnings
 
@@ -48,6 +47,7 @@ from sgld_tuner import SGLDHyperTuner
 from sgld_tuner.demo import make_net
 from sgld_tuner.hyperparams import TaylorLoss
 from sgld_tuner.hyperparams.losses import taylor_brier_init
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -287,15 +287,10 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     cfg_json = {k: v for k, v in cfg.items() if k != "tuners"}
     cfg_json["tuners"] = [{"method": m, **o} for m, o in cfg["tuners"]]
-    with open(stem + ".json", "w") as fh:
-        json.dump({"config": cfg_json, "seeds": seeds, "datasets": datasets,
-                   "elapsed_s": elapsed, "platform": platform.platform(),
-                   "torch": torch.__version__, "rows": df.to_dict("records"),
-                   "summary": summary.to_dict("records"),
-                   "learned_coefficients": learned, "paper_table5": PAPER_TABLE5},
-                  fh, indent=1, default=float)
-    with open(stem + ".md", "w") as fh:
-        fh.write(md)
+    write_results(stem, {"config": cfg_json, "seeds": seeds, "datasets": datasets,
+                         "elapsed_s": elapsed, "rows": df.to_dict("records"),
+                         "summary": summary.to_dict("records"),
+                         "learned_coefficients": learned, "paper_table5": PAPER_TABLE5}, md)
     plot(summary, learned, stem + ".png")
     print(f"wrote {stem}.json/.md/.png")
 

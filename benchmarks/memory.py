@@ -22,7 +22,6 @@ Writes ``benchmarks/results/memory.json`` and ``benchmarks/results/memory.md``
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -33,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import _mlp  # noqa: E402
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LABELS = ["sgld-damped", "sgld-damped-closed", "sgld-paper", "sgld-paper-closed", "rmd"]
@@ -126,14 +126,10 @@ def main(argv: list[str] | None = None) -> None:
         "smoke": _mlp.smoke(),
         "total_s": time.perf_counter() - started,
     }
-    os.makedirs(args.out_dir, exist_ok=True)
     # A smoke run must not overwrite the committed full-size results.
     stem = "memory_smoke" if _mlp.smoke() else "memory"
-    with open(os.path.join(args.out_dir, stem + ".json"), "w") as fh:
-        json.dump({"meta": meta, "rows": rows}, fh, indent=2)
     text = to_markdown(rows, meta)
-    with open(os.path.join(args.out_dir, stem + ".md"), "w") as fh:
-        fh.write(text)
+    write_results(os.path.join(args.out_dir, stem), {"meta": meta, "rows": rows}, text)
     print()
     print(text)
 

@@ -30,9 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 import warnings
 
@@ -48,6 +46,7 @@ from sklearn.model_selection import GridSearchCV, PredefinedSplit, train_test_sp
 from sgld_tuner import SGLDHyperTuner
 from sgld_tuner.demo import make_net
 from sgld_tuner.hyperparams import SampleWeights
+from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NOISE = 0.4
@@ -256,14 +255,10 @@ def main(argv=None):
 
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, "noisy_labels" + ("_smoke" if is_smoke else ""))
-    with open(stem + ".json", "w") as fh:
-        json.dump({"config": cfg, "seeds": seeds, "noise": NOISE, "n_pool": N_POOL,
-                   "n_trusted": N_TRUSTED, "elapsed_s": elapsed,
-                   "platform": platform.platform(), "torch": torch.__version__,
-                   "rows": df.to_dict("records"), "summary": summary.to_dict("records")},
-                  fh, indent=1, default=float)
-    with open(stem + ".md", "w") as fh:
-        fh.write(md)
+    write_results(stem, {"config": cfg, "seeds": seeds, "noise": NOISE, "n_pool": N_POOL,
+                         "n_trusted": N_TRUSTED, "elapsed_s": elapsed,
+                         "rows": df.to_dict("records"), "summary": summary.to_dict("records")},
+                  md)
     plot(summary, weights, stem + ".png")
     print(f"wrote {stem}.json/.md/.png")
 
