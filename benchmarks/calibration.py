@@ -47,7 +47,8 @@ import torch
 
 from sgld_tuner import SGLDHyperTuner
 from sgld_tuner.demo import load_data, make_net
-from sgld_tuner.ensemble import PosteriorEnsemble, calibration_report, collect_posterior_samples
+from sgld_tuner.calibration import calibration_report
+from sgld_tuner.ensemble import PosteriorEnsemble, collect_posterior_samples
 from sgld_tuner.hyperparams import PerWeightL1
 from sgld_tuner.skorch_adapter import make_learned_net
 

@@ -5,6 +5,7 @@ Run ``python docs/make_api.py`` after changing a public signature.
 import inspect
 import pathlib
 
+import sgld_tuner.calibration as calibration
 import sgld_tuner.core as core
 import sgld_tuner.ensemble as ensemble
 import sgld_tuner.hyperparams as hyperparams
@@ -19,9 +20,9 @@ SECTIONS = [
     ("sgld_tuner.core", [core.minimize, core.hypergradient, core.BilevelProblem,
                          core.InnerSettings, core.ChainState, core.Hypergradient,
                          core.BilevelResult, core.make_generator, core.langevin_step]),
-    ("sgld_tuner.ensemble", [getattr(ensemble, n) for n in
-                             ("PosteriorEnsemble", "collect_posterior_samples",
-                              "calibration_report", "expected_calibration_error")]),
+    ("sgld_tuner.ensemble", [ensemble.PosteriorEnsemble, ensemble.collect_posterior_samples]),
+    ("sgld_tuner.calibration", [calibration.calibration_report,
+                                calibration.expected_calibration_error]),
     ("sgld_tuner.problems", [getattr(problems, n) for n in
                              ("Synthetic1D", "ToyCubicRegression", "SyntheticQuadratic",
                               "RidgePerFeature")]),

@@ -1,4 +1,4 @@
-"""Posterior ensembles from an SGLD chain at the learned hyperparameters, and calibration.
+"""Posterior ensembles from an SGLD chain at the learned hyperparameters.
 
 HPO-SGLD scores hyperparameters by an expectation over ``p(theta | lam) ∝
 exp(-L_T(lam, theta) / tau)``. Once ``lam`` is learned, the same Langevin dynamics can be
@@ -7,21 +7,28 @@ of the draws is a (cheap, approximate) posterior predictive.
 
 * :func:`collect_posterior_samples` runs that chain from a trained net and returns
 * :class:`PosteriorEnsemble`, a scikit-learn style classifier/regressor whose
-  ``predict_proba`` is the mean of the members' probabilities;
-* :func:`expected_calibration_error` and :func:`calibration_report` measure whether the
-  predicted confidences match the observed accuracies (the paper's Table 11 reports ECE).
+  ``predict_proba`` is the mean of the members' probabilities.
+
+Their calibration (ECE, a per-model report) is measured by :mod:`sgld_tuner.calibration`.
+
+Why not ``sgld_tuner.core.hypergradient`` with ``keep_samples=True``: with ``lam`` fixed,
+every part of it except the Langevin step is wasted work (an outer loss per step,
+vector-Jacobian products for the recursion, a validation split). The chain here uses the
+same :func:`~sgld_tuner.core.langevin_step` and the same training objective
+(:meth:`NetProblem.inner_loss`, shared with tuning and with the refit net), so it samples
+the distribution the tuner averaged over, at one backward pass per step.
 
 See ``docs/ensemble.md`` for usage, measurements and caveats.
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+import functools
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, is_classifier, is_regressor
-from sklearn.metrics import accuracy_score, log_loss, r2_score
+from sklearn.metrics import accuracy_score, r2_score
 from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
 
@@ -29,177 +36,7 @@ from .core import _tree
 from .core.sgld import langevin_step, make_generator
 from .skorch_adapter import NetProblem
 
-__all__ = ["PosteriorEnsemble", "collect_posterior_samples", "expected_calibration_error",
-           "calibration_report"]
-
-
-# ----------------------------------------------------------------------------------------
-# calibration
-# ----------------------------------------------------------------------------------------
-
-def _column_index(y, classes) -> np.ndarray:
-    """Positions of the labels ``y`` in ``classes`` (the columns of a probability matrix)."""
-    y = np.asarray(y)
-    classes = np.asarray(classes)
-    order = np.argsort(classes, kind="stable")
-    pos = np.searchsorted(classes[order], y)
-    pos = np.clip(pos, 0, len(classes) - 1)
-    found = classes[order][pos] == y
-    if not np.all(found):
-        unknown = np.unique(y[~found])[:5]
-        raise ValueError(f"labels {unknown.tolist()} are not among the classes {classes.tolist()}")
-    return order[pos]
-
-
-def expected_calibration_error(proba, y, n_bins: int = 15, *, classes=None) -> float:
-    """Expected calibration error of the top-label confidence (Guo et al., 2017).
-
-    Each row's confidence is its largest probability and its prediction the column of
-    that probability. Rows are grouped into ``n_bins`` equal-width confidence bins
-    ``(0, 1/n_bins], (1/n_bins, 2/n_bins], ..., ((n_bins-1)/n_bins, 1]`` (a confidence of
-    exactly 0 goes to the first bin), and
-
-        ECE = sum_b (|B_b| / n) * |accuracy(B_b) - mean confidence(B_b)|
-
-    over the non-empty bins.
-
-    Parameters
-    ----------
-    proba : array-like of shape (n_samples, n_classes) or (n_samples,)
-        Predicted class probabilities. A 1-d array is read as the probability of the
-        second (positive) class of a binary problem.
-    y : array-like of shape (n_samples,)
-        True labels: column indices ``0..n_classes-1``, or labels from ``classes``.
-    n_bins : int, default=15
-        Number of equal-width bins; 15 is the choice of Guo et al. (2017).
-    classes : array-like of shape (n_classes,), optional
-        The label of each column of ``proba`` (e.g. an estimator's ``classes_``); when
-        given, ``y`` holds labels rather than column indices.
-
-    Returns
-    -------
-    float
-        ECE as a fraction in ``[0, 1]`` (multiply by 100 for the paper's percentages).
-
-    Examples
-    --------
-    >>> expected_calibration_error([[0.9, 0.1], [0.2, 0.8]], [0, 0], n_bins=5)
-    0.45
-    """
-    proba = np.asarray(proba, dtype=np.float64)
-    if proba.ndim == 1:
-        proba = np.column_stack([1.0 - proba, proba])
-    if proba.ndim != 2 or proba.shape[0] == 0:
-        raise ValueError(f"proba must have shape (n_samples, n_classes), got {proba.shape}")
-    if not (isinstance(n_bins, (int, np.integer)) and n_bins >= 1):
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
-    if classes is not None:
-        y_idx = _column_index(y, classes)
-    else:
-        y_idx = np.asarray(y)
-        if y_idx.dtype.kind not in "iub":
-            raise ValueError("y must hold column indices (integers); pass classes= to use labels")
-        y_idx = y_idx.astype(np.int64)
-    if y_idx.shape != (proba.shape[0],):
-        raise ValueError(f"y has shape {y_idx.shape}; expected ({proba.shape[0]},)")
-    confidence = proba.max(axis=1)
-    correct = (proba.argmax(axis=1) == y_idx).astype(np.float64)
-    # Right-closed bins: searchsorted on the inner edges with side="left" counts the
-    # edges strictly below the confidence, so a confidence equal to an edge k/n_bins lands
-    # in the bin that ends there (and 1.0 in the last bin).
-    inner_edges = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
-    bins = np.searchsorted(inner_edges, confidence, side="left")
-    counts = np.bincount(bins, minlength=n_bins)
-    gap = np.abs(np.bincount(bins, weights=correct, minlength=n_bins)
-                 - np.bincount(bins, weights=confidence, minlength=n_bins))
-    # sum_b |B_b|/n * |acc_b - conf_b| = sum_b |sum_{i in B_b}(correct_i - conf_i)| / n
-    return float(gap.sum() / counts.sum())
-
-
-def _proba_rows(model, X):
-    """``(proba, classes)`` of a fitted classifier, its rows renormalised in float64."""
-    proba = np.asarray(model.predict_proba(X), dtype=np.float64)
-    if proba.ndim == 1:
-        proba = np.column_stack([1.0 - proba, proba])
-    proba = proba / proba.sum(axis=1, keepdims=True)
-    classes = getattr(model, "classes_", None)
-    if classes is None:
-        classes = np.arange(proba.shape[1])
-    return proba, np.asarray(classes)
-
-
-def calibration_report(tuner_or_models, X_test, y_test, *, n_bins: int = 15):
-    """Accuracy, negative log-likelihood and ECE of fitted classifiers on held-out data.
-
-    Parameters
-    ----------
-    tuner_or_models : SGLDHyperTuner, classifier, dict or list of classifiers
-        A fitted :class:`~sgld_tuner.SGLDHyperTuner` gives the rows ``"refit net"``
-        (``best_estimator_``) and, when it has one, ``"posterior ensemble"``
-        (``ensemble_``). A dict maps row names to fitted classifiers; a list (or a single
-        classifier) is named by class name. Every model needs ``predict_proba``; its
-        ``classes_`` (if any) maps ``y_test`` to columns.
-    X_test : array-like
-        Held-out inputs, as the models expect them (a tuner's are cast to float32 as in
-        its ``predict``).
-    y_test : array-like of shape (n_samples,)
-        Held-out labels in the original encoding.
-    n_bins : int, default=15
-        Bins of :func:`expected_calibration_error`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per model with columns ``model``, ``accuracy``, ``nll`` (mean negative log
-        probability of the true class, natural log) and ``ece`` (fraction, not percent).
-    """
-    import pandas as pd
-
-    models = _as_named_models(tuner_or_models)
-    y_test = np.asarray(y_test)
-    rows = []
-    for name, (model, as_float32, classes) in models.items():
-        X = np.asarray(X_test, dtype=np.float32) if as_float32 else X_test
-        proba, model_classes = _proba_rows(model, X)
-        classes = model_classes if classes is None else np.asarray(classes)
-        y_idx = _column_index(y_test, classes)
-        rows.append({
-            "model": name,
-            "accuracy": float(accuracy_score(y_idx, proba.argmax(axis=1))),
-            "nll": float(log_loss(y_idx, proba, labels=np.arange(proba.shape[1]))),
-            "ece": expected_calibration_error(proba, y_idx, n_bins=n_bins),
-        })
-    return pd.DataFrame(rows, columns=["model", "accuracy", "nll", "ece"])
-
-
-def _as_named_models(obj) -> dict:
-    """``{name: (model, cast X to float32?, classes override or None)}``."""
-    from .tuner import SGLDHyperTuner  # here: the tuner module imports this one
-
-    if isinstance(obj, SGLDHyperTuner):
-        if not hasattr(obj, "best_estimator_"):
-            raise ValueError("the tuner has no refit net: fit it with refit=True or "
-                             "refit='ensemble' (or pass the models themselves)")
-        # Its nets were trained on float32 inputs and on labels encoded 0..C-1, so cast X
-        # as its predict does and map the user's labels through the tuner's classes_
-        # rather than the nets' own.
-        classes = getattr(obj, "classes_", None)
-        out = {"refit net": (obj.best_estimator_, True, classes)}
-        if getattr(obj, "ensemble_", None) is not None:
-            out["posterior ensemble"] = (obj.ensemble_, True, classes)
-        return out
-    if isinstance(obj, Mapping):
-        return {str(k): (m, False, None) for k, m in obj.items()}
-    if isinstance(obj, Sequence) and not isinstance(obj, str):
-        named = {}
-        for m in obj:
-            base = type(m).__name__
-            name, k = base, 2
-            while name in named:
-                name, k = f"{base} ({k})", k + 1
-            named[name] = (m, False, None)
-        return named
-    return {type(obj).__name__: (obj, False, None)}
+__all__ = ["PosteriorEnsemble", "collect_posterior_samples"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -480,17 +317,52 @@ def collect_posterior_samples(net, hyperparams, learned_values, X, y, *, n_sampl
 
     Notes
     -----
-    Why not ``sgld_tuner.core.hypergradient`` with ``keep_samples=True``: with ``lam``
-    fixed, every part of it except the Langevin step is wasted work (an outer loss per
-    step, vector-Jacobian products for the recursion, a validation split). The chain here
-    uses the same :func:`~sgld_tuner.core.langevin_step` and the same training objective
-    (:meth:`NetProblem.inner_loss`, shared with tuning and with the refit net), so it
-    samples the distribution the tuner averaged over, at one backward pass per step.
-
     Tensors stay on the net's device during the chain; only the kept samples are
     copied to CPU (pickling, memory on the accelerator).
     """
     _check_chain_args(n_samples, burn_in, thin, inner_lr, temperature, noise_scale)
+    hyperparams, learned_values, inner_lr, batch_size, classes = _chain_defaults(
+        net, hyperparams, learned_values, inner_lr, batch_size, classes)
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if len(X) != len(y):
+        raise ValueError(f"X and y have different lengths ({len(X)} and {len(y)})")
+    work = copy.deepcopy(net)  # the user's net (module mode, BN buffers) stays untouched
+    step = functools.partial(langevin_step, lr=inner_lr, temperature=temperature,
+                             noise_scale=noise_scale)
+    samples = _seeded_chain(work, hyperparams, learned_values, X, y, step,
+                            batch_size=batch_size, random_state=random_state,
+                            burn_in=burn_in, thin=thin, n_samples=n_samples)
+    work.module_.load_state_dict(samples[-1])
+    work.module_.eval()
+    return PosteriorEnsemble(work, samples, classes=classes)
+
+
+def _seeded_chain(work, hyperparams, learned_values, X, y, step, *, batch_size, random_state,
+                  burn_in, thin, n_samples) -> list:
+    """Seed the chain's generators from ``random_state`` and run it on the net ``work``."""
+    module = work.module_
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    rng = check_random_state(random_state)
+    chain_seed, global_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
+    generator = make_generator(chain_seed, device)
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        # Dropout and other in-module randomness draw from torch's global RNG, which the
+        # functional forward cannot reroute: seed it here so random_state fixes the chain,
+        # inside fork_rng so the caller's stream is left as it was.
+        torch.manual_seed(global_seed)
+        # No validation split: the outer loss is never evaluated here.
+        problem = NetProblem(work, hyperparams, X, y, X[:0], y[:0], batch_size=batch_size,
+                             generator=generator, n_train_total=len(X))
+        lam = {name: b.from_public(learned_values[name], problem.device, problem.dtype)
+               for name, b in problem.bound.items()}
+        return _run_chain(problem, lam, module, functools.partial(step, generator=generator),
+                          burn_in=burn_in, thin=thin, n_samples=n_samples)
+
+
+def _chain_defaults(net, hyperparams, learned_values, inner_lr, batch_size, classes):
+    """Fill the chain settings left as ``None`` from the (fitted) net, and check them."""
     if not getattr(net, "initialized_", False):
         raise ValueError("collect_posterior_samples needs a fitted (initialised) skorch net")
     if hyperparams is None:
@@ -509,50 +381,30 @@ def collect_posterior_samples(net, hyperparams, learned_values, X, y, *, n_sampl
             classes = np.asarray(net.classes_)
         except AttributeError:
             classes = None
+    return hyperparams, learned_values, inner_lr, batch_size, classes
 
-    X = np.asarray(X)
-    y = np.asarray(y)
-    if len(X) != len(y):
-        raise ValueError(f"X and y have different lengths ({len(X)} and {len(y)})")
-    work = copy.deepcopy(net)  # the user's net (module mode, BN buffers) stays untouched
-    module = work.module_
-    device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    rng = check_random_state(random_state)
-    chain_seed, global_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
-    generator = make_generator(chain_seed, device)
 
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        # Dropout and other in-module randomness draw from torch's global RNG, which the
-        # functional forward cannot reroute: seed it here so random_state fixes the chain,
-        # inside fork_rng so the caller's stream is left as it was.
-        torch.manual_seed(global_seed)
-        # No validation split: the outer loss is never evaluated here.
-        problem = NetProblem(work, hyperparams, X, y, X[:0], y[:0], batch_size=batch_size,
-                             generator=generator, n_train_total=len(X))
-        lam = {name: b.from_public(learned_values[name], problem.device, problem.dtype)
-               for name, b in problem.bound.items()}
-        theta, spec = _tree.flatten(problem.theta0())
-        samples = []
-        total = burn_in + thin * n_samples
-        for step in range(1, total + 1):
-            theta = [t.detach().requires_grad_(True) for t in theta]
-            loss = problem.inner_loss(lam, _tree.unflatten(theta, spec))
-            grads = torch.autograd.grad(loss, theta, allow_unused=True)
-            grads = _tree.fill_none(grads, theta)
-            theta = langevin_step(theta, grads, lr=inner_lr, temperature=temperature,
-                                  noise_scale=noise_scale, generator=generator)
-            if step > burn_in and (step - burn_in) % thin == 0:
-                # Checked only at kept samples: a per-step check would synchronise a CUDA
-                # device every step, and a NaN, once in theta, stays there.
-                if not all(bool(torch.isfinite(t).all()) for t in theta):
-                    raise FloatingPointError(
-                        f"the SGLD chain diverged by step {step} (non-finite weights); "
-                        "lower inner_lr or temperature")
-                samples.append(_state_dict_with(module, _tree.unflatten(theta, spec)))
-    module.load_state_dict(samples[-1])
-    module.eval()
-    return PosteriorEnsemble(work, samples, classes=classes)
+def _run_chain(problem, lam, module, step, *, burn_in, thin, n_samples) -> list:
+    """Run ``burn_in + thin * n_samples`` Langevin steps; return the kept CPU state dicts.
+
+    ``step(theta, grads)`` is the Langevin update with its settings bound.
+    """
+    theta, spec = _tree.flatten(problem.theta0())
+    samples = []
+    for k in range(1, burn_in + thin * n_samples + 1):
+        theta = [t.detach().requires_grad_(True) for t in theta]
+        loss = problem.inner_loss(lam, _tree.unflatten(theta, spec))
+        grads = _tree.fill_none(torch.autograd.grad(loss, theta, allow_unused=True), theta)
+        theta = step(theta, grads)
+        if k > burn_in and (k - burn_in) % thin == 0:
+            # Checked only at kept samples: a per-step check would synchronise a CUDA
+            # device every step, and a NaN, once in theta, stays there.
+            if not all(bool(torch.isfinite(t).all()) for t in theta):
+                raise FloatingPointError(
+                    f"the SGLD chain diverged by step {k} (non-finite weights); "
+                    "lower inner_lr or temperature")
+            samples.append(_state_dict_with(module, _tree.unflatten(theta, spec)))
+    return samples
 
 
 def _check_chain_args(n_samples, burn_in, thin, inner_lr, temperature, noise_scale):

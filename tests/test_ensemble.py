@@ -11,8 +11,8 @@ from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.datasets import load_digits
 
 from sgld_tuner import SGLDHyperTuner
-from sgld_tuner.ensemble import (PosteriorEnsemble, calibration_report,
-                                 collect_posterior_samples, expected_calibration_error)
+from sgld_tuner.calibration import calibration_report, expected_calibration_error
+from sgld_tuner.ensemble import PosteriorEnsemble, collect_posterior_samples
 from sgld_tuner.hyperparams import PerWeightL1
 from sgld_tuner.skorch_adapter import make_learned_net
 
