@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 
 def rank_scores(scores: np.ndarray) -> np.ndarray:
@@ -11,8 +10,11 @@ def rank_scores(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=float)
     if np.isnan(scores).all():
         return np.ones(len(scores), dtype=np.int32)
+    # As sklearn's _format_results: NaN ties with (just below) the worst score.
     filled = np.where(np.isnan(scores), np.nanmin(scores) - 1.0, scores)
-    return rankdata(-filled, method="min").astype(np.int32)
+    # pandas' rank(method="min") is scipy's rankdata(method="min"); scipy is not a
+    # declared dependency of this package.
+    return pd.Series(-filled).rank(method="min").to_numpy().astype(np.int32)
 
 
 def build_cv_results(points: list[dict], metric_names: list[str], n_splits: int,
