@@ -36,6 +36,13 @@ KINDS = {
     "wd_weight": lambda: WeightDecay(init=0.1),
     "wd_tensor": lambda: WeightDecay(init=0.1, granularity="tensor"),
     "wd_global": lambda: WeightDecay(init=0.1, params="*", granularity="global"),
+    "wd_unit": lambda: WeightDecay(init=0.1, params="*", granularity="unit"),
+    "wd_feature": lambda: WeightDecay(init=0.1, granularity="feature"),
+    "l1_unit": lambda: PerWeightL1(init=0.05, params=["*.weight", "out.bias"],
+                                   granularity="unit"),
+    "l1_feature": lambda: PerWeightL1(init=0.05, granularity="feature"),
+    "l1_tensor": lambda: PerWeightL1(init=0.05, granularity="tensor"),
+    "l1_global": lambda: PerWeightL1(init=0.05, params="*", granularity="global"),
     "loss_weights": lambda: LossWeights(init=1.0),
     "taylor": lambda: TaylorLoss(),
     "affine": lambda: AffineAugmentation(init=0.2, image_shape=(4, 4), n_samples=2, rho=0.01),
@@ -232,6 +239,7 @@ def test_classifier_only_kinds_reject_regressors(hp):
 
 @pytest.mark.parametrize("hp, match", [
     (WeightDecay(granularity="layer"), "granularity"),
+    (PerWeightL1(granularity="layer"), "granularity"),
     (PerWeightL1(init=-1.0), ">= 0"),
     (AffineAugmentation(generators=("spin",), image_shape=(4, 4)), "generators"),
     (AffineAugmentation(image_shape=(3, 3)), "image_shape"),

@@ -1,11 +1,30 @@
-"""Separable weight penalties: per-weight L1 (paper Sec. 4.2) and weight decay.
+"""Separable weight penalties: L1 (paper Sec. 4.2) and weight decay, at any granularity.
 
-Both enter the inner loss only through ``sum_j s(r_j) * phi(theta_j)`` with
-``s = softplus`` and raw value ``r``, so the mixed derivative
-``d2 L_T / (d theta_j d r_j) = sigmoid(r_j) * phi'(theta_j)`` is elementwise and known in
-closed form (no double backward needed).
+Both enter the inner loss only through ``sum_j s(r_g(j)) * phi(theta_j)`` with
+``s = softplus``, raw value ``r`` and ``g(j)`` the strength that weight ``j`` shares with
+others (itself, its unit, its input feature, its tensor, or one global strength). The
+mixed derivative ``d2 L_T / (d theta_j d r_g) = sigmoid(r_g) * phi'(theta_j)`` is therefore
+known in closed form; a vector-Jacobian product sums it over the weights of each group
+(no double backward needed).
+
+Granularities (one strength ...):
+
+============  =================================================  ===================  =============
+granularity   one strength per                                   stored raw shape     public value
+============  =================================================  ===================  =============
+``weight``    weight                                             parameter's shape    ndarray, same
+``unit``      output unit: row of a weight (dim 0; conv: out     ``(out, 1, ...)``    ndarray (out,)
+              channel; bias: element)
+``feature``   input feature: column of the FIRST matched         ``(1, in)``          ndarray (in,)
+              tensor (2-D only); other matched tensors are
+              not penalised
+``tensor``    matched tensor                                     ``()``               float
+``global``    all matched tensors together                       ``()`` (no dict)     float
+============  =================================================  ===================  =============
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -14,29 +33,206 @@ import torch.nn.functional as F
 from .base import (BoundHyperparameter, Hyperparameter, as_tensor, check_finite_nonneg,
                    inv_softplus, mean_of, per_name_values, to_numpy)
 
-__all__ = ["PerWeightL1", "WeightDecay"]
+__all__ = ["PerWeightL1", "WeightDecay", "GRANULARITIES"]
+
+GRANULARITIES = ("weight", "unit", "feature", "tensor", "global")
 
 
-def _shaped(value, shape, device, dtype, kind) -> torch.Tensor:
-    t = as_tensor(value, device, dtype)
-    try:
-        return t.expand(shape).clone() if t.dim() <= len(shape) else t.reshape(shape).clone()
-    except RuntimeError as exc:
-        raise ValueError(f"{kind}: value of shape {tuple(t.shape)} does not fit parameter "
-                         f"shape {tuple(shape)}") from exc
+def strength_shapes(shape: tuple, granularity: str) -> tuple[tuple, tuple]:
+    """``(stored, public)`` shapes of the strengths of one tensor of ``shape``.
+
+    The stored shape broadcasts against ``shape`` (so the penalty is ``lam * phi(theta)``);
+    the public shape drops the broadcast dimensions.
+    """
+    if granularity == "weight":
+        return shape, shape
+    if granularity == "unit":
+        if not shape:
+            return (), ()
+        return (shape[0],) + (1,) * (len(shape) - 1), (shape[0],)
+    if granularity == "feature":
+        return (1, shape[1]), (shape[1],)
+    return (), ()   # tensor (and each tensor's share of "global")
 
 
-class PerWeightL1(Hyperparameter):
-    """One L1 strength per weight: ``R(lam, theta) = sum_j lam_j |theta_j|`` (paper Sec. 4.2).
+class _GranularPenalty(Hyperparameter):
+    """Specification shared by the separable penalties: validation and binding."""
+
+    _uses_params = True
+    #: the bound class, set by each kind
+    _bound_class: type = None
+
+    def _make_bound(self, module, names, *, n_train, n_classes, input_shape):
+        kind = type(self).__name__
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"{kind}: granularity must be one of {GRANULARITIES}, "
+                             f"got {self.granularity!r}")
+        shapes = {n: tuple(p.shape) for n, p in module.named_parameters() if n in names}
+        if self.granularity == "feature":
+            # Feature relevance lives in the first layer's columns: later layers' columns
+            # are hidden units, not input features.
+            names = names[:1]
+            if len(shapes[names[0]]) != 2:
+                raise ValueError(
+                    f"{kind}: granularity='feature' needs the first matched parameter to be "
+                    f"2-D (a Linear weight, columns = input features); {names[0]!r} has shape "
+                    f"{shapes[names[0]]}. Select the first layer's weight with params=")
+        if self.granularity == "global":
+            if isinstance(self.init, dict):
+                raise ValueError(f"{kind}: granularity='global' needs a scalar init")
+            check_finite_nonneg(self.init, kind)
+        else:
+            for v in per_name_values(self.init, names, kind).values():
+                check_finite_nonneg(v, kind)
+        return self._bound_class(self, names, {n: shapes[n] for n in names},
+                                 self.granularity, self.init)
+
+
+class _BoundGranularPenalty(BoundHyperparameter):
+    """``sum_n sum(softplus(r_n) * phi(theta_n))`` with compact, broadcast strengths ``r_n``.
+
+    Subclasses give ``phi`` and its derivative ``dphi``. ``raw`` is a dict name -> tensor
+    of the stored strength shape, or one scalar tensor for ``granularity="global"``.
+    """
+
+    closed_form_mixed = True
+
+    def __init__(self, spec, names, shapes, granularity, init):
+        super().__init__(spec, names)
+        self.shapes = shapes
+        self.granularity = granularity
+        self.init = init
+        self._kind = type(spec).__name__
+        layouts = {n: strength_shapes(shapes[n], granularity) for n in names}
+        self.stored_shapes = {n: s for n, (s, _) in layouts.items()}
+        self.public_shapes = {n: p for n, (_, p) in layouts.items()}
+
+    @staticmethod
+    def phi(theta: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def dphi(theta: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def is_global(self) -> bool:
+        return self.granularity == "global"
+
+    def init_raw(self, device, dtype):
+        return self.from_public(self.init, device, dtype)
+
+    def _strengths(self, raw) -> dict[str, torch.Tensor]:
+        """Strength broadcastable to each target, keyed by name."""
+        if self.is_global:
+            lam = F.softplus(raw)
+            return {n: lam for n in self.name_targets}
+        return {n: F.softplus(raw[n]) for n in self.name_targets}
+
+    def value(self, raw):
+        if self.is_global:
+            return F.softplus(raw)
+        return {n: F.softplus(r).reshape(self.public_shapes[n]) for n, r in raw.items()}
+
+    def inner_penalty(self, raw, theta):
+        total = None
+        for n, lam in self._strengths(raw).items():
+            term = (lam * self.phi(theta[n])).sum()
+            total = term if total is None else total + term
+        return total
+
+    def mixed_vjp(self, raw, theta, v):
+        # d/dr [v . d/dtheta s(r) phi(theta)] = sigmoid(r) * sum over the group of v phi'
+        if self.is_global:
+            total = sum((v[n] * self.dphi(theta[n])).sum() for n in self.name_targets)
+            return torch.sigmoid(raw) * total
+        return {n: torch.sigmoid(raw[n])
+                * (v[n] * self.dphi(theta[n])).sum_to_size(self.stored_shapes[n])
+                for n in self.name_targets}
+
+    def to_public(self, raw):
+        if self.is_global:
+            return float(F.softplus(raw))
+        if self.granularity == "tensor":
+            return {n: float(F.softplus(r)) for n, r in raw.items()}
+        return {n: to_numpy(F.softplus(r)).reshape(self.public_shapes[n])
+                for n, r in raw.items()}
+
+    def from_public(self, value, device, dtype):
+        if self.is_global:
+            if isinstance(value, dict):
+                raise ValueError(f"{self._kind}: granularity='global' needs a scalar value")
+            v = float(np.asarray(value, dtype=np.float64))
+            check_finite_nonneg(v, self._kind, "value")
+            return inv_softplus(as_tensor(v, device, dtype).reshape(()))
+        values = per_name_values(value, self.name_targets, self._kind)
+        out = {}
+        for n in self.name_targets:
+            check_finite_nonneg(values[n], self._kind, "value")
+            public = self._fit_shape(as_tensor(values[n], device, dtype), n)
+            out[n] = inv_softplus(public.reshape(self.stored_shapes[n]))
+        return out
+
+    def _fit_shape(self, t: torch.Tensor, name: str) -> torch.Tensor:
+        """``t`` (scalar, public-shaped, stored-shaped or broadcastable) in public shape."""
+        shape = self.public_shapes[name]
+        if t.numel() == math.prod(shape):
+            return t.reshape(shape).clone()
+        try:
+            return t.expand(shape).clone()
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{self._kind}: value of shape {tuple(t.shape)} for {name!r} does not fit "
+                f"granularity={self.granularity!r}, which has strengths of shape {shape}"
+            ) from exc
+
+    def summary(self, raw):
+        if self.is_global:
+            return float(F.softplus(raw))
+        return mean_of(F.softplus(r) for r in raw.values())
+
+
+class _BoundPerWeightL1(_BoundGranularPenalty):
+    @staticmethod
+    def phi(theta):
+        return theta.abs()
+
+    @staticmethod
+    def dphi(theta):
+        # sign(0) = 0 matches autograd's subgradient of abs at 0
+        return torch.sign(theta)
+
+
+class _BoundWeightDecay(_BoundGranularPenalty):
+    @staticmethod
+    def phi(theta):
+        return 0.5 * theta.pow(2)
+
+    @staticmethod
+    def dphi(theta):
+        return theta
+
+
+_GRANULARITY_DOC = """granularity : {"weight", "unit", "feature", "tensor", "global"}, default="weight"
+        Which weights share one strength: each weight its own; one per output unit (row,
+        dim 0, of each matched tensor; per output channel for a conv weight); one per input
+        feature (column of the first matched tensor in module order, which must be 2-D:
+        the other matched tensors are then not penalised); one per matched tensor; one
+        shared scalar."""
+
+
+class PerWeightL1(_GranularPenalty):
+    """Learned L1 strengths: ``R(lam, theta) = sum_j lam_g(j) |theta_j|`` (paper Sec. 4.2).
 
     Parameters
     ----------
     init : float or dict, default=1e-4
-        Initial strength, either one float for all weights or a dict mapping parameter
-        names to floats/arrays shaped like the parameter. Must be >= 0.
+        Initial strength (>= 0): one float for all, or a dict mapping parameter names to
+        floats or arrays shaped like that parameter's strengths (see ``granularity``).
     params : str or list of str, default="*.weight"
         Glob(s) over ``module.named_parameters()`` selecting the penalised tensors
         (``"*.weight"`` also matches a top-level ``"weight"``).
+    {granularity}
 
     Notes
     -----
@@ -46,174 +242,49 @@ class PerWeightL1(Hyperparameter):
     strength of 1e-4 by a relative, not absolute, amount.
     The penalty is added as-is (not divided by the number of rows) to the mean minibatch
     loss, both during tuning and when the learned net is refit.
-    ``to_public`` gives a dict ``name -> ndarray`` shaped like each parameter;
-    ``summary`` is the mean strength over all penalised weights.
+    ``to_public`` gives a dict ``name -> ndarray`` shaped like each parameter ("weight"),
+    ``(out,)`` ("unit"), ``(in,)`` ("feature", first matched tensor only),
+    ``name -> float`` ("tensor") or one float ("global"); ``summary`` is the mean over the
+    stored strengths. With ``granularity="feature"`` the learned values are a feature
+    relevance (small strength = relevant): see :func:`sgld_tuner.relevance.feature_relevance`.
     """
 
-    _uses_params = True
-
-    def __init__(self, init=1e-4, params="*.weight"):
-        self.init = init
-        self.params = params
-
-    def _make_bound(self, module, names, *, n_train, n_classes, input_shape):
-        shapes = dict(module.named_parameters())
-        inits = per_name_values(self.init, names, "PerWeightL1")
-        for v in inits.values():
-            check_finite_nonneg(v, "PerWeightL1")
-        return _BoundPerWeightL1(self, names, {n: tuple(shapes[n].shape) for n in names}, inits)
-
-
-class _BoundPerWeightL1(BoundHyperparameter):
-    closed_form_mixed = True
-
-    def __init__(self, spec, names, shapes, inits):
-        super().__init__(spec, names)
-        self.shapes = shapes
-        self.inits = inits
-
-    def init_raw(self, device, dtype):
-        return self.from_public(self.inits, device, dtype)
-
-    def value(self, raw):
-        return {n: F.softplus(r) for n, r in raw.items()}
-
-    def inner_penalty(self, raw, theta):
-        total = None
-        for n, r in raw.items():
-            term = (F.softplus(r) * theta[n].abs()).sum()
-            total = term if total is None else total + term
-        return total
-
-    def mixed_vjp(self, raw, theta, v):
-        # d/dtheta_j [s(r_j)|theta_j|] = s(r_j) sign(theta_j); sign(0) = 0 matches
-        # autograd's subgradient of abs at 0.
-        return {n: v[n] * torch.sign(theta[n]) * torch.sigmoid(r) for n, r in raw.items()}
-
-    def to_public(self, raw):
-        return {n: to_numpy(F.softplus(r)) for n, r in raw.items()}
-
-    def from_public(self, value, device, dtype):
-        values = per_name_values(value, self.name_targets, "PerWeightL1")
-        out = {}
-        for n in self.name_targets:
-            check_finite_nonneg(values[n], "PerWeightL1", "value")
-            out[n] = inv_softplus(_shaped(values[n], self.shapes[n], device, dtype, "PerWeightL1"))
-        return out
-
-    def summary(self, raw):
-        return mean_of(F.softplus(r) for r in raw.values())
-
-
-_GRANULARITIES = ("weight", "tensor", "global")
-
-
-class WeightDecay(Hyperparameter):
-    """L2 penalty ``0.5 * lam * theta**2`` with strengths per weight, per tensor or global.
-
-    Parameters
-    ----------
-    init : float or dict, default=1e-4
-        Initial strength (>= 0): one float, or for ``granularity`` ``"weight"``/``"tensor"``
-        a dict mapping parameter names to floats (or arrays, per weight).
-    params : str or list of str, default="*.weight"
-        Glob(s) over ``module.named_parameters()`` selecting the penalised tensors.
-    granularity : {"weight", "tensor", "global"}, default="weight"
-        One strength per weight, one per matched tensor, or one shared scalar.
-
-    Notes
-    -----
-    Transform: ``lam = softplus(raw)``. Penalty ``sum 0.5 * lam * theta**2`` added to the
-    mean minibatch loss (not divided by the number of rows). ``to_public`` gives a dict
-    ``name -> ndarray`` ("weight"), ``name -> float`` ("tensor") or a float ("global");
-    ``summary`` is the mean strength (over weights, tensors, or the scalar itself).
-    """
-
-    _uses_params = True
+    _bound_class = _BoundPerWeightL1
 
     def __init__(self, init=1e-4, params="*.weight", granularity="weight"):
         self.init = init
         self.params = params
         self.granularity = granularity
 
-    def _make_bound(self, module, names, *, n_train, n_classes, input_shape):
-        if self.granularity not in _GRANULARITIES:
-            raise ValueError(f"WeightDecay: granularity must be one of {_GRANULARITIES}, "
-                             f"got {self.granularity!r}")
-        shapes = dict(module.named_parameters())
-        if self.granularity == "global":
-            if isinstance(self.init, dict):
-                raise ValueError("WeightDecay: granularity='global' needs a scalar init")
-            check_finite_nonneg(self.init, "WeightDecay")
-        else:
-            for v in per_name_values(self.init, names, "WeightDecay").values():
-                check_finite_nonneg(v, "WeightDecay")
-        return _BoundWeightDecay(self, names, {n: tuple(shapes[n].shape) for n in names},
-                                 self.granularity, self.init)
 
+class WeightDecay(_GranularPenalty):
+    """Learned L2 strengths: ``R(lam, theta) = sum_j 0.5 * lam_g(j) * theta_j**2``.
 
-class _BoundWeightDecay(BoundHyperparameter):
-    closed_form_mixed = True
+    Parameters
+    ----------
+    init : float or dict, default=1e-4
+        Initial strength (>= 0): one float, or (not for ``"global"``) a dict mapping
+        parameter names to floats or arrays shaped like that parameter's strengths.
+    params : str or list of str, default="*.weight"
+        Glob(s) over ``module.named_parameters()`` selecting the penalised tensors.
+    {granularity}
 
-    def __init__(self, spec, names, shapes, granularity, init):
-        super().__init__(spec, names)
-        self.shapes = shapes
-        self.granularity = granularity
+    Notes
+    -----
+    Transform: ``lam = softplus(raw)``. The penalty is added to the mean minibatch loss
+    (not divided by the number of rows). ``to_public`` gives a dict ``name -> ndarray``
+    ("weight": parameter's shape, "unit": ``(out,)``, "feature": ``(in,)``),
+    ``name -> float`` ("tensor") or a float ("global"); ``summary`` is the mean over the
+    stored strengths (over weights, units, features, tensors, or the scalar itself).
+    """
+
+    _bound_class = _BoundWeightDecay
+
+    def __init__(self, init=1e-4, params="*.weight", granularity="weight"):
         self.init = init
+        self.params = params
+        self.granularity = granularity
 
-    def init_raw(self, device, dtype):
-        return self.from_public(self.init, device, dtype)
 
-    def _strengths(self, raw):
-        """Strength broadcastable to each target, keyed by name."""
-        if self.granularity == "global":
-            lam = F.softplus(raw)
-            return {n: lam for n in self.name_targets}
-        return {n: F.softplus(raw[n]) for n in self.name_targets}
-
-    def value(self, raw):
-        if self.granularity == "global":
-            return F.softplus(raw)
-        return {n: F.softplus(r) for n, r in raw.items()}
-
-    def inner_penalty(self, raw, theta):
-        total = None
-        for n, lam in self._strengths(raw).items():
-            term = 0.5 * (lam * theta[n].pow(2)).sum()
-            total = term if total is None else total + term
-        return total
-
-    def mixed_vjp(self, raw, theta, v):
-        # d/dtheta [0.5 s(r) theta^2] = s(r) theta, so d/dr = sigmoid(r) theta, summed
-        # over the weights sharing one strength.
-        if self.granularity == "weight":
-            return {n: v[n] * theta[n] * torch.sigmoid(raw[n]) for n in self.name_targets}
-        if self.granularity == "tensor":
-            return {n: torch.sigmoid(raw[n]) * (v[n] * theta[n]).sum() for n in self.name_targets}
-        total = sum((v[n] * theta[n]).sum() for n in self.name_targets)
-        return torch.sigmoid(raw) * total
-
-    def to_public(self, raw):
-        if self.granularity == "global":
-            return float(F.softplus(raw))
-        if self.granularity == "tensor":
-            return {n: float(F.softplus(r)) for n, r in raw.items()}
-        return {n: to_numpy(F.softplus(r)) for n, r in raw.items()}
-
-    def from_public(self, value, device, dtype):
-        if self.granularity == "global":
-            v = float(np.asarray(value, dtype=np.float64))
-            check_finite_nonneg(v, "WeightDecay", "value")
-            return inv_softplus(as_tensor(v, device, dtype).reshape(()))
-        values = per_name_values(value, self.name_targets, "WeightDecay")
-        out = {}
-        for n in self.name_targets:
-            check_finite_nonneg(values[n], "WeightDecay", "value")
-            shape = self.shapes[n] if self.granularity == "weight" else ()
-            out[n] = inv_softplus(_shaped(values[n], shape, device, dtype, "WeightDecay"))
-        return out
-
-    def summary(self, raw):
-        if self.granularity == "global":
-            return float(F.softplus(raw))
-        return mean_of(F.softplus(r) for r in raw.values())
+PerWeightL1.__doc__ = PerWeightL1.__doc__.replace("{granularity}", _GRANULARITY_DOC)
+WeightDecay.__doc__ = WeightDecay.__doc__.replace("{granularity}", _GRANULARITY_DOC)
