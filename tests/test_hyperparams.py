@@ -240,6 +240,8 @@ def test_classifier_only_kinds_reject_regressors(hp):
 @pytest.mark.parametrize("hp, match", [
     (WeightDecay(granularity="layer"), "granularity"),
     (PerWeightL1(granularity="layer"), "granularity"),
+    (AffineAugmentation(init=4.0, image_shape=(4, 4)), r"\[0, bound\]"),
+    (AffineAugmentation(image_shape=(4, 4), bounds={"rot": -1.0}), "bounds"),
     (PerWeightL1(init=-1.0), ">= 0"),
     (AffineAugmentation(generators=("spin",), image_shape=(4, 4)), "generators"),
     (AffineAugmentation(image_shape=(3, 3)), "image_shape"),
@@ -258,3 +260,46 @@ def test_affine_zero_is_identity():
     X = problem.X_train
     out = bound.transform_inputs(problem.init_lam()["h"], X, torch.Generator())
     torch.testing.assert_close(out, X, rtol=0, atol=1e-12)
+
+
+def test_affine_ranges_are_bounded_and_keep_init_units():
+    from sgld_tuner.hyperparams.augmentation import BOUNDS
+    problem = _problem(AffineAugmentation(init={"tx": 0.1, "ty": 0.2, "rot": 3.0, "sx": 0.5,
+                                                "sy": 0.0, "shear": 0.3}, image_shape=(4, 4)))
+    bound = problem.bound["h"]
+    raw = problem.init_lam()["h"]
+    public = bound.to_public(raw)
+    assert public == pytest.approx({"tx": 0.1, "ty": 0.2, "rot": 3.0, "sx": 0.5, "sy": 0.0,
+                                    "shear": 0.3}, abs=1e-12)
+    # however far the raw values run, each range stays below its bound
+    far = bound.to_public(raw + 1e3)
+    assert all(0 < far[g] <= BOUNDS[g] for g in far)
+    assert far["rot"] == pytest.approx(np.pi) and BOUNDS["sx"] == pytest.approx(np.log(2))
+    assert bound.outer_penalty(raw + 1e3) is None   # rho=0
+    # float32 rounds a range at its bound up to (or past) it: still a valid public value
+    raw32 = bound.from_public(far, torch.device("cpu"), torch.float32)
+    assert bound.to_public(raw32)["rot"] == pytest.approx(np.pi, rel=1e-6)
+    custom = AffineAugmentation(generators=("rot",), init=0.5, image_shape=(4, 4),
+                                bounds={"rot": 1.0})
+    problem = _problem(custom)
+    assert problem.bound["h"].to_public(problem.init_lam()["h"] + 1e3)["rot"] == \
+        pytest.approx(1.0)
+
+
+def test_affine_rotation_warps_by_the_bounded_range():
+    """The warp is a rotation by eps * lam (closed form cos/sin), lam = pi * sigmoid(raw)."""
+    problem = _problem(AffineAugmentation(generators=("rot",), init=2.0, image_shape=(4, 4)))
+    bound = problem.bound["h"]
+    raw = problem.init_lam()["h"] + 0.7
+    lam = float(np.pi / (1 + np.exp(-float(raw))))
+    X = problem.X_train
+    out = bound.transform_inputs(raw, X, torch.Generator().manual_seed(3))
+    eps = torch.rand(len(X), 1, generator=torch.Generator().manual_seed(3),
+                     dtype=X.dtype) * 2 - 1
+    angle = (eps * lam).squeeze(1)
+    c, s, z = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
+    affine = torch.stack([torch.stack([c, -s, z], 1), torch.stack([s, c, z], 1)], 1)
+    imgs = X.reshape(len(X), 1, 4, 4)
+    grid = torch.nn.functional.affine_grid(affine, list(imgs.shape), align_corners=False)
+    expected = torch.nn.functional.grid_sample(imgs, grid, align_corners=False)
+    torch.testing.assert_close(out, expected.reshape(X.shape), rtol=1e-9, atol=1e-9)

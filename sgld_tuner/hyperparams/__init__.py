@@ -6,13 +6,18 @@ arguments); :meth:`Hyperparameter.bind` attaches it to a module and the data's s
 ==================  ==========================================  =========================
 kind                what it learns                              transform (raw -> value)
 ==================  ==========================================  =========================
-PerWeightL1         one L1 strength per weight (paper 4.2)      softplus
-WeightDecay         L2 strengths per weight / tensor / global   softplus
+PerWeightL1         L1 strengths (paper 4.2), per granularity   softplus
+WeightDecay         L2 strengths, per granularity               softplus
 LossWeights         per-class weights of the criterion          C * softmax (mean 1)
 TaylorLoss          8-coefficient polynomial loss (eq. 53)      identity
-AffineAugmentation  ranges of random affine warps (paper 4.6)   identity
+AffineAugmentation  ranges of random affine warps (paper 4.6)   bound * sigmoid
 SampleWeights       one weight per training row                 2 * sigmoid, in (0, 2)
 ==================  ==========================================  =========================
+
+Penalty granularities (``granularity=``): one strength per ``"weight"``, per ``"unit"``
+(row of each matched tensor), per input ``"feature"`` (column of the first matched
+tensor), per ``"tensor"``, or one ``"global"`` strength. Learned per-feature strengths
+read as a feature-relevance table with :func:`sgld_tuner.relevance.feature_relevance`.
 """
 from .augmentation import AffineAugmentation
 from .base import BoundHyperparameter, Hyperparameter
