@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from . import _tree
+from .recursions import RECURSIONS
 
 METHODS = ("sgld", "rmd", "rmd-fo", "fmd", "ift-cg", "ift-neumann")
 
@@ -39,20 +40,20 @@ class InnerSettings:
         Whether an outer iteration continues the previous chain (detached, so still
         independent of ``lam``) or restarts from ``theta0``. A callable ``theta0``
         (MAML-type start) always restarts.
-    recursion : {"damped", "paper", "tracked"}
-        ``"tracked"`` (see ``sgld_hypergrad``) keeps an adjoint ``w ~ H^-1 grad f`` along
-        the chain instead: unbiased at stationarity in any dimension, at one double
-        backward per step. ``"paper"`` is eq. 22 as published. ``"damped"`` keeps the ``(I - eta H)``
-        contraction the first-order recursion drops, through the Rayleigh quotient of
-        the inner Hessian along ``grad_theta f`` (one double-backward gives both
-        products), and carries the recursion state across outer iterations of a
-        persistent chain. See ``docs/bias.md`` for the measurements behind the default.
+    recursion : str
+        The hypergradient strategy along the chain, one of
+        :data:`~sgld_tuner.core.recursions.RECURSIONS`: ``"paper"`` (eq. 22 as published),
+        ``"damped"`` (eq. 22 with the ``(I - eta H)`` contraction kept along
+        ``grad_theta f``), ``"tracked"`` (an adjoint ``w ~ H^-1 grad f`` tracked along the
+        chain: the implicit-function hypergradient at stationarity), ``"gibbs"`` (the
+        score-function identity of the Gibbs distribution, first-order only). See
+        ``docs/bias.md`` for the measurements behind the default.
     curvature_every : int or None
-        ``recursion="damped"`` only: refresh the damping factor (one double backward)
-        every this many steps, always at the first step of an outer iteration; the steps
-        in between reuse it and, with a closed-form ``mixed_vjp``, need no double
-        backward. ``None`` (default) refreshes once per outer iteration; ``1`` every
-        step. On the paper's 1D problem both give lam = 0.749059 (6 decimals); on the
+        ``"damped"`` and ``"tracked"``: take the Hessian-vector product (one double
+        backward) every this many steps, always at the first step of an outer iteration;
+        the steps in between reuse the damping factor (damped) or the current adjoint
+        (tracked) and, with a closed-form ``mixed_vjp``, need no double backward.
+        ``None`` (default): once per outer iteration for damped, every step for tracked. On the paper's 1D problem both give lam = 0.749059 (6 decimals); on the
         demo task the same test accuracy at half the search time.
     keep_samples : bool
         Keep the ``M`` retained SGLD samples in the result (for posterior ensembles).
@@ -84,8 +85,8 @@ class InnerSettings:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.chain not in ("persistent", "restart"):
             raise ValueError(f"chain must be 'persistent' or 'restart', got {self.chain!r}")
-        if self.recursion not in ("damped", "paper", "tracked"):
-            raise ValueError("recursion must be 'damped', 'paper' or 'tracked', got "
+        if self.recursion not in RECURSIONS:
+            raise ValueError(f"recursion must be one of {sorted(RECURSIONS)}, got "
                              f"{self.recursion!r}")
         checks = {
             "inner_lr": self.inner_lr > 0,
@@ -117,15 +118,26 @@ class InnerSettings:
 
 @dataclass
 class ChainState:
-    """What persists between outer iterations of one chain (one per cv fold in the tuner)."""
+    """What persists between outer iterations of one chain (one per cv fold in the tuner).
+
+    ``recursion`` is the hypergradient strategy's own state (opaque, see
+    :class:`~sgld_tuner.core.recursions.RecursionState`): checkpoints, rollbacks, ``save``
+    and warm starts copy the whole object with :meth:`copy`.
+    """
 
     theta: list[torch.Tensor] | None = None
-    tangent: list[torch.Tensor] | None = None  # damped recursion's g, shaped like lam
     n_steps: int = 0
-    adjoint: list[torch.Tensor] | None = None  # tracked recursion's w, shaped like theta
+    recursion: Any = None
 
     def reset(self) -> None:
-        self.theta, self.tangent, self.adjoint, self.n_steps = None, None, None, 0
+        self.theta, self.recursion, self.n_steps = None, None, 0
+
+    def copy(self) -> "ChainState":
+        """An independent copy (the chain and the strategy state alike)."""
+        return ChainState(
+            theta=None if self.theta is None else [t.detach().clone() for t in self.theta],
+            n_steps=self.n_steps,
+            recursion=None if self.recursion is None else self.recursion.copy())
 
 
 @dataclass

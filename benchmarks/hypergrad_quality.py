@@ -1,0 +1,299 @@
+"""Hypergradient quality of every estimator against exact references, and its cost.
+
+For each problem, each estimator runs a persistent chain at a fixed ``lam`` (``n_warm``
+outer iterations of ``B + M`` inner steps, as it would while ``lam`` moves slowly), then
+``n_calls`` more; we report the cosine and norm ratio of the mean of those ``n_calls``
+estimates against the exact hypergradient (and the median single-call cosine), and the
+CPU time per inner step in units of a plain gradient step on the same inner loss.
+
+Problems (float64, one torch thread):
+
+* ``ridge-d``: ridge with one penalty per feature, d = 10, 100, 1000; closed form
+  (``RidgePerFeature.exact_hypergradient`` at the chain's temperature); chain started at
+  the inner optimum.
+* ``logreg-opt`` / ``logreg-cold``: multinomial logistic regression on digits with one L2
+  strength per weight (640); exact implicit-function hypergradient by a full Hessian
+  solve; chain started at the optimum / at zero.
+* ``mlp-wd`` / ``mlp-l1``: a 64-32-10 tanh MLP on digits with per-tensor weight decay /
+  per-weight L1, started from a trained net, noise off; reference: exact reverse mode
+  through the same chain (``rmd`` over all its steps); IFT-CG run to convergence at its
+  end is reported beside it.
+
+Usage::
+
+    python benchmarks/hypergrad_quality.py                     # full (about 10 min, 1 core)
+    SGLD_TUNER_SMOKE=1 python benchmarks/hypergrad_quality.py  # seconds
+
+Writes ``benchmarks/results/hypergrad_quality.{json,md}`` (``*_smoke.*`` in smoke mode).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_results  # noqa: E402
+
+from sgld_tuner.core import BilevelProblem, ChainState, InnerSettings, hypergradient  # noqa: E402
+from sgld_tuner.problems import RidgePerFeature  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SMOKE = os.environ.get("SGLD_TUNER_SMOKE", "0") not in ("", "0")
+DT = torch.float64
+
+# name -> InnerSettings fields (method, recursion, options)
+ESTIMATORS = {
+    "paper": dict(method="sgld", recursion="paper"),
+    "damped": dict(method="sgld", recursion="damped"),
+    "tracked": dict(method="sgld", recursion="tracked"),
+    "tracked/5": dict(method="sgld", recursion="tracked", curvature_every=5),
+    "gibbs": dict(method="sgld", recursion="gibbs"),
+    "rmd-10": dict(method="rmd", n_inner=10),
+    "rmd-50": dict(method="rmd", n_inner=50),
+    "ift-cg-10": dict(method="ift-cg", cg_iters=10),
+    "ift-cg-50": dict(method="ift-cg", cg_iters=50, cg_damping=1e-4),
+    "ift-neumann-10": dict(method="ift-neumann", neumann_iters=10),
+}
+
+
+class Case:
+    """One problem at one ``lam``: losses, start, chain knobs and the exact reference."""
+
+    def __init__(self, name, outer, inner, lam, theta0, exact, eta, tau, mixed_vjp=None):
+        self.name, self.outer, self.inner, self.lam = name, outer, inner, lam
+        self.theta0, self.exact, self.eta, self.tau = theta0, exact, eta, tau
+        self.mixed_vjp = mixed_vjp
+
+
+def cosine(a, b):
+    return float(a @ b / (a.norm() * b.norm() + 1e-300))
+
+
+def plain_step_seconds(case, n=30):
+    """CPU seconds of one plain gradient step on the inner loss (the unit of cost)."""
+    theta = case.theta0.clone().requires_grad_(True)
+    started = time.process_time()
+    for _ in range(n):
+        (g,) = torch.autograd.grad(case.inner(case.lam, theta), theta)
+        with torch.no_grad():
+            theta = (theta - case.eta * g).requires_grad_(True)
+    return (time.process_time() - started) / n
+
+
+def run_estimator(case, options, n_warm, n_calls, seed=0):
+    """Mean and single-call estimates of one estimator, and CPU seconds per inner step."""
+    problem = BilevelProblem(case.outer, case.inner, None, case.theta0,
+                             mixed_vjp=case.mixed_vjp)
+    settings = InnerSettings(inner_lr=case.eta, burn_in=5, n_samples=5, temperature=case.tau,
+                             **options).validate()
+    lam = [case.lam.clone().requires_grad_(True)]
+    gen = torch.Generator().manual_seed(seed)
+    state = ChainState()
+    for _ in range(n_warm):
+        hypergradient(problem, lam, state, settings, gen)
+    calls, started = [], time.process_time()
+    for _ in range(n_calls):
+        calls.append(hypergradient(problem, lam, state, settings, gen).grad[0].reshape(-1))
+    per_step = (time.process_time() - started) / (n_calls * settings.steps)
+    return torch.stack(calls).mean(0), calls, per_step
+
+
+def evaluate(case, n_warm, n_calls, names):
+    """One table row per estimator on ``case``."""
+    exact = case.exact.reshape(-1)
+    unit = plain_step_seconds(case)
+    rows = []
+    for name in names:
+        if name.startswith("gibbs") and case.tau <= 0:
+            continue
+        mean, calls, per_step = run_estimator(case, ESTIMATORS[name], n_warm, n_calls)
+        rows.append({"problem": case.name, "estimator": name,
+                     "cosine": cosine(mean, exact),
+                     "norm_ratio": float(mean.norm() / exact.norm()),
+                     "cosine_1call": float(np.median([cosine(c, exact) for c in calls])),
+                     "cost_x_plain": per_step / unit})
+        print(f"{case.name:12s} {name:15s} cos {rows[-1]['cosine']:+.3f}  "
+              f"ratio {rows[-1]['norm_ratio']:.3f}  cost {rows[-1]['cost_x_plain']:.2f}x",
+              flush=True)
+    return rows
+
+
+# -- problems ---------------------------------------------------------------------------
+
+def ridge_case(d, tau=1e-4):
+    prob = RidgePerFeature(n=max(200, 2 * d), d=d, random_state=0)
+    lam = torch.full((d,), float(np.log(0.1)), dtype=DT)
+    hess_max = float(torch.linalg.eigvalsh(prob.hessian(lam)).max())
+    return Case(f"ridge-{d}", prob.outer_loss, prob.inner_loss, lam, prob.theta_star(lam),
+                prob.exact_hypergradient(lam, temperature=tau), eta=1.0 / hess_max, tau=tau,
+                mixed_vjp=prob.mixed_vjp)
+
+
+def digits_split(n_train, n_val, seed=0):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(X))
+    X = torch.tensor(X / 16.0, dtype=DT)
+    y = torch.tensor(y)
+    tr, va = idx[:n_train], idx[n_train:n_train + n_val]
+    return X[tr], y[tr], X[va], y[va]
+
+
+def logreg_case(cold: bool, n_train=300, n_val=300):
+    """Per-weight L2 logistic regression; exact IFT by a full Hessian solve."""
+    X, y, Xv, yv = digits_split(n_train, n_val)
+    d, k = X.shape[1], 10
+
+    def unpack(theta):
+        return theta[:d * k].reshape(d, k), theta[d * k:]
+
+    def inner(lam, theta):
+        W, b = unpack(theta)
+        return F.cross_entropy(X @ W + b, y) + 0.5 * (torch.exp(lam) * W.reshape(-1) ** 2).sum()
+
+    def outer(lam, theta):
+        W, b = unpack(theta)
+        return F.cross_entropy(Xv @ W + b, yv)
+
+    lam = torch.full((d * k,), float(np.log(1e-2)), dtype=DT)
+    theta = torch.zeros(d * k + k, dtype=DT, requires_grad=True)
+    opt = torch.optim.LBFGS([theta], max_iter=500, tolerance_grad=1e-12,
+                            tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = inner(lam, theta)
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        opt.step(closure)
+    star = theta.detach()
+    H = torch.autograd.functional.hessian(lambda t: inner(lam, t), star)
+    t = star.clone().requires_grad_(True)
+    (grad_f,) = torch.autograd.grad(outer(lam, t), t)
+    w = torch.linalg.solve(H, grad_f)
+    mixed = torch.exp(lam) * star[:d * k]  # d2 L_T / (d W_j d lam_j), elementwise
+    exact = -mixed * w[:d * k]
+    eta = 1.0 / float(torch.linalg.eigvalsh(H).max())
+
+    def mixed_vjp(lam_, theta_, v):
+        return torch.exp(lam_) * theta_[:d * k] * v[:d * k]
+
+    start = torch.zeros_like(star) if cold else star
+    return Case("logreg-cold" if cold else "logreg-opt", outer, inner, lam, start, exact,
+                eta=eta, tau=1e-6, mixed_vjp=mixed_vjp)
+
+
+def mlp_case(kind: str, hidden=32, n_train=300, n_val=300, eta=0.3, train_steps=1500):
+    """Digits MLP (64-hidden-10, tanh) with per-tensor weight decay or per-weight L1,
+    from a net trained at ``lam``; noise off, so reverse mode through the chain is exact."""
+    X, y, Xv, yv = digits_split(n_train, n_val, seed=1)
+    shapes = [(64, hidden), (hidden,), (hidden, 10), (10,)]
+    sizes = [int(np.prod(s)) for s in shapes]
+
+    def unpack(theta):
+        parts = torch.split(theta, sizes)
+        return [p.reshape(s) for p, s in zip(parts, shapes)]
+
+    def forward(theta, inputs):
+        W1, b1, W2, b2 = unpack(theta)
+        return torch.tanh(inputs @ W1 + b1) @ W2 + b2
+
+    def weights(theta):
+        W1, _, W2, _ = unpack(theta)
+        return [W1, W2]
+
+    if kind == "wd":
+        lam = torch.full((2,), float(np.log(1e-3)), dtype=DT)
+
+        def penalty(lam_, theta):
+            return sum(0.5 * torch.exp(l) * (w ** 2).sum() for l, w in zip(lam_, weights(theta)))
+    else:
+        lam = torch.full((64 * hidden + hidden * 10,), float(np.log(1e-4)), dtype=DT)
+
+        def penalty(lam_, theta):
+            flat = torch.cat([w.reshape(-1) for w in weights(theta)])
+            return (torch.exp(lam_) * flat.abs()).sum()
+
+    def inner(lam_, theta):
+        return F.cross_entropy(forward(theta, X), y) + penalty(lam_, theta)
+
+    def outer(lam_, theta):
+        return F.cross_entropy(forward(theta, Xv), yv)
+
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.cat([torch.randn(n, generator=gen, dtype=DT) * (0.3 if len(s) == 2 else 0.0)
+                       for n, s in zip(sizes, shapes)])
+    for _ in range(train_steps):
+        t = theta.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(inner(lam, t), t)
+        theta = theta - eta * g
+    return Case(f"mlp-{kind}", outer, inner, lam, theta, exact=None, eta=eta, tau=0.0)
+
+
+def mlp_references(case, total_steps):
+    """Exact reverse mode through ``total_steps`` noise-off steps, and IFT-CG at their end."""
+    problem = BilevelProblem(case.outer, case.inner, None, case.theta0)
+    lam = [case.lam.clone().requires_grad_(True)]
+    gen = torch.Generator().manual_seed(0)
+    state = ChainState()
+    rmd = InnerSettings(method="rmd", inner_lr=case.eta, n_inner=total_steps).validate()
+    reference = hypergradient(problem, lam, state, rmd, gen).grad[0].reshape(-1)
+    cg = InnerSettings(method="ift-cg", inner_lr=case.eta, n_inner=1, cg_iters=300,
+                       cg_damping=1e-6).validate()
+    ift = hypergradient(problem, lam, state, cg, gen).grad[0].reshape(-1)
+    return reference, ift
+
+
+def main():
+    torch.set_num_threads(1)
+    n_warm, n_calls = (2, 2) if SMOKE else (20, 5)
+    names = list(ESTIMATORS)
+    rows = []
+    for d in ([10] if SMOKE else [10, 100, 1000]):
+        rows += evaluate(ridge_case(d), n_warm, n_calls, names)
+    if not SMOKE:
+        for cold in (False, True):
+            rows += evaluate(logreg_case(cold), n_warm, n_calls, names)
+    mlp_warm, mlp_calls = (2, 1) if SMOKE else (29, 1)
+    for kind in ("wd", "l1"):
+        case = mlp_case(kind, hidden=8 if SMOKE else 32, train_steps=20 if SMOKE else 1500)
+        case.exact, ift = mlp_references(case, (mlp_warm + mlp_calls) * 10)
+        mlp_names = [n for n in names if n != "gibbs" and not n.startswith("rmd")]
+        new = evaluate(case, mlp_warm, mlp_calls, mlp_names)
+        new.append({"problem": case.name, "estimator": "ift-cg-300 (at chain end)",
+                    "cosine": cosine(ift, case.exact),
+                    "norm_ratio": float(ift.norm() / case.exact.norm()),
+                    "cosine_1call": cosine(ift, case.exact), "cost_x_plain": float("nan")})
+        rows += new
+    write(rows)
+
+
+def write(rows):
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    md = ["# Hypergradient quality against exact references", "",
+          "Written by `python benchmarks/hypergrad_quality.py` (float64, one torch thread, "
+          "B = M = 5 steps per outer iteration, 20 warm-up + 5 measured outer iterations "
+          "at fixed lam; MLP rows: 29 + 1, noise off, reference = reverse mode through "
+          "all 300 steps). cosine / norm ratio: of the mean of the measured estimates; "
+          "cosine_1call: median over single estimates; cost: CPU per inner step in plain "
+          "gradient steps on the same inner loss.", "",
+          table.to_markdown(index=False, floatfmt=".3f"), ""]
+    stem = RESULTS / ("hypergrad_quality_smoke" if SMOKE else "hypergrad_quality")
+    write_results(str(stem), {"smoke": SMOKE, "rows": rows}, "\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Hypergradient estimators along an SGLD chain: one strategy object per recursion.
+
+The chain loop (:func:`~sgld_tuner.core.hypergrad.sgld_hypergrad`) owns autograd: at every
+inner step it computes ``v = grad_theta f(theta_m)`` and, for the vector ``u`` a strategy
+asks for, the products ``u^T d2L_T/(dtheta dlam)`` (``mixed``) and, when asked,
+``H_T u`` (``hess_u``), both at ``theta_{m-1}``, in one double backward (or in closed form
+for separable penalties). A strategy only does arithmetic on those products:
+
+    recursion.begin(saved)            # saved: this strategy's state from the last outer iteration
+    for m in 1 .. B + M:
+        u = recursion.vector(v)       # what to contract the mixed derivative with
+        recursion.update(StepProducts(...))
+        if m > B: recursion.accumulate()
+    indirect = recursion.indirect()   # the part of h that flows through theta
+    saved = recursion.end()           # an opaque RecursionState, or None
+
+Registry: :data:`RECURSIONS`. Strategies that accept a ``lam``-dependent start (the
+``J0`` terms, MAML-type) say so with ``accepts_lam_start``; the others refuse at build time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import _tree
+
+
+@dataclass
+class RecursionState:
+    """What a strategy carries from one outer iteration to the next (opaque to callers).
+
+    Checkpoints, rollbacks, ``save`` and warm starts copy it whole with :meth:`copy`.
+    """
+
+    name: str
+    tensors: dict = field(default_factory=dict)
+
+    def copy(self) -> "RecursionState":
+        return RecursionState(self.name, {k: [t.detach().clone() for t in v]
+                                          for k, v in self.tensors.items()})
+
+
+@dataclass
+class StepProducts:
+    """Everything one inner step ``m`` hands to a strategy.
+
+    ``v`` is ``grad_theta f(theta_m)``; ``mixed`` is ``u^T d2L_T/(dtheta dlam)`` and
+    ``hess_u`` is ``H_T u`` (``None`` unless the strategy asked for it), both at
+    ``theta_{m-1}``; ``outer_value`` is ``f(theta_m)``; ``inner_lam_grad`` is
+    ``dL_T/dlam`` at ``theta_{m-1}`` (only for strategies that ask for it).
+    """
+
+    m: int
+    v: list
+    mixed: list | None
+    hess_u: list | None
+    outer_value: torch.Tensor
+    inner_lam_grad: list | None = None
+
+
+class Recursion:
+    """Base class: a forward recursion ``g_m`` averaged over the retained samples.
+
+    Parameters
+    ----------
+    lam : list of Tensor
+        The hyperparameter leaves (shapes of the estimate).
+    settings : InnerSettings
+        ``inner_lr``, ``n_samples``, ``curvature_every`` and the chain type.
+    persistent : bool
+        Whether the strategy's state continues into the next outer iteration.
+    """
+
+    name = ""
+    #: accepts a start ``theta_0(lam)`` (adds the ``J0`` terms of eq. 22)
+    accepts_lam_start = False
+    #: with a lam-dependent start, the ``-eta H_T J0`` term needs ``H_T v``
+    start_needs_hessian = False
+    #: needs ``dL_T/dlam`` at every step (a first-order product, no double backward)
+    needs_inner_lam_grad = False
+    #: needs the mixed derivative at every step
+    needs_mixed = True
+    #: curvature refresh period when ``curvature_every`` is None (None: once per outer iteration)
+    default_refresh: int | None = None
+
+    def __init__(self, lam, settings, persistent: bool):
+        self.eta = settings.inner_lr
+        self.n_samples = settings.n_samples
+        self.refresh_every = (settings.curvature_every or self.default_refresh
+                              or settings.burn_in + settings.n_samples)
+        self.persistent = persistent
+        self.g = _tree.zeros_like(lam)
+        self.total = _tree.zeros_like(lam)
+        self.diagnostics: dict = {}
+
+    # -- the interface the chain loop calls ------------------------------------------
+    def begin(self, saved: RecursionState | None, theta) -> None:
+        """Start an outer iteration, from ``saved`` when the chain continues."""
+
+    def needs_hessian(self, m: int) -> bool:
+        """Whether step ``m`` needs ``H_T u`` (a double backward)."""
+        return False
+
+    def vector(self, v):
+        """The vector ``u`` the mixed derivative is contracted with at this step."""
+        return v
+
+    def update(self, step: StepProducts) -> None:
+        raise NotImplementedError
+
+    def add_start_terms(self, extra) -> None:
+        """Add the ``J0`` terms of a lam-dependent start to ``g``."""
+        self.g = [gi + e for gi, e in zip(self.g, extra)]
+
+    def accumulate(self) -> None:
+        """``h += g_m / M`` for a retained sample."""
+        with torch.no_grad():
+            self.total = _tree.axpy_(self.total, self.g, 1.0 / self.n_samples)
+
+    def indirect(self) -> list:
+        """The part of the hypergradient that flows through theta."""
+        return self.total
+
+    def end(self) -> RecursionState | None:
+        """State for the next outer iteration (``None``: nothing carries over)."""
+        return None
+
+    def _saved(self, saved, key):
+        """The tensors under ``key`` of a state written by this same strategy, else None."""
+        if saved is None or saved.name != self.name:
+            return None
+        return [t.clone() for t in saved.tensors[key]]
+
+
+class PaperRecursion(Recursion):
+    """Eq. 22 verbatim: ``g_m = g_{m-1} - eta v^T B`` (plus the ``J0`` terms)."""
+
+    name = "paper"
+    accepts_lam_start = True
+    start_needs_hessian = True
+
+    def update(self, step):
+        with torch.no_grad():
+            self.g = _tree.axpy_(self.g, step.mixed, -self.eta)
+
+
+class DampedRecursion(Recursion):
+    """Eq. 22 with the ``(I - eta H_T)`` contraction kept along ``v``.
+
+    ``g_m = rho_m g_{m-1} - eta v^T B`` with ``rho = clip(1 - eta v^T H_T v / v^T v, 0, 1)``,
+    refreshed every ``curvature_every`` steps; ``g`` carries over a persistent chain.
+    """
+
+    name = "damped"
+    accepts_lam_start = True
+
+    def begin(self, saved, theta):
+        carried = self._saved(saved, "g") if self.persistent else None
+        if carried is not None:
+            self.g = carried
+        self.rho = None
+
+    def needs_hessian(self, m):
+        return (m - 1) % self.refresh_every == 0
+
+    def update(self, step):
+        with torch.no_grad():
+            if step.hess_u is not None:
+                vv = _tree.dot(step.v, step.v)
+                fresh = (1.0 - self.eta * _tree.dot(step.v, step.hess_u) / vv).clamp(0.0, 1.0)
+                # torch.where, not `if vv > 0`: no host sync; keep the last rho when v = 0.
+                last = fresh.new_ones(()) if self.rho is None else self.rho
+                self.rho = torch.where(vv > 0, fresh, last)
+            if self.rho is not None:
+                self.g = [self.rho * gi for gi in self.g]
+            self.g = _tree.axpy_(self.g, step.mixed, -self.eta)
+
+    def end(self):
+        self.diagnostics["rho"] = float(self.rho) if self.rho is not None else 1.0
+        return RecursionState(self.name, {"g": [t.detach() for t in self.g]}) \
+            if self.persistent else None
+
+
+class TrackedRecursion(Recursion):
+    """An adjoint ``w ~ H_T^-1 grad_theta f`` tracked along the chain.
+
+    ``g_m = -w^T B`` and ``w <- w - eta (H_T w - v)``: one gradient step on the adjoint
+    system per refresh, so ``w`` converges along a persistent chain (it carries over) and
+    the estimate becomes the implicit-function hypergradient at stationarity, in any
+    dimension. With ``curvature_every = k > 1`` the adjoint steps every ``k``-th inner
+    step only; the steps in between contract the mixed derivative with the current ``w``
+    (in closed form for separable penalties, without a double backward).
+    """
+
+    name = "tracked"
+    default_refresh = 1
+
+    def begin(self, saved, theta):
+        carried = self._saved(saved, "w") if self.persistent else None
+        self.w = carried if carried is not None else _tree.zeros_like(theta)
+
+    def needs_hessian(self, m):
+        return (m - 1) % self.refresh_every == 0
+
+    def vector(self, v):
+        return self.w
+
+    def update(self, step):
+        with torch.no_grad():
+            self.g = [-b for b in step.mixed]
+            if step.hess_u is not None:
+                self.w = [w - self.eta * (hw - ft) for w, hw, ft in zip(self.w, step.hess_u, step.v)]
+
+    def end(self):
+        self.diagnostics["adjoint_norm"] = float(_tree.dot(self.w, self.w).sqrt())
+        return RecursionState(self.name, {"w": [t.detach() for t in self.w]}) \
+            if self.persistent else None
+
+
+class GibbsRecursion(Recursion):
+    """The score-function identity of a Gibbs distribution, estimated along the chain.
+
+    ``d/dlam E_p[f] = E_p[df/dlam] - Cov_p(f, dL_T/dlam) / tau`` for
+    ``p ∝ exp(-L_T / tau)``. Needs only first-order products (``dL_T/dlam`` comes with
+    the inner backward), no Hessian; exact for a chain at stationarity, but its variance
+    grows like ``1 / tau`` and with the chain's autocorrelation.
+    """
+
+    name = "gibbs"
+    needs_inner_lam_grad = True
+    needs_mixed = False
+
+    def __init__(self, lam, settings, persistent):
+        super().__init__(lam, settings, persistent)
+        if settings.temperature <= 0:
+            raise ValueError("recursion='gibbs' needs temperature > 0 (the identity divides by it)")
+        self.tau = settings.temperature
+        self.burn_in = settings.burn_in
+        self.count = 0
+        self.sum_f = 0.0
+        self.sum_d = _tree.zeros_like(lam)
+        self.sum_fd = _tree.zeros_like(lam)
+        self.f_prev = None
+
+    def update(self, step):
+        # dL_T/dlam of this step is at theta_{m-1}: pair it with f(theta_{m-1}).
+        with torch.no_grad():
+            if self.f_prev is not None and step.m - 1 > self.burn_in:
+                f = self.f_prev
+                self.count += 1
+                self.sum_f = self.sum_f + f
+                self.sum_d = _tree.axpy_(self.sum_d, step.inner_lam_grad, 1.0)
+                self.sum_fd = _tree.axpy_(self.sum_fd, step.inner_lam_grad, f)
+            self.f_prev = step.outer_value.detach()
+
+    def accumulate(self):
+        """The estimate is formed once from the sums in :meth:`indirect`."""
+
+    def indirect(self):
+        if self.count < 2:
+            return _tree.zeros_like(self.sum_d)
+        n = self.count
+        mean_f = self.sum_f / n
+        return [-(fd / n - mean_f * d / n) * (n / (n - 1)) / self.tau
+                for fd, d in zip(self.sum_fd, self.sum_d)]
+
+
+RECURSIONS = {cls.name: cls for cls in (PaperRecursion, DampedRecursion, TrackedRecursion,
+                                        GibbsRecursion)}
+
+
+def make_recursion(settings, lam, *, start_depends_on_lam: bool) -> Recursion:
+    """Build the strategy named by ``settings.recursion`` for one outer iteration."""
+    try:
+        cls = RECURSIONS[settings.recursion]
+    except KeyError:
+        raise ValueError(f"recursion must be one of {sorted(RECURSIONS)}, "
+                         f"got {settings.recursion!r}") from None
+    if start_depends_on_lam and not cls.accepts_lam_start:
+        accepting = sorted(n for n, c in RECURSIONS.items() if c.accepts_lam_start)
+        raise ValueError(f"recursion={cls.name!r} needs a start independent of lam; use one of "
+                         f"{accepting} for a callable (MAML-type) theta0")
+    persistent = settings.chain == "persistent" and not start_depends_on_lam
+    return cls(lam, settings, persistent)

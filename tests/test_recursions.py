@@ -1,0 +1,106 @@
+"""The recursion strategies: one interface, state that survives copies, rollbacks and
+pickles, and estimates checked against closed forms (float64)."""
+import copy
+import pickle
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sgld_tuner.core import BilevelProblem, ChainState, InnerSettings, hypergradient
+from sgld_tuner.core.recursions import RECURSIONS, make_recursion
+from sgld_tuner.problems import RidgePerFeature
+from sgld_tuner.tuner import SGLDHyperTuner
+
+DT = torch.float64
+
+
+def _ridge_setup(recursion, seed=0):
+    prob = RidgePerFeature(n=40, d=5, random_state=seed)
+    problem = BilevelProblem(prob.outer_loss, prob.inner_loss, None, prob.theta0,
+                             mixed_vjp=prob.mixed_vjp)
+    settings = InnerSettings(inner_lr=0.1, burn_in=3, n_samples=3, temperature=1e-3,
+                             recursion=recursion).validate()
+    lam = [torch.zeros(5, dtype=DT, requires_grad=True)]
+    return problem, settings, lam
+
+
+@pytest.mark.parametrize("recursion", sorted(RECURSIONS))
+@pytest.mark.parametrize("how", ["copy", "pickle"])
+def test_strategy_state_survives_a_copy_and_a_pickle(recursion, how):
+    """Continuing from a copied (or pickled, as ``save``/``load`` do) chain state gives the
+    same next hypergradient as the uninterrupted chain, for every strategy."""
+    problem, settings, lam = _ridge_setup(recursion)
+    gen = torch.Generator().manual_seed(0)
+    state = ChainState()
+    for _ in range(3):
+        hypergradient(problem, lam, state, settings, gen)
+    saved = state.copy() if how == "copy" else pickle.loads(pickle.dumps(state))
+    gen_state = gen.get_state()
+    straight = hypergradient(problem, lam, state, settings, gen).grad[0]
+    gen.set_state(gen_state)
+    resumed = hypergradient(problem, lam, saved, settings, gen).grad[0]
+    torch.testing.assert_close(resumed, straight, rtol=0, atol=0)
+    if recursion in ("damped", "tracked"):  # these carry state: losing it must show
+        gen.set_state(gen_state)
+        fresh = ChainState(theta=saved.theta, n_steps=saved.n_steps)
+        assert not torch.equal(hypergradient(problem, lam, fresh, settings, gen).grad[0], straight)
+
+
+def test_tuner_rollback_restores_the_tracked_adjoint():
+    """A rollback restores the whole chain state, the tracked adjoint included (it used to
+    keep only theta, the damped tangent and the step count)."""
+    problem, settings, lam = _ridge_setup("tracked")
+    gen = torch.Generator().manual_seed(0)
+    state = ChainState()
+    hypergradient(problem, lam, state, settings, gen)
+    fold = SimpleNamespace(state=state, generator=gen, net=None, problem=SimpleNamespace(),
+                           bilevel=problem, X_val=None, y_val=None, fit_time=0.0)
+    checkpoint = SGLDHyperTuner._checkpoint(lam, [fold])
+    adjoint = [t.clone() for t in state.recursion.tensors["w"]]
+    hypergradient(problem, lam, state, settings, gen)  # the step that gets rolled back
+    assert not torch.equal(state.recursion.tensors["w"][0], adjoint[0])
+    (restored,) = SGLDHyperTuner._restore(checkpoint, lam, [fold])
+    torch.testing.assert_close(restored.state.recursion.tensors["w"][0], adjoint[0],
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("recursion", ["tracked", "gibbs"])
+def test_strategies_without_start_terms_refuse_a_lam_dependent_start(recursion):
+    settings = InnerSettings(recursion=recursion).validate()
+    with pytest.raises(ValueError, match="independent of lam"):
+        make_recursion(settings, [torch.zeros(2)], start_depends_on_lam=True)
+
+
+@pytest.mark.parametrize("recursion, expected_factor", [("tracked", 1.0), ("gibbs", 1 / 0.9)])
+def test_gaussian_location_hypergradient(recursion, expected_factor):
+    """``L_T = (theta - lam)^2 / 2`` at temperature 1: SGLD with step ``eta`` samples
+    ``N(lam, 1 / (1 - eta/2))``, so ``E[theta^2 / 2]`` has derivative ``lam / (1 - eta/2)``,
+    which the Gibbs identity estimates; the adjoint estimates the continuous-time
+    (implicit-function) answer ``lam``. Both closed forms, eta = 0.2."""
+    problem = BilevelProblem(lambda lam, th: 0.5 * (th ** 2).sum(),
+                             lambda lam, th: 0.5 * ((th - lam) ** 2).sum(), None,
+                             torch.zeros(1, dtype=DT))
+    settings = InnerSettings(inner_lr=0.2, burn_in=100, n_samples=20000, temperature=1.0,
+                             recursion=recursion).validate()
+    lam = [torch.full((1,), 1.5, dtype=DT, requires_grad=True)]
+    gen = torch.Generator().manual_seed(0)
+    got = hypergradient(problem, lam, ChainState(), settings, gen).grad[0]
+    assert abs(float(got) - 1.5 * expected_factor) < 0.1
+
+
+def test_tracked_refreshed_every_k_steps_still_reaches_the_exact_ridge_hypergradient():
+    """The lazy adjoint (double backward every 5th step only) converges to the same
+    implicit-function answer along a persistent chain, only more slowly."""
+    prob = RidgePerFeature(n=60, d=6, random_state=1)
+    problem = BilevelProblem(prob.outer_loss, prob.inner_loss, None, prob.theta0,
+                             mixed_vjp=prob.mixed_vjp)
+    settings = InnerSettings(inner_lr=0.2, burn_in=5, n_samples=5, temperature=1e-8,
+                             recursion="tracked", curvature_every=5).validate()
+    lam_value = torch.full((6,), -1.0, dtype=DT)
+    lam = [lam_value.clone().requires_grad_(True)]
+    state, gen = ChainState(), torch.Generator().manual_seed(0)
+    for _ in range(200):
+        res = hypergradient(problem, lam, state, settings, gen)
+    exact = prob.exact_hypergradient(lam_value)
+    assert float((res.grad[0] - exact).norm() / exact.norm()) < 0.02
