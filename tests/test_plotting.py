@@ -1,0 +1,112 @@
+"""sgld_tuner.plotting draws what a fitted tuner holds (Agg backend, one tiny fit)."""
+import sys
+
+import numpy as np
+import pytest
+import torch
+from skorch import NeuralNetClassifier
+from sklearn.datasets import load_digits
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from sgld_tuner import SGLDHyperTuner  # noqa: E402
+from sgld_tuner.hyperparams import PerWeightL1  # noqa: E402
+from sgld_tuner.plotting import (plot_feature_relevance, plot_learned_values,  # noqa: E402
+                                 plot_trajectory)
+from sgld_tuner.relevance import feature_relevance  # noqa: E402
+
+N_FEATURES = 64
+
+
+class TinyMLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = torch.nn.Linear(N_FEATURES, 6)
+        self.out = torch.nn.Linear(6, 4)
+
+    def forward(self, X):
+        return self.out(torch.tanh(self.hidden(X)))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, y = load_digits(n_class=4, return_X_y=True)
+    net = NeuralNetClassifier(TinyMLP, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
+                              max_epochs=2, batch_size=32, train_split=None, verbose=0)
+    tuner = SGLDHyperTuner(net, {"l1": PerWeightL1(init=1e-3, granularity="feature")},
+                           n_outer=3, burn_in=1, n_samples=1, cv=2, eval_every=1,
+                           random_state=0, verbose=0)
+    return tuner.fit((X[:80] / 16.0).astype(np.float32), y[:80])
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_trajectory_shows_scores_control_and_summaries(fitted):
+    ax = plot_trajectory(fitted, control=0.5)
+    res = fitted.cv_results_
+    score, best, control = ax.lines
+    np.testing.assert_allclose(score.get_xdata(), res["iteration"])
+    np.testing.assert_allclose(score.get_ydata(), res["mean_test_score"])
+    assert best.get_xdata()[0] == res["iteration"][fitted.best_index_]
+    assert best.get_ydata()[0] == fitted.best_score_
+    np.testing.assert_allclose(control.get_ydata(), [0.5, 0.5])
+    assert ax.get_xlabel() == "outer iteration" and ax.get_ylabel() == "cv score"
+    (twin,) = [a for a in ax.figure.axes if a is not ax]
+    (summary,) = twin.lines
+    np.testing.assert_allclose(summary.get_ydata(), fitted.history_["param_l1"])
+    assert len(summary.get_xdata()) == fitted.n_outer
+    assert twin.get_yscale() == "log"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["cv score", "selected", "control (no search) 0.500", "l1"]
+
+
+def test_trajectory_reads_control_from_an_estimator_and_draws_on_given_axes(fitted):
+    _, given = plt.subplots()
+    ax = plot_trajectory(fitted, control=fitted, ax=given)
+    assert ax is given
+    np.testing.assert_allclose(ax.lines[-1].get_ydata(), [fitted.best_score_] * 2)
+
+
+def test_learned_values_histogram_counts_every_strength(fitted):
+    ax = plot_learned_values(fitted, "l1", bins=10)
+    heights = [p.get_height() for p in ax.patches]
+    assert len(heights) == 10
+    assert sum(heights) == N_FEATURES   # one strength per input feature
+    (start,) = ax.lines
+    assert start.get_xdata()[0] == pytest.approx(-3.0)   # log10 of init=1e-3
+    assert ax.get_xlabel() == "log10 learned value"
+    assert ax.get_title().startswith(f"l1: {N_FEATURES} values")
+    # a public dict gives the same histogram
+    again = plot_learned_values(fitted.hyperparams_, "l1", bins=10)
+    assert [p.get_height() for p in again.patches] == heights
+    with pytest.raises(ValueError, match="no positive"):
+        plot_learned_values({"w": np.zeros(3)}, "w")
+
+
+def test_feature_relevance_bars_are_the_top_of_the_table(fitted):
+    table = feature_relevance(fitted)
+    (learned,) = fitted.hyperparams_["l1"].values()
+    np.testing.assert_allclose(table["strength"], np.sort(learned))
+    names = [f"pixel{i}" for i in range(N_FEATURES)]
+    ax = plot_feature_relevance(fitted, "l1", feature_names=names, top=5)
+    top = feature_relevance(fitted, names).head(5)
+    assert len(ax.patches) == 5
+    widths = sorted((p.get_y(), p.get_width()) for p in ax.patches)[::-1]  # top bar first
+    median = np.median(learned)
+    np.testing.assert_allclose([w for _, w in widths], np.log10(median / top["strength"]))
+    assert all(w >= 0 for _, w in widths)   # the most relevant are at or below the median
+    ticks = sorted(zip(ax.get_yticks(), (t.get_text() for t in ax.get_yticklabels())))
+    assert [label for _, label in ticks[::-1]] == list(top["feature"])
+    assert "median of 64" in ax.get_xlabel()
+
+
+def test_missing_matplotlib_names_the_extra(monkeypatch, fitted):
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"pip install sgld-tuner\[plot\]"):
+        plot_trajectory(fitted)
