@@ -103,7 +103,7 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
              inner_lr: float = 0.01, burn_in: int = 50, n_samples: int = 50,
              temperature: float = 1.0, noise_scale: float = 1.0, n_inner: int | None = None,
              random_state=None, callback: Callable | None = None, bounds=None,
-             chain: str = "persistent", recursion: str = "damped", mixed_vjp=None,
+             chain: str = "persistent", recursion: str = "auto", mixed_vjp=None,
              method_options: dict | None = None,
              projection: Callable | None = None) -> BilevelResult:
     """Solve ``min_lam E_{p(theta|lam)} f(lam, theta)`` by hypergradient descent.
@@ -134,8 +134,10 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     bounds : (low, high) or list of pairs, optional
         Projection of ``lam`` after each outer step.
     chain : {"persistent", "restart"}
-    recursion : {"damped", "paper", "tracked"}
-        See :class:`~sgld_tuner.core.problem.InnerSettings`.
+    recursion : {"auto", "tracked", "damped", "paper", "gibbs"}
+        The hypergradient strategy along the chain; ``"auto"`` is ``"tracked"``, or
+        ``"damped"`` for a callable ``theta0``. See
+        :class:`~sgld_tuner.core.problem.InnerSettings`.
     mixed_vjp : callable, optional
         Closed-form ``v^T d2 L_T / (d theta d lam)``, see ``BilevelProblem``.
     method_options : dict, optional

@@ -41,8 +41,9 @@ class InnerSettings:
         independent of ``lam``) or restarts from ``theta0``. A callable ``theta0``
         (MAML-type start) always restarts.
     recursion : str
-        The hypergradient strategy along the chain, one of
-        :data:`~sgld_tuner.core.recursions.RECURSIONS`: ``"paper"`` (eq. 22 as published),
+        The hypergradient strategy along the chain: ``"auto"`` (default: ``"tracked"``,
+        or ``"damped"`` for a lam-dependent start, which the adjoint cannot take) or one
+        of :data:`~sgld_tuner.core.recursions.RECURSIONS`: ``"paper"`` (eq. 22 as published),
         ``"damped"`` (eq. 22 with the ``(I - eta H)`` contraction kept along
         ``grad_theta f``), ``"tracked"`` (an adjoint ``w ~ H^-1 grad f`` tracked along the
         chain: the implicit-function hypergradient at stationarity), ``"gibbs"`` (the
@@ -72,7 +73,7 @@ class InnerSettings:
     noise_scale: float = 1.0
     n_inner: int | None = None
     chain: str = "persistent"
-    recursion: str = "damped"
+    recursion: str = "auto"
     curvature_every: int | None = None
     keep_samples: bool = False
     cg_iters: int = 10
@@ -85,8 +86,8 @@ class InnerSettings:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.chain not in ("persistent", "restart"):
             raise ValueError(f"chain must be 'persistent' or 'restart', got {self.chain!r}")
-        if self.recursion not in RECURSIONS:
-            raise ValueError(f"recursion must be one of {sorted(RECURSIONS)}, got "
+        if self.recursion != "auto" and self.recursion not in RECURSIONS:
+            raise ValueError(f"recursion must be 'auto' or one of {sorted(RECURSIONS)}, got "
                              f"{self.recursion!r}")
         checks = {
             "inner_lr": self.inner_lr > 0,

@@ -270,12 +270,27 @@ RECURSIONS = {cls.name: cls for cls in (PaperRecursion, DampedRecursion, Tracked
                                         GibbsRecursion)}
 
 
+#: what ``recursion="auto"`` (the default) resolves to; chosen by
+#: ``benchmarks/hypergrad_quality.py`` (see ``docs/bias.md``)
+DEFAULT_RECURSION = "tracked"
+#: ... and for a lam-dependent (MAML-type) start, which the adjoint cannot take
+DEFAULT_LAM_START_RECURSION = "damped"
+
+
+def resolve_recursion(name: str, start_depends_on_lam: bool) -> str:
+    """The strategy ``"auto"`` stands for in this situation; other names pass through."""
+    if name != "auto":
+        return name
+    return DEFAULT_LAM_START_RECURSION if start_depends_on_lam else DEFAULT_RECURSION
+
+
 def make_recursion(settings, lam, *, start_depends_on_lam: bool) -> Recursion:
     """Build the strategy named by ``settings.recursion`` for one outer iteration."""
+    name = resolve_recursion(settings.recursion, start_depends_on_lam)
     try:
-        cls = RECURSIONS[settings.recursion]
+        cls = RECURSIONS[name]
     except KeyError:
-        raise ValueError(f"recursion must be one of {sorted(RECURSIONS)}, "
+        raise ValueError(f"recursion must be 'auto' or one of {sorted(RECURSIONS)}, "
                          f"got {settings.recursion!r}") from None
     if start_depends_on_lam and not cls.accepts_lam_start:
         accepting = sorted(n for n, c in RECURSIONS.items() if c.accepts_lam_start)
