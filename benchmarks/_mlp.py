@@ -24,11 +24,6 @@ BATCH = 128
 N_BATCHES = 8  # training minibatches cycled through by the inner loss
 
 
-def smoke() -> bool:
-    """Whether ``SGLD_TUNER_SMOKE=1`` asks for the tiny, sub-minute run."""
-    return os.environ.get("SGLD_TUNER_SMOKE", "0") not in ("", "0")
-
-
 def width_for(n_weights: float) -> int:
     """Hidden width ``h`` whose weight count ``2 h^2 + 12 h + 10`` is closest to ``n_weights``."""
     h = int(round((-12 + math.sqrt(144 + 8 * (n_weights - 10))) / 4))

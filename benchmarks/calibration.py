@@ -29,14 +29,13 @@ a different task and model) is printed as context only.
 Usage::
 
     python benchmarks/calibration.py                   # 5 seeds, ~5 min on 2 shared cores
-    SGLD_TUNER_SMOKE=1 python benchmarks/calibration.py  # 1 seed, tiny search, < 1 min
+    python benchmarks/calibration.py --smoke           # 1 seed, tiny search, seconds
 
 Writes ``benchmarks/results/calibration.{json,md}`` (``calibration_smoke.*`` in smoke mode).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -52,7 +51,7 @@ from sgld_tuner.ensemble import PosteriorEnsemble, collect_posterior_samples
 from sgld_tuner.hyperparams import PerWeightL1
 from sgld_tuner.skorch_adapter import make_learned_net
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
 
 # Paper Table 11 (miniImageNet 5-way 1-shot; ECE in percent), quoted as context only.
 PAPER_TABLE_11 = {"MAML": 3.80, "BMAML": 2.40, "HPO-SGLD": 2.35}
@@ -61,17 +60,12 @@ ROWS = ["refit net", "refit net + chain steps (SGD)", "SGD-trajectory ensemble",
         "posterior ensemble (tau=tuner)", "posterior ensemble (tau=1/n)"]
 
 
-def smoke() -> bool:
-    """Whether ``SGLD_TUNER_SMOKE=1`` asks for the tiny, sub-minute run."""
-    return os.environ.get("SGLD_TUNER_SMOKE", "0") not in ("", "0")
-
-
-def config(is_smoke: bool) -> dict:
+def config(smoke: bool) -> dict:
     """Search, refit and chain settings; ``regimes`` maps a name to refit epochs."""
-    if is_smoke:
-        return {"seeds": [0], "n_train": 300, "regimes": {"short": 20, "long": 40},
-                "n_outer": 4, "cv": 2, "eval_every": 2, "n_samples": 5, "burn_in": 20,
-                "thin": 5}
+    if smoke:
+        return {"seeds": [0], "n_train": 150, "regimes": {"short": 2, "long": 4},
+                "n_outer": 2, "cv": 2, "eval_every": 2, "n_samples": 2, "burn_in": 2,
+                "thin": 2}
     return {"seeds": [0, 1, 2, 3, 4], "n_train": 300, "regimes": {"short": 80, "long": 300},
             "n_outer": 40, "cv": 3, "eval_every": 5, "n_samples": 20, "burn_in": 50,
             "thin": 10}
@@ -164,13 +158,13 @@ def summarise(runs: list[dict], regime: str) -> list[dict]:
     return out
 
 
-def markdown(cfg: dict, runs: list[dict], summaries: dict, is_smoke: bool) -> str:
+def markdown(cfg: dict, runs: list[dict], summaries: dict, smoke: bool) -> str:
     chain_steps = cfg["burn_in"] + cfg["thin"] * cfg["n_samples"]
     lines = [
         "# Calibration: refit net vs SGLD posterior ensembles (digits, per-weight L1)",
         "",
         f"{platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; 1 thread; "
-        f"smoke={is_smoke}. Digits, {runs[0]['n_train']} training rows (stratified), "
+        f"smoke={smoke}. Digits, {runs[0]['n_train']} training rows (stratified), "
         f"{runs[0]['n_test']} test rows; 64-128-10 ReLU MLP, SGD lr 0.1 (no momentum), "
         f"batch 64; SGLDHyperTuner with PerWeightL1 (n_outer={cfg['n_outer']}, B=M=5, "
         f"cv={cfg['cv']}, tau=1e-4, kappa=1). Chains from the refit net at the learned "
@@ -229,11 +223,10 @@ def markdown(cfg: dict, runs: list[dict], summaries: dict, is_smoke: bool) -> st
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    args = parse_args(parser, argv)
     torch.set_num_threads(1)
-    is_smoke = smoke()
-    cfg = config(is_smoke)
+    cfg = config(is_smoke())
     started = time.perf_counter()
     runs = []
     for seed in cfg["seeds"]:
@@ -244,18 +237,13 @@ def main(argv=None) -> int:
                 f"{r['model']}: acc {r['accuracy']:.4f} nll {r['nll']:.3f} "
                 f"ece {100 * r['ece']:.2f}%" for r in res["rows"]), flush=True)
     summaries = {regime: summarise(runs, regime) for regime in cfg["regimes"]}
-    text = markdown(cfg, runs, summaries, is_smoke)
+    text = markdown(cfg, runs, summaries, is_smoke())
     print(text)
-    os.makedirs(RESULTS, exist_ok=True)
-    stem = "calibration_smoke" if is_smoke else "calibration"
-    with open(os.path.join(RESULTS, stem + ".json"), "w") as fh:
-        json.dump({"config": cfg, "smoke": is_smoke, "summary": summaries, "runs": runs,
+    write_results(result_stem("calibration", args.out_dir),
+                  {"config": cfg, "summary": summaries, "runs": runs,
                    "total_wall_s": round(time.perf_counter() - started, 1),
                    "paper_table_11_ece_percent": PAPER_TABLE_11,
-                   "paper_table_11_task": "miniImageNet 5-way 1-shot (not comparable)"},
-                  fh, indent=2)
-    with open(os.path.join(RESULTS, stem + ".md"), "w") as fh:
-        fh.write(text)
+                   "paper_table_11_task": "miniImageNet 5-way 1-shot (not comparable)"}, text)
     return 0
 
 

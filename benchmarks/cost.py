@@ -20,7 +20,7 @@ time; wall-clock ratios are reported next to them.
 Usage::
 
     python benchmarks/cost.py                   # 1e4 .. 1e7 weights, a few minutes
-    SGLD_TUNER_SMOKE=1 python benchmarks/cost.py  # 1e4 and 1e5 weights, about a minute
+    python benchmarks/cost.py --smoke           # 1e4 weights, a few seconds
     python benchmarks/cost.py --sizes 1e6 --tag before   # one size, cost_before.*
     python benchmarks/cost.py --sizes 1e4 1e5 1e6 --no-memory --tag after  # timings only
 
@@ -40,9 +40,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import _mlp  # noqa: E402
-from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import (add_common_args, is_smoke, parse_args, result_stem,  # noqa: E402
+                      write_results)
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SGLD = ["sgld-damped", "sgld-damped-closed", "sgld-paper", "sgld-paper-closed"]
 OUTER = SGLD + ["rmd", "ift-cg"]
 MIB = 2.0 ** 20
@@ -55,9 +55,9 @@ GOAL_FLAT = 0.10          # relative change of that peak from B+M = 10 to 50
 
 def plan() -> list[dict]:
     """Sizes with their inner steps, timing repeats and memory step counts."""
-    if _mlp.smoke():
-        return [{"target": 1e4, "steps": 10, "repeats": 3, "memory_steps": []},
-                {"target": 1e5, "steps": 10, "repeats": 3, "memory_steps": [10]}]
+    if is_smoke():
+        # One small size, one repeat, one memory process: checks the plumbing in seconds.
+        return [{"target": 1e4, "steps": 4, "repeats": 1, "memory_steps": [4]}]
     return [{"target": 1e4, "steps": 10, "repeats": 7, "memory_steps": [10, 50]},
             {"target": 1e5, "steps": 10, "repeats": 7, "memory_steps": [10, 50]},
             {"target": 1e6, "steps": 10, "repeats": 5, "memory_steps": [10, 50]},
@@ -155,8 +155,8 @@ def memory_size(width: int, memory_steps: list[int]) -> list[dict]:
     """Peak-memory records (one fresh process each) for one net width."""
     rows = []
     # Every method at the first count, the sgld variants after; in smoke mode only the
-    # closed-form sgld and rmd (each row is a fresh interpreter: seconds apiece).
-    first, later = (["sgld-paper-closed", "rmd"], []) if _mlp.smoke() else (OUTER, SGLD)
+    # closed-form sgld (each row is a fresh interpreter: seconds apiece).
+    first, later = (["sgld-paper-closed"], []) if is_smoke() else (OUTER, SGLD)
     for steps in memory_steps:
         for label in (first if steps == memory_steps[0] else later):
             row = _mlp.run_child(label, steps, width)
@@ -259,19 +259,17 @@ def main(argv: list[str] | None = None) -> None:
     """Measure every size, print the tables and write the results."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--sizes", nargs="*", type=float, default=None,
                         help="only these target weight counts of the plan (e.g. 1e6)")
     parser.add_argument("--tag", default="",
                         help="suffix of the result files (e.g. 'before' for a run of an "
                              "older checkout put first on PYTHONPATH)")
-    parser.add_argument("--out-dir", default=RESULTS,
-                        help="where to write cost*.{json,md} (default benchmarks/results)")
     parser.add_argument("--no-memory", action="store_true",
                         help="timings only (no per-configuration memory processes)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the pieces of one sgld step (closed-form path)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     started = time.perf_counter()
     torch.set_num_threads(1)
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -295,15 +293,16 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch": _mlp.BATCH,
-        "smoke": _mlp.smoke(),
+        "smoke": is_smoke(),
         "verdicts": verdicts(sizes),
         "load_start": load_start,
         "load_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "total_s": time.perf_counter() - started,
     }
-    stem = ("cost_smoke" if _mlp.smoke() else "cost") + (f"_{args.tag}" if args.tag else "")
+    # The tag goes before the smoke suffix, so that smoke outputs stay *_smoke.* (ignored).
+    stem = result_stem("cost" + (f"_{args.tag}" if args.tag else ""), args.out_dir)
     text = to_markdown(sizes, meta)
-    write_results(os.path.join(args.out_dir, stem), {"meta": meta, "sizes": sizes}, text)
+    write_results(stem, {"meta": meta, "sizes": sizes}, text)
     print()
     print(text)
 

@@ -7,13 +7,12 @@ batch size, with the outer loss on the whole validation split (the default) and 
 batch of validation rows (``outer_batch_size``). Digits, 1200 train / 597 validation rows,
 batch 64, 64-H-10 MLP. Writes benchmarks/results/cost_kinds.{json,md}.
 
-    python benchmarks/cost_kinds.py            # SGLD_TUNER_SMOKE=1 for a quick check
+    python benchmarks/cost_kinds.py            # --smoke for a quick check
 """
 from __future__ import annotations
 
-import json
+import argparse
 import os
-import pathlib
 import time
 
 import numpy as np
@@ -27,8 +26,8 @@ from sgld_tuner.demo import make_net
 from sgld_tuner.hyperparams import AffineAugmentation, PerWeightL1, TaylorLoss
 from sgld_tuner.skorch_adapter import NetProblem
 
-RESULTS = pathlib.Path(__file__).parent / "results"
-SMOKE = os.environ.get("SGLD_TUNER_SMOKE") == "1"
+from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
+
 BATCH = 64
 KINDS = {
     "PerWeightL1": lambda: PerWeightL1(init=1e-4),
@@ -85,16 +84,19 @@ def sgld_step_seconds(net, kind, outer_batch_size, Xtr, ytr, Xva, yva, repeats):
     return float(np.median(times))
 
 
-def main():
+def main(argv=None):
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    args = parse_args(parser, argv)
     torch.set_num_threads(1)
     Xtr, ytr, Xva, yva = data()
-    hidden_sizes, repeats = ([128], 2) if SMOKE else ([128, 1024], 5)
+    hidden_sizes, repeats = ([32], 1) if is_smoke() else ([128, 1024], 5)
     rows = []
     for hidden in hidden_sizes:
         net = make_net(module__hidden=hidden).initialize()
         plain = plain_step_seconds(net, Xtr, ytr, repeats)
         for kind in KINDS:
-            for outer in (None, BATCH):
+            # A smoke run checks the plumbing: one outer-loss setting is enough.
+            for outer in (BATCH,) if is_smoke() else (None, BATCH):
                 step = sgld_step_seconds(net, kind, outer, Xtr, ytr, Xva, yva, repeats)
                 rows.append({"hidden": hidden, "kind": kind,
                              "outer_rows": "all 597" if outer is None else str(outer),
@@ -108,16 +110,13 @@ def main():
     lines += [f"| {r['hidden']} | {r['kind']} | {r['outer_rows']} | {r['plain_ms']:.2f} | "
               f"{r['sgld_ms']:.2f} | {r['ratio']:.2f}x |" for r in rows]
     meta = {"torch": torch.__version__, "threads": 1, "load_avg": os.getloadavg(),
-            "cpu_count": os.cpu_count(), "smoke": SMOKE}
+            "cpu_count": os.cpu_count(), "smoke": is_smoke()}
     table = "\n".join(lines)
     print(table)
-    if not SMOKE:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "cost_kinds.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=1))
-        (RESULTS / "cost_kinds.md").write_text(
-            "# Inner-step cost per hyperparameter kind\n\nCommand: "
-            "`python benchmarks/cost_kinds.py` (CPU time, one thread, load average "
-            f"{meta['load_avg'][0]:.2f} on {meta['cpu_count']} cores)\n\n" + table + "\n")
+    write_results(result_stem("cost_kinds", args.out_dir), {"rows": rows, "meta": meta},
+                  "# Inner-step cost per hyperparameter kind\n\nCommand: "
+                  "`python benchmarks/cost_kinds.py` (CPU time, one thread, load average "
+                  f"{meta['load_avg'][0]:.2f} on {meta['cpu_count']} cores)\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

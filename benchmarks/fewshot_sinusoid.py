@@ -19,17 +19,15 @@ the learned initialisation by the same plain gradient steps on the K support poi
 held-out tasks and measure MSE on 100 query points per task; mean +- std over seeds.
 
 Run ``python benchmarks/fewshot_sinusoid.py`` (about 8 min of CPU time on one core) or with
-``SGLD_TUNER_SMOKE=1`` (under a minute). Writes ``benchmarks/results/fewshot_sinusoid.{json,md,png}``.
+``--smoke`` (seconds). Writes ``benchmarks/results/fewshot_sinusoid.{json,md,png}``.
 """
 from __future__ import annotations
 
-import json
+import argparse
 import math
-import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,16 +37,16 @@ from sgld_tuner.core import (BilevelProblem, ChainState, InnerSettings, hypergra
                              make_generator, make_outer_optimizer)
 from sgld_tuner.core import _tree
 
-torch.set_num_threads(1)
+from _plots import subplots
+from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
 
-SMOKE = os.environ.get("SGLD_TUNER_SMOKE", "0") not in ("", "0")
-RESULTS = Path(__file__).resolve().parent / "results"
+torch.set_num_threads(1)
 
 CONFIG = {
     "shots": [5, 10],
-    "seeds": [0, 1] if SMOKE else [0, 1, 2, 3, 4],
-    "n_outer": 15 if SMOKE else 500,
-    "meta_batch": 2 if SMOKE else 4,
+    "seeds": [0, 1, 2, 3, 4],
+    "n_outer": 500,
+    "meta_batch": 4,
     "outer_lr": 1e-3,          # Adam, as in MAML's sinusoid experiment
     "inner_lr": 0.01,          # alpha of MAML's sinusoid experiment, for every method
     "inner_steps": 5,          # every method; HPO-SGLD: B + M = 4 + 1
@@ -58,11 +56,14 @@ CONFIG = {
     "noise_scale": 1e-4,       # kappa of Supplement D.4
     "n_query_train": None,     # None: K query points per training task (= the shot)
     "n_query_test": 100,
-    "n_test_tasks": 100 if SMOKE else 1000,
-    "n_val_tasks": 50 if SMOKE else 100,
-    "eval_every": 5 if SMOKE else 25,
+    "n_test_tasks": 1000,
+    "n_val_tasks": 100,
+    "eval_every": 25,
     "hidden": 40,
 }
+# Smoke run: one shot, one seed, a handful of outer steps; it checks the plumbing only.
+SMOKE_CONFIG = {"shots": [5], "seeds": [0], "n_outer": 2, "meta_batch": 1, "n_test_tasks": 20,
+                "n_val_tasks": 10, "eval_every": 2}
 
 METHODS = {
     "HPO-SGLD (damped)": {"method": "sgld", "recursion": "damped"},
@@ -288,15 +289,15 @@ def fmt(values):
     return f"{m:.3f} ± {s:.3f} (+{(~ok).sum()}/{arr.size} seeds diverged)"
 
 
-def main() -> int:
-    cfg = dict(CONFIG)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
+def run_all(cfg: dict):
+    """Meta-train every method for every shot and seed; returns ``(runs, curves)``.
+
+    Both map ``(shot, method name)`` to a list over seeds: per-seed result dicts, and
+    validation curves ``[(outer iteration, meta-val MSE), ...]``.
+    """
     steps = cfg["inner_steps"]
     record = (0, steps, 2 * steps)
-    names = [RANDOM] + list(METHODS)
-    runs = {}      # (shot, name) -> list of per-seed dicts
-    curves = {}    # (shot, name) -> list of per-seed curves
+    runs, curves = {}, {}
     for shot in cfg["shots"]:
         # Held-out tasks: fixed across seeds and methods, disjoint streams from training.
         test_tasks = sample_tasks(torch.Generator().manual_seed(7_000 + shot),
@@ -323,9 +324,11 @@ def main() -> int:
                 curves.setdefault((shot, name), []).append(curve)
                 print(f"{shot:>2}-shot seed {seed} {name:<26} test MSE after {steps} steps "
                       f"{float(res[1]):.3f}  ({elapsed:.1f}s, {status})", flush=True)
-    total_s = time.perf_counter() - t_start
+    return runs, curves
 
-    # ---- JSON
+
+def summarise(runs: dict) -> dict:
+    """``{shot: {method: mean/std of each MSE, diverged seeds, cosine with MAML}}``."""
     summary = {}
     for (shot, name), rows in runs.items():
         m, s = mean_std([r["mse_K"] for r in rows])
@@ -342,35 +345,17 @@ def main() -> int:
             "train_time_s_mean": float(np.mean([r["time_s"] for r in rows])),
             "n_seeds": len(rows),
         }
-    payload = {
-        "benchmark": "fewshot_sinusoid",
-        "smoke": SMOKE,
-        "config": cfg,
-        "metric": (f"meta-test MSE on {cfg['n_query_test']} query points per task, mean over "
-                   f"{cfg['n_test_tasks']} held-out tasks, after {steps} plain gradient steps "
-                   f"(lr {cfg['inner_lr']}) on the K support points; mean ± std (ddof=1) over seeds"),
-        "ece": "not applicable: regression with point predictions (no predictive distribution)",
-        "summary": summary,
-        "runs": {f"{shot}-shot/{name}": rows for (shot, name), rows in runs.items()},
-        "curves": {f"{shot}-shot/{name}": c for (shot, name), c in curves.items()},
-        "paper_table6_context": {
-            "note": ("miniImageNet 5-way accuracy (%), 4-conv net; a different dataset, model "
-                     "and metric (higher is better): context only, not comparable numbers"),
-            "columns": ["5-way 1-shot", "5-way 5-shot"],
-            "rows": PAPER_TABLE6,
-        },
-        "total_time_s": total_s,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "machine": platform.machine()},
-    }
-    (RESULTS / "fewshot_sinusoid.json").write_text(
-        json.dumps(_finite_or_none(payload), indent=2, allow_nan=False))
+    return summary
 
-    # ---- markdown
+
+def to_markdown(cfg: dict, runs: dict, summary: dict, metric: str, total_s: float,
+                smoke: bool) -> str:
+    """The tables written to ``fewshot_sinusoid.md``."""
+    steps = cfg["inner_steps"]
     lines = [
         "# Few-shot sinusoid regression: meta-learned initialisation",
         "",
-        f"Generated by `benchmarks/fewshot_sinusoid.py`{' (SMOKE run: tiny, not for quoting)' if SMOKE else ''}.",
+        f"Generated by `benchmarks/fewshot_sinusoid.py`{' (SMOKE run: tiny, not for quoting)' if smoke else ''}.",
         "",
         f"Tasks `A sin(x + phi)`, A ~ U[0.1, 5], phi ~ U[0, pi], x ~ U[-5, 5]; 1-40-40-1 ReLU MLP; "
         f"{cfg['n_outer']} outer Adam steps (lr {cfg['outer_lr']}), meta-batch {cfg['meta_batch']} "
@@ -378,14 +363,14 @@ def main() -> int:
         f"(B, M) = ({cfg['burn_in']}, {cfg['n_samples']}), tau = {cfg['temperature']}, "
         f"kappa = {cfg['noise_scale']}. Seeds {cfg['seeds']}.",
         "",
-        f"Meta-test MSE (lower is better): {payload['metric']}.",
+        f"Meta-test MSE (lower is better): {metric}.",
         "",
         "| method | shot | MSE after K steps | MSE before adaptation | MSE after 2K steps | "
         "median cos(meta-grad, MAML's) | train s/seed |",
         "|---|---|---|---|---|---|---|",
     ]
     for shot in cfg["shots"]:
-        for name in names:
+        for name in [RANDOM] + list(METHODS):
             rows = runs[(shot, name)]
             cos = summary[str(shot)][name]["median_cosine_with_maml"]
             lines.append(
@@ -420,53 +405,88 @@ def main() -> int:
     lines += [f"| {k} | {a} | {b} |" for k, (a, b) in PAPER_TABLE6.items()]
     lines += ["", f"Total wall time {total_s:.0f} s, torch {torch.__version__}, "
               f"{torch.get_num_threads()} thread(s).", ""]
-    (RESULTS / "fewshot_sinusoid.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
-    # ---- plot
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # plotting is optional
-        print("matplotlib not installed: no PNG written", file=sys.stderr)
-        return 0
-    fig, axes = plt.subplots(1, len(cfg["shots"]), figsize=(6 * len(cfg["shots"]), 4.2),
-                             sharey=True)
+
+def _plot_seed_curves(ax, seed_curves, name, color):
+    """Median over seeds with a min..max band; per-seed dotted lines when some stopped early."""
+    its = np.array([p[0] for p in seed_curves[0]])
+    if any(len(c) != len(its) for c in seed_curves):
+        # Some seed stopped early (non-finite): draw every seed up to its stop.
+        for j, c in enumerate(seed_curves):
+            xy = np.array(c, dtype=float)
+            ax.plot(xy[:, 0], np.where(np.isfinite(xy[:, 1]), xy[:, 1], 1e30), ":",
+                    color=color, lw=1,
+                    label=f"{name} (per seed; stopped: non-finite)" if j == 0 else None)
+        return
+    vals = np.array([[p[1] for p in c] for c in seed_curves])
+    vals = np.where(np.isfinite(vals), vals, 1e30)  # diverged: off the top of the plot
+    med, lo, hi = np.median(vals, axis=0), vals.min(axis=0), vals.max(axis=0)
+    ax.plot(its, med, "--" if name == RANDOM else "-", color=color, label=name)
+    ax.fill_between(its, lo, hi, color=color, alpha=0.12)
+
+
+def plot(cfg: dict, curves: dict):
+    """Meta-validation curves, one panel per shot; returns the figure."""
+    names = [RANDOM] + list(METHODS)
+    fig, axes = subplots(len(cfg["shots"]), figsize=(6 * len(cfg["shots"]), 4.2), dpi=120,
+                         sharey=True)
     axes = np.atleast_1d(axes)
     colors = dict(zip(names, ["0.5", "C0", "C1", "C2", "C3", "C4"]))
     for ax, shot in zip(axes, cfg["shots"]):
         for name in names:
-            seed_curves = curves[(shot, name)]
-            its = np.array([p[0] for p in seed_curves[0]])
-            if any(len(c) != len(its) for c in seed_curves):
-                # Some seed stopped early (non-finite): draw every seed up to its stop.
-                for j, c in enumerate(seed_curves):
-                    xy = np.array(c, dtype=float)
-                    ax.plot(xy[:, 0], np.where(np.isfinite(xy[:, 1]), xy[:, 1], 1e30), ":",
-                            color=colors[name], lw=1,
-                            label=f"{name} (per seed; stopped: non-finite)" if j == 0 else None)
-                continue
-            vals = np.array([[p[1] for p in c] for c in seed_curves])
-            vals = np.where(np.isfinite(vals), vals, 1e30)  # diverged: off the top of the plot
-            med, lo, hi = np.median(vals, axis=0), vals.min(axis=0), vals.max(axis=0)
-            style = "--" if name == RANDOM else "-"
-            ax.plot(its, med, style, color=colors[name], label=name)
-            ax.fill_between(its, lo, hi, color=colors[name], alpha=0.12)
+            _plot_seed_curves(ax, curves[(shot, name)], name, colors[name])
         ax.set_ylim(0.3, 12.0)
         ax.set_title(f"{shot}-shot sinusoid")
         ax.set_xlabel("outer iteration")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"meta-val MSE after {steps} steps ({cfg['n_val_tasks']} tasks)")
+    axes[0].set_ylabel(f"meta-val MSE after {cfg['inner_steps']} steps "
+                       f"({cfg['n_val_tasks']} tasks)")
     handles = {}
     for ax in axes:  # one legend for both panels (a per-seed line may exist in one panel only)
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     axes[-1].legend(handles.values(), handles.keys(), fontsize=7)
     fig.suptitle("Meta-learned initialisation: median over seeds, band = min..max")
-    fig.tight_layout()
-    fig.savefig(RESULTS / "fewshot_sinusoid.png", dpi=120)
+    return fig
+
+
+def main(argv=None) -> int:
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    args = parse_args(parser, argv)
+    cfg = {**CONFIG, **(SMOKE_CONFIG if is_smoke() else {})}
+    t_start = time.perf_counter()
+    runs, curves = run_all(cfg)
+    total_s = time.perf_counter() - t_start
+    summary = summarise(runs)
+    steps = cfg["inner_steps"]
+    metric = (f"meta-test MSE on {cfg['n_query_test']} query points per task, mean over "
+              f"{cfg['n_test_tasks']} held-out tasks, after {steps} plain gradient steps "
+              f"(lr {cfg['inner_lr']}) on the K support points; mean ± std (ddof=1) over seeds")
+    payload = {
+        "benchmark": "fewshot_sinusoid",
+        "config": cfg,
+        "metric": metric,
+        "ece": "not applicable: regression with point predictions (no predictive distribution)",
+        "summary": summary,
+        "runs": {f"{shot}-shot/{name}": rows for (shot, name), rows in runs.items()},
+        "curves": {f"{shot}-shot/{name}": c for (shot, name), c in curves.items()},
+        "paper_table6_context": {
+            "note": ("miniImageNet 5-way accuracy (%), 4-conv net; a different dataset, model "
+                     "and metric (higher is better): context only, not comparable numbers"),
+            "columns": ["5-way 1-shot", "5-way 5-shot"],
+            "rows": PAPER_TABLE6,
+        },
+        "total_time_s": total_s,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads(), "machine": platform.machine()},
+    }
+    text = to_markdown(cfg, runs, summary, metric, total_s, is_smoke())
+    print(text)
+    # Strict JSON: a diverged run's inf / nan becomes null (its status says why).
+    write_results(result_stem("fewshot_sinusoid", args.out_dir), _finite_or_none(payload),
+                  text, {"": plot(cfg, curves)})
     return 0
 
 

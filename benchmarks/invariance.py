@@ -29,7 +29,7 @@ Usage::
 
     python benchmarks/invariance.py                      # 5 seeds, Rot-180, Rot-90, Rot-0
     python benchmarks/invariance.py --temperature 0.01 --rhos 0.01 0   # the tau=0.01 run
-    SGLD_TUNER_SMOKE=1 python benchmarks/invariance.py   # 1 seed, Rot-180, tiny budget
+    python benchmarks/invariance.py --smoke              # 1 seed, Rot-180, tiny budget
 """
 from __future__ import annotations
 
@@ -51,9 +51,10 @@ from sgld_tuner import SGLDHyperTuner
 from sgld_tuner.demo import make_net
 from sgld_tuner.hyperparams import AffineAugmentation
 from sgld_tuner.hyperparams.augmentation import GENERATORS
-from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from _plots import subplots
+from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
+
 GENS = ("tx", "ty", "rot", "sx", "sy", "shear")
 ROTATION_SEED = 2025
 
@@ -68,11 +69,6 @@ PAPER_TABLE8 = {
 PAPER_LAMBDA = {"Rot-180": [-0.01, 0.01, -10.0, -0.00, 0.01, -0.06],
                 "Rot-90": [0.02, 0.03, 1.04, 0.02, 0.06, 0.03]}
 MAX_DEG = {"Rot-180": 180.0, "Rot-90": 90.0, "Rot-0": 0.0}
-
-
-def smoke() -> bool:
-    """``SGLD_TUNER_SMOKE=1`` asks for the sub-minute configuration."""
-    return os.environ.get("SGLD_TUNER_SMOKE", "0") not in ("", "0")
 
 
 def rotate(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
@@ -241,15 +237,11 @@ def to_markdown(summary, lam_df, cfg, seeds, elapsed):
     return "\n".join(lines) + "\n"
 
 
-def plot(summary, lam_df, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(summary, lam_df):
+    """Test accuracy per variant and method, and the learned ranges; returns the figure."""
     variants = list(summary["variant"].unique())
     methods = list(summary["method"].unique())
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = subplots(2, figsize=(12, 4.2))
     width = 0.8 / len(methods)
     for i, m in enumerate(methods):
         sub = summary[summary["method"] == m].set_index("variant").reindex(variants)
@@ -269,24 +261,21 @@ def plot(summary, lam_df, path):
     axes[1].set_ylabel("learned |lam| (best point)")
     axes[1].set_title("learned ranges (rotation in radians)")
     axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--variants", nargs="+", default=None, choices=list(MAX_DEG))
-    parser.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     parser.add_argument("--temperature", type=float, default=None,
                         help="tau of the tuner (default 1e-4); a non-default value is written "
                              "to invariance_tau<value>.*")
     parser.add_argument("--rhos", type=float, nargs="+", default=None,
                         help="values of AffineAugmentation's rho to run (default 0.01)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     torch.set_num_threads(1)
-    is_smoke = smoke()
+    smoke = is_smoke()
     # The paper's D.6 settings where they transfer: (B, M) = (4, 1), rho = 0.01, with fewer
     # outer iterations (it ran 2000). Not its tau = 0.01: with kappa = 1 the per-step noise
     # sqrt(2 * 0.1 * 0.01) = 0.045 on each of ~38k weights kept the chain near chance in
@@ -297,16 +286,17 @@ def main(argv=None):
     cfg = {"n_train": 800, "n_val": 200, "hidden": 512, "max_epochs": 80, "n_outer": 150,
            "burn_in": 4, "n_samples": 1, "temperature": 1e-4, "outer_lr": 0.05,
            "aug_samples": 2, "eval_every": 10, "control_seeds": 2, "rhos": [0.01]}
-    if is_smoke:
-        cfg.update(hidden=128, max_epochs=4, n_outer=6, eval_every=3, aug_samples=2, rhos=[0.01])
+    if smoke:  # checks the plumbing in seconds; the numbers mean nothing
+        cfg.update(n_train=150, n_val=60, hidden=16, max_epochs=2, n_outer=2, burn_in=1,
+                   eval_every=2, aug_samples=1, rhos=[0.01])
     suffix = ""
     if args.temperature is not None and args.temperature != cfg["temperature"]:
         cfg["temperature"] = args.temperature
         suffix = f"_tau{args.temperature:g}"
     if args.rhos:
         cfg["rhos"] = args.rhos
-    seeds = list(range(args.seeds if args.seeds else (1 if is_smoke else 5)))
-    variants = args.variants or (["Rot-180"] if is_smoke else ["Rot-180", "Rot-90", "Rot-0"])
+    seeds = list(range(args.seeds if args.seeds else (1 if smoke else 5)))
+    variants = args.variants or (["Rot-180"] if smoke else ["Rot-180", "Rot-90", "Rot-0"])
 
     started = time.perf_counter()
     df, lam_df = run(variants, seeds, cfg)
@@ -317,13 +307,12 @@ def main(argv=None):
     md = to_markdown(summary, lam_df, cfg, seeds, elapsed)
     print("\n" + md)
 
-    stem = os.path.join(args.out_dir, "invariance" + suffix + ("_smoke" if is_smoke else ""))
+    stem = result_stem("invariance" + suffix, args.out_dir)
     write_results(stem, {"config": cfg, "seeds": seeds, "variants": variants,
                          "elapsed_s": elapsed, "rows": df.to_dict("records"),
                          "summary": summary.to_dict("records"),
                          "learned": lam_df.to_dict("records"), "paper_table8": PAPER_TABLE8,
-                         "paper_lambda": PAPER_LAMBDA}, md)
-    plot(summary, lam_df, stem + ".png")
+                         "paper_lambda": PAPER_LAMBDA}, md, {"": plot(summary, lam_df)})
     print(f"wrote {stem}.json/.md/.png")
 
 

@@ -33,7 +33,6 @@ Writes ``l1_options.{json,md,png}`` (``l1_options_smoke.*`` in smoke mode).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -50,8 +49,10 @@ from sgld_tuner.demo import make_net
 from sgld_tuner.hyperparams import PerWeightL1
 from sgld_tuner.skorch_adapter import NetProblem
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SMOKE = os.environ.get("SGLD_TUNER_SMOKE", "0") not in ("", "0")
+from _plots import subplots
+from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
+
+SMOKE = is_smoke()
 N_TRAIN, N_VAL = 150, 150
 HIDDEN = 16 if SMOKE else 128
 BATCH = 32
@@ -215,13 +216,9 @@ def md_table(df, cols, headers):
     return "\n".join(lines)
 
 
-def plot(t4, m_df, grid_df, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+def plot(t4, m_df, grid_df):
+    """Table 4 analog, test error by M, and the (tau, kappa) grid; returns the figure."""
+    fig, axes = subplots(3, figsize=(15, 4.2), dpi=100)
     ax = axes[0]
     labels = [f"{m} {o}" for m, o in zip(t4["method"], t4["options"])]
     colors = {"ift-neumann": "C1", "ift-cg": "C2", "rmd": "C3", "rmd-fo": "C4", "sgld": "C0",
@@ -253,20 +250,17 @@ def plot(t4, m_df, grid_df, path):
     axes[2].set_ylabel("temperature tau")
     axes[2].set_title("HPO-SGLD test error % by (tau, kappa)", fontsize=9)
     fig.colorbar(im, ax=axes[2])
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--seeds", type=int, default=1 if SMOKE else 5)
-    parser.add_argument("--out-dir", default=os.path.join(HERE, "results"))
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     torch.set_num_threads(1)  # shared 2-core machine; tiny tensors gain nothing from more
     started, cpu_started = time.perf_counter(), time.process_time()
     t4_runs, m_runs, grid_runs = [], [], []
-    m_values = (1, 3, 5) if SMOKE else (1, 2, 3, 4, 5)
+    m_values = (1, 5) if SMOKE else (1, 2, 3, 4, 5)
     taus = (1e-4, 1e-2, 1.0)
     kappas = (1e-2, 1.0, 10.0)
     if SMOKE:
@@ -320,24 +314,20 @@ def main(argv=None):
             f"{head}\n\n## Table 4 analog\n\n{md_t4}\n\n## MC samples (Table 9 analog)\n\n"
             f"{md_m}\n\n## HPO-SGLD temperature x noise scale\n\n{md_grid}\n")
     print(text)
-    tag = "l1_options_smoke" if SMOKE else "l1_options"
-    os.makedirs(args.out_dir, exist_ok=True)
+    stem = result_stem("l1_options", args.out_dir)
     meta = {"smoke": SMOKE, "seeds": args.seeds, "n_train": N_TRAIN, "n_val": N_VAL,
             "hidden": HIDDEN, "batch": BATCH, "inner_lr": INNER_LR, "warmup_steps": WARMUP_STEPS,
             "n_outer": N_OUTER, "outer_lr": OUTER_LR, "l1_init": L1_INIT,
             "total_wall_s": total, "total_cpu_s": cpu_total, "load_average_at_end": os.getloadavg(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version()}
-    with open(os.path.join(args.out_dir, tag + ".json"), "w") as fh:
-        json.dump({"meta": meta, "table4": t4.to_dict(orient="records"),
-                   "mc_samples": m_df.to_dict(orient="records"),
-                   "temperature_noise": grid_df.to_dict(orient="records"),
-                   "runs": {"table4": t4_runs, "mc_samples": m_runs, "temperature_noise": grid_runs}},
-                  fh, indent=1, default=float)
-    with open(os.path.join(args.out_dir, tag + ".md"), "w") as fh:
-        fh.write(text)
-    plot(t4, m_df, grid_df, os.path.join(args.out_dir, tag + ".png"))
-    print(f"total {total:.0f} s wall, {cpu_total:.0f} s CPU; wrote {tag}.json/.md/.png to {args.out_dir}")
+    write_results(stem, {"meta": meta, "table4": t4.to_dict(orient="records"),
+                         "mc_samples": m_df.to_dict(orient="records"),
+                         "temperature_noise": grid_df.to_dict(orient="records"),
+                         "runs": {"table4": t4_runs, "mc_samples": m_runs,
+                                  "temperature_noise": grid_runs}},
+                  text, {"": plot(t4, m_df, grid_df)})
+    print(f"total {total:.0f} s wall, {cpu_total:.0f} s CPU; wrote {stem}.json/.md/.png")
 
 
 if __name__ == "__main__":

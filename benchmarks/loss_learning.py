@@ -23,7 +23,7 @@ The test error (%) is reported as mean +- std over seeds, next to the paper's Ta
 Usage::
 
     python benchmarks/loss_learning.py                      # 5 seeds, digits + breast_cancer
-    SGLD_TUNER_SMOKE=1 python benchmarks/loss_learning.py   # 1 seed, digits, tiny budget
+    python benchmarks/loss_learning.py --smoke              # 1 seed, digits, tiny budget
     python benchmarks/loss_learning.py --replot             # redraw .md/.png from the .json
 """
 from __future__ import annotations
@@ -47,9 +47,10 @@ from sgld_tuner import SGLDHyperTuner
 from sgld_tuner.demo import make_net
 from sgld_tuner.hyperparams import TaylorLoss
 from sgld_tuner.hyperparams.losses import taylor_brier_init
-from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from _plots import method_bars, subplots
+from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
+
 
 # Paper Table 5, test error (%). Our text copy of the paper lost the CIFAR-10 cells of the
 # first two rows; the one surviving number of the "Vanilla CE" row is printed in the
@@ -66,11 +67,6 @@ PAPER_TABLE5 = [
     ("HPO-SGLD tau=0.01", "16.76 ± 0.05", "17.20 ± 0.03"),
     ("HPO-SGLD tau=0.001", "17.01 ± 0.03", "17.24 ± 0.04"),
 ]
-
-
-def smoke() -> bool:
-    """``SGLD_TUNER_SMOKE=1`` asks for the sub-minute configuration."""
-    return os.environ.get("SGLD_TUNER_SMOKE", "0") not in ("", "0")
 
 
 class BrierNet(NeuralNetClassifier):
@@ -90,7 +86,7 @@ def load(name: str, seed: int):
     if name == "digits":
         X, y = load_digits(return_X_y=True)
         X = X / 16.0
-        n_train = 600
+        n_train = 200 if is_smoke() else 600
     elif name == "breast_cancer":
         X, y = load_breast_cancer(return_X_y=True)
         n_train = 300
@@ -203,21 +199,14 @@ def to_markdown(summary, cfg, seeds, elapsed):
     return "\n".join(lines) + "\n"
 
 
-def plot(summary, learned, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(summary, learned):
+    """Test error per method and dataset, and the learned losses; returns the figure."""
     names = list(summary["dataset"].unique())
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(5.5 * (len(names) + 1), 4.6))
+    fig, axes = subplots(len(names) + 1, figsize=(5.5 * (len(names) + 1), 4.6))
     for ax, name in zip(axes, names):
         sub = summary[summary["dataset"] == name]
-        ax.barh(range(len(sub)), sub["mean"], xerr=sub["std"], color="tab:blue", alpha=0.7)
-        ax.set_yticks(range(len(sub)), sub["method"], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel("test error (%)")
-        ax.set_title(name)
+        method_bars(ax, sub["method"], sub["mean"], sub["std"], xlabel="test error (%)",
+                    title=name, color="tab:blue", alpha=0.7)
     ax = axes[-1]
     q = np.linspace(0.02, 0.98, 97)
     c = 10
@@ -232,39 +221,36 @@ def plot(summary, learned, path):
     ax.set_ylabel("training loss, shifted to 0 at q=0.98")
     ax.set_title("learned losses, digits")
     ax.legend(fontsize=6, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--datasets", nargs="+", default=None)
-    parser.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     parser.add_argument("--replot", action="store_true",
                         help="redraw the markdown and PNG from the JSON of an earlier run")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     torch.set_num_threads(1)
-    is_smoke = smoke()
+    smoke = is_smoke()
     # Coefficients start at magnitude 2C = 20 (Brier): an outer step of 0.5 moves them by a
     # few percent per iteration, where the paper's 0.01 relied on 50K outer iterations.
     cfg = {"max_epochs": 40, "n_outer": 60, "burn_in": 8, "n_samples": 2, "outer_lr": 0.5,
            "eval_every": 5}
     taus = [1e-2, 1e-3, 1e-4]
-    if is_smoke:
-        cfg.update(max_epochs=5, n_outer=4, burn_in=2, n_samples=1, eval_every=2)
+    if smoke:  # checks the plumbing in seconds; the numbers mean nothing
+        cfg.update(max_epochs=2, n_outer=2, burn_in=1, n_samples=1, eval_every=2)
         taus = [1e-3]
     cfg["tuners"] = [(f"HPO-SGLD tau={t:g}", {"temperature": t}) for t in taus]
-    if not is_smoke:
+    if not smoke:
         cfg["tuners"].append(("HPO-SGLD tau=0.01 kappa=1e-6 (paper)",
                               {"temperature": 1e-2, "noise_scale": 1e-6}))
     cfg["tuners"] += [("IFT-CG (10 inner steps)", {"method": "ift-cg"}),
                       ("RMD (10 inner steps)", {"method": "rmd"})]
-    seeds = list(range(args.seeds if args.seeds else (1 if is_smoke else 5)))
-    datasets = args.datasets or (["digits"] if is_smoke else ["digits", "breast_cancer"])
+    seeds = list(range(args.seeds if args.seeds else (1 if smoke else 5)))
+    datasets = args.datasets or (["digits"] if smoke else ["digits", "breast_cancer"])
 
-    stem = os.path.join(args.out_dir, "loss_learning" + ("_smoke" if is_smoke else ""))
+    stem = result_stem("loss_learning", args.out_dir)
     if args.replot:
         with open(stem + ".json") as fh:
             saved = json.load(fh)
@@ -272,9 +258,8 @@ def main(argv=None):
         summary = pd.DataFrame(saved["summary"])
         md = to_markdown(summary, cfg, saved["seeds"], saved["elapsed_s"])
         print(md)
-        with open(stem + ".md", "w") as fh:
-            fh.write(md)
-        plot(summary, saved["learned_coefficients"], stem + ".png")
+        # Rewrites the JSON as read (plus the platform fields), next to the new .md/.png.
+        write_results(stem, saved, md, {"": plot(summary, saved["learned_coefficients"])})
         return
 
     started = time.perf_counter()
@@ -284,14 +269,13 @@ def main(argv=None):
     md = to_markdown(summary, cfg, seeds, elapsed)
     print("\n" + md)
 
-    os.makedirs(args.out_dir, exist_ok=True)
     cfg_json = {k: v for k, v in cfg.items() if k != "tuners"}
     cfg_json["tuners"] = [{"method": m, **o} for m, o in cfg["tuners"]]
     write_results(stem, {"config": cfg_json, "seeds": seeds, "datasets": datasets,
                          "elapsed_s": elapsed, "rows": df.to_dict("records"),
                          "summary": summary.to_dict("records"),
-                         "learned_coefficients": learned, "paper_table5": PAPER_TABLE5}, md)
-    plot(summary, learned, stem + ".png")
+                         "learned_coefficients": learned, "paper_table5": PAPER_TABLE5}, md,
+                  {"": plot(summary, learned)})
     print(f"wrote {stem}.json/.md/.png")
 
 

@@ -15,7 +15,7 @@ to the peak of the same number of plain training steps taken in the same process
 Usage::
 
     python benchmarks/memory.py              # ~1M weights, B + M in {10, 50, 200}
-    SGLD_TUNER_SMOKE=1 python benchmarks/memory.py   # ~2e4 weights, B + M in {10, 30}
+    python benchmarks/memory.py --smoke   # ~2e4 weights, one method, B + M in {10, 30}
 
 Writes ``benchmarks/results/memory.json`` and ``benchmarks/results/memory.md``
 (``memory_smoke.*`` in smoke mode, so a smoke run never overwrites the full results).
@@ -32,16 +32,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import _mlp  # noqa: E402
-from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _results import (add_common_args, is_smoke, parse_args, result_stem,  # noqa: E402
+                      write_results)
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LABELS = ["sgld-damped", "sgld-damped-closed", "sgld-paper", "sgld-paper-closed", "rmd"]
 MIB = 2.0 ** 20
 
 
 def plan() -> tuple[int, list[int]]:
     """Hidden width and the ``B + M`` values to run (small in smoke mode)."""
-    if _mlp.smoke():
+    if is_smoke():
         return _mlp.width_for(2e4), [10, 30]
     return _mlp.width_for(1e6), [10, 50, 200]
 
@@ -94,16 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     """Run every configuration in its own process, print the table and write the results."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out-dir", default=RESULTS,
-                        help="where to write memory.{json,md} (default benchmarks/results)")
-    args = parser.parse_args(argv)
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    args = parse_args(parser, argv)
     started = time.perf_counter()
     width, step_list = plan()
     rows = []
-    # Smoke mode: three of the four methods, to stay under a minute (each row is a fresh
-    # interpreter); the full run measures all of them.
-    labels = [l for l in LABELS if l != "sgld-paper"] if _mlp.smoke() else LABELS
+    # Smoke mode: one method, to stay within seconds (each row is a fresh interpreter,
+    # importing torch); the full run measures all of them.
+    labels = ["sgld-paper-closed"] if is_smoke() else LABELS
     for steps in step_list:
         for label in labels:
             row = _mlp.run_child(label, steps, width)
@@ -123,13 +121,11 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "torch": torch.__version__,
         "mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536"),
-        "smoke": _mlp.smoke(),
+        "smoke": is_smoke(),
         "total_s": time.perf_counter() - started,
     }
-    # A smoke run must not overwrite the committed full-size results.
-    stem = "memory_smoke" if _mlp.smoke() else "memory"
     text = to_markdown(rows, meta)
-    write_results(os.path.join(args.out_dir, stem), {"meta": meta, "rows": rows}, text)
+    write_results(result_stem("memory", args.out_dir), {"meta": meta, "rows": rows}, text)
     print()
     print(text)
 

@@ -25,7 +25,7 @@ the flipped rows: the AUROC of ``-weight`` as a score for "this row's label was 
 Usage::
 
     python benchmarks/noisy_labels.py                      # 5 seeds
-    SGLD_TUNER_SMOKE=1 python benchmarks/noisy_labels.py   # 1 seed, tiny budget
+    python benchmarks/noisy_labels.py --smoke              # 1 seed, tiny budget
 """
 from __future__ import annotations
 
@@ -46,18 +46,14 @@ from sklearn.model_selection import GridSearchCV, PredefinedSplit, train_test_sp
 from sgld_tuner import SGLDHyperTuner
 from sgld_tuner.demo import make_net
 from sgld_tuner.hyperparams import SampleWeights
-from _results import write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from _plots import method_bars, subplots
+from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
+
 NOISE = 0.4
 N_POOL = 1000      # noisy + trusted rows
 N_TRUSTED = 100    # 10 per class
 WD_GRID = [0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
-
-
-def smoke() -> bool:
-    """``SGLD_TUNER_SMOKE=1`` asks for the sub-minute configuration."""
-    return os.environ.get("SGLD_TUNER_SMOKE", "0") not in ("", "0")
 
 
 class L2NetClassifier(NeuralNetClassifier):
@@ -84,7 +80,8 @@ def make_data(seed: int):
     """Noisy rows first, then the trusted rows; returns the fold array and the flip mask."""
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype(np.float32)
-    X_pool, X_te, y_pool, y_te = train_test_split(X, y, train_size=N_POOL, stratify=y,
+    n_pool = 300 if is_smoke() else N_POOL  # the smoke run checks the plumbing only
+    X_pool, X_te, y_pool, y_te = train_test_split(X, y, train_size=n_pool, stratify=y,
                                                   random_state=seed)
     X_noisy, X_trust, y_noisy, y_trust = train_test_split(
         X_pool, y_pool, test_size=N_TRUSTED, stratify=y_pool, random_state=seed)
@@ -200,17 +197,11 @@ def to_markdown(df, summary, cfg, seeds, elapsed):
     return "\n".join(lines) + "\n"
 
 
-def plot(summary, weights, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    axes[0].barh(range(len(summary)), summary["mean"], xerr=summary["std"], alpha=0.7)
-    axes[0].set_yticks(range(len(summary)), summary["method"], fontsize=8)
-    axes[0].invert_yaxis()
-    axes[0].set_xlabel("clean test accuracy (%)")
+def plot(summary, weights):
+    """Clean test accuracy per method and the learned weights of seed 0; returns the figure."""
+    fig, axes = subplots(2, figsize=(11, 4))
+    method_bars(axes[0], summary["method"], summary["mean"], summary["std"],
+                xlabel="clean test accuracy (%)", alpha=0.7)
     axes[0].set_xlim(max(0, summary["mean"].min() - 10), 100)
     w = np.asarray(weights[0]["w"])
     flipped = np.asarray(weights[0]["flipped"], dtype=bool)
@@ -220,27 +211,24 @@ def plot(summary, weights, path):
     axes[1].set_xlabel("learned sample weight (seed 0, best point)")
     axes[1].set_ylabel("training rows")
     axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--out-dir", default=os.path.join(HERE, "results"))
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     torch.set_num_threads(1)
-    is_smoke = smoke()
+    smoke = is_smoke()
     # Each outer iteration touches only the rows of its B + M minibatches; Adam's
     # per-coordinate steps let rarely-seen rows move as fast as often-seen ones.
     cfg = {"max_epochs": 40, "n_outer": 150, "burn_in": 5, "n_samples": 5,
            "temperature": 1e-4, "outer_lr": 0.1, "eval_every": 10, "wd_grid": WD_GRID,
            "long_epochs": 150}
-    if is_smoke:
-        cfg.update(max_epochs=4, long_epochs=6, n_outer=5, burn_in=2, n_samples=2,
-                   eval_every=5, wd_grid=[0.0, 1e-3])
-    seeds = list(range(args.seeds if args.seeds else (1 if is_smoke else 5)))
+    if smoke:  # checks the plumbing in seconds; the numbers mean nothing
+        cfg.update(max_epochs=2, long_epochs=2, n_outer=2, burn_in=1, n_samples=1,
+                   eval_every=2, wd_grid=[0.0, 1e-3])
+    seeds = list(range(args.seeds if args.seeds else (1 if smoke else 5)))
 
     started = time.perf_counter()
     df, weights = run(seeds, cfg)
@@ -253,13 +241,11 @@ def main(argv=None):
     md = to_markdown(df, summary, cfg, seeds, elapsed)
     print("\n" + md)
 
-    os.makedirs(args.out_dir, exist_ok=True)
-    stem = os.path.join(args.out_dir, "noisy_labels" + ("_smoke" if is_smoke else ""))
+    stem = result_stem("noisy_labels", args.out_dir)
     write_results(stem, {"config": cfg, "seeds": seeds, "noise": NOISE, "n_pool": N_POOL,
                          "n_trusted": N_TRUSTED, "elapsed_s": elapsed,
                          "rows": df.to_dict("records"), "summary": summary.to_dict("records")},
-                  md)
-    plot(summary, weights, stem + ".png")
+                  md, {"": plot(summary, weights)})
     print(f"wrote {stem}.json/.md/.png")
 
 

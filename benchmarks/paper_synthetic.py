@@ -10,15 +10,13 @@ Writes ``benchmarks/results/paper_synthetic.{json,md}`` and ``paper_synthetic_*.
 Usage::
 
     python benchmarks/paper_synthetic.py            # full (about 20 minutes on one core)
-    python benchmarks/paper_synthetic.py --quick    # smoke version, under a minute
-    SGLD_TUNER_SMOKE=1 python benchmarks/paper_synthetic.py
+    python benchmarks/paper_synthetic.py --smoke    # smoke version, seconds
 """
 from __future__ import annotations
 
 import argparse
 import fcntl
 import json
-import os
 import platform
 import tempfile
 import time
@@ -31,7 +29,9 @@ from sgld_tuner.core import ChainState, InnerSettings, hypergradient, minimize
 from sgld_tuner.core.problem import BilevelProblem
 from sgld_tuner.problems import Synthetic1D, SyntheticQuadratic, ToyCubicRegression
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from _plots import subplots
+from _results import (add_common_args, is_smoke, parse_args, result_stem, write_json,
+                      write_results)
 
 # The paper's published numbers, quoted for side-by-side comparison only (never used as
 # inputs to any computation). (lam, lam error, theta, theta error).
@@ -359,7 +359,7 @@ TABLE_HEAD = ("| method | seeds | lam (mean ± std) | \\|lam-0.7487\\| | \\|lam-
               "|---|---|---|---|---|---|---|---|---|---|")
 
 
-def write_markdown(results, path):
+def to_markdown(results) -> str:
     s = results["settings"]
     lam_star, theta_star = results["exact_optimum"]
     lines = [
@@ -441,26 +441,24 @@ def write_markdown(results, path):
                      f"{r['final_hypergrad_ours']:.5f} | {r['final_hypergrad_exact_unrolled']:.5f} | "
                      f"{r['core_matches_reimplementation']} |")
     lines.append("")
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
-def plots(results, prefix):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plots(results) -> dict:
+    """``{file suffix: figure}`` for the parts present in ``results``."""
+    figures = {}
     if results["fig1"]:
-        _plot_fig1(plt, results["fig1"], prefix)
+        figures["_fig1"] = _plot_fig1(results["fig1"])
     if results["fig3"]:
-        _plot_fig3(plt, results["fig3"], prefix)
+        figures["_fig3"] = _plot_fig3(results["fig3"])
     if results["table15"]:
-        _plot_table15(plt, results["table15"], prefix)
+        figures["_table15"] = _plot_table15(results["table15"])
+    return figures
 
 
-def _plot_fig1(plt, f1, prefix):
+def _plot_fig1(f1):
     table = np.array(f1["table"])
-    fig, axes = plt.subplots(1, 2, figsize=(9, 5), gridspec_kw={"width_ratios": [4, 1]})
+    fig, axes = subplots(2, figsize=(9, 5), gridspec_kw={"width_ratios": [4, 1]})
     im = axes[0].imshow(table, cmap="coolwarm", aspect="auto")
     axes[0].set_yticks(range(len(f1["lam_grid"])), [f"{v:.1f}" for v in f1["lam_grid"]])
     axes[0].set_xticks(range(len(f1["theta2_grid"])), [f"{v:.1f}" for v in f1["theta2_grid"]])
@@ -472,13 +470,11 @@ def _plot_fig1(plt, f1, prefix):
     axes[1].set_yticks([])
     axes[1].set_xticks([])
     axes[1].set_title("row mean")
-    fig.tight_layout()
-    fig.savefig(f"{prefix}_fig1.png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def _plot_fig3(plt, fig3, prefix):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+def _plot_fig3(fig3):
+    fig, axes = subplots(2, figsize=(11, 4))
     for key, r in fig3.items():
         style = "-" if r["recursion"] == "damped" else "--"
         label = f"{r['recursion']} {r['start']} B+M={r['steps']}"
@@ -492,13 +488,11 @@ def _plot_fig3(plt, fig3, prefix):
     for ax in axes:
         ax.set_xlabel("inner step m")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(f"{prefix}_fig3.png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def _plot_table15(plt, table15, prefix):
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+def _plot_table15(table15):
+    fig, ax = subplots(2, figsize=(11, 4))
     for i, cond in enumerate((10, 1000)):
         for r in table15:
             if r["condition_number"] != cond:
@@ -510,17 +504,14 @@ def _plot_table15(plt, table15, prefix):
         ax[i].set_xlabel("total inner iterations")
         ax[i].set_ylabel("relative error of lam")
         ax[i].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(f"{prefix}_table15.png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
 PARTS = ("t2", "t2long", "t3", "t3long", "fig1", "fig3", "t15_10", "t15_1000")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke version (< 1 minute)")
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--seeds", type=int, default=None,
                         help="override the number of seeds of the stochastic 1D rows "
                         "(recorded per row as n_seeds)")
@@ -528,8 +519,8 @@ def main(argv=None):
                         help="comma-separated subset of " + ",".join(PARTS) + " (default: all). "
                         "Parts are merged into the existing JSON, so they can run as separate "
                         "processes; the markdown and PNGs are written once all are present.")
-    args = parser.parse_args(argv)
-    quick = args.quick or os.environ.get("SGLD_TUNER_SMOKE") == "1"
+    args = parse_args(parser, argv)
+    quick = is_smoke()
     parts = [p for p in args.parts.split(",") if p]
     unknown = set(parts) - set(PARTS)
     if unknown:
@@ -542,8 +533,8 @@ def main(argv=None):
                     quad_dim=10, quad_max_outer=2000, quad_small_tau=1e-8,
                     fig3_steps=[100, 1000], fig1_runs=20)
     if quick:
-        settings.update(n_outer=10, seeds=1, long_seeds=1, long_inner=0, noisy_taus=[1e-2],
-                        quad_max_outer=5, fig3_steps=[100])
+        settings.update(n_outer=4, n_inner=20, seeds=1, long_seeds=1, long_inner=0,
+                        noisy_taus=[1e-2], quad_max_outer=3, fig3_steps=[20], fig1_runs=4)
     run_settings = dict(settings)
     if args.seeds is not None:
         run_settings.update(seeds=args.seeds, long_seeds=min(args.seeds, settings["long_seeds"]))
@@ -559,9 +550,8 @@ def main(argv=None):
         "t15_10": lambda: run_table15(settings, (10,)),
         "t15_1000": lambda: run_table15(settings, (1000,)),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "paper_synthetic_quick" if quick else "paper_synthetic"
-    path = RESULTS / f"{stem}.json"
+    stem = result_stem("paper_synthetic", args.out_dir)
+    path = Path(stem + ".json")
     results = {}
     for part in parts:
         print(f"part {part}", flush=True)
@@ -582,9 +572,10 @@ def main(argv=None):
             "fig1": got.get("fig1"), "fig3": got.get("fig3"),
             "table15": got.get("t15_10", []) + got.get("t15_1000", []),
             "missing": missing, "seconds_total": sum(results["seconds"].values())}
-    write_markdown(view, RESULTS / f"{stem}.md")
-    plots(view, str(RESULTS / stem))
-    print((RESULTS / f"{stem}.md").read_text())
+    text = to_markdown(view)
+    # The JSON is already written, part by part under a lock (_merge).
+    write_results(stem, None, text, plots(view))
+    print(text)
     if missing:
         print(f"parts not (yet) in {path}: {missing}")
     print("seconds per part: " + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items()))
@@ -605,7 +596,7 @@ def _merge(path, settings, lam_star, theta_star, part, value, elapsed):
         if part is not None:
             results["parts"][part] = value
             results["seconds"][part] = elapsed
-        path.write_text(json.dumps(results, indent=1))
+        write_json(str(path), results)
     return results
 
 
