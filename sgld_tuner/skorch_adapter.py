@@ -193,10 +193,17 @@ class NetProblem:
     n_train_total : int, optional
         Size of the full training set (length of :class:`SampleWeights`' weight vector);
         default ``max(train_rows) + 1``. Pass it when the last rows may fall in validation.
+    outer_batch_size : int, optional
+        Validation rows drawn per outer-loss evaluation; ``None`` uses them all.
+    n_classes : int, optional
+        Number of classes in the whole training set (classifiers). A module with fewer
+        outputs fails here, before any training step, instead of deep inside the loss.
 
     Attributes
     ----------
     bound : dict of str -> BoundHyperparameter
+    output_shape : tuple of int
+        Shape of one row of the module's (first) output, from a forward on two rows.
 
     Notes
     -----
@@ -210,7 +217,7 @@ class NetProblem:
     def __init__(self, net, hyperparams: dict[str, Hyperparameter], X_train, y_train, X_val,
                  y_val, *, train_rows=None, batch_size=None, generator: torch.Generator,
                  augment_outer: bool = False, n_train_total: int | None = None,
-                 outer_batch_size: int | None = None):
+                 outer_batch_size: int | None = None, n_classes: int | None = None):
         if not getattr(net, "initialized_", False):
             raise ValueError("NetProblem needs an initialized net (call net.initialize())")
         self.net = net
@@ -247,6 +254,9 @@ class NetProblem:
         # One forward on two rows tells the number of classes and the output layout.
         with torch.no_grad():
             probe = _first_output(self.module(self.X_train[:2]))
+        self.output_shape = tuple(probe.shape[1:])
+        _check_output_shape(self.output_shape, self.y_train, self.crit.is_classifier,
+                            n_classes)
         n_classes = int(probe.shape[-1]) if self.crit.is_classifier else None
         if not self.crit.is_classifier and probe.dim() == 2 and probe.shape[1] == 1:
             if self.y_train.dim() == 1:
@@ -367,6 +377,42 @@ class NetProblem:
         return mixed
 
 
+def _check_output_shape(output_shape, y, is_classifier, n_classes=None):
+    """Fail before training when the module's output cannot fit the targets.
+
+    Parameters
+    ----------
+    output_shape : tuple of int
+        One row of the module's output.
+    y : torch.Tensor
+        Training targets (class codes for classifiers).
+    is_classifier : bool
+    n_classes : int, optional
+        Classes in the whole training set; default ``max(y) + 1``.
+
+    Raises
+    ------
+    ValueError
+        Naming the module's output width, the width the targets need and the fix.
+    """
+    width = int(output_shape[-1]) if output_shape else 1
+    if is_classifier:
+        if n_classes is None:
+            n_classes = int(y.max()) + 1 if y.numel() else 0
+        if width < n_classes:
+            raise ValueError(
+                f"the module outputs {width} values per row but y has {n_classes} classes: "
+                f"build the module with at least {n_classes} outputs (the size of its last "
+                "layer, usually a module__ parameter of the net)")
+        return
+    targets = int(y.shape[1]) if y.dim() == 2 else 1
+    if y.dim() <= 2 and len(output_shape) <= 1 and width != targets:
+        raise ValueError(
+            f"the module outputs {width} value(s) per row but y has {targets} target "
+            f"column(s): build the module with {targets} output(s), or pass y with "
+            f"{width} column(s)")
+
+
 def _detach_tree(x):
     if isinstance(x, dict):
         return {k: _detach_tree(v) for k, v in x.items()}
@@ -394,10 +440,59 @@ class _LearnedMixin:
             state.pop(key, None)
         return state
 
+    def __reduce_ex__(self, protocol):
+        # A class made by learned_class() cannot be found by name: rebuild it from the
+        # user's class (found by name) instead.
+        if type(self) not in (LearnedNet, LearnedNetClassifier, LearnedNetRegressor) \
+                and _LEARNED_CLASSES.get(_user_class(type(self))) is type(self):
+            return _rebuild_learned, (_user_class(type(self)),), self.__getstate__()
+        return super().__reduce_ex__(protocol)
+
     def set_params(self, **kwargs):
         out = super().set_params(**kwargs)
         self._hp_reset()
         return out
+
+    # -- classifiers: labels as given in ``classes``, one probability column per class ----
+    def _n_label_classes(self):
+        """``len(classes)`` for a classifier given ``classes``, else None."""
+        if not isinstance(self, NeuralNetClassifier) or self.classes is None:
+            return None
+        return len(self.classes)
+
+    def _encode_labels(self, y):
+        """Codes ``0..C-1`` of the labels ``y`` in ``classes`` (any label type)."""
+        if self._n_label_classes() is None or y is None or torch.is_tensor(y):
+            return y
+        y = np.asarray(y)
+        if y.ndim != 1:
+            return y
+        classes = np.asarray(self.classes)
+        order = np.argsort(classes, kind="stable")
+        pos = np.clip(np.searchsorted(classes, y, sorter=order), 0, len(classes) - 1)
+        codes = order[pos]
+        unknown = classes[codes] != y
+        if unknown.any():
+            raise ValueError(f"y holds labels not in classes={list(classes)}: "
+                             f"{sorted(set(y[unknown].tolist()))[:5]}")
+        return codes.astype(np.int64)
+
+    def predict_proba(self, X):
+        """As skorch's, restricted to (and renormalised over) the first ``len(classes)``
+        columns when the module has more outputs than classes."""
+        proba = super().predict_proba(X)
+        n_classes = self._n_label_classes()
+        if n_classes is not None and proba.ndim == 2 and proba.shape[1] > n_classes:
+            proba = proba[:, :n_classes]
+            proba = proba / proba.sum(axis=1, keepdims=True)
+        return proba
+
+    def predict(self, X):
+        """As skorch's; a classifier given ``classes`` returns those labels (not codes)."""
+        if self._n_label_classes() is None or \
+                getattr(_user_class(type(self)), "predict") is not NeuralNetClassifier.predict:
+            return super().predict(X)
+        return np.asarray(self.classes)[self.predict_proba(X).argmax(axis=1)]
 
     def _hp_reset(self):
         for key in self._HP_STATE:
@@ -447,6 +542,7 @@ class _LearnedMixin:
         self.hp_generator_ = gen
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
+        y = self._encode_labels(y)
         n_train = int(get_len(X)) if not _is_wrapped(X) else int(get_len(X[ROW_KEY]))
         if n_train != getattr(self, "hp_n_train_", None):
             self._hp_reset()   # row weights are bound to the number of rows
@@ -492,6 +588,20 @@ class _LearnedMixin:
         theta = dict(self.module_.named_parameters())
         return _training_loss(self.hp_crit_, self.hp_bound_, self.hp_raw_, y_pred, y_true,
                               getattr(self, "hp_rows_", None), theta)
+
+
+def _user_class(cls: type) -> type:
+    """The class right after ``_LearnedMixin`` in ``cls``'s MRO (the user's net class)."""
+    mro = cls.__mro__
+    return mro[mro.index(_LearnedMixin) + 1]
+
+
+def _skorch_base(cls: type) -> type:
+    """skorch's own class that ``cls`` derives from."""
+    for base in (NeuralNetClassifier, NeuralNetRegressor, NeuralNet):
+        if issubclass(cls, base):
+            return base
+    raise TypeError(f"expected a skorch NeuralNet class, got {cls.__name__}")
 
 
 def _unwrap(X):
@@ -571,6 +681,48 @@ class LearnedNetRegressor(_LearnedMixin, NeuralNetRegressor):
     """
 
 
+_LEARNED_CLASSES: dict[type, type] = {NeuralNet: LearnedNet,
+                                       NeuralNetClassifier: LearnedNetClassifier,
+                                       NeuralNetRegressor: LearnedNetRegressor}
+
+
+def learned_class(net_class: type) -> type:
+    """The class of a net of class ``net_class`` that trains with learned values.
+
+    Parameters
+    ----------
+    net_class : type
+        A skorch ``NeuralNet`` class, possibly the user's own subclass.
+
+    Returns
+    -------
+    type
+        ``LearnedNet``/``LearnedNetClassifier``/``LearnedNetRegressor`` for skorch's own
+        classes, ``net_class`` itself when it already trains with learned values, else a
+        subclass ``Learned<Name>(_LearnedMixin, net_class)`` created once and cached, so
+        that the user's own methods (e.g. ``score_samples``) and ``isinstance`` checks
+        carry over. Such instances pickle by rebuilding the class from ``net_class``,
+        which must therefore be importable.
+    """
+    if issubclass(net_class, _LearnedMixin):
+        return net_class
+    cls = _LEARNED_CLASSES.get(net_class)
+    if cls is None:
+        name = f"Learned{net_class.__name__}"
+        cls = type(name, (_LearnedMixin, net_class), {
+            "__module__": __name__, "__qualname__": name,
+            "__doc__": f"``{net_class.__name__}`` that trains with learned hyperparameter "
+                       "values (see :class:`LearnedNet`)."})
+        _LEARNED_CLASSES[net_class] = cls
+    return cls
+
+
+def _rebuild_learned(net_class: type):
+    """Unpickling helper: an empty instance of ``learned_class(net_class)``."""
+    cls = learned_class(net_class)
+    return cls.__new__(cls)
+
+
 def make_learned_net(estimator, hyperparams: dict[str, Hyperparameter], values: dict[str, object]):
     """Fresh unfitted clone of the user's net whose training uses the learned values.
 
@@ -585,23 +737,23 @@ def make_learned_net(estimator, hyperparams: dict[str, Hyperparameter], values: 
 
     Returns
     -------
-    LearnedNet, LearnedNetClassifier or LearnedNetRegressor
-        Picked by ``estimator``'s type. A user subclass's own overrides (e.g. a custom
-        ``get_loss``) are not carried over; a warning says so.
+    skorch.NeuralNet
+        An instance of ``learned_class(type(estimator))``: a subclass of the user's own
+        class, so its methods and ``isinstance`` checks carry over. During training the
+        learned ``get_loss`` and ``infer`` take precedence over the user's overrides of
+        those two; a warning says so when the class has them.
     """
-    if isinstance(estimator, NeuralNetClassifier):
-        cls, base = LearnedNetClassifier, NeuralNetClassifier
-    elif isinstance(estimator, NeuralNetRegressor):
-        cls, base = LearnedNetRegressor, NeuralNetRegressor
-    elif isinstance(estimator, NeuralNet):
-        cls, base = LearnedNet, NeuralNet
-    else:
+    if not isinstance(estimator, NeuralNet):
         raise TypeError(f"expected a skorch NeuralNet, got {type(estimator).__name__}")
-    if type(estimator) not in (base, cls):
+    cls = learned_class(type(estimator))
+    overridden = [name for name in ("get_loss", "infer")
+                  if getattr(type(estimator), name) is not getattr(_skorch_base(cls), name)
+                  and not issubclass(type(estimator), _LearnedMixin)]
+    if overridden and hyperparams:
         warnings.warn(
-            f"{type(estimator).__name__} is a subclass of {base.__name__}; the learned net is "
-            f"a {cls.__name__} and does not carry the subclass's own method overrides",
-            UserWarning, stacklevel=2)
+            f"{type(estimator).__name__} overrides {overridden}; while training, the learned "
+            f"net's own {overridden} apply the learned values instead", UserWarning,
+            stacklevel=2)
     params = {k: v for k, v in estimator.get_params(deep=False).items()
               if not k.startswith("_") and k not in ("hyperparams", "learned_values")}
     params = {k: clone(v, safe=False) for k, v in params.items()}

@@ -6,6 +6,7 @@ functional inner/outer losses and builds the refit net with the learned values.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -19,10 +20,11 @@ from joblib import Parallel, delayed
 from joblib import hash as joblib_hash
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier, is_regressor
 from sklearn.metrics import check_scoring
+from sklearn.metrics._scorer import _check_multimetric_scoring
 from sklearn.model_selection import check_cv
 from sklearn.preprocessing import LabelEncoder
-from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils import _safe_indexing, check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, Options, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -30,6 +32,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .core import (BilevelProblem, ChainState, InnerSettings, hypergradient, make_generator,
                    make_outer_optimizer)
 from .core import _tree
+from .core.recursions import RECURSIONS
 from .hyperparams import AffineAugmentation, Hyperparameter
 from .results import build_cv_results, build_history
 from .skorch_adapter import NetProblem, make_learned_net
@@ -113,10 +116,14 @@ def _score_fold(fold: _FoldChain, scorers: dict, error_score):
     leaves = fold.state.theta if fold.state.theta is not None else fold.bilevel.theta0_leaves
     theta = _tree.unflatten(leaves, fold.bilevel.theta_spec)
     net = fold.problem.load_theta(theta)
-    scores = {}
+    scores, outputs = {}, {}
     for name, scorer in scorers.items():
         try:
-            value = float(scorer(net, fold.X_val, fold.y_val))
+            # A callable returning a dict serves all its metrics from one call.
+            if id(scorer) not in outputs:
+                outputs[id(scorer)] = scorer(net, fold.X_val, fold.y_val)
+            value = outputs[id(scorer)]
+            value = float(value[name] if isinstance(value, dict) else value)
             if not math.isfinite(value):
                 raise ValueError(f"scorer {name!r} returned {value}")
         except Exception as exc:  # noqa: BLE001 - reported through error_score like sklearn
@@ -162,8 +169,10 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     batch_size : int, optional
         Inner minibatch size; defaults to the net's ``batch_size``.
     method : {"sgld", "rmd", "rmd-fo", "fmd", "ift-cg", "ift-neumann"}, default="sgld"
-    recursion : {"damped", "paper", "tracked"}, default="damped"
-        See ``docs/bias.md``.
+    recursion : {"auto", "tracked", "damped", "paper", "gibbs"}, default="auto"
+        The hypergradient strategy along each fold's chain; ``"auto"`` is ``"tracked"``
+        (an adjoint tracked along the chain, chosen by measurement against exact
+        references: ``docs/bias.md``). ``"paper"`` is eq. 22 as published.
     chain : {"persistent", "restart"}, default="persistent"
     cv : int, cv splitter or iterable, default=5
     scoring : str, callable, list, tuple or dict, optional
@@ -230,9 +239,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         "temperature": [Interval(Real, 0, None, closed="neither")],
         "noise_scale": [Interval(Real, 0, None, closed="left")],
         "inner_lr": [Interval(Real, 0, None, closed="neither"), None],
-        "batch_size": [Interval(Integral, -1, None, closed="left"), None],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1}), None],
         "method": [StrOptions({"sgld", "rmd", "rmd-fo", "fmd", "ift-cg", "ift-neumann"})],
-        "recursion": [StrOptions({"damped", "paper", "tracked"})],
+        "recursion": [StrOptions({"auto", *RECURSIONS})],
         "chain": [StrOptions({"persistent", "restart"})],
         "cv": ["cv_object"],
         "scoring": [StrOptions(set()), callable, list, tuple, dict, str, None],
@@ -252,7 +261,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     def __init__(self, estimator, hyperparams, *, n_outer=50, outer_lr=0.05,
                  outer_optimizer="adam", burn_in=5, n_samples=5, temperature=1e-4,
                  noise_scale=1.0, inner_lr=None, batch_size=None, method="sgld",
-                 recursion="damped", chain="persistent", cv=5, scoring=None, refit=True,
+                 recursion="auto", chain="persistent", cv=5, scoring=None, refit=True,
                  eval_every=5, n_jobs=None, random_state=None, verbose=0, callbacks=None,
                  timeout=None, error_score=np.nan, warm_start=False, method_options=None,
                  outer_batch_size=None):
@@ -294,6 +303,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             tags.estimator_type = inner.estimator_type
             tags.classifier_tags = inner.classifier_tags
             tags.regressor_tags = inner.regressor_tags
+            tags.target_tags.required = inner.target_tags.required
         except Exception:  # noqa: BLE001 - a non-estimator fails later with a clear TypeError
             pass
         tags.input_tags.sparse = False
@@ -319,37 +329,58 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                if not isinstance(v, Hyperparameter)}
         if bad:
             raise TypeError(f"hyperparams values must be sgld_tuner.hyperparams kinds; got {bad}")
+        batch_size = self.batch_size if self.batch_size is not None else self.estimator.batch_size
+        if batch_size is None or not (batch_size == -1 or batch_size >= 1):
+            raise ValueError(
+                f"the net's batch_size={batch_size!r} leaves no rows per training step: pass "
+                "batch_size=-1 (full batch) or a positive int, to the net or to the tuner")
         if self.method == "fmd":
             warnings.warn("method='fmd' stores a dim(theta) x dim(lam) Jacobian; it is only "
                           "practical for a handful of hyperparameters", UserWarning, stacklevel=3)
 
     def _scorers(self):
         """Normalise ``scoring`` into ``{name: scorer}`` and whether it is multi-metric."""
-        scoring = self.scoring
-        if scoring is None or isinstance(scoring, str) or (callable(scoring) and not isinstance(scoring, dict)):
-            return {"score": check_scoring(self.estimator, scoring=scoring)}, False
-        if isinstance(scoring, (list, tuple, set)):
-            if not scoring or not all(isinstance(s, str) for s in scoring) or len(set(scoring)) != len(scoring):
-                raise ValueError("scoring as a list/tuple must hold unique metric names (strings)")
-            return {s: check_scoring(self.estimator, scoring=s) for s in scoring}, True
-        if isinstance(scoring, dict):
-            if not scoring:
-                raise ValueError("scoring as a dict must not be empty")
-            return {k: check_scoring(self.estimator, scoring=v) for k, v in scoring.items()}, True
-        raise ValueError(f"unsupported scoring {scoring!r}")
+        if isinstance(self.scoring, (list, tuple, set, dict)):
+            return _check_multimetric_scoring(self.estimator, self.scoring), True
+        return {"score": check_scoring(self.estimator, scoring=self.scoring)}, False
+
+    def _callable_metrics(self, scorers, multimetric, fold):
+        """Metric names of a callable ``scoring`` that returns a dict.
+
+        As in ``GridSearchCV``, such a callable makes the search multi-metric; one call on
+        the first fold's net (not yet trained) tells the names, so that ``refit`` is
+        checked before any training step. A callable that fails here is left to the
+        search's ``error_score`` handling.
+        """
+        if multimetric or not callable(self.scoring):
+            return scorers, multimetric
+        try:
+            probe = self.scoring(fold.net, fold.X_val, fold.y_val)
+        except Exception:  # noqa: BLE001 - reported at scoring time through error_score
+            return scorers, multimetric
+        if not isinstance(probe, dict):
+            return scorers, False
+        return {name: self.scoring for name in probe}, True
 
     def _check_refit(self, metric_names, multimetric):
         refit = self.refit
-        if multimetric and refit is True:
-            raise ValueError(
-                "For multi-metric scoring, refit must be a metric name, a callable or "
-                f"False; metrics are {metric_names}")
-        if isinstance(refit, str) and refit != "ensemble" and multimetric and refit not in metric_names:
-            raise ValueError(f"refit={refit!r} is not one of the metrics {metric_names}")
-        if isinstance(refit, str) and refit == "ensemble" and multimetric:
+        if multimetric and isinstance(refit, str) and refit == "ensemble":
             raise ValueError("refit='ensemble' ranks by a single metric; use one scorer")
+        if multimetric and (refit is True or (isinstance(refit, str) and refit not in metric_names)):
+            # GridSearchCV's wording, so that users (and its tests) recognise it.
+            raise ValueError(
+                "For multi-metric scoring, the parameter refit must be set to a scorer key "
+                "or a callable to refit an estimator with the best parameter setting on "
+                "the whole data and make the best_* attributes available for that metric. "
+                "If this is not needed, refit should be set to False explicitly. "
+                f"{refit!r} was passed (metrics: {metric_names}).")
 
     def _validate_inputs(self, X, y):
+        if y is None:
+            # scikit-learn's own "requires y to be passed" error for classifiers/regressors
+            validate_data(self, X, y, accept_sparse=False, dtype=None, allow_nd=True)
+            raise ValueError("SGLDHyperTuner requires y: the outer loss is the net's "
+                             "criterion on the validation targets")
         X, y = validate_data(self, X, y, accept_sparse=False, dtype=None, allow_nd=True,
                              multi_output=not self._is_classifier,
                              y_numeric=is_regressor(self.estimator))
@@ -395,28 +426,17 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self._check_estimator_and_hyperparams()
         X, y = self._validate_inputs(X, y)
         scorers, multimetric = self._scorers()
-        metric_names = list(scorers)
-        self._check_refit(metric_names, multimetric)
-        self.multimetric_ = multimetric
-        self.scorer_ = scorers if multimetric else scorers["score"]
-
         state = self._resume_or_start(X, y, groups)
         self.n_splits_ = len(state.splits)
         settings = self._settings(state.inner_lr_scale)
-        folds = [self._make_fold(X, y, train, val, seed)
-                 for (train, val), seed in zip(state.splits, state.seeds)]
-        if state.lam is None:
-            state.lam, self._lam_spec = _tree.flatten(folds[0].problem.init_lam())
-            state.lam = [t.detach() for t in state.lam]
-        else:
-            self._lam_spec = state.lam_spec
-        state.lam_spec = self._lam_spec
-        for fold, chain, gen_state, fit_time in zip(folds, state.chain_states,
-                                                     state.generator_states, state.fit_times):
-            fold.state = chain
-            if gen_state is not None:
-                fold.generator.set_state(gen_state)
-            fold.fit_time = fit_time
+        folds = self._start_folds(X, y, state)
+        scorers, multimetric = self._callable_metrics(scorers, multimetric, folds[0])
+        metric_names = list(scorers)
+        self._check_refit(metric_names, multimetric)
+        self.multimetric_, self._metric_names = multimetric, metric_names
+        # As GridSearchCV: the callable itself, the dict of scorers, or the one scorer.
+        self.scorer_ = (scorers["score"] if not multimetric
+                        else self.scoring if callable(self.scoring) else scorers)
         lam = [t.detach().clone().requires_grad_(True) for t in state.lam]
         optimizer = make_outer_optimizer(self.outer_optimizer, lam, self.outer_lr * state.outer_lr_scale)
         if state.optimizer_state is not None:
@@ -549,26 +569,37 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self._select_best(state.snapshots, metric_names, multimetric)
         self.__dict__.pop("ensemble_", None)  # never keep the ensemble of an earlier fit
         if self.refit:
-            refit_started = time.perf_counter()
-            self.best_estimator_ = make_learned_net(self.estimator, self.hyperparams, self.best_params_)
-            if self._is_classifier:
-                # The refit net sees encoded labels; predictions are mapped back via classes_.
-                self.best_estimator_.set_params(classes=list(range(len(self.classes_))))
-            # skorch draws initial weights and batch order from torch's global RNG: seed it
-            # (without disturbing the caller's stream) so that random_state fixes the refit.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(state.refit_seed)
-                self.best_estimator_.fit(X, y)
-            if isinstance(self.refit, str) and self.refit == "ensemble":
-                from .ensemble import collect_posterior_samples
-
-                self.ensemble_ = collect_posterior_samples(
-                    self.best_estimator_, self.hyperparams, self.best_params_, X, y,
-                    inner_lr=settings.inner_lr, temperature=self.temperature,
-                    noise_scale=self.noise_scale, batch_size=self.batch_size,
-                    random_state=state.refit_seed)
-            self.refit_time_ = time.perf_counter() - refit_started
+            self._refit(X, y, state.refit_seed, settings.inner_lr)
         return self
+
+    def _refit(self, X, y, seed, inner_lr):
+        """Train ``best_estimator_`` on all rows at the best values (and the ensemble).
+
+        The refit net is the user's net class with the learned values built in; a
+        classifier gets ``classes=classes_`` and the original labels, so it is a drop-in
+        for the tuner (same ``classes_``, ``predict`` returns the original labels).
+        """
+        refit_started = time.perf_counter()
+        self.best_estimator_ = make_learned_net(self.estimator, self.hyperparams, self.best_params_)
+        labels = y
+        if self._is_classifier:
+            self.best_estimator_.set_params(classes=list(self.classes_))
+            labels = self.classes_[y]
+        # skorch draws initial weights and batch order from torch's global RNG: seed it
+        # (without disturbing the caller's stream) so that random_state fixes the refit.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.best_estimator_.fit(X, labels)
+        if isinstance(self.refit, str) and self.refit == "ensemble":
+            from .ensemble import collect_posterior_samples
+
+            # The chain trains on codes 0..C-1; the ensemble predicts classes_ labels.
+            self.ensemble_ = collect_posterior_samples(
+                self.best_estimator_, self.hyperparams, self.best_params_, X, y,
+                inner_lr=inner_lr, temperature=self.temperature,
+                noise_scale=self.noise_scale, batch_size=self.batch_size,
+                random_state=seed)
+        self.refit_time_ = time.perf_counter() - refit_started
 
     # ------------------------------------------------------------------ fit helpers
     _MAX_RETRIES = 3  # divergence: rollbacks with halved steps before the search stops
@@ -606,11 +637,33 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             raise ValueError(f"unknown method_options {unknown}; valid: {list(self._METHOD_OPTIONS)}")
         return options
 
+    def _start_folds(self, X, y, state) -> list:
+        """One :class:`_FoldChain` per split, at ``state``'s position (fresh or resumed)."""
+        folds = [self._make_fold(X, y, train, val, seed)
+                 for (train, val), seed in zip(state.splits, state.seeds)]
+        if state.lam is None:
+            state.lam, self._lam_spec = _tree.flatten(folds[0].problem.init_lam())
+            state.lam = [t.detach() for t in state.lam]
+        else:
+            self._lam_spec = state.lam_spec
+        state.lam_spec = self._lam_spec
+        for fold, chain, gen_state, fit_time in zip(folds, state.chain_states,
+                                                     state.generator_states, state.fit_times):
+            fold.state = chain
+            if gen_state is not None:
+                fold.generator.set_state(gen_state)
+            fold.fit_time = fit_time
+        return folds
+
     def _make_fold(self, X, y, train, val, seed) -> _FoldChain:
-        net = clone(self.estimator)
-        overrides = {"verbose": 0}
+        # The user's class with learned-net plumbing and no hyperparameters: it predicts
+        # the original labels, one probability column per class, so that scorers see
+        # what GridSearchCV's would (the chains train on codes 0..C-1).
+        net = make_learned_net(self.estimator, {}, {})
+        overrides, n_classes, y_val = {"verbose": 0}, None, y[val]
         if self._is_classifier:
-            overrides["classes"] = list(range(len(self.classes_)))
+            overrides["classes"] = list(self.classes_)
+            n_classes, y_val = len(self.classes_), self.classes_[y[val]]
         net.set_params(**overrides)
         device = getattr(net, "device", "cpu") or "cpu"
         generator = make_generator(int(seed[1]), device)
@@ -625,13 +678,13 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             problem = NetProblem(net, self.hyperparams, X[train], y[train], X[val], y[val],
                                  train_rows=np.asarray(train), n_train_total=len(X),
                                  batch_size=batch_size, generator=generator,
-                                 augment_outer=augments,
+                                 augment_outer=augments, n_classes=n_classes,
                                  outer_batch_size=self.outer_batch_size)
         lam_spec = _tree.flatten(problem.init_lam())[1]
         bilevel = BilevelProblem(problem.outer_loss, problem.inner_loss, lam_spec,
                                  problem.theta0(), mixed_vjp=problem.mixed_vjp())
         return _FoldChain(net=net, problem=problem, bilevel=bilevel, state=ChainState(),
-                          generator=generator, X_val=X[val], y_val=y[val])
+                          generator=generator, X_val=X[val], y_val=y_val)
 
     def _refit_metric(self, metric_names):
         if callable(self.refit) or self.refit is False:
@@ -663,10 +716,12 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
 
     @staticmethod
     def _checkpoint(lam, folds):
-        """What a rollback needs. Chains replace (never mutate) their tensors, so
-        references suffice; generator states are copied."""
+        """What a rollback needs. Chains and strategies replace (never mutate) their
+        tensors and states, so a shallow copy of each whole ``ChainState`` suffices (and
+        no field, such as a strategy's adjoint, can be left out); generator states are
+        copied."""
         return ([t.detach().clone() for t in lam],
-                [(f.state.theta, f.state.tangent, f.state.n_steps) for f in folds],
+                [copy.copy(f.state) for f in folds],
                 [f.generator.get_state() for f in folds])
 
     @staticmethod
@@ -678,15 +733,41 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             for leaf, value in zip(lam, lam_values):
                 leaf.copy_(value)
         restored = []
-        for fold, (theta, tangent, n_steps), gen_state in zip(folds, chains, gen_states):
+        for fold, chain, gen_state in zip(folds, chains, gen_states):
             generator = torch.Generator(device=fold.generator.device)
             generator.set_state(gen_state)
             fold.problem.generator = generator
             restored.append(_FoldChain(
                 net=fold.net, problem=fold.problem, bilevel=fold.bilevel,
-                state=ChainState(theta=theta, tangent=tangent, n_steps=n_steps),
-                generator=generator, X_val=fold.X_val, y_val=fold.y_val, fit_time=fold.fit_time))
+                state=copy.copy(chain), generator=generator, X_val=fold.X_val,
+                y_val=fold.y_val, fit_time=fold.fit_time))
         return restored
+
+    def _splits(self, X, y, groups) -> list:
+        """``cv``'s (train, validation) index arrays, checked before any training step.
+
+        Boolean masks are accepted and turned into indices, as scikit-learn's searches
+        accept them (``_safe_indexing`` reads both).
+        """
+        cv = check_cv(self.cv, y, classifier=self._is_classifier)
+        n_splits = cv.get_n_splits(X, y, groups)
+        if len(X) < n_splits:
+            raise ValueError(f"n_samples={len(X)} is fewer than the {n_splits} cv folds; "
+                             "pass more data or a smaller cv")
+        rows = np.arange(len(X))
+        splits = [tuple(_safe_indexing(rows, np.asarray(part)) if len(part) else rows[:0]
+                        for part in split) for split in cv.split(X, y, groups)]
+        if not splits:
+            # GridSearchCV's wording
+            raise ValueError("No fits were performed. Was the CV iterator empty? "
+                             "Were there no candidates?")
+        for k, split in enumerate(splits):
+            for name, part in zip(("training", "validation"), split):
+                if len(part) == 0:
+                    raise ValueError(
+                        f"cv split {k} has an empty {name} fold: every split needs at "
+                        f"least one {name} row (check the cv parameter)")
+        return splits
 
     def _resume_or_start(self, X, y, groups) -> "_SearchState":
         """The saved search state when warm-starting on the same data, else a fresh one."""
@@ -697,12 +778,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                 raise ValueError("warm_start=True continues a search on the same X and y; "
                                  "this data differs. Fit with warm_start=False to start over.")
             return previous
-        cv = check_cv(self.cv, y, classifier=self._is_classifier)
-        n_splits = cv.get_n_splits(X, y, groups)
-        if len(X) < n_splits:
-            raise ValueError(f"n_samples={len(X)} is fewer than the {n_splits} cv folds; "
-                             "pass more data or a smaller cv")
-        splits = [(np.asarray(tr), np.asarray(va)) for tr, va in cv.split(X, y, groups)]
+        splits = self._splits(X, y, groups)
         rng = check_random_state(self.random_state)
         seeds = rng.randint(0, 2**31 - 1, size=(len(splits), 2))
         return _SearchState(data_hash=fingerprint, splits=splits, seeds=seeds,
@@ -764,28 +840,65 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         return tqdm(total=self.n_outer, initial=done, desc="SGLDHyperTuner", unit="outer")
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> None:
-        """Write the tuner, fitted or stopped mid-search, to ``path`` (a pickle).
+    # The first bytes of every file save() writes: load() reads them before unpickling
+    # anything, so a file that save() did not write is refused without running code.
+    _SAVE_HEADER = b"sgld_tuner.SGLDHyperTuner save format 1\n"
 
-        Load it with :meth:`load`; ``fit`` with ``warm_start=True`` then continues the
-        search. Like any pickle, only load files you trust.
+    def save(self, path) -> None:
+        """Write the tuner, fitted or stopped mid-search, to ``path``.
+
+        The file is a format header followed by a joblib pickle. Load it with
+        :meth:`load`; ``fit`` with ``warm_start=True`` then continues the search.
+
+        Parameters
+        ----------
+        path : str or path-like
         """
-        joblib.dump(self, path)
+        with open(path, "wb") as fh:
+            fh.write(self._SAVE_HEADER)
+            joblib.dump(self, fh)
 
     @classmethod
-    def load(cls, path) -> "SGLDHyperTuner":
-        """Read a tuner written by :meth:`save`."""
-        obj = joblib.load(path)
+    def load(cls, path, *, trusted: bool = False) -> "SGLDHyperTuner":
+        """Read a tuner written by :meth:`save`.
+
+        .. warning::
+            Loading unpickles: a crafted file runs arbitrary code on your machine. Only
+            load files you wrote yourself or otherwise trust, and say so with
+            ``trusted=True``.
+
+        Parameters
+        ----------
+        path : str or path-like
+        trusted : bool, default=False
+            Must be ``True``: the caller's statement that the file is trusted.
+
+        Returns
+        -------
+        SGLDHyperTuner
+
+        Raises
+        ------
+        ValueError
+            If ``trusted`` is not ``True``, or if the file does not start with the header
+            that :meth:`save` writes (checked before anything is unpickled).
+        """
+        with open(path, "rb") as fh:
+            header = fh.read(len(cls._SAVE_HEADER))
+            if header != cls._SAVE_HEADER:
+                raise ValueError(
+                    f"{path} was not written by SGLDHyperTuner.save (no "
+                    f"{cls._SAVE_HEADER.strip().decode()!r} header); refusing to unpickle it")
+            if trusted is not True:
+                raise ValueError(
+                    "SGLDHyperTuner.load unpickles, which runs code from the file: pass "
+                    "trusted=True if you trust it (e.g. you wrote it with save())")
+            obj = joblib.load(fh)
         if not isinstance(obj, cls):
             raise TypeError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}")
         return obj
 
     # ------------------------------------------------------------------ delegation
-    def _encode(self, y):
-        if self._is_classifier:
-            return self._label_encoder.transform(y)
-        return np.asarray(y, dtype=np.float32) if is_regressor(self.estimator) else np.asarray(y)
-
     def _check_X(self, X):
         check_is_fitted(self, "best_estimator_")
         X = validate_data(self, X, reset=False, accept_sparse=False, dtype=None, allow_nd=True)
@@ -800,10 +913,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     def predict(self, X):
         """Predict with ``best_estimator_`` (class labels in the original encoding)."""
         X = self._check_X(X)
-        pred = self._predictor().predict(X)
-        if self._is_classifier:
-            return self.classes_[np.asarray(pred, dtype=int)]
-        return pred
+        # The refit net (and the ensemble) already predict classes_ labels.
+        return self._predictor().predict(X)
 
     @available_if(_estimator_has("predict_proba"))
     def predict_proba(self, X):
@@ -818,9 +929,15 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             return np.log(self.predict_proba(X))
 
     def score(self, X, y=None):
-        """Score of ``best_estimator_`` with ``scorer_`` (the refit metric if multi-metric)."""
+        """Score of ``best_estimator_`` with ``scorer_`` (the refit metric if multi-metric).
+
+        Labels are compared in their original encoding, so labels unseen during ``fit``
+        count as errors rather than failing (as in ``GridSearchCV``).
+        """
         X = self._check_X(X)
-        scorer = self.scorer_
-        if self.multimetric_:
-            scorer = self.scorer_[self._refit_metric(list(self.scorer_))]
-        return scorer(self._predictor(), X, self._encode(y))
+        if is_regressor(self.estimator):
+            y = np.asarray(y, dtype=np.float32)
+        metric = self._refit_metric(self._metric_names) if self.multimetric_ else None
+        scorer = self.scorer_[metric] if isinstance(self.scorer_, dict) else self.scorer_
+        value = scorer(self._predictor(), X, y)
+        return value[metric] if isinstance(value, dict) else value

@@ -140,7 +140,7 @@ def test_interrupted_then_resumed_ends_where_uninterrupted_ends(data, tmp_path):
         stopper.fit(*data)
     path = tmp_path / "search.joblib"
     stopper.save(path)
-    resumed = SGLDHyperTuner.load(path)
+    resumed = SGLDHyperTuner.load(path, trusted=True)
     resumed.set_params(callbacks=None, warm_start=True)
     resumed.fit(*data)
 
@@ -164,12 +164,33 @@ def test_a_finished_search_keeps_no_chain_copies(data):
     assert tuner._search_state is None  # no per-fold weight copies after a full search
 
 
-def test_load_refuses_other_objects(tmp_path):
+def test_load_refuses_files_save_did_not_write_before_unpickling(tmp_path):
+    """Issue 12 #19: a pickle without save()'s header is refused, even when trusted."""
     import joblib
 
     joblib.dump({"not": "a tuner"}, tmp_path / "x.joblib")
+    with pytest.raises(ValueError, match="not written by SGLDHyperTuner.save"):
+        SGLDHyperTuner.load(tmp_path / "x.joblib", trusted=True)
+
+
+def test_load_requires_the_caller_to_trust_the_file(tmp_path):
+    """Issue 12 #19: loading unpickles, so the caller opts in with trusted=True."""
+    path = tmp_path / "t.joblib"
+    tiny_tuner().save(path)
+    with pytest.raises(ValueError, match="trusted=True"):
+        SGLDHyperTuner.load(path)
+    assert isinstance(SGLDHyperTuner.load(path, trusted=True), SGLDHyperTuner)
+    assert "warning" in SGLDHyperTuner.load.__doc__
+
+
+def test_load_refuses_other_objects(tmp_path):
+    import joblib
+
+    with open(tmp_path / "x.joblib", "wb") as fh:
+        fh.write(SGLDHyperTuner._SAVE_HEADER)
+        joblib.dump({"not": "a tuner"}, fh)
     with pytest.raises(TypeError, match="not a SGLDHyperTuner"):
-        SGLDHyperTuner.load(tmp_path / "x.joblib")
+        SGLDHyperTuner.load(tmp_path / "x.joblib", trusted=True)
 
 
 def test_parallel_folds_give_the_sequential_result(data):
@@ -240,3 +261,59 @@ def test_healthy_search_does_not_warn_about_degraded_chains(data):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DivergenceWarning)
         tiny_tuner(n_outer=6, refit=False).fit(*data)
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 12 #15/#17: misconfigurations fail before the first training step, naming the fix
+# ---------------------------------------------------------------------------------------
+class CountingMLP(TinyMLP):
+    """Counts forward calls: a training step would add many."""
+
+    calls = 0
+
+    def forward(self, X):
+        type(self).calls += 1
+        return super().forward(X)
+
+
+def _fails_before_training(tuner, X, y, match):
+    CountingMLP.calls = 0
+    with pytest.raises(ValueError, match=match):
+        tuner.fit(X, y)
+    # at most one probe forward per fold, no training step
+    assert CountingMLP.calls <= 2
+
+
+@pytest.mark.parametrize("where", ["tuner", "net"])
+def test_batch_size_zero_is_refused_naming_the_parameter(data, where):
+    X, y = data
+    net = tiny_classifier(module=CountingMLP, batch_size=0 if where == "net" else 32)
+    tuner = tiny_tuner(net, batch_size=0 if where == "tuner" else None)
+    _fails_before_training(tuner, X, y, "batch_size")
+
+
+@pytest.mark.parametrize("part,match", [(0, "empty training fold"),
+                                        (1, "empty validation fold")])
+def test_empty_fold_is_refused_naming_cv(data, part, match):
+    X, y = data
+    split = [np.arange(60), np.arange(60, 120)]
+    split[part] = np.array([], dtype=int)
+    tuner = tiny_tuner(tiny_classifier(module=CountingMLP), cv=[tuple(split)])
+    _fails_before_training(tuner, X, y, match + ".*cv")
+
+
+def test_class_count_above_module_outputs_is_refused(data):
+    X, y = data
+    tuner = tiny_tuner(tiny_classifier(module=CountingMLP, module__n_out=3))
+    _fails_before_training(tuner, X, y, "outputs 3 values per row but y has 4 classes")
+
+
+def test_regression_target_columns_must_match_module_outputs():
+    from skorch import NeuralNetRegressor
+    from sklearn.datasets import make_regression
+
+    X, y = make_regression(n_samples=60, n_features=5, n_targets=3, random_state=0)
+    net = NeuralNetRegressor(CountingMLP, module__n_in=5, module__n_out=1, lr=0.01,
+                             max_epochs=1, train_split=None, verbose=0)
+    tuner = SGLDHyperTuner(net, {"l1": PerWeightL1()}, n_outer=2, cv=2, random_state=0)
+    _fails_before_training(tuner, X.astype(np.float32), y, "1 value.* but y has 3 target")

@@ -253,3 +253,139 @@ def test_outer_minibatch_runs_and_differs_from_the_full_split(digits4):
     mini = tiny_tuner(refit=False, outer_batch_size=16).fit(*digits4)
     assert np.isfinite(mini.cv_results_["mean_test_score"]).all()
     assert mini.history_["outer_loss"].iloc[-1] != full.history_["outer_loss"].iloc[-1]
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 12: what a GridSearchCV user expects (each test compares with GridSearchCV on the
+# same input where the comparison is meaningful)
+# ---------------------------------------------------------------------------------------
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.metrics import accuracy_score  # noqa: E402
+
+LABELS = np.array(["ant", "bee", "cat", "dog"])
+
+
+def reference_grid(**kwargs):
+    """GridSearchCV over a fast sklearn classifier: the behaviour the tuner mirrors."""
+    params = dict(param_grid={"C": [1.0]}, cv=2)
+    params.update(kwargs)
+    return GridSearchCV(LogisticRegression(max_iter=200), **params)
+
+
+def two_metrics(estimator, X, y):
+    pred = estimator.predict(X)
+    return {"acc": accuracy_score(y, pred), "err": float(np.mean(pred != y))}
+
+
+def test_scoring_callable_returning_a_dict_is_multimetric(digits4):
+    """Issue 12 #1: like GridSearchCV, a dict-returning callable gives one metric per key."""
+    X, y = digits4
+    tuner = tiny_tuner(scoring=two_metrics, refit="acc").fit(X, y)
+    grid = reference_grid(scoring=two_metrics, refit="acc").fit(X, y)
+    assert tuner.multimetric_ and grid.multimetric_
+    grid_keys = {k for k in grid.cv_results_ if "_test_" in k}
+    assert grid_keys <= set(tuner.cv_results_)
+    np.testing.assert_allclose(tuner.cv_results_["mean_test_acc"]
+                               + tuner.cv_results_["mean_test_err"], 1.0)
+    assert tuner.best_score_ == tuner.cv_results_["mean_test_acc"][tuner.best_index_]
+    assert tuner.scorer_ is two_metrics and grid.scorer_ is two_metrics
+    assert tuner.score(X, y) == pytest.approx(accuracy_score(y, tuner.predict(X)))
+    for search in (tiny_tuner(scoring=two_metrics), reference_grid(scoring=two_metrics)):
+        with pytest.raises(ValueError, match="For multi-metric scoring, the parameter refit"):
+            search.fit(X, y)
+
+
+class ScoringNet(NeuralNetClassifier):
+    """A user's net class with a method of its own."""
+
+    def score_samples(self, X):
+        return self.predict_proba(X).max(axis=1)
+
+
+def test_best_estimator_is_a_drop_in_with_string_labels_and_keeps_the_user_class(digits4):
+    """Issue 12 #2/#3: GridSearchCV's best_estimator_ has the search's classes_, predicts
+    the original labels and is of the user's class; so is the tuner's."""
+    X, y = digits4
+    labels = LABELS[y]
+    net = ScoringNet(TinyMLP, module__n_in=64, module__n_out=4, lr=0.1, max_epochs=2,
+                     criterion=torch.nn.CrossEntropyLoss, batch_size=32, train_split=None,
+                     verbose=0)
+    tuner = tiny_tuner(net).fit(X, labels)
+    grid = reference_grid().fit(X, labels)
+    for search in (tuner, grid):
+        best = search.best_estimator_
+        np.testing.assert_array_equal(best.classes_, search.classes_)
+        np.testing.assert_array_equal(best.predict(X), search.predict(X))
+        assert set(best.predict(X)) <= set(LABELS)
+    assert isinstance(tuner.best_estimator_, ScoringNet)
+    assert tuner.best_estimator_.score_samples(X).shape == (len(X),)
+    back = pickle.loads(pickle.dumps(tuner.best_estimator_))
+    assert type(back) is type(tuner.best_estimator_)
+    np.testing.assert_array_equal(back.predict(X), tuner.predict(X))
+    again = clone(tuner.best_estimator_).fit(X, labels)
+    assert isinstance(again, ScoringNet) and set(again.predict(X)) <= set(LABELS)
+
+
+def test_cv_as_boolean_masks_equals_cv_as_indices(digits4):
+    """Issue 12 #4: GridSearchCV accepts (train, test) boolean masks; so does the tuner."""
+    X, y = digits4
+    even = np.arange(len(X)) % 2 == 0
+    masks = [(even, ~even), (~even, even)]
+    indices = [(np.flatnonzero(a), np.flatnonzero(b)) for a, b in masks]
+    by_mask = tiny_tuner(cv=masks, refit=False).fit(X, y)
+    by_index = tiny_tuner(cv=indices, refit=False).fit(X, y)
+    np.testing.assert_array_equal(by_mask.cv_results_["mean_test_score"],
+                                  by_index.cv_results_["mean_test_score"])
+    grid = reference_grid(cv=masks).fit(X, y)
+    assert grid.n_splits_ == by_mask.n_splits_ == 2
+
+
+def test_score_with_a_label_unseen_in_training(fitted, digits4):
+    """Issue 12 #5: GridSearchCV scores an unseen label as an error; so does the tuner."""
+    X, y = digits4
+    y_new = y.copy()
+    y_new[:10] = 7
+    grid = reference_grid().fit(X, y)
+    assert 0.0 <= grid.score(X, y_new) <= 1.0
+    assert fitted.score(X, y_new) == pytest.approx(np.mean(fitted.predict(X) == y_new))
+
+
+def test_fit_without_y_raises_sklearns_error(digits4):
+    """Issue 12 #7: a classifier needs y; sklearn's own ValueError, not a TypeError."""
+    X, _ = digits4
+    with pytest.raises(ValueError, match="requires y to be passed"):
+        tiny_tuner().fit(X)
+    with pytest.raises(ValueError, match="fits failed"):  # GridSearchCV: a ValueError too
+        reference_grid().fit(X)
+
+
+def test_empty_cv_iterator_raises_no_fits_were_performed(digits4):
+    """Issue 12 #8: the message GridSearchCV gives for an empty cv iterator."""
+    X, y = digits4
+    for search in (tiny_tuner(cv=[]), reference_grid(cv=[])):
+        with pytest.raises(ValueError, match="No fits were performed"):
+            search.fit(X, y)
+
+
+class LoudUnusedOutputs(TinyMLP):
+    """Two outputs beyond the 4 classes, with a constant lead no training removes."""
+
+    def forward(self, X):
+        out = super().forward(X)
+        return out + torch.tensor([0.0, 0.0, 0.0, 0.0, 50.0, 50.0])
+
+
+def test_more_module_outputs_than_classes_restricts_to_the_class_columns(digits4):
+    """Issue 12 #9: one predict_proba column per class (as GridSearchCV's), and predict
+    never indexes out of classes_ even when an unused output dominates."""
+    X, y = digits4
+    labels = LABELS[y]
+    net = tiny_classifier(module=LoudUnusedOutputs, module__n_out=6)
+    tuner = tiny_tuner(net, scoring="neg_log_loss").fit(X, labels)
+    grid = reference_grid().fit(X, labels)
+    proba = tuner.predict_proba(X)
+    assert proba.shape == grid.predict_proba(X).shape == (len(X), 4)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    assert set(tuner.predict(X)) <= set(LABELS)
+    np.testing.assert_array_equal(tuner.predict(X), LABELS[proba.argmax(axis=1)])
+    assert np.isfinite(tuner.cv_results_["mean_test_score"]).all()
