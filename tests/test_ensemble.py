@@ -248,7 +248,8 @@ def test_calibration_report_on_models_and_on_a_tuner(fitted_net, digits4):
     assert row["nll"] == pytest.approx(-np.mean(np.log(proba[np.arange(len(y)), y])), rel=1e-4)
     assert row["accuracy"] == pytest.approx(ens.score(X, y))
 
-    # a tuner: its nets use encoded labels; the report maps the user's labels (here 10..13)
+    # a tuner: its nets train on encoded labels but (since best_estimator_ keeps the user's
+    # classes_) predict the user's labels, here 10..13; the report maps them to columns
     labels = y + 10
     tuner = SGLDHyperTuner(tiny_net(max_epochs=2), HP, n_outer=2, burn_in=1, n_samples=1,
                            cv=2, eval_every=1, random_state=0).fit(X, labels)
@@ -258,10 +259,9 @@ def test_calibration_report_on_models_and_on_a_tuner(fitted_net, digits4):
         random_state=0)
     table = calibration_report(tuner, X, labels)
     assert list(table["model"]) == ["refit net", "posterior ensemble"]
-    encoded = np.searchsorted(tuner.classes_, labels)
     assert table["accuracy"].iloc[0] == pytest.approx(
-        np.mean(tuner.best_estimator_.predict(X) == encoded))
-    assert table["accuracy"].iloc[1] == pytest.approx(tuner.ensemble_.score(X, encoded))
+        np.mean(tuner.best_estimator_.predict(X) == labels))
+    assert table["accuracy"].iloc[1] == pytest.approx(tuner.ensemble_.score(X, labels))
     assert table[["accuracy", "nll", "ece"]].notna().all().all()
 
 
