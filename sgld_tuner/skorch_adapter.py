@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from sklearn.base import clone
+from sklearn.utils.metaestimators import available_if
 from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
 from skorch.dataset import get_len
 from skorch.utils import to_tensor
@@ -274,6 +275,24 @@ class NetProblem:
         for b in self.bound.values():
             if hasattr(b, "_set_output_kind"):
                 b._set_output_kind(self.crit.probabilities)
+        self._calibrate()
+
+    def _calibrate(self):
+        """Data-derived starts (``init="auto"``): one gradient of the net's own criterion
+        on the training rows at the initial weights, handed to the kinds that ask."""
+        asking = [b for b in self.bound.values() if b.needs_calibration]
+        if not asking:
+            return
+        theta = self.theta0()
+        leaves = {n: t.requires_grad_(True) for n, t in theta.items()}
+        with torch.enable_grad():
+            loss = self.crit.mean(self._forward({}, leaves, self.X_train, transform=False),
+                                  self.y_train)
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        data_grads = {n: torch.zeros_like(t) if g is None else g
+                      for (n, t), g in zip(leaves.items(), grads)}
+        for b in asking:
+            b.calibrate(data_grads, {n: t.detach() for n, t in theta.items()})
 
     @property
     def module(self):
@@ -477,6 +496,7 @@ class _LearnedMixin:
                              f"{sorted(set(y[unknown].tolist()))[:5]}")
         return codes.astype(np.int64)
 
+    @available_if(lambda self: _user_class_has(self, "predict_proba"))
     def predict_proba(self, X):
         """As skorch's, restricted to (and renormalised over) the first ``len(classes)``
         columns when the module has more outputs than classes."""
@@ -594,6 +614,12 @@ def _user_class(cls: type) -> type:
     """The class right after ``_LearnedMixin`` in ``cls``'s MRO (the user's net class)."""
     mro = cls.__mro__
     return mro[mro.index(_LearnedMixin) + 1]
+
+
+def _user_class_has(net, name: str) -> bool:
+    """Whether the user's class offers ``name`` on ``net`` (a subclass may hide a method
+    of skorch's, e.g. ``predict_proba``; the learned net must not bring it back)."""
+    return hasattr(super(_LearnedMixin, net), name)
 
 
 def _skorch_base(cls: type) -> type:

@@ -119,10 +119,16 @@ def _score_fold(fold: _FoldChain, scorers: dict, error_score):
     scores, outputs = {}, {}
     for name, scorer in scorers.items():
         try:
-            # A callable returning a dict serves all its metrics from one call.
+            # A callable returning a dict serves all its metrics from one call (and its
+            # failure fails them all, as in GridSearchCV).
             if id(scorer) not in outputs:
-                outputs[id(scorer)] = scorer(net, fold.X_val, fold.y_val)
+                try:
+                    outputs[id(scorer)] = scorer(net, fold.X_val, fold.y_val)
+                except Exception as exc:  # noqa: BLE001 - re-raised below, per metric
+                    outputs[id(scorer)] = exc
             value = outputs[id(scorer)]
+            if isinstance(value, Exception):
+                raise value
             value = float(value[name] if isinstance(value, dict) else value)
             if not math.isfinite(value):
                 raise ValueError(f"scorer {name!r} returned {value}")
@@ -395,7 +401,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                 raise ValueError(
                     f"y has 1 class only ({encoder.classes_[0]!r}); a classifier needs at "
                     "least 2 classes")
-            self.classes_ = encoder.classes_
+            self._classes = encoder.classes_
             self._label_encoder = encoder
             y = encoder.transform(y).astype(np.int64)
         elif is_regressor(self.estimator):
@@ -583,8 +589,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self.best_estimator_ = make_learned_net(self.estimator, self.hyperparams, self.best_params_)
         labels = y
         if self._is_classifier:
-            self.best_estimator_.set_params(classes=list(self.classes_))
-            labels = self.classes_[y]
+            self.best_estimator_.set_params(classes=list(self._classes))
+            labels = self._classes[y]
         # skorch draws initial weights and batch order from torch's global RNG: seed it
         # (without disturbing the caller's stream) so that random_state fixes the refit.
         with torch.random.fork_rng(devices=[]):
@@ -662,8 +668,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         net = make_learned_net(self.estimator, {}, {})
         overrides, n_classes, y_val = {"verbose": 0}, None, y[val]
         if self._is_classifier:
-            overrides["classes"] = list(self.classes_)
-            n_classes, y_val = len(self.classes_), self.classes_[y[val]]
+            overrides["classes"] = list(self._classes)
+            n_classes, y_val = len(self._classes), self._classes[y[val]]
         net.set_params(**overrides)
         device = getattr(net, "device", "cpu") or "cpu"
         generator = make_generator(int(seed[1]), device)
@@ -757,6 +763,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         rows = np.arange(len(X))
         splits = [tuple(_safe_indexing(rows, np.asarray(part)) if len(part) else rows[:0]
                         for part in split) for split in cv.split(X, y, groups)]
+        if splits and len(splits) != n_splits:
+            raise ValueError("cv.split and cv.get_n_splits returned inconsistent results. "
+                             f"Expected {n_splits} splits, got {len(splits)}")
         if not splits:
             # GridSearchCV's wording
             raise ValueError("No fits were performed. Was the CV iterator empty? "
@@ -818,8 +827,11 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         key = "score" if not multimetric else self._refit_metric(metric_names)
         if callable(self.refit):
             index = self.refit(self.cv_results_)
-            if not isinstance(index, (Integral, np.integer)) or not 0 <= index < len(self.cv_results_["params"]):
-                raise IndexError("refit callable must return an index into cv_results_['params']")
+            # GridSearchCV's errors and wording
+            if not isinstance(index, (Integral, np.integer)):
+                raise TypeError("best_index_ returned is not an integer")
+            if not 0 <= index < len(self.cv_results_["params"]):
+                raise IndexError("best_index_ index out of range")
             self.best_index_ = int(index)
         else:
             self.best_index_ = int(np.argmin(self.cv_results_[f"rank_test_{key}"]))
@@ -921,6 +933,25 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         """Class probabilities from ``best_estimator_`` (columns follow ``classes_``)."""
         X = self._check_X(X)
         return self._predictor().predict_proba(X)
+
+    @property
+    def classes_(self):
+        """Class labels, as ``best_estimator_.classes_``; like ``GridSearchCV``, only
+        with ``refit`` (an ``AttributeError`` otherwise)."""
+        if not self.refit:
+            raise AttributeError("classes_ is available only when refit is set (as in "
+                                 "GridSearchCV); refit=False was passed")
+        return self._classes
+
+    @available_if(_estimator_has("score_samples"))
+    def score_samples(self, X):
+        """``best_estimator_.score_samples`` (when the net's class has one)."""
+        return self.best_estimator_.score_samples(self._check_X(X))
+
+    @available_if(_estimator_has("decision_function"))
+    def decision_function(self, X):
+        """``best_estimator_.decision_function`` (when the net's class has one)."""
+        return self.best_estimator_.decision_function(self._check_X(X))
 
     @available_if(_estimator_has("predict_proba"))
     def predict_log_proba(self, X):
