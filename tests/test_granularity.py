@@ -155,9 +155,18 @@ def test_invalid_granularity_specs(kind, params, init, granularity, match):
         _bind(kind, granularity, init=init, params=params)
 
 
-def test_default_granularity_is_weight():
-    assert PerWeightL1().granularity == "weight"
-    assert WeightDecay().granularity == "weight"
+@pytest.mark.parametrize("kind", [PerWeightL1, WeightDecay])
+def test_auto_granularity_is_per_feature_on_a_linear_first_layer_else_per_weight(kind):
+    """``granularity="auto"`` (the default): one strength per input feature when the first
+    matched tensor is a Linear weight, one per weight when it is a conv kernel."""
+    assert kind().granularity == "auto"
+    module = Mixed()
+    linear = kind(init=0.1, params="first.weight").bind(module, n_train=5, n_classes=2,
+                                                      input_shape=(1, 3, 3))
+    assert linear.granularity == "feature"
+    conv = kind(init=0.1, params="conv.weight").bind(module, n_train=5, n_classes=2,
+                                                    input_shape=(1, 3, 3))
+    assert conv.granularity == "weight"
 
 
 # -- feature relevance -----------------------------------------------------------------

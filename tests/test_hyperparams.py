@@ -31,9 +31,10 @@ class TinyMLP(torch.nn.Module):
 
 
 KINDS = {
-    "l1": lambda: PerWeightL1(init=0.05),
-    "l1_bias": lambda: PerWeightL1(init=0.05, params=["*.weight", "out.bias"]),
-    "wd_weight": lambda: WeightDecay(init=0.1),
+    "l1": lambda: PerWeightL1(init=0.05, granularity="weight"),
+    "l1_bias": lambda: PerWeightL1(init=0.05, params=["*.weight", "out.bias"],
+                                   granularity="weight"),
+    "wd_weight": lambda: WeightDecay(init=0.1, granularity="weight"),
     "wd_tensor": lambda: WeightDecay(init=0.1, granularity="tensor"),
     "wd_global": lambda: WeightDecay(init=0.1, params="*", granularity="global"),
     "wd_unit": lambda: WeightDecay(init=0.1, params="*", granularity="unit"),
@@ -189,7 +190,7 @@ def _assert_same_public(a, b):
 
 
 def test_init_values_are_respected():
-    problem = _problem(PerWeightL1(init=1e-4))
+    problem = _problem(PerWeightL1(init=1e-4, granularity="weight"))
     pub = problem.bound["h"].to_public(problem.init_lam()["h"])
     assert set(pub) == {"hidden.weight", "out.weight"}
     np.testing.assert_allclose(pub["hidden.weight"], 1e-4, rtol=1e-9)

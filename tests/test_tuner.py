@@ -66,7 +66,7 @@ def test_fitted_attributes_follow_gridsearchcv(fitted, digits4):
     assert fitted.best_score_ == res["mean_test_score"][fitted.best_index_]
     assert set(fitted.best_params_) == {"l1"} and set(fitted.hyperparams_) == {"l1"}
     sizes = sum(np.size(v) for v in fitted.best_params_["l1"].values())
-    assert sizes == 64 * 8 + 8 * 4  # one strength per weight of both layers
+    assert sizes == 64  # default granularity on an MLP: one strength per input feature
     assert fitted.n_splits_ == 2 and fitted.n_features_in_ == 64
     np.testing.assert_array_equal(fitted.classes_, np.arange(4))
     assert fitted.refit_time_ > 0 and len(fitted.history_) == 2

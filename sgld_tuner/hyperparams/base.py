@@ -186,6 +186,22 @@ class BoundHyperparameter:
         """``v^T d2 P / (d theta d raw)`` in closed form, or ``NotImplemented``."""
         return NotImplemented
 
+    #: True when the start value is derived from the data (``init="auto"``): the adapter
+    #: then calls :meth:`calibrate` once, before :meth:`init_raw`.
+    needs_calibration = False
+
+    def calibrate(self, data_grads: dict[str, torch.Tensor],
+                  theta: dict[str, torch.Tensor]) -> None:
+        """Set a data-derived start from the gradient of the unpenalised training loss.
+
+        Parameters
+        ----------
+        data_grads : dict of str -> Tensor
+            ``d L_data / d theta`` at the initial weights, keyed by parameter name.
+        theta : dict of str -> Tensor
+            The initial weights.
+        """
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, targets={len(self.name_targets)})"
 

@@ -64,11 +64,17 @@ class _GranularPenalty(Hyperparameter):
 
     def _make_bound(self, module, names, *, n_train, n_classes, input_shape):
         kind = type(self).__name__
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"{kind}: granularity must be one of {GRANULARITIES}, "
+        if self.granularity != "auto" and self.granularity not in GRANULARITIES:
+            raise ValueError(f"{kind}: granularity must be 'auto' or one of {GRANULARITIES}, "
                              f"got {self.granularity!r}")
         shapes = {n: tuple(p.shape) for n, p in module.named_parameters() if n in names}
-        if self.granularity == "feature":
+        granularity = self.granularity
+        if granularity == "auto":
+            # Measured (benchmarks/search_effect.py): one strength per input feature is
+            # what a search on tabular MLPs can learn from a small validation fold; a
+            # first layer that is not a Linear weight (conv, embedding) gets per weight.
+            granularity = "feature" if len(shapes[names[0]]) == 2 else "weight"
+        if granularity == "feature":
             # Feature relevance lives in the first layer's columns: later layers' columns
             # are hidden units, not input features.
             names = names[:1]
@@ -77,7 +83,11 @@ class _GranularPenalty(Hyperparameter):
                     f"{kind}: granularity='feature' needs the first matched parameter to be "
                     f"2-D (a Linear weight, columns = input features); {names[0]!r} has shape "
                     f"{shapes[names[0]]}. Select the first layer's weight with params=")
-        if self.granularity == "global":
+        if isinstance(self.init, str):
+            if self.init != "auto":
+                raise ValueError(f"{kind}: init must be 'auto', a number >= 0 or a dict, "
+                                 f"got {self.init!r}")
+        elif granularity == "global":
             if isinstance(self.init, dict):
                 raise ValueError(f"{kind}: granularity='global' needs a scalar init")
             check_finite_nonneg(self.init, kind)
@@ -85,7 +95,7 @@ class _GranularPenalty(Hyperparameter):
             for v in per_name_values(self.init, names, kind).values():
                 check_finite_nonneg(v, kind)
         return self._bound_class(self, names, {n: shapes[n] for n in names},
-                                 self.granularity, self.init)
+                                 granularity, self.init)
 
 
 class _BoundGranularPenalty(BoundHyperparameter):
@@ -119,7 +129,27 @@ class _BoundGranularPenalty(BoundHyperparameter):
     def is_global(self) -> bool:
         return self.granularity == "global"
 
+    @property
+    def needs_calibration(self) -> bool:
+        return isinstance(self.init, str)
+
+    def calibrate(self, data_grads, theta):
+        """``init="auto"``: start every strength at :meth:`auto_strength` of the targets."""
+        if self.needs_calibration:
+            self.init = self.auto_strength([data_grads[n] for n in self.name_targets],
+                                           [theta[n] for n in self.name_targets])
+
+    @staticmethod
+    def auto_strength(grads: list, weights: list) -> float:
+        """The strength at which the penalty's pull matches the data's at the start."""
+        raise NotImplementedError
+
     def init_raw(self, device, dtype):
+        if self.needs_calibration:
+            raise ValueError(
+                f"{self._kind}: init='auto' is derived from the training data by "
+                "SGLDHyperTuner (calibrate() before init_raw()); give a number to bind it "
+                "elsewhere")
         return self.from_public(self.init, device, dtype)
 
     def _strengths(self, raw) -> dict[str, torch.Tensor]:
@@ -192,10 +222,19 @@ class _BoundGranularPenalty(BoundHyperparameter):
         return mean_of(F.softplus(r) for r in raw.values())
 
 
+def _mean_abs(tensors) -> float:
+    return float(torch.cat([t.detach().abs().reshape(-1) for t in tensors]).double().mean())
+
+
 class _BoundPerWeightL1(_BoundGranularPenalty):
     @staticmethod
     def phi(theta):
         return theta.abs()
+
+    @staticmethod
+    def auto_strength(grads, weights):
+        # The L1 pull on a weight is lam itself: match the mean |data gradient|.
+        return _mean_abs(grads)
 
     @staticmethod
     def dphi(theta):
@@ -209,12 +248,19 @@ class _BoundWeightDecay(_BoundGranularPenalty):
         return 0.5 * theta.pow(2)
 
     @staticmethod
+    def auto_strength(grads, weights):
+        # The L2 pull on a weight is lam * |w|: match the mean |data gradient|.
+        return _mean_abs(grads) / max(_mean_abs(weights), 1e-12)
+
+    @staticmethod
     def dphi(theta):
         return theta
 
 
-_GRANULARITY_DOC = """granularity : {"weight", "unit", "feature", "tensor", "global"}, default="weight"
-        Which weights share one strength: each weight its own; one per output unit (row,
+_GRANULARITY_DOC = """granularity : {"auto", "weight", "unit", "feature", "tensor", "global"}, default="auto"
+        Which weights share one strength. ``"auto"``: ``"feature"`` when the first
+        matched tensor is 2-D (a Linear layer: an MLP on tabular data, where per-feature
+        strengths learn relevance), else ``"weight"``. Otherwise: each weight its own; one per output unit (row,
         dim 0, of each matched tensor; per output channel for a conv weight); one per input
         feature (column of the first matched tensor in module order, which must be 2-D:
         the other matched tensors are then not penalised); one per matched tensor; one
@@ -226,9 +272,13 @@ class PerWeightL1(_GranularPenalty):
 
     Parameters
     ----------
-    init : float or dict, default=1e-4
+    init : "auto", float or dict, default="auto"
         Initial strength (>= 0): one float for all, or a dict mapping parameter names to
         floats or arrays shaped like that parameter's strengths (see ``granularity``).
+        ``"auto"`` starts where the penalty acts: at the mean absolute gradient of the
+        net's unpenalised training loss over the penalised weights, at the initial
+        weights (the L1 pull then equals the typical data pull). A fixed small start
+        (1e-4 on the digits MLP) is inert: the search never leaves it.
     params : str or list of str, default="*.weight"
         Glob(s) over ``module.named_parameters()`` selecting the penalised tensors
         (``"*.weight"`` also matches a top-level ``"weight"``).
@@ -251,7 +301,7 @@ class PerWeightL1(_GranularPenalty):
 
     _bound_class = _BoundPerWeightL1
 
-    def __init__(self, init=1e-4, params="*.weight", granularity="weight"):
+    def __init__(self, init="auto", params="*.weight", granularity="auto"):
         self.init = init
         self.params = params
         self.granularity = granularity
@@ -262,9 +312,12 @@ class WeightDecay(_GranularPenalty):
 
     Parameters
     ----------
-    init : float or dict, default=1e-4
+    init : "auto", float or dict, default="auto"
         Initial strength (>= 0): one float, or (not for ``"global"``) a dict mapping
         parameter names to floats or arrays shaped like that parameter's strengths.
+        ``"auto"``: mean absolute gradient of the unpenalised training loss over the
+        penalised weights divided by their mean absolute value, at the initial weights
+        (the L2 pull ``lam * |w|`` then equals the typical data pull).
     params : str or list of str, default="*.weight"
         Glob(s) over ``module.named_parameters()`` selecting the penalised tensors.
     {granularity}
@@ -280,7 +333,7 @@ class WeightDecay(_GranularPenalty):
 
     _bound_class = _BoundWeightDecay
 
-    def __init__(self, init=1e-4, params="*.weight", granularity="weight"):
+    def __init__(self, init="auto", params="*.weight", granularity="auto"):
         self.init = init
         self.params = params
         self.granularity = granularity

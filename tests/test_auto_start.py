@@ -1,0 +1,66 @@
+"""``init="auto"``: penalties start where they act, from the training loss's gradient scale."""
+import numpy as np
+import pytest
+import torch
+from skorch import NeuralNetClassifier
+
+from sgld_tuner.hyperparams import PerWeightL1, WeightDecay
+from sgld_tuner.skorch_adapter import NetProblem
+
+
+class TwoLayer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(5, 7)
+        self.b = torch.nn.Linear(7, 3)
+
+    def forward(self, X):
+        return self.b(torch.tanh(self.a(X)))
+
+
+def _problem(kind):
+    rng = np.random.RandomState(0)
+    X = rng.randn(30, 5).astype(np.float32)
+    y = rng.randint(0, 3, size=30)
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(TwoLayer, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
+                              train_split=None, verbose=0).initialize()
+    problem = NetProblem(net, {"p": kind}, X, y, X[:10], y[:10],
+                         generator=torch.Generator().manual_seed(0))
+    # The independent truth: the data gradient of the net's own criterion, by autograd.
+    module = net.module_
+    loss = torch.nn.functional.cross_entropy(module(torch.tensor(X)), torch.tensor(y))
+    grads = torch.autograd.grad(loss, [module.a.weight, module.b.weight])
+    return problem, grads, [module.a.weight.detach(), module.b.weight.detach()]
+
+
+def _mean_abs(ts):
+    return float(torch.cat([t.abs().reshape(-1) for t in ts]).mean())
+
+
+@pytest.mark.parametrize("granularity", ["weight", "unit", "feature", "tensor", "global"])
+def test_auto_l1_start_is_the_mean_data_gradient(granularity):
+    problem, grads, _ = _problem(PerWeightL1(init="auto", granularity=granularity))
+    targets = grads[:1] if granularity == "feature" else grads
+    values = problem.bound["p"].to_public(problem.init_lam()["p"])
+    flat = np.concatenate([np.ravel(v) for v in (values.values() if isinstance(values, dict)
+                                                 else [values])])
+    np.testing.assert_allclose(flat, _mean_abs(targets), rtol=1e-4)
+
+
+def test_auto_weight_decay_start_matches_the_data_pull():
+    problem, grads, weights = _problem(WeightDecay(init="auto", granularity="global"))
+    value = problem.bound["p"].to_public(problem.init_lam()["p"])
+    assert value == pytest.approx(_mean_abs(grads) / _mean_abs(weights), rel=1e-4)
+
+
+def test_auto_start_outside_the_tuner_says_how_to_bind():
+    bound = PerWeightL1(init="auto").bind(TwoLayer(), n_train=10, n_classes=3,
+                                          input_shape=(5,))
+    with pytest.raises(ValueError, match="init='auto'"):
+        bound.init_raw("cpu", torch.float32)
+
+
+def test_unknown_init_string_is_refused():
+    with pytest.raises(ValueError, match="init must be 'auto'"):
+        PerWeightL1(init="big").bind(TwoLayer(), n_train=10, n_classes=3, input_shape=(5,))
