@@ -182,7 +182,10 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     chain : {"persistent", "restart"}, default="persistent"
     cv : int, cv splitter or iterable, default=5
     scoring : str, callable, list, tuple or dict, optional
-        As in ``GridSearchCV``; ``None`` uses the net's ``score`` (accuracy / R^2).
+        As in ``GridSearchCV``; ``None`` uses the net's ``score`` (accuracy / R^2). A
+        callable returning a dict is multi-metric (one metric per key); it is called once
+        more at the start of ``fit``, on the first fold's untrained net, to learn the keys.
+        Scorers see the original class labels.
     refit : bool, str or callable, default=True
         As in ``GridSearchCV``; ``"ensemble"`` also runs an SGLD chain on all data at the
         learned values after the refit and predicts with the average over its samples
@@ -226,12 +229,16 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     best_index_, best_score_, best_params_ : int, float, dict
         ``best_params_`` holds the full learned values (arrays for per-weight kinds).
     best_estimator_ : skorch net
-        A fresh net trained on all data with the learned values built in.
+        A fresh net trained on all data with the learned values built in: an instance of
+        a subclass of the user's net class (see ``skorch_adapter.learned_class``), with
+        the tuner's ``classes_``, predicting the original labels.
     hyperparams_ : dict
         The values at the end of the search.
     history_ : pandas.DataFrame
         One row per outer iteration.
-    refit_time_, n_splits_, scorer_, classes_, n_features_in_, multimetric_
+    refit_time_, n_splits_, scorer_, n_features_in_, multimetric_
+    classes_ : ndarray
+        Class labels (classifiers, and only with ``refit``, as in ``GridSearchCV``).
     """
 
     _parameter_constraints: dict = {
