@@ -1,5 +1,6 @@
 """SGLDHyperTuner as a scikit-learn citizen: composition, fitted attributes, input handling."""
 import pickle
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -389,3 +390,23 @@ def test_more_module_outputs_than_classes_restricts_to_the_class_columns(digits4
     assert set(tuner.predict(X)) <= set(LABELS)
     np.testing.assert_array_equal(tuner.predict(X), LABELS[proba.argmax(axis=1)])
     assert np.isfinite(tuner.cv_results_["mean_test_score"]).all()
+
+
+class OwnLossNet(NeuralNetClassifier):
+    """A user's class overriding get_loss, which the learned net takes over in training."""
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        return super().get_loss(y_pred, y_true, X=X, training=training)
+
+
+def test_learned_net_says_when_it_takes_over_the_users_get_loss():
+    """Issue 12 #3: the refit net keeps the user's class; where its own get_loss replaces
+    the user's during training, a warning says so (none for a class without overrides)."""
+    from sgld_tuner.skorch_adapter import make_learned_net
+
+    with pytest.warns(UserWarning, match="overrides \\['get_loss'\\]"):
+        learned = make_learned_net(OwnLossNet(TinyMLP), {"l1": PerWeightL1()}, {"l1": 0.0})
+    assert isinstance(learned, OwnLossNet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_learned_net(ScoringNet(TinyMLP), {"l1": PerWeightL1()}, {"l1": 0.0})
