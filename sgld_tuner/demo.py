@@ -1,7 +1,8 @@
-"""``python -m sgld_tuner demo``: per-weight L1 by SGLDHyperTuner next to GridSearchCV.
+"""``python -m sgld_tuner demo``: learned L1 strengths by SGLDHyperTuner next to GridSearchCV.
 
 Digits (bundled with scikit-learn), a 64-128-10 MLP. GridSearchCV tunes one global L1
-strength; SGLDHyperTuner tunes one strength per weight (~9k hyperparameters) by gradient.
+strength; SGLDHyperTuner, with its defaults, tunes one strength per input feature by
+gradient; its no-search control (``n_outer=1``) shows what the search itself adds.
 A small training set is used by default because that is where regularisation matters
 (on all of digits an untuned MLP is already at ~96%; see benchmarks/compare_search.py).
 """
@@ -72,44 +73,55 @@ def load_data(n_train=300, random_state=0):
     return train_test_split(X, y, train_size=n_train, stratify=y, random_state=random_state)
 
 
-def run(n_train=300, n_outer=40, out="sgld_tuner_demo.png", random_state=0, verbose=1):
-    """Run both searches, print the side-by-side table and save a plot; returns the rows."""
-    torch.manual_seed(random_state)
-    X_train, X_test, y_train, y_test = load_data(n_train, random_state)
-    rows = []
+def _timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
 
-    started = time.perf_counter()
+
+def run_seed(n_train=300, n_outer=40, random_state=0, verbose=0):
+    """GridSearchCV, SGLDHyperTuner with its defaults, and its no-search control
+    (``n_outer=1``: the same start, the refit net at the start values) on one split."""
+    X_train, X_test, y_train, y_test = load_data(n_train, random_state)
+    torch.manual_seed(random_state)
     grid = GridSearchCV(make_net(L1NetClassifier),
                         {"lambda_l1": [0.0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3]}, cv=3)
-    grid.fit(X_train, y_train)
-    rows.append({"method": "GridSearchCV (one L1 strength)",
-                 "test_accuracy": grid.score(X_test, y_test),
-                 "wall_time_s": time.perf_counter() - started,
-                 "hyperparameters": 1, "model_fits": 6 * 3 + 1})
+    searches = {"GridSearchCV (one L1 strength)": grid}
+    for name, k in [("SGLDHyperTuner (defaults)", n_outer), ("no-search control (n_outer=1)", 1)]:
+        searches[name] = SGLDHyperTuner(make_net(), {"l1": PerWeightL1()}, n_outer=k, cv=3,
+                                        random_state=random_state,
+                                        verbose=verbose if k > 1 else 0)
+    rows = []
+    for name, search in searches.items():
+        _, wall, cpu = _timed(lambda: search.fit(X_train, y_train))
+        rows.append({"method": name, "seed": random_state,
+                     "test_accuracy": float(search.score(X_test, y_test)),
+                     "wall_s": wall, "cpu_s": cpu})
+    return rows, searches
 
-    started = time.perf_counter()
-    tuner = SGLDHyperTuner(make_net(), {"l1": PerWeightL1(init=1e-4)}, n_outer=n_outer,
-                           burn_in=5, n_samples=5, cv=3, eval_every=5,
-                           random_state=random_state, verbose=verbose)
-    tuner.fit(X_train, y_train)
-    n_hyper = int(sum(np.size(v) for v in tuner.best_params_["l1"].values()))
-    rows.append({"method": "SGLDHyperTuner (per-weight L1)",
-                 "test_accuracy": tuner.score(X_test, y_test),
-                 "wall_time_s": time.perf_counter() - started,
-                 "hyperparameters": n_hyper, "model_fits": 3 + 1})
 
-    print(f"\ndigits, {n_train} training rows, {len(y_test)} test rows, 64-128-10 MLP")
-    print(f"{'method':34s} {'test acc':>9s} {'wall s':>8s} {'# hyper':>8s} {'# fits':>7s}")
-    for r in rows:
-        print(f"{r['method']:34s} {r['test_accuracy']:9.4f} {r['wall_time_s']:8.1f} "
-              f"{r['hyperparameters']:8d} {r['model_fits']:7d}")
+def run(n_train=300, n_outer=40, out="sgld_tuner_demo.png", seeds=(0, 1, 2), verbose=1):
+    """Run the three searches on each seed, print the table and save a plot; returns rows."""
+    rows, searches = [], None
+    for seed in seeds:
+        new, searches = run_seed(n_train, n_outer, seed, verbose)
+        rows += new
+    print(f"\ndigits, {n_train} training rows, 64-128-10 MLP, seeds {list(seeds)}")
+    print(f"{'method':32s} {'test acc (mean +- std)':>23s} {'per seed':>24s} {'CPU s':>6s} {'wall s':>6s}")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        acc = np.array([r["test_accuracy"] for r in mine])
+        per_seed = " ".join(f"{a:.4f}" for a in acc)
+        print(f"{method:32s} {acc.mean():15.4f} +- {acc.std(ddof=1) if len(acc) > 1 else 0:.4f}"
+              f" {per_seed:>24s} {np.mean([r['cpu_s'] for r in mine]):6.1f}"
+              f" {np.mean([r['wall_s'] for r in mine]):6.1f}")
     if out:
-        _plot(grid, tuner, out)
-        print(f"plot saved to {out}")
+        _plot(searches, out)
+        print(f"plot (last seed) saved to {out}")
     return rows
 
 
-def _plot(grid, tuner, out):
+def _plot(searches, out):
     try:
         import matplotlib
 
@@ -118,19 +130,14 @@ def _plot(grid, tuner, out):
     except ImportError:
         print("matplotlib not installed: no plot")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    res = tuner.cv_results_
-    axes[0].plot(res["iteration"] + 1, res["mean_test_score"], "o-", label="SGLDHyperTuner trajectory")
-    axes[0].axhline(grid.best_score_, color="gray", ls="--", label="GridSearchCV best")
-    axes[0].set_xlabel("outer iteration")
-    axes[0].set_ylabel("mean cv accuracy")
-    axes[0].legend()
-    strengths = np.concatenate([np.ravel(v) for v in tuner.best_params_["l1"].values()])
-    axes[1].hist(np.log10(np.maximum(strengths, 1e-12)), bins=50)
-    axes[1].axvline(np.log10(max(grid.best_params_["lambda_l1"], 1e-12)), color="gray", ls="--",
-                    label="grid-search strength")
-    axes[1].set_xlabel("log10 learned per-weight L1 strength")
-    axes[1].legend()
+    from .plotting import plot_learned_values, plot_trajectory
+
+    tuner = searches["SGLDHyperTuner (defaults)"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    plot_trajectory(tuner, control=searches["GridSearchCV (one L1 strength)"].best_score_,
+                    ax=axes[0])
+    plot_learned_values(tuner, "l1", ax=axes[1])
+    axes[1].set_title("learned per-feature L1 strengths (first layer)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -141,6 +148,6 @@ def main(argv=None):
     parser.add_argument("--n-train", type=int, default=300)
     parser.add_argument("--n-outer", type=int, default=40)
     parser.add_argument("--out", default="sgld_tuner_demo.png")
-    parser.add_argument("--random-state", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (splits)")
     args = parser.parse_args(argv)
-    run(args.n_train, args.n_outer, args.out, args.random_state)
+    run(args.n_train, args.n_outer, args.out, tuple(range(args.seeds)))

@@ -42,6 +42,10 @@ class SearchInterrupted(RuntimeWarning):
     """The search ended early (KeyboardInterrupt, timeout or divergence); results so far are kept."""
 
 
+class UnmovedSearchWarning(UserWarning):
+    """The search ended with its hyperparameters where they started."""
+
+
 class DivergenceWarning(RuntimeWarning):
     """A non-finite loss or hypergradient; the step was rolled back and shrunk."""
 
@@ -549,6 +553,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             if progress is not None:
                 progress.close()
         self._warn_if_chains_degraded(state.records)
+        self._warn_if_unmoved(folds[0].problem, lam, state.iteration)
         if stop_reason:
             warnings.warn(f"search ended early: {stop_reason}; keeping the results so far "
                           "(fit again with warm_start=True to continue)",
@@ -631,6 +636,25 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                 "the chains are likely not training (lower temperature, noise_scale or "
                 "inner_lr); the selected point may be arbitrary", DivergenceWarning,
                 stacklevel=3)
+
+    _UNMOVED_RTOL = 0.01  # a search whose values all moved less than this ended where it began
+    _UNMOVED_MIN_ITER = 5
+
+    def _warn_if_unmoved(self, problem, lam, n_iter):
+        """Warn when a search of several iterations left every hyperparameter (within 1%)
+        where it started: the refit is then the untuned net, whatever the trajectory says."""
+        if n_iter < self._UNMOVED_MIN_ITER:
+            return
+        start = _tree.flatten(problem.init_lam())[0]
+        moved = [float(((t.detach() - s).abs() / s.abs().clamp_min(1e-12)).max())
+                 for t, s in zip(lam, start)]
+        if max(moved, default=0.0) < self._UNMOVED_RTOL:
+            warnings.warn(
+                f"after {n_iter} outer iterations every hyperparameter is within "
+                f"{self._UNMOVED_RTOL:.0%} of its start (raw scale): the search did not change the "
+                "model. "
+                "Start where the hyperparameter acts (e.g. init='auto' for penalties) or "
+                "raise outer_lr / n_outer", UnmovedSearchWarning, stacklevel=3)
 
     def _settings(self, inner_lr_scale: float = 1.0) -> InnerSettings:
         inner_lr = self.inner_lr if self.inner_lr is not None else self.estimator.get_params()["lr"]

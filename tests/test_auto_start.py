@@ -64,3 +64,48 @@ def test_auto_start_outside_the_tuner_says_how_to_bind():
 def test_unknown_init_string_is_refused():
     with pytest.raises(ValueError, match="init must be 'auto'"):
         PerWeightL1(init="big").bind(TwoLayer(), n_train=10, n_classes=3, input_shape=(5,))
+
+
+def _digits4():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(n_class=4, return_X_y=True)
+    return (X[:120] / 16.0).astype(np.float32), y[:120]
+
+
+def _tuner(hp, **kwargs):
+    from sgld_tuner import SGLDHyperTuner
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden = torch.nn.Linear(64, 8)
+            self.out = torch.nn.Linear(8, 4)
+
+        def forward(self, X):
+            return self.out(torch.tanh(self.hidden(X)))
+
+    net = NeuralNetClassifier(Tiny, criterion=torch.nn.CrossEntropyLoss, lr=0.1, max_epochs=2,
+                              batch_size=32, train_split=None, verbose=0)
+    params = dict(n_outer=6, burn_in=1, n_samples=1, cv=2, random_state=0)
+    params.update(kwargs)
+    return SGLDHyperTuner(net, {"l1": hp}, **params)
+
+
+def test_a_search_that_never_moves_says_so():
+    from sgld_tuner.tuner import UnmovedSearchWarning
+
+    with pytest.warns(UnmovedSearchWarning, match="did not change the model"):
+        _tuner(PerWeightL1(init=1e-3), outer_lr=1e-7).fit(*_digits4())
+
+
+def test_a_search_with_defaults_moves_its_strengths_and_does_not_warn():
+    import warnings
+
+    from sgld_tuner.tuner import UnmovedSearchWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnmovedSearchWarning)
+        tuner = _tuner(PerWeightL1()).fit(*_digits4())
+    first, last = tuner.history_["param_l1"].iloc[[0, -1]]
+    assert abs(np.log(last / first)) > 0.05  # the mean strength travelled
