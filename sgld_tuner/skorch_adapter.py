@@ -480,7 +480,11 @@ class _LearnedMixin:
         return len(self.classes)
 
     def _encode_labels(self, y):
-        """Codes ``0..C-1`` of the labels ``y`` in ``classes`` (any label type)."""
+        """Codes ``0..C-1`` of the labels ``y`` in ``classes`` (any label type).
+
+        Integer ``y`` that are not all labels in ``classes`` but lie in ``0..C-1`` are
+        taken as codes already (skorch's own convention for ``classes``).
+        """
         if self._n_label_classes() is None or y is None or torch.is_tensor(y):
             return y
         y = np.asarray(y)
@@ -491,8 +495,10 @@ class _LearnedMixin:
         pos = np.clip(np.searchsorted(classes, y, sorter=order), 0, len(classes) - 1)
         codes = order[pos]
         unknown = classes[codes] != y
+        if unknown.any() and y.dtype.kind in "iu" and y.min() >= 0 and y.max() < len(classes):
+            return y  # skorch's own convention: integer codes into classes
         if unknown.any():
-            raise ValueError(f"y holds labels not in classes={list(classes)}: "
+            raise ValueError(f"y holds labels not in classes={classes.tolist()}: "
                              f"{sorted(set(y[unknown].tolist()))[:5]}")
         return codes.astype(np.int64)
 
