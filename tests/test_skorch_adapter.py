@@ -278,14 +278,6 @@ def test_sample_weights_follow_rows_through_skorch_batching():
         make_learned_net(net, {"sw": SampleWeights()}, {"sw": weights}).fit(X[:30], y[:30])
 
 
-def test_subclass_warns():
-    class MyNet(NeuralNetClassifier):
-        pass
-
-    with pytest.warns(UserWarning, match="subclass"):
-        make_learned_net(MyNet(Classifier), {}, {})
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.gpu
 def test_everything_on_cuda():
