@@ -14,11 +14,15 @@ Both share :func:`_training_loss`, so tuning and refitting optimise the same obj
 
     mean_i [ w_i * l_i ] + sum(inner penalties)
 
-where ``l_i`` is the per-sample training loss (the net's criterion, or the learned
-:class:`~sgld_tuner.hyperparams.TaylorLoss`) and ``w_i`` the product of class weights
-(:class:`~sgld_tuner.hyperparams.LossWeights`) and row weights
-(:class:`~sgld_tuner.hyperparams.SampleWeights`). Without per-sample features the
-criterion is used unchanged (same reduction as the plain net).
+where ``l_i`` is the per-sample training loss and ``w_i`` the product of class weights
+(``class_weights`` hooks, e.g. :class:`~sgld_tuner.hyperparams.LossWeights`) and row
+weights (``sample_weights`` hooks, e.g. :class:`~sgld_tuner.hyperparams.SampleWeights`).
+``l_i`` starts as the net's criterion per sample; every kind with ``modifies_loss``
+rewrites it with its ``per_sample_loss`` hook, in the order of the ``hyperparams`` dict,
+each receiving the previous result (the learned
+:class:`~sgld_tuner.hyperparams.TaylorLoss` ignores it: it replaces the loss so far).
+Without per-sample features the criterion is used unchanged (same reduction as the
+plain net). The adapter asks kinds what they do through capability flags, never by type.
 """
 from __future__ import annotations
 
@@ -100,15 +104,14 @@ class _Criterion:
 def _training_loss(crit: _Criterion, bound: dict[str, BoundHyperparameter], raws: dict,
                    y_pred, y_true, rows, theta) -> torch.Tensor:
     """``mean_i w_i l_i + sum_k penalty_k`` (see module docstring)."""
-    taylor = None
+    per = None
     weights = None
     for name, b in bound.items():
         r = raws[name]
-        ps = b.per_sample_loss(r, y_pred, y_true, crit.per_sample)
-        if ps is not None:
-            if taylor is not None:
-                raise ValueError("at most one hyperparameter may replace the training loss")
-            taylor = ps
+        if b.modifies_loss:
+            # composition: each loss hook rewrites the per-sample loss left by the previous
+            per = b.per_sample_loss(r, y_pred, y_true,
+                                    crit.per_sample(y_pred, y_true) if per is None else per)
         cw = b.class_weights(r)
         if cw is not None:
             w = cw[y_true.long()]
@@ -117,16 +120,27 @@ def _training_loss(crit: _Criterion, bound: dict[str, BoundHyperparameter], raws
             sw = b.sample_weights(r, rows)
             if sw is not None:
                 weights = sw if weights is None else weights * sw
-    if taylor is None and weights is None:
+    if per is None and weights is None:
         loss = crit.mean(y_pred, y_true)
     else:
-        per = taylor if taylor is not None else crit.per_sample(y_pred, y_true)
+        per = per if per is not None else crit.per_sample(y_pred, y_true)
         loss = (per * weights).mean() if weights is not None else per.mean()
     for name, b in bound.items():
         pen = b.inner_penalty(raws[name], theta)
         if pen is not None:
             loss = loss + pen
     return loss
+
+
+def _bind_all(hyperparams: dict[str, Hyperparameter], module, crit: _Criterion, *,
+              n_train: int, n_classes, input_shape: tuple) -> dict[str, BoundHyperparameter]:
+    """Bind every kind to ``module`` and tell each how the module outputs probabilities."""
+    bound = {name: hp.bind(module, n_train=n_train, n_classes=n_classes,
+                           input_shape=input_shape)
+             for name, hp in hyperparams.items()}
+    for b in bound.values():
+        b.set_output_kind(crit.probabilities)
+    return bound
 
 
 def _transform(bound, raws, X, generator):
@@ -267,14 +281,9 @@ class NetProblem:
         if n_train_total is None:
             n_train_total = int(train_rows.max()) + 1 if n else 0
         self.hyperparams = dict(hyperparams)
-        self.bound: dict[str, BoundHyperparameter] = {
-            name: hp.bind(self.module, n_train=n_train_total, n_classes=n_classes,
-                          input_shape=tuple(self.X_train.shape[1:]))
-            for name, hp in self.hyperparams.items()
-        }
-        for b in self.bound.values():
-            if hasattr(b, "_set_output_kind"):
-                b._set_output_kind(self.crit.probabilities)
+        self.bound: dict[str, BoundHyperparameter] = _bind_all(
+            self.hyperparams, self.module, self.crit, n_train=n_train_total,
+            n_classes=n_classes, input_shape=tuple(self.X_train.shape[1:]))
         self._calibrate()
 
     def _calibrate(self):
@@ -552,12 +561,8 @@ class _LearnedMixin:
         n_train = getattr(self, "hp_n_train_", None)
         if n_train is None:
             n_train = 0
-        bound = {name: hp.bind(self.module_, n_train=n_train, n_classes=n_classes,
-                               input_shape=input_shape)
-                 for name, hp in hps.items()}
-        for b in bound.values():
-            if hasattr(b, "_set_output_kind"):
-                b._set_output_kind(crit.probabilities)
+        bound = _bind_all(hps, self.module_, crit, n_train=n_train, n_classes=n_classes,
+                          input_shape=input_shape)
         self.hp_crit_ = crit
         self.hp_raw_ = {name: b.from_public(values[name], device, dtype)
                         for name, b in bound.items()}
@@ -573,7 +578,8 @@ class _LearnedMixin:
         if n_train != getattr(self, "hp_n_train_", None):
             self._hp_reset()   # row weights are bound to the number of rows
         self.hp_n_train_ = n_train
-        if self.hyperparams and _has_sample_weights(self.hyperparams) and not _is_wrapped(X):
+        if self.hyperparams and not _is_wrapped(X) and any(
+                hp.needs_row_indices for hp in self.hyperparams.values()):
             X = _wrap_rows(X)
         return super().partial_fit(X, y, classes=classes, **fit_params)
 
@@ -587,8 +593,11 @@ class _LearnedMixin:
             return super().infer(x, **fit_params)
         x = to_tensor(x, device=self.device)
         if isinstance(x, Mapping):
-            if any(_has_augmentation(hp) for hp in self.hyperparams.values()):
-                raise TypeError("AffineAugmentation needs array inputs, not a dict X")
+            transforming = [type(hp).__name__ for hp in self.hyperparams.values()
+                            if hp.transforms_inputs]
+            if transforming:
+                raise TypeError(f"{transforming}: kinds that transform the inputs need "
+                                "array inputs, not a dict X")
             self._hp_ensure(x)
             return super().infer(x, **fit_params)
         self._hp_ensure(x)
@@ -657,18 +666,6 @@ def _wrap_rows(X):
         out[ROW_KEY] = rows
         return out
     return {WRAP_KEY: X, ROW_KEY: rows}
-
-
-def _has_sample_weights(hyperparams) -> bool:
-    from .hyperparams.reweighting import SampleWeights
-
-    return any(isinstance(hp, SampleWeights) for hp in hyperparams.values())
-
-
-def _has_augmentation(hp) -> bool:
-    from .hyperparams.augmentation import AffineAugmentation
-
-    return isinstance(hp, AffineAugmentation)
 
 
 class LearnedNet(_LearnedMixin, NeuralNet):

@@ -705,7 +705,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         device = getattr(net, "device", "cpu") or "cpu"
         generator = make_generator(int(seed[1]), device)
         # The paper transforms validation images too when learning invariances.
-        augments = any(isinstance(h, AffineAugmentation) for h in self.hyperparams.values())
+        augments = any(h.transforms_validation_inputs for h in self.hyperparams.values())
         batch_size = self.batch_size if self.batch_size is not None else net.batch_size
         # skorch initialises the module from torch's global RNG (lazy modules only on the
         # first forward, inside NetProblem): seed it without disturbing the caller's stream.

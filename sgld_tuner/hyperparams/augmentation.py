@@ -78,6 +78,9 @@ class AffineAugmentation(Hyperparameter):
     ``generator -> float`` (the ranges); ``summary`` is ``mean lam_i``.
     """
 
+    transforms_inputs = True
+    transforms_validation_inputs = True
+
     def __init__(self, generators=("tx", "ty", "rot", "sx", "sy", "shear"), init=0.0,
                  image_shape=None, n_samples=1, rho=0.0, bounds=None):
         self.generators = generators
@@ -87,7 +90,7 @@ class AffineAugmentation(Hyperparameter):
         self.rho = rho
         self.bounds = bounds
 
-    def _make_bound(self, module, names, *, n_train, n_classes, input_shape):
+    def make_bound(self, module, names, *, n_train, n_classes, input_shape):
         gens = (self.generators,) if isinstance(self.generators, str) else tuple(self.generators)
         unknown = [g for g in gens if g not in GENERATORS]
         if not gens or unknown or len(set(gens)) != len(gens):

@@ -39,7 +39,7 @@ class LossWeights(Hyperparameter):
     def __init__(self, init=1.0):
         self.init = init
 
-    def _make_bound(self, module, names, *, n_train, n_classes, input_shape):
+    def make_bound(self, module, names, *, n_train, n_classes, input_shape):
         c = _need_classes("LossWeights", n_classes)
         init = np.broadcast_to(np.asarray(self.init, dtype=np.float64), (c,)).copy() \
             if np.ndim(self.init) == 0 else np.asarray(self.init, dtype=np.float64)
@@ -95,8 +95,9 @@ class TaylorLoss(Hyperparameter):
         l(p, y) = -(1/C) sum_j ( lam2 a + lam3/2 a^2 + lam4/6 a^3
                                  + lam5 a b + lam6/2 a^2 b + lam7/2 a b^2 )
 
-    It replaces the training criterion; the outer (validation) loss stays the net's own
-    criterion, as in eqs. 55-56.
+    It replaces the training criterion, and any loss-modifying kind placed before it in
+    ``hyperparams`` (kinds after it modify the polynomial loss); the outer (validation)
+    loss stays the net's own criterion, as in eqs. 55-56.
 
     Parameters
     ----------
@@ -114,7 +115,7 @@ class TaylorLoss(Hyperparameter):
     def __init__(self, init=None):
         self.init = init
 
-    def _make_bound(self, module, names, *, n_train, n_classes, input_shape):
+    def make_bound(self, module, names, *, n_train, n_classes, input_shape):
         c = _need_classes("TaylorLoss", n_classes)
         init = taylor_brier_init(c) if self.init is None else np.asarray(self.init, np.float64)
         if init.shape != (8,) or not np.all(np.isfinite(init)):
@@ -127,11 +128,6 @@ class _BoundTaylorLoss(BoundHyperparameter):
         super().__init__(spec, [])
         self.n_classes = n_classes
         self.init = init
-        self._to_proba = lambda y_pred: torch.softmax(y_pred, dim=-1)
-
-    def _set_output_kind(self, to_proba):
-        """Called by the adapter: how to get probabilities from the module output."""
-        self._to_proba = to_proba
 
     def init_raw(self, device, dtype):
         return as_tensor(self.init, device, dtype)
@@ -139,8 +135,9 @@ class _BoundTaylorLoss(BoundHyperparameter):
     def value(self, raw):
         return raw
 
-    def per_sample_loss(self, raw, y_pred, y_true, default_loss):
-        p = self._to_proba(y_pred)
+    def per_sample_loss(self, raw, y_pred, y_true, loss):
+        # the polynomial replaces the loss so far: it ignores ``loss``
+        p = self.probabilities(y_pred)
         y = F.one_hot(y_true.long(), p.shape[-1]).to(p.dtype)
         lam = raw
         a = p - lam[1]

@@ -24,6 +24,7 @@ granularity   one strength per                                   stored raw shap
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
@@ -58,11 +59,11 @@ def strength_shapes(shape: tuple, granularity: str) -> tuple[tuple, tuple]:
 class _GranularPenalty(Hyperparameter):
     """Specification shared by the separable penalties: validation and binding."""
 
-    _uses_params = True
+    uses_params = True
     #: the bound class, set by each kind
-    _bound_class: type = None
+    _bound_class: type
 
-    def _make_bound(self, module, names, *, n_train, n_classes, input_shape):
+    def make_bound(self, module, names, *, n_train, n_classes, input_shape):
         kind = type(self).__name__
         if self.granularity != "auto" and self.granularity not in GRANULARITIES:
             raise ValueError(f"{kind}: granularity must be 'auto' or one of {GRANULARITIES}, "
@@ -118,12 +119,14 @@ class _BoundGranularPenalty(BoundHyperparameter):
         self.public_shapes = {n: p for n, (_, p) in layouts.items()}
 
     @staticmethod
+    @abc.abstractmethod
     def phi(theta: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Elementwise penalty of each weight at strength 1."""
 
     @staticmethod
+    @abc.abstractmethod
     def dphi(theta: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Derivative of :meth:`phi` (the subgradient autograd takes at kinks)."""
 
     @property
     def is_global(self) -> bool:
@@ -140,9 +143,9 @@ class _BoundGranularPenalty(BoundHyperparameter):
                                            [theta[n] for n in self.name_targets])
 
     @staticmethod
+    @abc.abstractmethod
     def auto_strength(grads: list, weights: list) -> float:
         """The strength at which the penalty's pull matches the data's at the start."""
-        raise NotImplementedError
 
     def init_raw(self, device, dtype):
         if self.needs_calibration:

@@ -29,10 +29,12 @@ class SampleWeights(Hyperparameter):
     ``fit``. ``to_public`` gives the ndarray of weights; ``summary`` is their mean.
     """
 
+    needs_row_indices = True
+
     def __init__(self, init=1.0):
         self.init = init
 
-    def _make_bound(self, module, names, *, n_train, n_classes, input_shape):
+    def make_bound(self, module, names, *, n_train, n_classes, input_shape):
         init = np.asarray(self.init, dtype=np.float64)
         if init.ndim not in (0, 1) or (init.ndim == 1 and init.shape != (n_train,)):
             raise ValueError(f"SampleWeights: init must be a scalar or of shape ({n_train},), "
