@@ -12,13 +12,11 @@ Writes ``benchmarks/results/bias_study.{json,md,png}``.
 Usage::
 
     python benchmarks/bias_study.py           # full (a few minutes on one core)
-    python benchmarks/bias_study.py --quick   # smoke version (or SGLD_TUNER_SMOKE=1)
+    python benchmarks/bias_study.py --smoke   # smoke version (or SGLD_TUNER_SMOKE=1)
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -26,10 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import add_common_args, is_smoke, parse_args, result_stem, write_json  # noqa: E402
+
 from sgld_tuner.core import BilevelProblem, ChainState, InnerSettings, hypergradient
 from sgld_tuner.problems import RidgePerFeature
 
-RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = [("paper", "restart"), ("paper", "persistent"),
             ("damped", "restart"), ("damped", "persistent"),
             ("tracked", "restart"), ("tracked", "persistent")]
@@ -129,10 +131,9 @@ def score(est, exact):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    quick = args.quick or os.environ.get("SGLD_TUNER_SMOKE") == "1"
+    args = parse_args(add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])),
+                      argv)
+    quick = is_smoke()
     torch.set_num_threads(1)
 
     cfg = dict(n=200, d=10, random_state=0, lam_low=-2.0, lam_high=1.0,
@@ -190,12 +191,11 @@ def main(argv=None):
     results = {"config": cfg, "rows": rows, "timing": timing, "quick": quick,
                "seconds_total": time.perf_counter() - started,
                "torch": torch.__version__, "machine": platform.platform()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "bias_study_quick" if quick else "bias_study"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    write_markdown(results, RESULTS / f"{stem}.md")
-    plot(results, RESULTS / f"{stem}.png")
-    print((RESULTS / f"{stem}.md").read_text())
+    stem = Path(result_stem("bias_study", args.out_dir))
+    write_json(f"{stem}.json", results)
+    write_markdown(results, Path(f"{stem}.md"))
+    plot(results, Path(f"{stem}.png"))
+    print(Path(f"{stem}.md").read_text())
 
 
 def write_markdown(results, path):

@@ -1,29 +1,34 @@
-"""SGLDHyperTuner against GridSearchCV, RandomizedSearchCV and Optuna on equal terms.
+"""SGLDHyperTuner against GridSearchCV, random search, successive halving and Optuna.
 
 For each dataset and regime, and each seed, every search gets
 
-* the same net (``sgld_tuner.demo.MLP``, 64/30/10 inputs -> 128 hidden -> classes or 1),
-  trained by plain SGD at ``lr=0.1`` for about ``STEPS`` minibatch steps;
+* the same net (``sgld_tuner.demo.MLP``, inputs -> 128 hidden -> classes or 1), trained
+  by plain SGD at ``lr=0.1`` for about ``STEPS`` minibatch steps;
 * the same split: a clean test set held out first, then one fixed train/validation
   split of the rest (``PredefinedSplit``), so every method scores candidates on the
   same validation rows and is refit on the same training rows;
-* the same time budget: the grid search runs first and its wall time becomes the
-  ``timeout`` of Optuna and of SGLDHyperTuner; the random search gets as many
-  candidates as the grid.
+* the same measure of cost: CPU seconds of this process with one torch thread (wall
+  seconds beside them), since the machine is shared.
 
 What is tuned:
 
-* GridSearchCV: one global L1 strength ``lambda_l1`` (6 values, 0 included);
-* RandomizedSearchCV and OptunaSearchCV (TPE): ``lambda_l1`` (log-uniform) and ``lr``;
-* SGLDHyperTuner: one L1 strength per weight (``PerWeightL1``, ~9k hyperparameters on
-  digits) by HPO-SGLD, with a persistent chain of about one training run;
-* "untuned": the same net with no penalty, fit once on train + validation.
+* GridSearchCV (L1): one global L1 strength ``lambda_l1`` (6 values, 0 included);
+* GridSearchCV (lr x wd): the net's ``lr`` x SGD ``weight_decay`` (3 x 4);
+* RandomizedSearchCV, HalvingRandomSearchCV (epochs as the resource) and OptunaSearchCV
+  (TPE, as many trials as the grid): ``lambda_l1`` (log-uniform) and ``lr``;
+* SGLDHyperTuner with its defaults (L1 strengths per input feature, started at
+  ``init="auto"``, tracked hypergradient), and beside it its **no-search control**: the
+  same tuner with ``n_outer=1`` (same start values, same seeds), so the table shows what
+  the search itself adds;
+* the hybrid many users will run: GridSearchCV over ``estimator__lr`` around the tuner;
+* "untuned": the same net with no penalty; and, for classification, an L1 logistic
+  regression over C (what a sparse linear model reaches).
 
-Regimes: the full dataset, 150 training rows, and 40% corrupted training labels
+Regimes: the full dataset, 150 training rows, 40% corrupted training labels
 (classification: each chosen label replaced by a different random class; diabetes: the
-chosen targets permuted among themselves). The test set is always clean, and the
-validation rows carry the same corruption as the training rows, because in practice
-one has no clean labels to tune on.
+chosen targets permuted among themselves), and irrelevant features (Gaussian columns
+added, few rows), where one global strength cannot do what per-feature strengths can.
+The test set is always clean; validation rows carry the same corruption as training rows.
 
 Usage::
 
@@ -56,13 +61,17 @@ from sklearn.model_selection import (GridSearchCV, PredefinedSplit, RandomizedSe
                                      train_test_split)
 from sklearn.preprocessing import StandardScaler
 
-from sgld_tuner import SGLDHyperTuner
-from sgld_tuner.demo import MLP, L1NetClassifier, L1NetRegressor, make_net
-from sgld_tuner.hyperparams import PerWeightL1
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _results import add_common_args, is_smoke, parse_args, result_stem, write_results  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SMOKE = os.environ.get("SGLD_TUNER_SMOKE", "0") not in ("", "0")
-GRID = [0.0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3]
+from sgld_tuner import SGLDHyperTuner  # noqa: E402
+from sgld_tuner.demo import MLP, L1NetClassifier, L1NetRegressor, make_net  # noqa: E402
+from sgld_tuner.hyperparams import PerWeightL1  # noqa: E402
+
+SMOKE = is_smoke()
+GRID = [0.0, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+LRS = [0.03, 0.1, 0.3]
+WDS = [0.0, 1e-4, 1e-3, 1e-2]
 BATCH = 64
 # SGD steps per training run. Fixing steps rather than epochs keeps the 150-row regime
 # from being under-trained simply because an epoch there is two minibatches.
@@ -70,13 +79,6 @@ STEPS = 40 if SMOKE else int(os.environ.get("COMPARE_STEPS", 300))
 TEST_FRACTION = 0.3
 VAL_FRACTION = 1 / 3
 CORRUPT = 0.4
-SMALL_N = 150
-# Adam step on the softplus-raw strengths (about a log scale for small strengths). Adam
-# moves each raw value by at most ~lr per step, so the default 0.05 over STEPS / 10 = 30
-# outer iterations spans e^1.5 only, while the grid spans 2.5 decades (e^5.7); 0.2 gives
-# e^6. A one-seed probe of 0.05 / 0.2 / 0.5 (diabetes full, digits 150 rows) showed no
-# clear winner, so the span argument decided.
-OUTER_LR = float(os.environ.get("COMPARE_OUTER_LR", 0.2))
 
 
 # --------------------------------------------------------------------------- data
@@ -92,16 +94,29 @@ def _load(name):
     return X.astype(np.float32), y.astype(np.float32), False
 
 
+def _count(regime, what):
+    """The number before ``what`` in a regime name ("150 rows" -> 150), else 0."""
+    for part in regime.split(","):
+        words = part.split()
+        if len(words) >= 2 and part.strip().endswith(what):
+            return int(words[0].lstrip("+"))
+    return 0
+
+
 def make_split(dataset, regime, seed):
     """Train+validation rows, the PredefinedSplit over them, and the clean test rows."""
     X, y, classification = _load(dataset)
     rng = np.random.RandomState(seed)
+    noise_columns = _count(regime, "noise columns")
+    if noise_columns:  # irrelevant features: Gaussian columns the target never sees
+        X = np.hstack([X, rng.randn(len(X), noise_columns).astype(np.float32)])
     strat = y if classification else None
     X_rest, X_test, y_rest, y_test = train_test_split(
         X, y, test_size=TEST_FRACTION, stratify=strat, random_state=seed)
-    if regime == "150 rows":
+    n_rows = _count(regime, "rows")
+    if n_rows:
         X_rest, _, y_rest, _ = train_test_split(
-            X_rest, y_rest, train_size=SMALL_N, stratify=y_rest if classification else None,
+            X_rest, y_rest, train_size=n_rows, stratify=y_rest if classification else None,
             random_state=seed)
     y_rest = y_rest.copy()
     if regime.startswith("40%"):
@@ -112,7 +127,7 @@ def make_split(dataset, regime, seed):
             y_rest[rows] = (y_rest[rows] + rng.randint(1, n_classes, size=len(rows))) % n_classes
         else:
             y_rest[rows] = y_rest[rng.permutation(rows)]
-    if dataset != "digits":
+    if dataset != "digits" or noise_columns:
         scaler = StandardScaler().fit(X_rest)
         X_rest = scaler.transform(X_rest).astype(np.float32)
         X_test = scaler.transform(X_test).astype(np.float32)
@@ -143,85 +158,150 @@ def make_estimator(classification, n_in, n_out, n_rows, l1=True):
 
 # --------------------------------------------------------------------------- searches
 def _timed(fn):
-    started = time.perf_counter()
+    """``fn()``, its wall seconds and its CPU seconds (this process, one torch thread)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    return out, time.perf_counter() - started
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+class Context:
+    """One (dataset, regime, seed): data, cv, net factory, and the grid's CPU budget."""
+
+    def __init__(self, dataset, regime, seed):
+        (self.X, self.y, self.X_test, self.y_test, self.cv,
+         self.classification) = make_split(dataset, regime, seed)
+        self.dataset, self.regime, self.seed = dataset, regime, seed
+        self.n_in = self.X.shape[1]
+        self.n_out = int(np.max(self.y)) + 1 if self.classification else 1
+        self.n_fit_rows = int((self.cv.test_fold == -1).sum())
+        self.budget_cpu = None
+
+    def net(self, l1=False, n_rows=None):
+        return make_estimator(self.classification, self.n_in, self.n_out,
+                              n_rows or self.n_fit_rows, l1=l1)
+
+    def tuner(self, n_outer, cv=None):
+        """SGLDHyperTuner with its defaults; a persistent chain of about one training run."""
+        n_outer = n_outer or max(2, math.ceil(STEPS / 10))
+        return SGLDHyperTuner(self.net(), {"l1": PerWeightL1()}, n_outer=n_outer,
+                              cv=self.cv if cv is None else cv,
+                              eval_every=max(1, n_outer // 10), random_state=self.seed)
+
+
+def m_untuned(ctx):
+    net = ctx.net(n_rows=len(ctx.y))
+    return net, (lambda: net.fit(ctx.X, ctx.y)), 1, 0
+
+
+def m_grid_l1(ctx):
+    grid = GridSearchCV(ctx.net(l1=True), {"lambda_l1": GRID}, cv=ctx.cv, error_score=np.nan)
+    return grid, (lambda: grid.fit(ctx.X, ctx.y)), len(GRID) + 1, 1
+
+
+def m_grid_lr_wd(ctx):
+    grid = GridSearchCV(ctx.net(), {"lr": LRS, "optimizer__weight_decay": WDS}, cv=ctx.cv,
+                        error_score=np.nan)
+    return grid, (lambda: grid.fit(ctx.X, ctx.y)), len(LRS) * len(WDS) + 1, 2
+
+
+def m_random(ctx):
+    rand = RandomizedSearchCV(ctx.net(l1=True), {"lambda_l1": loguniform(1e-6, 1e-1),
+                                                 "lr": loguniform(0.03, 0.3)},
+                              n_iter=len(GRID), cv=ctx.cv, random_state=ctx.seed,
+                              error_score=np.nan)
+    return rand, (lambda: rand.fit(ctx.X, ctx.y)), len(GRID) + 1, 2
+
+
+def m_halving(ctx):
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingRandomSearchCV
+
+    epochs = ctx.net(l1=True).max_epochs
+    halving = HalvingRandomSearchCV(
+        ctx.net(l1=True), {"lambda_l1": loguniform(1e-6, 1e-1), "lr": loguniform(0.03, 0.3)},
+        resource="max_epochs", max_resources=epochs, min_resources=max(1, epochs // 9),
+        factor=3, cv=ctx.cv, random_state=ctx.seed, error_score=np.nan)
+    return halving, (lambda: halving.fit(ctx.X, ctx.y)), float("nan"), 2
+
+
+def m_optuna(ctx):
+    search = _optuna_search(ctx.net(l1=True), ctx.cv, ctx.seed)
+    if search is None:
+        return None
+    return search, (lambda: search.fit(ctx.X, ctx.y)), float("nan"), 2
+
+
+def m_sgld(ctx):
+    tuner = ctx.tuner(None)
+    return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
+
+
+def m_sgld_control(ctx):
+    tuner = ctx.tuner(1)
+    return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
+
+
+def m_hybrid(ctx):
+    """What most users will run: GridSearchCV over the net's lr around the tuner."""
+    hybrid = GridSearchCV(ctx.tuner(None, cv=3), {"estimator__lr": LRS}, cv=ctx.cv,
+                          error_score=np.nan)
+    return hybrid, (lambda: hybrid.fit(ctx.X, ctx.y)), len(LRS) * 4 + 1, None
+
+
+def m_l1_logreg(ctx):
+    """An L1 logistic regression over C: what a sparse linear model reaches."""
+    from sklearn.linear_model import LogisticRegression
+
+    if not ctx.classification:
+        return None
+    grid = GridSearchCV(LogisticRegression(l1_ratio=1.0, solver="saga", max_iter=3000),
+                        {"C": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]}, cv=ctx.cv)
+    return grid, (lambda: grid.fit(ctx.X, ctx.y.ravel())), 7, ctx.n_in
+
+
+METHODS = {
+    "untuned": m_untuned,
+    "GridSearchCV (L1)": m_grid_l1,
+    "GridSearchCV (lr x wd)": m_grid_lr_wd,
+    "RandomizedSearchCV": m_random,
+    "HalvingRandomSearchCV": m_halving,
+    "OptunaSearchCV (TPE)": m_optuna,
+    "SGLDHyperTuner": m_sgld,
+    "SGLDHyperTuner control (n_outer=1)": m_sgld_control,
+    "hybrid: GridSearchCV(lr) x SGLDHyperTuner": m_hybrid,
+    "L1 logistic regression": m_l1_logreg,
+}
+
+
+def _n_hyper(search):
+    params = getattr(search, "best_params_", {}).get("l1")
+    return int(sum(np.size(v) for v in params.values())) if isinstance(params, dict) else 1
 
 
 def run_one(dataset, regime, seed, methods):
     """All methods on one (dataset, regime, seed); returns one record per method."""
-    X, y, X_test, y_test, cv, classification = make_split(dataset, regime, seed)
-    n_in = X.shape[1]
-    n_out = int(np.max(y)) + 1 if classification else 1
-    n_fit_rows = int((cv.test_fold == -1).sum())
+    ctx = Context(dataset, regime, seed)
     records = []
-
-    def record(method, search, wall, n_fits, n_hyper, extra=None):
+    for name in methods:
+        built = METHODS[name](ctx)
+        if built is None:
+            continue
+        search, fit, n_fits, n_hyper = built
+        torch.manual_seed(seed)
+        _, wall, cpu = _timed(fit)
         try:
-            score = float(search.score(X_test, y_test))
+            score = float(search.score(ctx.X_test, ctx.y_test))
         except ValueError:  # a refit that diverged predicts NaN: the row stays, as NaN
             score = float("nan")
-        records.append({"dataset": dataset, "regime": regime, "seed": seed, "method": method,
-                        "test_score": score, "wall_s": wall, "model_fits": n_fits,
-                        "n_hyperparams": n_hyper, **(extra or {})})
-
-    torch.manual_seed(seed)
-    net = make_estimator(classification, n_in, n_out, len(y), l1=False)
-    _, wall = _timed(lambda: net.fit(X, y))
-    record("untuned", net, wall, 1, 0)
-
-    l1_net = make_estimator(classification, n_in, n_out, n_fit_rows)
-    torch.manual_seed(seed)
-    grid = GridSearchCV(l1_net, {"lambda_l1": GRID}, cv=cv, error_score=np.nan)
-    _, budget = _timed(lambda: grid.fit(X, y))
-    record("GridSearchCV", grid, budget, len(GRID) + 1, 1,
-           {"best": {"lambda_l1": grid.best_params_["lambda_l1"]}})
-
-    if "random" in methods:
-        torch.manual_seed(seed)
-        rand = RandomizedSearchCV(l1_net, {"lambda_l1": loguniform(1e-6, 1e-2),
-                                           "lr": loguniform(0.03, 0.3)},
-                                  n_iter=len(GRID), cv=cv, random_state=seed,
-                                  error_score=np.nan)
-        _, wall = _timed(lambda: rand.fit(X, y))
-        record("RandomizedSearchCV", rand, wall, len(GRID) + 1, 2,
-               {"best": {k: float(v) for k, v in rand.best_params_.items()}})
-
-    if "optuna" in methods:
-        search = _optuna_search(l1_net, cv, seed, budget)
-        if search is not None:
-            torch.manual_seed(seed)
-            with warnings.catch_warnings():
-                # optuna-integration's terminator callback warns on a single cv split and
-                # about its own deprecation; neither affects the search.
-                warnings.simplefilter("ignore")
-                _, wall = _timed(lambda: search.fit(X, y))
-            record("OptunaSearchCV (TPE)", search, wall, search.n_trials_ + 1, 2,
-                   {"best": {k: float(v) for k, v in search.best_params_.items()}})
-
-    if "sgld" in methods:
-        # A persistent chain of about one training run, B + M = 10 steps per outer step.
-        tuner_net = make_estimator(classification, n_in, n_out, n_fit_rows, l1=False)
-        burn_in, n_samples = 5, 5
-        n_outer = max(2, math.ceil(STEPS / (burn_in + n_samples)))
-        tuner = SGLDHyperTuner(tuner_net, {"l1": PerWeightL1(init=1e-4)}, n_outer=n_outer,
-                               outer_lr=OUTER_LR, burn_in=burn_in, n_samples=n_samples, cv=cv,
-                               eval_every=max(1, n_outer // 10), random_state=seed,
-                               timeout=budget)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # SearchInterrupted on timeout is expected here
-            _, wall = _timed(lambda: tuner.fit(X, y))
-        n_hyper = int(sum(np.size(v) for v in tuner.best_params_["l1"].values()))
-        strengths = np.concatenate([np.ravel(v) for v in tuner.best_params_["l1"].values()])
-        record("SGLDHyperTuner (per-weight L1)", tuner, wall, cv.get_n_splits() + 1, n_hyper,
-               {"outer_iterations": int(len(tuner.history_)), "planned_outer": n_outer,
-                "best": {"l1_mean": float(strengths.mean()),
-                         "l1_median": float(np.median(strengths))}})
+        records.append({"dataset": dataset, "regime": regime, "seed": seed, "method": name,
+                        "test_score": score, "wall_s": wall, "cpu_s": cpu,
+                        "model_fits": n_fits,
+                        "n_hyperparams": _n_hyper(search) if n_hyper is None else n_hyper})
     return records
 
 
-def _optuna_search(estimator, cv, seed, budget):
-    """OptunaSearchCV with TPE over (lambda_l1, lr), stopped by the grid's wall time."""
+def _optuna_search(estimator, cv, seed):
+    """OptunaSearchCV with TPE over (lambda_l1, lr), as many trials as the grid has points."""
     try:
         import optuna
         from optuna_integration import OptunaSearchCV
@@ -231,11 +311,11 @@ def _optuna_search(estimator, cv, seed, budget):
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: see above
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     dist = optuna.distributions
-    space = {"lambda_l1": dist.FloatDistribution(1e-6, 1e-2, log=True),
+    space = {"lambda_l1": dist.FloatDistribution(1e-6, 1e-1, log=True),
              "lr": dist.FloatDistribution(0.03, 0.3, log=True)}
     sampler = optuna.samplers.TPESampler(seed=seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    return OptunaSearchCV(clone(estimator), space, cv=cv, n_trials=100, timeout=budget,
+    return OptunaSearchCV(clone(estimator), space, cv=cv, n_trials=len(GRID),
                           study=study, random_state=seed, error_score=np.nan, verbose=0)
 
 
@@ -245,22 +325,42 @@ def summarise(df):
     keeps its row, winning or not."""
     return (df.groupby(["dataset", "regime", "method"], sort=False)
               .agg(test_mean=("test_score", "mean"), test_std=("test_score", "std"),
-                   wall_s=("wall_s", "mean"), model_fits=("model_fits", "mean"),
+                   cpu_s=("cpu_s", "mean"), wall_s=("wall_s", "mean"),
+                   model_fits=("model_fits", "mean"),
                    n_hyperparams=("n_hyperparams", "max"), seeds=("seed", "nunique"))
               .reset_index())
 
 
-def to_markdown(summary):
-    lines = ["| dataset | regime | method | test score (mean ± std) | wall s | model fits "
-             "| # hyperparams | seeds |", "|---|---|---|---|---|---|---|---|"]
+def gains_over_control(df):
+    """Per (dataset, regime): the tuner's test score minus its no-search control, per seed."""
+    tuned = df[df.method == "SGLDHyperTuner"].set_index(["dataset", "regime", "seed"])
+    ctrl = df[df.method == "SGLDHyperTuner control (n_outer=1)"].set_index(
+        ["dataset", "regime", "seed"])
+    gain = (tuned.test_score - ctrl.test_score).dropna()
+    return gain.groupby(level=["dataset", "regime"], sort=False).agg(
+        ["mean", "std", lambda g: f"{int((g > 0).sum())}/{len(g)}"])
+
+
+def to_markdown(summary, gains=None):
+    lines = ["| dataset | regime | method | test score (mean ± std) | CPU s | wall s | model fits "
+             "| # hyperparams | seeds |", "|---|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
         std = "" if not np.isfinite(r.test_std) else f" ± {r.test_std:.4f}"
         lines.append(f"| {r.dataset} | {r.regime} | {r.method} | {r.test_mean:.4f}{std} | "
-                     f"{r.wall_s:.1f} | {r.model_fits:.1f} | {r.n_hyperparams} | {r.seeds} |")
+                     f"{r.cpu_s:.1f} | {r.wall_s:.1f} | {r.model_fits:.1f} | {r.n_hyperparams} "
+                     f"| {r.seeds} |")
+    if gains is not None and len(gains):
+        lines += ["", "What the search adds: SGLDHyperTuner minus its no-search control "
+                  "(same seeds), mean ± std over seeds, seeds won:", "",
+                  "| dataset | regime | gain | seeds won |", "|---|---|---|---|"]
+        for (dataset, regime), r in gains.iterrows():
+            lines.append(f"| {dataset} | {regime} | {r.iloc[0]:+.4f} ± {r.iloc[1]:.4f} | "
+                         f"{r.iloc[2]} |")
     return "\n".join(lines)
 
 
-def plot(summary, path):
+def plot(summary):
+    """Best test score against CPU seconds, one panel per (dataset, regime); the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -271,65 +371,66 @@ def plot(summary, path):
     cols = 3
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
-    markers = dict(zip(summary["method"].drop_duplicates(), "osD^vP*"))
+    markers = dict(zip(summary["method"].drop_duplicates(), "osD^vP*XhH<>"))
     for ax, ((dataset, regime), sub) in zip(axes.ravel(), panels):
         for r in sub.itertuples():
-            ax.errorbar(r.wall_s, r.test_mean, yerr=0 if not np.isfinite(r.test_std) else r.test_std,
+            ax.errorbar(r.cpu_s, r.test_mean, yerr=0 if not np.isfinite(r.test_std) else r.test_std,
                         fmt=markers[r.method], capsize=3, label=r.method)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping labels
         ax.set_title(f"{dataset}, {regime}", fontsize=9)
-        ax.set_xlabel("wall-clock s (mean over seeds)", fontsize=8)
+        ax.set_xlabel("CPU s, one thread (mean over seeds)", fontsize=8)
         ax.set_ylabel("test accuracy" if dataset != "diabetes" else "test R^2", fontsize=8)
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
     handles, labels = axes.ravel()[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.subplots_adjust(bottom=0.12)
+    return fig
 
 
-def _write_report(df, meta, out_dir, tag):
+def _write_report(df, meta, stem):
     summary = summarise(df)
-    table = to_markdown(summary)
+    table = to_markdown(summary, gains_over_control(df))
     print(table)
-    with open(os.path.join(out_dir, tag + ".md"), "w") as fh:
-        fh.write(f"# Search methods compared ({'smoke' if meta['smoke'] else 'full'} run)\n\n"
-                 f"Test score: accuracy (digits, breast_cancer) or R^2 on standardised y "
-                 f"(diabetes). {meta['seeds']} seed(s); wall time and fits are means per "
-                 f"search; about {meta['steps_per_training_run']} SGD steps per training run. "
-                 f"Total {meta['total_wall_s']:.0f} s wall ({meta['total_cpu_s']:.0f} s CPU), "
-                 f"load average at end {meta['load_average_at_end'][0]:.1f} on "
-                 f"{meta['cpu_count']} cores.\n\n{table}\n")
-    plot(summary, os.path.join(out_dir, tag + ".png"))
+    text = (f"# Search methods compared ({'smoke' if meta['smoke'] else 'full'} run)\n\n"
+            f"Test score: accuracy (digits, breast_cancer) or R^2 on standardised y "
+            f"(diabetes). {meta['seeds']} seed(s); times and fits are means per search (CPU: "
+            f"this process, one torch thread); about {meta['steps_per_training_run']} SGD "
+            f"steps per training run. Total {meta['total_wall_s']:.0f} s wall "
+            f"({meta['total_cpu_s']:.0f} s CPU), load average at end "
+            f"{meta['load_average_at_end'][0]:.1f} on {meta['cpu_count']} cores.\n\n{table}\n")
+    payload = {"meta": meta, "runs": df.to_dict(orient="records"),
+               "summary": summary.to_dict(orient="records")}
+    write_results(stem, payload, text, figures={"": plot(summary)})
     return summary
 
 
 def _rebuild(path):
     with open(path) as fh:
         data = json.load(fh)
-    tag = os.path.splitext(os.path.basename(path))[0]
     df = pd.DataFrame.from_records(data["runs"])
-    _write_report(df, data["meta"], os.path.dirname(os.path.abspath(path)), tag)
+    _write_report(df, data["meta"], os.path.splitext(os.path.abspath(path))[0])
     return df
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--seeds", type=int, default=1 if SMOKE else 5)
-    parser.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     parser.add_argument("--datasets", default="digits,breast_cancer,diabetes")
-    parser.add_argument("--methods", default="random,optuna,sgld")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated subset of: {', '.join(METHODS)}")
     parser.add_argument("--from-json", help="rebuild the .md table and .png plot from a "
                         "previous run's JSON instead of running anything")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.from_json:
         return _rebuild(args.from_json)
     torch.set_num_threads(1)  # shared 2-core machine; tiny tensors gain nothing from more
     datasets = args.datasets.split(",")
-    regimes = {"digits": ["full", "150 rows", "40% flipped labels"],
-               "breast_cancer": ["full", "150 rows", "40% flipped labels"],
+    regimes = {"digits": ["full", "150 rows", "40% flipped labels",
+                          "+200 noise columns, 150 rows"],
+               "breast_cancer": ["full", "150 rows", "40% flipped labels",
+                                 "+100 noise columns, 100 rows"],
                "diabetes": ["full", "150 rows", "40% permuted targets"]}
     if SMOKE:  # one regime per dataset keeps the smoke run well under a minute
         regimes = {d: ["150 rows"] for d in regimes}
@@ -350,18 +451,14 @@ def main(argv=None):
     # everything runs on one thread (other users' load inflates only the wall time).
     cpu_total = time.process_time() - cpu_started
     df = pd.DataFrame.from_records(records)
-    tag = "compare_search_smoke" if SMOKE else "compare_search"
-    os.makedirs(args.out_dir, exist_ok=True)
     meta = {"smoke": SMOKE, "seeds": args.seeds, "steps_per_training_run": STEPS,
-            "outer_lr": OUTER_LR, "grid": GRID, "total_wall_s": total,
+            "grid": GRID, "lrs": LRS, "wds": WDS, "total_wall_s": total,
             "total_cpu_s": cpu_total, "load_average_at_end": os.getloadavg(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version()}
-    summary = _write_report(df, meta, args.out_dir, tag)
-    with open(os.path.join(args.out_dir, tag + ".json"), "w") as fh:
-        json.dump({"meta": meta, "runs": df.to_dict(orient="records"),
-                   "summary": summary.to_dict(orient="records")}, fh, indent=1, default=float)
-    print(f"total {total:.0f} s wall, {cpu_total:.0f} s CPU; wrote {tag}.json/.md/.png to {args.out_dir}")
+    stem = result_stem("compare_search", args.out_dir)
+    _write_report(df, meta, stem)
+    print(f"total {total:.0f} s wall, {cpu_total:.0f} s CPU; wrote {stem}.json/.md/.png")
     return df
 
 

@@ -28,7 +28,6 @@ Writes ``benchmarks/results/hypergrad_quality.{json,md}`` (``*_smoke.*`` in smok
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,13 +37,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_results  # noqa: E402
+from _results import add_common_args, is_smoke, parse_args, result_stem, write_results  # noqa: E402
 
 from sgld_tuner.core import BilevelProblem, ChainState, InnerSettings, hypergradient  # noqa: E402
 from sgld_tuner.problems import RidgePerFeature  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SMOKE = os.environ.get("SGLD_TUNER_SMOKE", "0") not in ("", "0")
+SMOKE = is_smoke()
 DT = torch.float64
 
 # name -> InnerSettings fields (method, recursion, options)
@@ -254,7 +252,11 @@ def mlp_references(case, total_steps):
     return reference, ift
 
 
-def main():
+def main(argv=None):
+    import argparse
+
+    args = parse_args(add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])),
+                      argv)
     torch.set_num_threads(1)
     n_warm, n_calls = (2, 2) if SMOKE else (20, 5)
     names = list(ESTIMATORS)
@@ -275,10 +277,10 @@ def main():
                     "norm_ratio": float(ift.norm() / case.exact.norm()),
                     "cosine_1call": cosine(ift, case.exact), "cost_x_plain": float("nan")})
         rows += new
-    write(rows)
+    write(rows, args.out_dir)
 
 
-def write(rows):
+def write(rows, out_dir):
     import pandas as pd
 
     table = pd.DataFrame(rows)
@@ -290,8 +292,7 @@ def write(rows):
           "cosine_1call: median over single estimates; cost: CPU per inner step in plain "
           "gradient steps on the same inner loss.", "",
           table.to_markdown(index=False, floatfmt=".3f"), ""]
-    stem = RESULTS / ("hypergrad_quality_smoke" if SMOKE else "hypergrad_quality")
-    write_results(str(stem), {"smoke": SMOKE, "rows": rows}, "\n".join(md))
+    write_results(result_stem("hypergrad_quality", out_dir), {"rows": rows}, "\n".join(md))
     print("\n".join(md))
 
 

@@ -24,7 +24,6 @@ Writes ``benchmarks/results/search_effect.{json,md}`` (``*_smoke.*`` in smoke mo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
@@ -38,14 +37,13 @@ from sklearn.preprocessing import StandardScaler
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_results  # noqa: E402
+from _results import add_common_args, is_smoke, parse_args, result_stem, write_results  # noqa: E402
 
 from sgld_tuner import SGLDHyperTuner  # noqa: E402
 from sgld_tuner.demo import MLP  # noqa: E402
 from sgld_tuner.hyperparams import PerWeightL1  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SMOKE = os.environ.get("SGLD_TUNER_SMOKE", "0") not in ("", "0")
+SMOKE = is_smoke()
 GRID = [0.0, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1]
 
 # name -> (PerWeightL1 kwargs, SGLDHyperTuner kwargs); "default" is the tuner's defaults.
@@ -137,7 +135,7 @@ def run_grid(data, seed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--configs", nargs="+", default=["default"])
     parser.add_argument("--regimes", nargs="+",
                         default=["cancer+noise", "digits-150", "diabetes"])
@@ -145,7 +143,7 @@ def main(argv=None):
     parser.add_argument("--n-outer", type=int, default=2 if SMOKE else 50)
     parser.add_argument("--no-grid", action="store_true")
     parser.add_argument("--tag", default="")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     torch.set_num_threads(1)
     rows = []
     for regime in args.regimes:
@@ -193,8 +191,8 @@ def write(rows, args):
           "thread). gain: test score minus the same configuration's `n_outer=1` control, "
           "per seed (mean, std, wins).", "",
           table.to_markdown(index=False, floatfmt=".4f"), ""]
-    name = "search_effect" + (f"_{args.tag}" if args.tag else "") + ("_smoke" if SMOKE else "")
-    write_results(str(RESULTS / name), {"smoke": SMOKE, "args": vars(args), "rows": rows},
+    name = "search_effect" + (f"_{args.tag}" if args.tag else "")
+    write_results(result_stem(name, args.out_dir), {"args": vars(args), "rows": rows},
                   "\n".join(md))
     print("\n".join(md))
 

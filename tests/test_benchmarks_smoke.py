@@ -28,13 +28,7 @@ TIMEOUT_S = 300
 
 # Scripts that do not run in smoke mode yet. Their owner empties this set as they are
 # fixed; every other script must pass.
-_NOT_YET_SMOKE: set[str] = {
-    # Runs, but takes no --out-dir and writes bias_study_quick.* into benchmarks/results,
-    # which .gitignore does not ignore: a test run would leave files in the checkout.
-    # Fix: build its parser with _results.add_common_args and name its outputs with
-    # _results.result_stem.
-    "bias_study",
-}
+_NOT_YET_SMOKE: set[str] = set()
 
 # Scripts that draw a figure: their smoke run must write <name>_smoke.png as well.
 PLOTS = {"compare_search", "fewshot_sinusoid", "invariance", "l1_options", "loss_learning",
@@ -97,7 +91,9 @@ def test_benchmark_smoke(script, smoke_runs):
 
 def _check_compare_search(data):
     methods = {row["method"] for row in data["summary"]}
-    assert {"untuned", "GridSearchCV", "SGLDHyperTuner (per-weight L1)"} <= methods
+    assert {"untuned", "GridSearchCV (L1)", "GridSearchCV (lr x wd)", "SGLDHyperTuner",
+            "SGLDHyperTuner control (n_outer=1)",
+            "hybrid: GridSearchCV(lr) x SGLDHyperTuner"} <= methods
 
 
 def _check_l1_options(data):
