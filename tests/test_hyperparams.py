@@ -1,8 +1,10 @@
-"""Conformance suite every hyperparameter kind must pass.
+"""Conformance suite every hyperparameter kind must pass, plus kind-specific truths.
 
-The independent truth is central finite differences in float64 of the hypergradient
-through one inner gradient step, ``d/dlam f(lam, theta - eta * grad_theta L_T(lam, theta))``,
-on a tiny net; closed-form mixed derivatives are checked against the double backward.
+The conformance checks live in :func:`sgld_tuner.hyperparams.check_hyperparameter` (so
+users can run them on their own kinds): the independent truth there is central finite
+differences in float64 of the hypergradient through one inner gradient step,
+``d/dlam f(lam, theta - eta * grad_theta L_T(lam, theta))``, on a tiny net; closed-form
+mixed derivatives are checked against the double backward.
 """
 import numpy as np
 import pytest
@@ -10,9 +12,9 @@ import torch
 from sklearn.base import clone
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 
-from sgld_tuner.core import _tree
-from sgld_tuner.hyperparams import (AffineAugmentation, Hyperparameter, LossWeights,
-                                    PerWeightL1, SampleWeights, TaylorLoss, WeightDecay)
+from sgld_tuner.hyperparams import (AffineAugmentation, LossWeights, PerWeightL1,
+                                    SampleWeights, TaylorLoss, WeightDecay,
+                                    check_hyperparameter)
 from sgld_tuner.skorch_adapter import NetProblem
 
 N_ROWS, N_FEATURES, N_CLASSES = 24, 16, 3
@@ -74,119 +76,17 @@ def _problem(hp, *, softmax=False, seed=0):
     return problem
 
 
-def _perturbed_lam(problem, seed=0):
-    """Init plus noise, so symmetric points (lam = 0, uniform weights) do not hide errors."""
-    lam = problem.init_lam()
-    leaves, spec = _tree.flatten(lam)
-    g = torch.Generator().manual_seed(seed)
-    leaves = [t + 0.3 * torch.randn(t.shape, generator=g, dtype=t.dtype) for t in leaves]
-    return leaves, spec
-
-
-def _one_step_objective(problem, spec, theta0, eta=0.5):
-    names = list(theta0)
-
-    def objective(leaves):
-        lam = _tree.unflatten(leaves, spec)
-        problem.generator.manual_seed(7)   # same augmentation draws in every evaluation
-        theta = {n: theta0[n].clone().requires_grad_(True) for n in names}
-        inner = problem.inner_loss(lam, theta)
-        grads = torch.autograd.grad(inner, [theta[n] for n in names], create_graph=True)
-        stepped = {n: theta[n] - eta * g for n, g in zip(names, grads)}
-        return problem.outer_loss(lam, stepped)
-
-    return objective
-
-
 @pytest.mark.parametrize("softmax", [False, True], ids=["ce", "nll_proba"])
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_one_step_hypergradient_matches_finite_differences(kind, softmax):
-    problem = _problem(KINDS[kind](), softmax=softmax)
-    leaves, spec = _perturbed_lam(problem)
-    objective = _one_step_objective(problem, spec, problem.theta0())
-
-    lam = [t.clone().requires_grad_(True) for t in leaves]
-    value = objective(lam)
-    grads = torch.autograd.grad(value, lam, allow_unused=True)
-    grads = _tree.fill_none(grads, lam)
-    assert any(float(g.abs().max()) > 0 for g in grads), "hyperparameter has no effect"
-
-    g = torch.Generator().manual_seed(3)
-    h = 1e-6
-    for _ in range(2):
-        direction = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in leaves]
-        plus = objective([t + h * d for t, d in zip(leaves, direction)]).detach()
-        minus = objective([t - h * d for t, d in zip(leaves, direction)]).detach()
-        fd = float((plus - minus) / (2 * h))
-        ad = float(sum((gi * d).sum() for gi, d in zip(grads, direction)))
-        assert ad == pytest.approx(fd, rel=1e-4, abs=1e-8)
-
-
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_closed_form_mixed_vjp_matches_double_backward(kind):
-    problem = _problem(KINDS[kind]())
-    bound = problem.bound["h"]
-    mixed = problem.mixed_vjp()
-    if not bound.closed_form_mixed:
-        assert mixed is None
-        assert bound.mixed_vjp(None, None, None) is NotImplemented
-        return
-    assert mixed is not None
-    leaves, spec = _perturbed_lam(problem)
-    lam_leaves = [t.clone().requires_grad_(True) for t in leaves]
-    lam = _tree.unflatten(lam_leaves, spec)
-    theta = {n: t.requires_grad_(True) for n, t in problem.theta0().items()}
-    g = torch.Generator().manual_seed(5)
-    v = {n: torch.randn(t.shape, generator=g, dtype=t.dtype) for n, t in theta.items()}
-
-    problem.generator.manual_seed(0)
-    inner = problem.inner_loss(lam, theta)
-    grads = torch.autograd.grad(inner, list(theta.values()), create_graph=True)
-    expected = torch.autograd.grad(grads, lam_leaves, grad_outputs=list(v.values()),
-                                   allow_unused=True)
-    expected = _tree.fill_none(expected, lam_leaves)
-    got, _ = _tree.flatten(mixed(lam, theta, v))
-    assert len(got) == len(expected)
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_public_round_trip(kind):
-    problem = _problem(KINDS[kind]())
-    bound = problem.bound["h"]
-    raw = problem.init_lam()["h"]
-    public = bound.to_public(raw)
-    assert isinstance(public, (float, np.ndarray, dict))
-    back = bound.from_public(public, torch.device("cpu"), torch.float64)
-    _assert_same_public(bound.to_public(back), public)
-    assert np.isfinite(bound.summary(raw))
-    # value() is the constrained scale that to_public reports
-    value = _public_of(bound.value(raw))
-    if isinstance(public, dict) and not isinstance(value, dict):   # AffineAugmentation
-        value = dict(zip(public, value))
-    _assert_same_public(value, public)
-    # a perturbed value survives the round trip too
-    leaves, spec = _tree.flatten(raw)
-    moved = _tree.unflatten([t + 0.1 for t in leaves], spec)
-    again = bound.from_public(bound.to_public(moved), torch.device("cpu"), torch.float64)
-    _assert_same_public(bound.to_public(again), bound.to_public(moved))
-
-
-def _public_of(value):
-    if isinstance(value, dict):
-        return {k: _public_of(v) for k, v in value.items()}
-    return value.detach().double().numpy()
-
-
-def _assert_same_public(a, b):
-    if isinstance(b, dict):
-        assert set(a) == set(b)
-        for k in b:
-            _assert_same_public(a[k], b[k])
-    else:
-        np.testing.assert_allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float),
-                                   rtol=1e-9, atol=1e-12)
+def test_builtin_kind_passes_check_hyperparameter(kind, softmax):
+    """The conformance helper users run on their own kinds: finite differences of the
+    one-step hypergradient in float64, closed-form mixed derivative vs double backward,
+    public round trip, clone/get_params, flags vs hooks, binding errors."""
+    X, y = _data()
+    torch.manual_seed(0)
+    module = (NeuralNetClassifier(TinyMLP, module__softmax=True, criterion=torch.nn.NLLLoss)
+              if softmax else TinyMLP())
+    check_hyperparameter(KINDS[kind](), module=module, X=X, y=y)
 
 
 def test_init_values_are_respected():
@@ -217,15 +117,6 @@ def test_glob_matches_top_level_names():
     module = torch.nn.Linear(3, 2)
     bound = PerWeightL1().bind(module, n_train=5, n_classes=2, input_shape=(3,))
     assert bound.name_targets == ["weight"]
-
-
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_clone_and_get_params(kind):
-    hp = KINDS[kind]()
-    assert isinstance(hp, Hyperparameter)
-    cloned = clone(hp)
-    assert cloned is not hp and type(cloned) is type(hp)
-    assert repr(cloned.get_params()) == repr(hp.get_params())
 
 
 @pytest.mark.parametrize("hp", [LossWeights(), TaylorLoss()], ids=["loss_weights", "taylor"])

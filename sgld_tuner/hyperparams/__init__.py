@@ -18,12 +18,17 @@ Penalty granularities (``granularity=``): one strength per ``"weight"``, per ``"
 (row of each matched tensor), per input ``"feature"`` (column of the first matched
 tensor), per ``"tensor"``, or one ``"global"`` strength. Learned per-feature strengths
 read as a feature-relevance table with :func:`sgld_tuner.relevance.feature_relevance`.
+
+New kinds subclass :class:`Hyperparameter` and :class:`BoundHyperparameter` (public hooks,
+capability flags; see :mod:`sgld_tuner.hyperparams.base`) and should pass
+:func:`check_hyperparameter`, the conformance checks every kind above passes.
 """
 from .augmentation import AffineAugmentation
 from .base import BoundHyperparameter, Hyperparameter
+from .checks import check_hyperparameter
 from .losses import LossWeights, TaylorLoss
 from .penalties import PerWeightL1, WeightDecay
 from .reweighting import SampleWeights
 
-__all__ = ["Hyperparameter", "BoundHyperparameter", "PerWeightL1", "WeightDecay",
+__all__ = ["Hyperparameter", "BoundHyperparameter", "check_hyperparameter", "PerWeightL1", "WeightDecay",
            "LossWeights", "TaylorLoss", "AffineAugmentation", "SampleWeights"]
