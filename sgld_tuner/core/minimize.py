@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -11,6 +10,8 @@ import pandas as pd
 import torch
 
 from . import _tree
+from .engine import (Callbacks, Listener, OracleResult, OuterLoop, StopOnNonFinite, all_finite,
+                     make_outer_optimizer)
 from .hypergrad import hypergradient
 from .problem import METHODS, BilevelProblem, ChainState, Hypergradient, InnerSettings
 from .sgld import make_generator
@@ -51,18 +52,6 @@ class BilevelResult:
     message: str
 
 
-def make_outer_optimizer(name_or_factory, params, lr):
-    """``"sgd"``, ``"adam"``, or a callable ``(params, lr) -> torch.optim.Optimizer``."""
-    if callable(name_or_factory):
-        return name_or_factory(params, lr=lr)
-    name = str(name_or_factory).lower()
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    raise ValueError(f"outer_optimizer must be 'sgd', 'adam' or a callable, got {name_or_factory!r}")
-
-
 def project(lam: list[torch.Tensor], bounds) -> None:
     """Clamp ``lam`` in place to ``bounds``: ``(low, high)`` for all, or one pair per leaf."""
     if bounds is None:
@@ -93,9 +82,27 @@ def probe_dependence(problem: BilevelProblem, lam: list[torch.Tensor]) -> list[b
     return [a or (d is not None) or s for a, d, s in zip(via_inner, direct, start_uses)]
 
 
+# InnerSettings fields that minimize's own arguments set: not valid in method_options.
+_SET_BY_ARGUMENTS = ("method", "inner_lr", "burn_in", "n_samples", "temperature", "noise_scale",
+                     "n_inner", "chain", "recursion")
+
+
 def _is_finite(result: Hypergradient) -> bool:
     return (math.isfinite(result.outer_loss) and math.isfinite(result.inner_loss)
-            and all(bool(torch.isfinite(g).all()) for g in result.grad))
+            and all_finite(result.grad))
+
+
+def _at_iteration(k: int, exc: Exception) -> Exception:
+    return type(exc)(f"at outer iteration {k}: {exc}")
+
+
+class _LamColumns(Listener):
+    """``lam[i]`` history columns, for up to 16 hyperparameters (after ``time_s``)."""
+
+    def on_iteration_end(self, engine, record):
+        if _tree.numel(engine.lam) <= 16:
+            flat = torch.cat([t.detach().reshape(-1) for t in engine.lam]).tolist()
+            record.update({f"lam[{i}]": v for i, v in enumerate(flat)})
 
 
 def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method: str = "sgld",
@@ -141,8 +148,9 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     mixed_vjp : callable, optional
         Closed-form ``v^T d2 L_T / (d theta d lam)``, see ``BilevelProblem``.
     method_options : dict, optional
+        Any other field of :class:`~sgld_tuner.core.problem.InnerSettings` (e.g.
         ``cg_iters``, ``cg_damping``, ``neumann_iters``, ``neumann_alpha``,
-        ``curvature_every``, ``keep_samples``.
+        ``curvature_every``, ``keep_samples``); an unknown key raises ``ValueError``.
     projection : callable, optional
         ``lam -> lam`` (on the user's structure) applied after each outer step and after
         ``bounds``, e.g. onto a simplex; its output replaces ``lam`` in place.
@@ -154,94 +162,87 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     settings = InnerSettings(method=method, inner_lr=inner_lr, burn_in=burn_in,
                              n_samples=n_samples, temperature=temperature,
                              noise_scale=noise_scale, n_inner=n_inner, chain=chain,
-                             recursion=recursion, **(method_options or {})).validate()
+                             recursion=recursion,
+                             **InnerSettings.check_options(method_options, _SET_BY_ARGUMENTS)).validate()
     if n_outer < 1:
         raise ValueError(f"n_outer must be >= 1, got {n_outer}")
+    lam, lam_spec = _start_lam(lam0)
+    problem = BilevelProblem(outer_loss, inner_loss, lam_spec, theta0, mixed_vjp=mixed_vjp)
+    generator = make_generator(random_state, lam[0].device)
+    optimizer = make_outer_optimizer(outer_optimizer, lam, outer_lr)
+    state = ChainState()
+    _warn_unused(problem, lam)
+
+    def oracle(leaves):
+        try:
+            result = hypergradient(problem, leaves, state, settings, generator)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise _at_iteration(engine.iteration, exc) from exc
+        return OracleResult(result.grad, result.outer_loss, result.inner_loss,
+                            _is_finite(result))
+
+    def constrain(leaves):
+        project(leaves, bounds)
+        if projection is not None:
+            with torch.no_grad():
+                projected, _ = _tree.flatten(projection(_tree.unflatten(
+                    [t.detach().clone() for t in leaves], lam_spec)))
+                for leaf, value in zip(leaves, projected):
+                    leaf.copy_(value)
+
+    def with_lam(engine, record):
+        return {**record, "lam": _tree.unflatten([t.detach().clone() for t in engine.lam],
+                                                 lam_spec)}
+
+    engine = OuterLoop(oracle, lam, optimizer, n_outer=n_outer, policy=StopOnNonFinite(),
+                       project=constrain, listeners=[
+                           _LamColumns(),
+                           Callbacks([callback] if callback is not None else [], payload=with_lam,
+                                     reason="stopped by callback after outer iteration {iteration}")])
+    engine.run()
+    if engine.failed:
+        warnings.warn(engine.stop_reason, NonFiniteWarning, stacklevel=2)
+    return _result(engine, problem, state, lam_spec)
+
+
+def _start_lam(lam0):
+    """Fresh leaves (requiring grad) from the user's ``lam0``, and its structure."""
     leaves, lam_spec = _tree.flatten(lam0)
     if not leaves:
         raise ValueError("lam0 holds no tensor")
     if not all(t.is_floating_point() for t in leaves):
         raise TypeError("lam0 must hold floating-point tensors")
-    lam = [t.detach().clone().requires_grad_(True) for t in leaves]
-    problem = BilevelProblem(outer_loss, inner_loss, lam_spec, theta0, mixed_vjp=mixed_vjp)
-    generator = make_generator(random_state, lam[0].device)
-    optimizer = make_outer_optimizer(outer_optimizer, lam, outer_lr)
-    state = ChainState()
+    return [t.detach().clone().requires_grad_(True) for t in leaves], lam_spec
 
-    def at_iteration(k, exc):
-        return type(exc)(f"at outer iteration {k}: {exc}")
 
+def _warn_unused(problem: BilevelProblem, lam) -> None:
+    """Warn about leaves of ``lam`` that reach neither loss (they would never move)."""
     try:
         reached = probe_dependence(problem, lam)
     except (ValueError, TypeError) as exc:
-        raise at_iteration(0, exc) from exc
+        raise _at_iteration(0, exc) from exc
     if not all(reached):
         names = [i for i, ok in enumerate(reached) if not ok]
         warnings.warn(f"at outer iteration 0: lam leaves {names} affect neither the inner nor "
                       "the outer loss; their hypergradient is zero and they will not move",
-                      UnusedHyperparameterWarning, stacklevel=2)
+                      UnusedHyperparameterWarning, stacklevel=3)
 
-    records, last_finite = [], [t.detach().clone() for t in lam]
-    success, message, k = True, f"completed {n_outer} outer iterations", 0
-    for k in range(n_outer):
-        started = time.perf_counter()
-        try:
-            result = hypergradient(problem, lam, state, settings, generator)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            raise at_iteration(k, exc) from exc
-        if not _is_finite(result):
-            success = False
-            message = (f"non-finite loss or hypergradient at outer iteration {k} "
-                       f"(outer={result.outer_loss}, inner={result.inner_loss}); "
-                       "kept the last finite lam")
-            warnings.warn(message, NonFiniteWarning, stacklevel=2)
-            break
-        optimizer.zero_grad(set_to_none=False)
-        for leaf, g in zip(lam, result.grad):
-            leaf.grad = g.to(leaf.dtype)
-        optimizer.step()
-        project(lam, bounds)
-        if projection is not None:
-            with torch.no_grad():
-                projected, _ = _tree.flatten(projection(_tree.unflatten(
-                    [t.detach().clone() for t in lam], lam_spec)))
-                for leaf, value in zip(lam, projected):
-                    leaf.copy_(value)
-        if not all(bool(torch.isfinite(t).all()) for t in lam):
-            success = False
-            message = f"lam became non-finite after outer iteration {k}; kept the last finite lam"
-            warnings.warn(message, NonFiniteWarning, stacklevel=2)
-            break
-        last_finite = [t.detach().clone() for t in lam]
-        record = {
-            "iteration": k,
-            "outer_loss": result.outer_loss,
-            "inner_loss": result.inner_loss,
-            "hypergrad_norm": float(torch.sqrt(sum((g.double() ** 2).sum() for g in result.grad))),
-            "time_s": time.perf_counter() - started,
-        }
-        if _tree.numel(lam) <= 16:
-            flat = torch.cat([t.detach().reshape(-1) for t in lam]).tolist()
-            record.update({f"lam[{i}]": v for i, v in enumerate(flat)})
-        records.append(record)
-        if callback is not None and callback({**record, "lam": _tree.unflatten(last_finite, lam_spec)}):
-            message = f"stopped by callback after outer iteration {k}"
-            k += 1
-            break
-    else:
-        k = n_outer
-    theta = state.theta if state.theta is not None else problem.start(last_finite)
+
+def _result(engine: OuterLoop, problem: BilevelProblem, state: ChainState, lam_spec) -> BilevelResult:
+    # The policy has put lam back to its last finite value if the run failed.
+    lam = [t.detach().clone() for t in engine.lam]
+    theta = state.theta if state.theta is not None else problem.start(lam)
     theta = [t.detach() for t in theta]
-    theta_spec = problem.theta_spec
+    n_outer = engine.n_outer
     return BilevelResult(
-        lam=_tree.unflatten(last_finite, lam_spec),
-        theta=_tree.unflatten(theta, theta_spec),
-        history=pd.DataFrame.from_records(records),
-        n_iter=len(records),
-        success=success,
-        message=message,
+        lam=_tree.unflatten(lam, lam_spec),
+        theta=_tree.unflatten(theta, problem.theta_spec),
+        history=pd.DataFrame.from_records(engine.records),
+        n_iter=len(engine.records),
+        success=not engine.failed,
+        message=engine.stop_reason or f"completed {n_outer} outer iterations",
     )
 
 
 __all__ = ["minimize", "BilevelResult", "NonFiniteWarning", "UnusedHyperparameterWarning",
-           "METHODS"]
+           "METHODS", "make_outer_optimizer", "project"]

@@ -9,7 +9,8 @@ with ``lam`` a flat list of leaf tensors that require grad, ``state`` the per-ch
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from numbers import Integral, Real
 from typing import Any, Callable
 
 import torch
@@ -81,7 +82,29 @@ class InnerSettings:
     neumann_iters: int = 10
     neumann_alpha: float = 0.99
 
+    # One rule per numeric setting, ``(type, low, high, closed)`` as scikit-learn's
+    # ``Interval`` reads them (``closed``: which bounds are allowed; None: unbounded).
+    # InnerSettings.validate enforces them for the core and the tuner hands the same
+    # entries to scikit-learn's parameter validation, so both front ends accept exactly
+    # the same values. temperature >= 0: tau = 0 is plain (stochastic) gradient descent on
+    # the chain, the tau -> 0 end of the method; the "gibbs" recursion, which divides by
+    # tau, asks for tau > 0 itself.
+    BOUNDS = {
+        "inner_lr": (Real, 0, None, "neither"),
+        "burn_in": (Integral, 0, None, "left"),
+        "n_samples": (Integral, 1, None, "left"),
+        "temperature": (Real, 0, None, "left"),
+        "noise_scale": (Real, 0, None, "left"),
+        "n_inner": (Integral, 1, None, "left"),
+        "curvature_every": (Integral, 1, None, "left"),
+        "cg_iters": (Integral, 1, None, "left"),
+        "neumann_iters": (Integral, 0, None, "left"),
+    }
+    # Settings that may be None (meaning "the default rule", see above).
+    OPTIONAL = ("n_inner", "curvature_every")
+
     def validate(self) -> "InnerSettings":
+        """Check every setting against its one rule (:attr:`BOUNDS`); returns ``self``."""
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.chain not in ("persistent", "restart"):
@@ -89,25 +112,56 @@ class InnerSettings:
         if self.recursion != "auto" and self.recursion not in RECURSIONS:
             raise ValueError(f"recursion must be 'auto' or one of {sorted(RECURSIONS)}, got "
                              f"{self.recursion!r}")
-        checks = {
-            "inner_lr": self.inner_lr > 0,
-            "burn_in": self.burn_in >= 0,
-            "n_samples": self.n_samples >= 1,
-            "temperature": self.temperature >= 0,
-            "noise_scale": self.noise_scale >= 0,
-            "n_inner": self.n_inner is None or self.n_inner >= 1,
-            "curvature_every": self.curvature_every is None or self.curvature_every >= 1,
-            "cg_iters": self.cg_iters >= 1,
-            "neumann_iters": self.neumann_iters >= 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
+        bad = [name for name in self.BOUNDS if not self._within(name)]
         if bad:
             values = ", ".join(f"{n}={getattr(self, n)!r}" for n in bad)
-            raise ValueError(
-                f"invalid inner settings: {values} (need inner_lr > 0, burn_in >= 0, "
-                "n_samples >= 1, temperature >= 0, noise_scale >= 0, n_inner >= 1)"
-            )
+            rules = ", ".join(f"{n} in {self._rule(n)}" for n in bad)
+            raise ValueError(f"invalid inner settings: {values} (need {rules})")
         return self
+
+    def _within(self, name: str) -> bool:
+        value = getattr(self, name)
+        if value is None:
+            return name in self.OPTIONAL
+        _, low, high, closed = self.BOUNDS[name]
+        # NaN fails every comparison, so it is refused.
+        above = value >= low if closed in ("left", "both") else value > low
+        below = high is None or (value <= high if closed in ("right", "both") else value < high)
+        return bool(above and below)
+
+    @classmethod
+    def _rule(cls, name: str) -> str:
+        _, low, high, closed = cls.BOUNDS[name]
+        left = "[" if closed in ("left", "both") else "("
+        right = "]" if closed in ("right", "both") else ")"
+        return f"{left}{low}, {'inf' if high is None else high}{right}"
+
+    @classmethod
+    def check_options(cls, options: dict | None, set_by_caller=()) -> dict:
+        """``method_options`` checked against the fields of this class.
+
+        Parameters
+        ----------
+        options : dict or None
+        set_by_caller : iterable of str
+            Fields the caller sets from its own arguments; they are not options.
+
+        Returns
+        -------
+        dict
+            A copy of ``options``.
+
+        Raises
+        ------
+        ValueError
+            For a key that is not a field of :class:`InnerSettings`, or is set by the caller.
+        """
+        options = dict(options or {})
+        valid = [f.name for f in fields(cls) if f.name not in set(set_by_caller)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown method_options {unknown}; valid: {valid}")
+        return options
 
     @property
     def steps(self) -> int:

@@ -1,0 +1,417 @@
+"""The outer loop shared by :func:`~sgld_tuner.core.minimize` and ``SGLDHyperTuner``.
+
+One outer iteration asks a *hypergradient oracle* for ``(grad, outer_loss, inner_loss,
+finite)`` at the current ``lam``, takes one step of the outer optimizer and hands the
+iteration's record to *listeners*. What happens when a value is not finite is a
+*policy* (stop and keep the last finite ``lam``, or roll back and retry with smaller
+steps). Everything else (history columns, evaluation schedule, progress bar, timeout,
+user callbacks, resumable state) is a listener, in the spirit of skorch's callbacks::
+
+    engine = OuterLoop(oracle, lam, optimizer, n_outer=50, policy=StopOnNonFinite(),
+                       listeners=[Timeout(60.0), Callbacks([my_callback])])
+    engine.run()
+    engine.records, engine.stop_reason, engine.failed
+
+The engine is pure torch (no scikit-learn, no skorch).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class OracleResult:
+    """What a hypergradient oracle returns for one outer iteration.
+
+    Attributes
+    ----------
+    grad : list of Tensor
+        The hypergradient, one tensor per leaf of ``lam``.
+    outer_loss, inner_loss : float
+        The losses reported in the iteration's record.
+    finite : bool
+        Whether the losses and ``grad`` are all finite. The oracle decides (the tuner
+        checks every fold's inner loss, not just their mean); the engine only acts on it.
+    """
+
+    grad: list[torch.Tensor]
+    outer_loss: float
+    inner_loss: float
+    finite: bool
+
+
+def make_outer_optimizer(name_or_factory, params, lr):
+    """``"sgd"``, ``"adam"``, or a callable ``(params, lr) -> torch.optim.Optimizer``."""
+    if callable(name_or_factory):
+        return name_or_factory(params, lr=lr)
+    name = str(name_or_factory).lower()
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"outer_optimizer must be 'sgd', 'adam' or a callable, got {name_or_factory!r}")
+
+
+def all_finite(tensors) -> bool:
+    """Whether every element of every tensor is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """Warn at the first frame outside ``sgld_tuner`` (the user's ``fit`` call, say).
+
+    Python 3.12's ``skip_file_prefixes``, for 3.10+: the engine warns from a depth that
+    depends on who runs it, so a fixed ``stacklevel`` would point into the package.
+    """
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+class Listener:
+    """Base class of the engine's listeners; every hook is a documented no-op.
+
+    Override the hooks you need. Hooks run in the order the listeners were given (the
+    policy first). A hook may call ``engine.stop(reason)``; the loop then ends after the
+    current iteration. The engine exposes ``lam`` (the leaves being optimised, updated
+    in place), ``optimizer``, ``iteration`` (outer iterations completed), ``n_outer``,
+    ``records`` and ``stop_reason``.
+    """
+
+    def on_run_begin(self, engine: "OuterLoop") -> None:
+        """Before the first iteration of :meth:`OuterLoop.run`."""
+
+    def on_iteration_begin(self, engine: "OuterLoop") -> None:
+        """Before the oracle is called for iteration ``engine.iteration``."""
+
+    def on_record(self, engine: "OuterLoop", record: dict) -> None:
+        """After a finite step: add columns to ``record`` (timed with the iteration)."""
+
+    def on_iteration_end(self, engine: "OuterLoop", record: dict) -> None:
+        """After a finite step is recorded and counted (``engine.iteration`` is advanced)."""
+
+    def on_run_end(self, engine: "OuterLoop") -> None:
+        """When the loop ends, normally or by an exception (like ``finally``)."""
+
+
+class NonFinitePolicy(Listener):
+    """What the engine does when the oracle or the step yields a non-finite value."""
+
+    def on_accept(self, engine: "OuterLoop") -> None:
+        """A finite step went through (before it is recorded)."""
+
+    def on_non_finite(self, engine: "OuterLoop", result: OracleResult, stage: str) -> bool:
+        """Handle a non-finite value; return True to retry the iteration.
+
+        ``stage`` is ``"oracle"`` (a loss or the hypergradient) or ``"step"`` (``lam``
+        after the outer step). To stop, call ``engine.stop(reason, failed=True)`` and
+        return False.
+        """
+        raise NotImplementedError
+
+    def on_interrupt(self, engine: "OuterLoop") -> None:
+        """A KeyboardInterrupt inside the oracle or the step: put things back."""
+
+
+class StopOnNonFinite(NonFinitePolicy):
+    """Stop at the first non-finite value and keep the last finite ``lam`` (``minimize``)."""
+
+    def on_run_begin(self, engine):
+        self.last_finite = [t.detach().clone() for t in engine.lam]
+
+    def on_accept(self, engine):
+        self.last_finite = [t.detach().clone() for t in engine.lam]
+
+    def _restore(self, engine):
+        with torch.no_grad():
+            for leaf, value in zip(engine.lam, self.last_finite):
+                leaf.copy_(value)
+
+    def on_non_finite(self, engine, result, stage):
+        k = engine.iteration
+        if stage == "oracle":
+            reason = (f"non-finite loss or hypergradient at outer iteration {k} "
+                      f"(outer={result.outer_loss}, inner={result.inner_loss}); "
+                      "kept the last finite lam")
+        else:
+            reason = f"lam became non-finite after outer iteration {k}; kept the last finite lam"
+        self._restore(engine)
+        engine.stop(reason, failed=True)
+        return False
+
+    def on_interrupt(self, engine):
+        self._restore(engine)
+
+
+class RollbackOnNonFinite(NonFinitePolicy):
+    """Roll back to the iteration's checkpoint, scale both steps down and retry.
+
+    Every iteration starts with a checkpoint (``lam`` plus whatever ``checkpoint()``
+    returns, e.g. the tuner's fold chains). On a non-finite value the policy restores it,
+    multiplies the optimizer's learning rates by ``factor``, calls ``shrink(factor)``
+    (which scales the inner step and returns columns for the divergence record), records
+    a row ``{"iteration", "outer_loss", "diverged": True, "retry", **columns, "time_s"}``
+    and retries. The first divergence warns with ``warning``; after ``max_retries``
+    consecutive retries the search stops (``engine.failed``), or raises
+    ``FloatingPointError`` when ``raise_on_failure``.
+
+    Parameters
+    ----------
+    checkpoint : callable ``() -> object``
+        Snapshot of the state outside ``lam`` that a step changes.
+    restore : callable ``(snapshot) -> None``
+    shrink : callable ``(factor) -> dict``
+    max_retries : int, default=3
+    factor : float, default=0.5
+    raise_on_failure : bool, default=False
+    warning : Warning subclass, default=RuntimeWarning
+    """
+
+    def __init__(self, checkpoint: Callable, restore: Callable, shrink: Callable, *,
+                 max_retries: int = 3, factor: float = 0.5, raise_on_failure: bool = False,
+                 warning: type[Warning] = RuntimeWarning):
+        self.checkpoint, self.restore, self.shrink = checkpoint, restore, shrink
+        self.max_retries, self.factor = max_retries, factor
+        self.raise_on_failure, self.warning = raise_on_failure, warning
+        self.retries, self.warned, self._snapshot = 0, False, None
+
+    def on_iteration_begin(self, engine):
+        self._snapshot = ([t.detach().clone() for t in engine.lam], self.checkpoint())
+
+    def _rollback(self, engine):
+        lam_values, outside = self._snapshot
+        with torch.no_grad():
+            for leaf, value in zip(engine.lam, lam_values):
+                leaf.copy_(value)
+        self.restore(outside)
+
+    def on_accept(self, engine):
+        self.retries = 0
+
+    def on_interrupt(self, engine):
+        self._rollback(engine)
+
+    def on_non_finite(self, engine, result, stage):
+        k = engine.iteration
+        self._rollback(engine)
+        self.retries += 1
+        engine.scale_lr(self.factor)
+        columns = self.shrink(self.factor)
+        engine.add_record({"iteration": k, "outer_loss": result.outer_loss, "diverged": True,
+                           "retry": self.retries, **columns})
+        if not self.warned:
+            warn_at_caller(
+                f"non-finite loss or hypergradient at outer iteration {k}: rolled the "
+                "hyperparameters and chains back to the last finite point and halved the "
+                "outer and inner steps (see history_)", self.warning)
+            self.warned = True
+        if self.retries <= self.max_retries:
+            return True
+        message = (f"still diverging at outer iteration {k} after {self.max_retries} "
+                   "retries with halved steps")
+        if self.raise_on_failure:
+            raise FloatingPointError(message)
+        engine.stop(message, failed=True)
+        return False
+
+
+class ProgressBar(Listener):
+    """A tqdm bar over the outer iterations, showing the outer loss and scores.
+
+    Parameters
+    ----------
+    desc : str
+        The bar's label.
+    show_prefix : str, default="mean_test"
+        Record columns starting with this are shown next to the outer loss.
+    """
+
+    def __init__(self, desc: str, show_prefix: str = "mean_test"):
+        self.desc, self.show_prefix, self.bar = desc, show_prefix, None
+
+    def on_run_begin(self, engine):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=engine.n_outer, initial=engine.iteration, desc=self.desc,
+                        unit="outer")
+
+    def on_iteration_end(self, engine, record):
+        self.bar.update(1)
+        shown = {key: round(v, 4) for key, v in record.items() if key.startswith(self.show_prefix)}
+        self.bar.set_postfix(outer_loss=round(record["outer_loss"], 4), **shown)
+
+    def on_run_end(self, engine):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Timeout(Listener):
+    """Stop once ``seconds`` have passed since the run began (checked after each iteration)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.started = seconds, None
+
+    def on_run_begin(self, engine):
+        self.started = time.perf_counter()
+
+    def on_iteration_end(self, engine, record):
+        if time.perf_counter() - self.started > self.seconds:
+            engine.stop(f"timeout of {self.seconds}s reached after outer iteration "
+                        f"{record['iteration']}")
+
+
+class Callbacks(Listener):
+    """User callables called with each record; the first truthy return stops the run.
+
+    Parameters
+    ----------
+    callbacks : list of callable
+        Each gets ``payload(engine, record)``; later ones are skipped once one returns
+        a truthy value.
+    payload : callable ``(engine, record) -> object``, optional
+        What the callbacks receive; default a copy of the record.
+    reason : str
+        The stop reason, formatted with the record's ``iteration``.
+    """
+
+    def __init__(self, callbacks, payload: Callable | None = None,
+                 reason: str = "stopped by a callback after outer iteration {iteration}"):
+        self.callbacks = list(callbacks or [])
+        self.payload = payload or (lambda engine, record: dict(record))
+        self.reason = reason
+
+    def on_iteration_end(self, engine, record):
+        if any(cb(self.payload(engine, record)) for cb in self.callbacks):
+            engine.stop(self.reason.format(iteration=record["iteration"]))
+
+
+class OuterLoop:
+    """Hypergradient descent on ``lam`` driven by an oracle, with policy and listeners.
+
+    Parameters
+    ----------
+    oracle : callable ``lam -> OracleResult``
+        Called with the list of leaves (they require grad); may keep its own state
+        (chains, generators).
+    lam : list of Tensor
+        Leaves optimised in place.
+    optimizer : torch.optim.Optimizer
+        Over ``lam``; the engine sets ``leaf.grad`` and calls ``step()``.
+    n_outer : int
+        The run ends when ``iteration`` reaches it.
+    start : int, default=0
+        Iterations already done (a resumed search).
+    policy : NonFinitePolicy, optional
+        Default :class:`StopOnNonFinite`.
+    listeners : list of Listener
+    project : callable ``lam -> None``, optional
+        Applied in place after each optimizer step (bounds, projections).
+    records : list, optional
+        History to append to (a resumed search's); one dict per recorded row.
+    on_interrupt : {"raise", "stop"}, default="raise"
+        On KeyboardInterrupt the policy first puts ``lam`` back (a step cut in half is
+        undone); then ``"raise"`` propagates it and ``"stop"`` ends the run with
+        ``stop_reason = "interrupted (KeyboardInterrupt) at outer iteration <k>"``.
+    """
+
+    def __init__(self, oracle: Callable, lam: list[torch.Tensor], optimizer, *, n_outer: int,
+                 start: int = 0, policy: NonFinitePolicy | None = None, listeners=(),
+                 project: Callable | None = None, records: list | None = None,
+                 on_interrupt: str = "raise"):
+        if on_interrupt not in ("raise", "stop"):
+            raise ValueError(f"on_interrupt must be 'raise' or 'stop', got {on_interrupt!r}")
+        self.oracle, self.lam, self.optimizer = oracle, lam, optimizer
+        self.n_outer, self.iteration = n_outer, start
+        self.policy = policy if policy is not None else StopOnNonFinite()
+        self.listeners = [self.policy, *listeners]
+        self.project, self.on_interrupt = project, on_interrupt
+        self.records = records if records is not None else []
+        self.stop_reason, self.failed = None, False
+        self._started = None
+
+    # ------------------------------------------------------------- for listeners
+    def stop(self, reason: str, failed: bool = False) -> None:
+        """End the run after the current iteration; the first reason given is kept."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.failed = self.failed or failed
+
+    def scale_lr(self, factor: float) -> None:
+        """Multiply every learning rate of the outer optimizer by ``factor``."""
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+
+    def add_record(self, record: dict) -> dict:
+        """Time ``record`` since the iteration began and append it to ``records``."""
+        record["time_s"] = time.perf_counter() - self._started
+        self.records.append(record)
+        return record
+
+    # ------------------------------------------------------------- the loop
+    def _notify(self, hook: str, *args) -> None:
+        for listener in self.listeners:
+            getattr(listener, hook)(self, *args)
+
+    def _step(self, grad) -> bool:
+        """One optimizer step on ``lam``; whether ``lam`` is still finite."""
+        self.optimizer.zero_grad(set_to_none=False)
+        for leaf, g in zip(self.lam, grad):
+            leaf.grad = g.to(leaf.dtype)
+        self.optimizer.step()
+        if self.project is not None:
+            self.project(self.lam)
+        return all_finite(self.lam)
+
+    def _iterate(self) -> None:
+        self._started = time.perf_counter()
+        self._notify("on_iteration_begin")
+        try:
+            result = self.oracle(self.lam)
+            stage = "oracle" if not result.finite else None
+            if stage is None and not self._step(result.grad):
+                stage = "step"
+        except KeyboardInterrupt:
+            self.policy.on_interrupt(self)
+            raise
+        if stage is not None:
+            self.policy.on_non_finite(self, result, stage)
+            return
+        self.policy.on_accept(self)
+        record = {"iteration": self.iteration, "outer_loss": result.outer_loss,
+                  "inner_loss": result.inner_loss,
+                  "hypergrad_norm": float(torch.sqrt(sum((g.double() ** 2).sum()
+                                                         for g in result.grad)))}
+        self._notify("on_record", record)
+        self.add_record(record)
+        self.iteration += 1
+        self._notify("on_iteration_end", record)
+
+    def run(self) -> "OuterLoop":
+        """Iterate until ``n_outer``, a stop request or a failure; returns ``self``."""
+        self._notify("on_run_begin")
+        try:
+            while self.iteration < self.n_outer and self.stop_reason is None:
+                self._iterate()
+        except KeyboardInterrupt:
+            if self.on_interrupt == "raise":
+                raise
+            self.stop(f"interrupted (KeyboardInterrupt) at outer iteration {self.iteration}")
+        finally:
+            self._notify("on_run_end")
+        return self
+
+
+__all__ = ["OuterLoop", "OracleResult", "Listener", "NonFinitePolicy", "StopOnNonFinite",
+           "RollbackOnNonFinite", "ProgressBar", "Timeout", "Callbacks", "make_outer_optimizer",
+           "all_finite", "warn_at_caller"]
