@@ -94,7 +94,10 @@ def _require(condition: bool, label: str, message: str) -> None:
 def _check_spec(kind, label):
     _require(isinstance(kind, Hyperparameter), label,
              f"expected a Hyperparameter instance, got {type(kind).__name__}")
-    cloned = clone(kind)
+    try:
+        cloned = clone(kind)
+    except RuntimeError as exc:   # sklearn's message when __init__ alters its arguments
+        raise AssertionError(f"{label}: clone() fails: {exc}") from None
     _require(type(cloned) is type(kind) and cloned is not kind, label,
              "clone() must give a new instance of the same class")
     _require(repr(cloned.get_params()) == repr(kind.get_params()), label,
