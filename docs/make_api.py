@@ -16,7 +16,8 @@ SECTIONS = [
     ("sgld_tuner", [SGLDHyperTuner]),
     ("sgld_tuner.hyperparams", [getattr(hyperparams, n) for n in
                                 ("PerWeightL1", "WeightDecay", "LossWeights", "TaylorLoss",
-                                 "AffineAugmentation", "SampleWeights", "Hyperparameter")]),
+                                 "AffineAugmentation", "SampleWeights", "Hyperparameter",
+                                 "BoundHyperparameter", "check_hyperparameter")]),
     ("sgld_tuner.core", [core.minimize, core.hypergradient, core.BilevelProblem,
                          core.InnerSettings, core.ChainState, core.Hypergradient,
                          core.BilevelResult, core.make_generator, core.langevin_step]),
