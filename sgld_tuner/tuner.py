@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from joblib import Parallel, delayed
 from joblib import hash as joblib_hash
-from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier, is_regressor
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, is_classifier, is_regressor
 from sklearn.metrics import check_scoring
 from sklearn.metrics._scorer import _check_multimetric_scoring
 from sklearn.model_selection import check_cv
@@ -32,8 +32,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .core import (BilevelProblem, ChainState, InnerSettings, hypergradient, make_generator,
                    make_outer_optimizer)
 from .core import _tree
+from .core.engine import (Callbacks, Listener, OracleResult, OuterLoop, ProgressBar,
+                          RollbackOnNonFinite, Timeout, all_finite, warn_at_caller)
 from .core.recursions import RECURSIONS
-from .hyperparams import AffineAugmentation, Hyperparameter
+from .hyperparams import Hyperparameter
 from .results import build_cv_results, build_history
 from .skorch_adapter import NetProblem, make_learned_net
 
@@ -48,6 +50,13 @@ class UnmovedSearchWarning(UserWarning):
 
 class DivergenceWarning(RuntimeWarning):
     """A non-finite loss or hypergradient; the step was rolled back and shrunk."""
+
+
+def _rule(name: str) -> Interval:
+    """scikit-learn's constraint for an inner setting, from its one rule in
+    :attr:`InnerSettings.BOUNDS <sgld_tuner.core.problem.InnerSettings.BOUNDS>`."""
+    kind, low, high, closed = InnerSettings.BOUNDS[name]
+    return Interval(kind, low, high, closed=closed)
 
 
 def _estimator_has(attr):
@@ -144,6 +153,64 @@ def _score_fold(fold: _FoldChain, scorers: dict, error_score):
             value = float(error_score)
         scores[name] = value
     return scores, time.perf_counter() - started
+
+
+class _FoldOracle:
+    """The tuner's hypergradient oracle: the mean over the folds' chains, one joblib task
+    per fold. Holds the folds (replaced by the workers' copies after each call) and the
+    inner settings (replaced when a rollback shrinks the inner step)."""
+
+    def __init__(self, folds: list, settings: InnerSettings, parallel: Parallel):
+        self.folds, self.settings, self.parallel = folds, settings, parallel
+
+    def __call__(self, lam) -> OracleResult:
+        outputs = self.parallel(
+            delayed(_fold_hypergradient)(fold, [t.detach() for t in lam], self.settings)
+            for fold in self.folds)
+        results = [res for _, res in outputs]
+        self.folds = [fold for fold, _ in outputs]
+        grad = [torch.stack([r.grad[i] for r in results]).mean(0) for i in range(len(lam))]
+        outer_loss = float(np.mean([r.outer_loss for r in results]))
+        # Every fold's inner loss must be finite, not just their mean.
+        finite = (math.isfinite(outer_loss) and all(math.isfinite(r.inner_loss) for r in results)
+                  and all_finite(grad))
+        inner_loss = float(np.mean([r.inner_loss for r in results])) if finite else math.nan
+        return OracleResult(grad, outer_loss, inner_loss, finite)
+
+    def checkpoint(self, engine):
+        return SGLDHyperTuner._checkpoint(engine.lam, self.folds)
+
+    def restore(self, engine, snapshot) -> None:
+        self.folds = SGLDHyperTuner._restore(snapshot, engine.lam, self.folds)
+
+
+class _SearchRecorder(Listener):
+    """The tuner's columns of each record, its evaluation schedule and its resumable state.
+
+    Adds ``diverged``, ``param_<name>`` (scalar summaries) and, every ``eval_every``
+    iterations and at the last, the mean test scores of the chains' current positions
+    (a new point of ``cv_results_``); after each iteration it stores ``lam`` and the
+    iteration count in the search state, so an interrupted search can be resumed.
+    """
+
+    def __init__(self, tuner, state, oracle: _FoldOracle, scorers: dict, best_key: str):
+        self.tuner, self.state, self.oracle = tuner, state, oracle
+        self.scorers, self.best_key = scorers, best_key
+
+    def on_record(self, engine, record):
+        tuner, k, folds = self.tuner, record["iteration"], self.oracle.folds
+        public = tuner._summaries(folds[0].problem, engine.lam)
+        record["diverged"] = False
+        record.update({f"param_{name}": v for name, v in public.items()})
+        if k % tuner.eval_every == tuner.eval_every - 1 or k == tuner.n_outer - 1:
+            mean_scores = tuner._evaluate_into(self.state, folds, self.scorers, public, k,
+                                               engine.lam, self.best_key, self.oracle.parallel)
+            record.update({f"mean_test_{m if tuner.multimetric_ else 'score'}": v
+                           for m, v in mean_scores.items()})
+
+    def on_iteration_end(self, engine, record):
+        self.state.iteration = engine.iteration
+        self.state.lam = [t.detach().clone() for t in engine.lam]
 
 
 class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
@@ -251,11 +318,11 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         "n_outer": [Interval(Integral, 1, None, closed="left")],
         "outer_lr": [Interval(Real, 0, None, closed="neither")],
         "outer_optimizer": [StrOptions({"adam", "sgd"}), callable],
-        "burn_in": [Interval(Integral, 0, None, closed="left")],
-        "n_samples": [Interval(Integral, 1, None, closed="left")],
-        "temperature": [Interval(Real, 0, None, closed="neither")],
-        "noise_scale": [Interval(Real, 0, None, closed="left")],
-        "inner_lr": [Interval(Real, 0, None, closed="neither"), None],
+        "burn_in": [_rule("burn_in")],
+        "n_samples": [_rule("n_samples")],
+        "temperature": [_rule("temperature")],
+        "noise_scale": [_rule("noise_scale")],
+        "inner_lr": [_rule("inner_lr"), None],
         "batch_size": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1}), None],
         "method": [StrOptions({"sgld", "rmd", "rmd-fo", "fmd", "ift-cg", "ift-neumann"})],
         "recursion": [StrOptions({"auto", *RECURSIONS})],
@@ -447,137 +514,91 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self.n_splits_ = len(state.splits)
         settings = self._settings(state.inner_lr_scale)
         folds = self._start_folds(X, y, state)
-        scorers, multimetric = self._callable_metrics(scorers, multimetric, folds[0])
+        scorers, best_key = self._set_up_scoring(scorers, multimetric, folds[0])
+        engine, oracle = self._run_search(state, folds, settings, scorers, best_key)
+        self._end_search(state, engine, oracle.folds)
+        self._format_results(state, oracle.folds, engine.lam, scorers, best_key)
+        self.__dict__.pop("ensemble_", None)  # never keep the ensemble of an earlier fit
+        if self.refit:
+            self._refit(X, y, state.refit_seed, oracle.settings.inner_lr)
+        return self
+
+    def _set_up_scoring(self, scorers, multimetric, fold):
+        """Final scorers (a dict-returning callable is multi-metric), ``refit`` checked
+        against them, ``scorer_`` and ``multimetric_`` set; returns the refit metric too."""
+        scorers, multimetric = self._callable_metrics(scorers, multimetric, fold)
         metric_names = list(scorers)
         self._check_refit(metric_names, multimetric)
         self.multimetric_, self._metric_names = multimetric, metric_names
         # As GridSearchCV: the callable itself, the dict of scorers, or the one scorer.
         self.scorer_ = (scorers["score"] if not multimetric
                         else self.scoring if callable(self.scoring) else scorers)
+        return scorers, self._refit_metric(metric_names)
+
+    def _run_search(self, state, folds, settings, scorers, best_key):
+        """Run the outer loop (:class:`~sgld_tuner.core.engine.OuterLoop`) from ``state``."""
         lam = [t.detach().clone().requires_grad_(True) for t in state.lam]
-        optimizer = make_outer_optimizer(self.outer_optimizer, lam, self.outer_lr * state.outer_lr_scale)
+        optimizer = make_outer_optimizer(self.outer_optimizer, lam,
+                                         self.outer_lr * state.outer_lr_scale)
         if state.optimizer_state is not None:
             optimizer.load_state_dict(state.optimizer_state)
 
-        best_key = self._refit_metric(metric_names)
-        stop_reason, warned_divergence, retries = None, False, 0
-        started = time.perf_counter()
-        progress = self._progress(state.iteration)
+        def shrink(factor):
+            state.outer_lr_scale *= factor
+            state.inner_lr_scale *= factor
+            oracle.settings = self._settings(state.inner_lr_scale)
+            return {"outer_lr": self.outer_lr * state.outer_lr_scale,
+                    "inner_lr": oracle.settings.inner_lr}
+
         # One worker pool for the whole search (re-creating it every outer iteration
         # cost more than the folds' work on small nets).
-        parallel = Parallel(n_jobs=self.n_jobs, prefer="threads")
-        try:
-            parallel.__enter__()
-            while state.iteration < self.n_outer:
-                k = state.iteration
-                it_started = time.perf_counter()
-                checkpoint = self._checkpoint(lam, folds)
-                try:
-                    outputs = parallel(delayed(_fold_hypergradient)(fold, [t.detach() for t in lam], settings)
-                                       for fold in folds)
-                    results = [res for _, res in outputs]
-                    folds = [fold for fold, _ in outputs]
-                    grad = [torch.stack([r.grad[i] for r in results]).mean(0) for i in range(len(lam))]
-                    outer_loss = float(np.mean([r.outer_loss for r in results]))
-                    finite = (math.isfinite(outer_loss)
-                              and all(math.isfinite(r.inner_loss) for r in results)
-                              and all(bool(torch.isfinite(g).all()) for g in grad))
-                    if finite:
-                        optimizer.zero_grad(set_to_none=False)
-                        for leaf, g in zip(lam, grad):
-                            leaf.grad = g.to(leaf.dtype)
-                        optimizer.step()
-                        finite = all(bool(torch.isfinite(t).all()) for t in lam)
-                except KeyboardInterrupt:
-                    folds = self._restore(checkpoint, lam, folds)
-                    raise
-                if not finite:
-                    # Roll back to the last finite point, halve both steps, try again.
-                    folds = self._restore(checkpoint, lam, folds)
-                    retries += 1
-                    state.outer_lr_scale *= 0.5
-                    state.inner_lr_scale *= 0.5
-                    for group in optimizer.param_groups:
-                        group["lr"] *= 0.5
-                    settings = self._settings(state.inner_lr_scale)
-                    state.records.append({"iteration": k, "outer_loss": outer_loss,
-                                          "diverged": True, "retry": retries,
-                                          "outer_lr": self.outer_lr * state.outer_lr_scale,
-                                          "inner_lr": settings.inner_lr,
-                                          "time_s": time.perf_counter() - it_started})
-                    if not warned_divergence:
-                        warnings.warn(
-                            f"non-finite loss or hypergradient at outer iteration {k}: rolled "
-                            "the hyperparameters and chains back to the last finite point and "
-                            "halved the outer and inner steps (see history_)",
-                            DivergenceWarning, stacklevel=2)
-                        warned_divergence = True
-                    if retries > self._MAX_RETRIES:
-                        message = (f"still diverging at outer iteration {k} after "
-                                   f"{self._MAX_RETRIES} retries with halved steps")
-                        if self.error_score == "raise":
-                            raise FloatingPointError(message)
-                        stop_reason = message
-                        break
-                    continue
-                retries = 0
-                public = self._summaries(folds[0].problem, lam)
-                record = {"iteration": k, "outer_loss": outer_loss,
-                          "inner_loss": float(np.mean([r.inner_loss for r in results])),
-                          "hypergrad_norm": float(torch.sqrt(sum((g.double() ** 2).sum() for g in grad))),
-                          "diverged": False}
-                record.update({f"param_{name}": v for name, v in public.items()})
-                if k % self.eval_every == self.eval_every - 1 or k == self.n_outer - 1:
-                    mean_scores = self._evaluate_into(state, folds, scorers, public, k, lam, best_key,
-                                                      parallel)
-                    record.update({f"mean_test_{m if multimetric else 'score'}": v
-                                   for m, v in mean_scores.items()})
-                record["time_s"] = time.perf_counter() - it_started
-                state.records.append(record)
-                state.iteration += 1
-                state.lam = [t.detach().clone() for t in lam]
-                if progress is not None:
-                    progress.update(1)
-                    shown = {key: round(v, 4) for key, v in record.items() if key.startswith("mean_test")}
-                    progress.set_postfix(outer_loss=round(outer_loss, 4), **shown)
-                if any(cb(dict(record)) for cb in (self.callbacks or [])):
-                    stop_reason = f"stopped by a callback after outer iteration {k}"
-                    break
-                if self.timeout is not None and time.perf_counter() - started > self.timeout:
-                    stop_reason = f"timeout of {self.timeout}s reached after outer iteration {k}"
-                    break
-        except KeyboardInterrupt:
-            stop_reason = f"interrupted (KeyboardInterrupt) at outer iteration {state.iteration}"
-        finally:
-            parallel.__exit__(None, None, None)
-            if progress is not None:
-                progress.close()
+        with Parallel(n_jobs=self.n_jobs, prefer="threads") as parallel:
+            oracle = _FoldOracle(folds, settings, parallel)
+            policy = RollbackOnNonFinite(
+                shrink, oracle.checkpoint, oracle.restore, max_retries=self._MAX_RETRIES,
+                raise_on_failure=self.error_score == "raise", warning=DivergenceWarning)
+            listeners = [_SearchRecorder(self, state, oracle, scorers, best_key)]
+            if self.verbose:
+                listeners.append(ProgressBar("SGLDHyperTuner"))
+            listeners.append(Callbacks(self.callbacks))
+            if self.timeout is not None:
+                listeners.append(Timeout(self.timeout))
+            engine = OuterLoop(oracle, lam, optimizer, n_outer=self.n_outer,
+                               start=state.iteration, policy=policy, listeners=listeners,
+                               records=state.records, on_interrupt="stop").run()
+        return engine, oracle
+
+    def _end_search(self, state, engine, folds):
+        """Warn about how the search ended and keep what a resume needs."""
+        lam = engine.lam
         self._warn_if_chains_degraded(state.records)
         self._warn_if_unmoved(folds[0].problem, lam, state.iteration)
-        if stop_reason:
-            warnings.warn(f"search ended early: {stop_reason}; keeping the results so far "
-                          "(fit again with warm_start=True to continue)",
-                          SearchInterrupted, stacklevel=2)
-        self.stop_reason_ = stop_reason
-
+        if engine.stop_reason:
+            warn_at_caller(f"search ended early: {engine.stop_reason}; keeping the results so "
+                           "far (fit again with warm_start=True to continue)", SearchInterrupted)
+        self.stop_reason_ = engine.stop_reason
         # The state the search can resume from (warm_start=True, save/load).
         state.lam = [t.detach().clone() for t in lam]
-        state.optimizer_state = optimizer.state_dict()
+        state.optimizer_state = engine.optimizer.state_dict()
         state.chain_states = [fold.state for fold in folds]
         state.generator_states = [fold.generator.get_state() for fold in folds]
         state.fit_times = [fold.fit_time for fold in folds]
         # Each fold's chain is a full copy of the net's weights: keep them only where a
         # resume needs them (warm_start, or a search that ended early), so that a finished
         # tuner and its pickle stay small.
-        self._search_state = state if (self.warm_start or stop_reason) else None
+        self._search_state = state if (self.warm_start or engine.stop_reason) else None
         self._bound = folds[0].problem.bound
 
+    def _format_results(self, state, folds, lam, scorers, best_key):
+        """``cv_results_``, ``history_``, ``hyperparams_`` and the best point."""
         if not state.points:
             # Stopped before the first scheduled evaluation: score where the chains are
             # (the starting point if nothing finite was ever reached).
             public = self._summaries(folds[0].problem, lam)
             self._evaluate_into(state, folds, scorers, public, state.iteration - 1, lam, best_key)
-        self.cv_results_ = build_cv_results(state.points, metric_names, self.n_splits_, not multimetric)
+        metric_names, multimetric = self._metric_names, self.multimetric_
+        self.cv_results_ = build_cv_results(state.points, metric_names, self.n_splits_,
+                                            not multimetric)
         self.history_ = build_history(state.records)
         self.hyperparams_ = self._public_values(lam)
         for key in [k for k in self.cv_results_ if k.startswith("mean_test_")]:
@@ -585,10 +606,6 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                 raise ValueError(f"every evaluation failed ({key} is all NaN); see the warnings, "
                                  "or pass error_score='raise' to see the first error")
         self._select_best(state.snapshots, metric_names, multimetric)
-        self.__dict__.pop("ensemble_", None)  # never keep the ensemble of an earlier fit
-        if self.refit:
-            self._refit(X, y, state.refit_seed, settings.inner_lr)
-        return self
 
     def _refit(self, X, y, seed, inner_lr):
         """Train ``best_estimator_`` on all rows at the best values (and the ensemble).
@@ -631,11 +648,10 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             return
         start, end = np.mean(losses[:2]), np.mean(losses[-2:])
         if math.isfinite(start) and math.isfinite(end) and end > 1.5 * start + 1e-8:
-            warnings.warn(
+            warn_at_caller(
                 f"the validation loss rose from {start:.4g} to {end:.4g} during the search: "
                 "the chains are likely not training (lower temperature, noise_scale or "
-                "inner_lr); the selected point may be arbitrary", DivergenceWarning,
-                stacklevel=3)
+                "inner_lr); the selected point may be arbitrary", DivergenceWarning)
 
     _UNMOVED_RTOL = 0.01  # a search whose values all moved less than this ended where it began
     _UNMOVED_MIN_ITER = 5
@@ -649,12 +665,12 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         moved = [float(((t.detach() - s).abs() / s.abs().clamp_min(1e-12)).max())
                  for t, s in zip(lam, start)]
         if max(moved, default=0.0) < self._UNMOVED_RTOL:
-            warnings.warn(
+            warn_at_caller(
                 f"after {n_iter} outer iterations every hyperparameter is within "
                 f"{self._UNMOVED_RTOL:.0%} of its start (raw scale): the search did not change the "
                 "model. "
                 "Start where the hyperparameter acts (e.g. init='auto' for penalties) or "
-                "raise outer_lr / n_outer", UnmovedSearchWarning, stacklevel=3)
+                "raise outer_lr / n_outer", UnmovedSearchWarning)
 
     def _settings(self, inner_lr_scale: float = 1.0) -> InnerSettings:
         inner_lr = self.inner_lr if self.inner_lr is not None else self.estimator.get_params()["lr"]
@@ -662,17 +678,14 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                              burn_in=self.burn_in,
                              n_samples=self.n_samples, temperature=self.temperature,
                              noise_scale=self.noise_scale, chain=self.chain,
-                             recursion=self.recursion, **self._method_options()).validate()
+                             recursion=self.recursion,
+                             **InnerSettings.check_options(self.method_options,
+                                                           self._SET_BY_PARAMETERS)).validate()
 
-    _METHOD_OPTIONS = ("n_inner", "cg_iters", "cg_damping", "neumann_iters", "neumann_alpha",
-                       "curvature_every")
-
-    def _method_options(self) -> dict:
-        options = dict(self.method_options or {})
-        unknown = sorted(set(options) - set(self._METHOD_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown method_options {unknown}; valid: {list(self._METHOD_OPTIONS)}")
-        return options
+    # InnerSettings fields the tuner's own parameters set (and keep_samples: the
+    # tuner keeps no samples); every other field is a valid method_options key.
+    _SET_BY_PARAMETERS = ("method", "inner_lr", "burn_in", "n_samples", "temperature",
+                          "noise_scale", "chain", "recursion", "keep_samples")
 
     def _start_folds(self, X, y, state) -> list:
         """One :class:`_FoldChain` per split, at ``state``'s position (fresh or resumed)."""
@@ -874,13 +887,6 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                 "point by the first metric is stored)")
         self.best_params_ = self._public_values(snapshots[self.best_index_])
         self._best_snapshot = snapshots[self.best_index_]
-
-    def _progress(self, done=0):
-        if not self.verbose:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=self.n_outer, initial=done, desc="SGLDHyperTuner", unit="outer")
 
     # ------------------------------------------------------------------ persistence
     # The first bytes of every file save() writes: load() reads them before unpickling

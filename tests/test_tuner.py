@@ -190,7 +190,7 @@ def test_callbacks_can_stop_and_verbose_shows_progress(digits4, capsys):
 
 
 @pytest.mark.parametrize("kwargs,error", [
-    ({"temperature": 0.0}, InvalidParameterError),
+    ({"temperature": -1.0}, InvalidParameterError),
     ({"n_outer": 0}, InvalidParameterError),
     ({"burn_in": -1}, InvalidParameterError),
     ({"n_samples": 0}, InvalidParameterError),

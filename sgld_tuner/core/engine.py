@@ -105,6 +105,13 @@ class Listener:
         """When the loop ends, normally or by an exception (like ``finally``)."""
 
 
+def _copy_back(engine: "OuterLoop", values) -> None:
+    """Copy saved values into ``engine.lam`` in place (the optimizer keeps its leaves)."""
+    with torch.no_grad():
+        for leaf, value in zip(engine.lam, values):
+            leaf.copy_(value)
+
+
 class NonFinitePolicy(Listener):
     """What the engine does when the oracle or the step yields a non-finite value."""
 
@@ -133,11 +140,6 @@ class StopOnNonFinite(NonFinitePolicy):
     def on_accept(self, engine):
         self.last_finite = [t.detach().clone() for t in engine.lam]
 
-    def _restore(self, engine):
-        with torch.no_grad():
-            for leaf, value in zip(engine.lam, self.last_finite):
-                leaf.copy_(value)
-
     def on_non_finite(self, engine, result, stage):
         k = engine.iteration
         if stage == "oracle":
@@ -146,55 +148,55 @@ class StopOnNonFinite(NonFinitePolicy):
                       "kept the last finite lam")
         else:
             reason = f"lam became non-finite after outer iteration {k}; kept the last finite lam"
-        self._restore(engine)
+        _copy_back(engine, self.last_finite)
         engine.stop(reason, failed=True)
         return False
 
     def on_interrupt(self, engine):
-        self._restore(engine)
+        _copy_back(engine, self.last_finite)
 
 
 class RollbackOnNonFinite(NonFinitePolicy):
     """Roll back to the iteration's checkpoint, scale both steps down and retry.
 
-    Every iteration starts with a checkpoint (``lam`` plus whatever ``checkpoint()``
-    returns, e.g. the tuner's fold chains). On a non-finite value the policy restores it,
-    multiplies the optimizer's learning rates by ``factor``, calls ``shrink(factor)``
-    (which scales the inner step and returns columns for the divergence record), records
-    a row ``{"iteration", "outer_loss", "diverged": True, "retry", **columns, "time_s"}``
-    and retries. The first divergence warns with ``warning``; after ``max_retries``
-    consecutive retries the search stops (``engine.failed``), or raises
+    Every iteration starts with ``checkpoint(engine)``. On a non-finite value the policy
+    calls ``restore(engine, snapshot)``, multiplies the optimizer's learning rates by
+    ``factor``, calls ``shrink(factor)`` (which scales whatever else must shrink, e.g. the
+    inner step, and returns columns for the record), records a row ``{"iteration",
+    "outer_loss", "diverged": True, "retry", **columns, "time_s"}`` and retries the
+    iteration. The first divergence warns with ``warning``; after ``max_retries``
+    consecutive retries the run stops (``engine.failed``), or raises
     ``FloatingPointError`` when ``raise_on_failure``.
 
     Parameters
     ----------
-    checkpoint : callable ``() -> object``
-        Snapshot of the state outside ``lam`` that a step changes.
-    restore : callable ``(snapshot) -> None``
     shrink : callable ``(factor) -> dict``
+    checkpoint : callable ``(engine) -> snapshot``, optional
+        Must cover ``engine.lam`` and any state a step changes (the tuner's chains).
+        Default: a copy of ``lam`` only.
+    restore : callable ``(engine, snapshot) -> None``, optional
+        Puts ``engine.lam`` (in place) and that state back. Default: copies ``lam`` back.
     max_retries : int, default=3
     factor : float, default=0.5
     raise_on_failure : bool, default=False
     warning : Warning subclass, default=RuntimeWarning
     """
 
-    def __init__(self, checkpoint: Callable, restore: Callable, shrink: Callable, *,
-                 max_retries: int = 3, factor: float = 0.5, raise_on_failure: bool = False,
-                 warning: type[Warning] = RuntimeWarning):
-        self.checkpoint, self.restore, self.shrink = checkpoint, restore, shrink
+    def __init__(self, shrink: Callable, checkpoint: Callable | None = None,
+                 restore: Callable | None = None, *, max_retries: int = 3, factor: float = 0.5,
+                 raise_on_failure: bool = False, warning: type[Warning] = RuntimeWarning):
+        self.shrink = shrink
+        self.checkpoint = checkpoint or (lambda engine: [t.detach().clone() for t in engine.lam])
+        self.restore = restore or _copy_back
         self.max_retries, self.factor = max_retries, factor
         self.raise_on_failure, self.warning = raise_on_failure, warning
         self.retries, self.warned, self._snapshot = 0, False, None
 
     def on_iteration_begin(self, engine):
-        self._snapshot = ([t.detach().clone() for t in engine.lam], self.checkpoint())
+        self._snapshot = self.checkpoint(engine)
 
     def _rollback(self, engine):
-        lam_values, outside = self._snapshot
-        with torch.no_grad():
-            for leaf, value in zip(engine.lam, lam_values):
-                leaf.copy_(value)
-        self.restore(outside)
+        self.restore(engine, self._snapshot)
 
     def on_accept(self, engine):
         self.retries = 0

@@ -159,11 +159,11 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     -------
     BilevelResult
     """
+    options = InnerSettings.check_options(method_options, _SET_BY_ARGUMENTS)
     settings = InnerSettings(method=method, inner_lr=inner_lr, burn_in=burn_in,
                              n_samples=n_samples, temperature=temperature,
                              noise_scale=noise_scale, n_inner=n_inner, chain=chain,
-                             recursion=recursion,
-                             **InnerSettings.check_options(method_options, _SET_BY_ARGUMENTS)).validate()
+                             recursion=recursion, **options).validate()
     if n_outer < 1:
         raise ValueError(f"n_outer must be >= 1, got {n_outer}")
     lam, lam_spec = _start_lam(lam0)
@@ -172,6 +172,19 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     optimizer = make_outer_optimizer(outer_optimizer, lam, outer_lr)
     state = ChainState()
     _warn_unused(problem, lam)
+
+    engine = _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer,
+                         n_outer=n_outer, bounds=bounds, projection=projection, callback=callback)
+    engine.run()
+    if engine.failed:
+        warnings.warn(engine.stop_reason, NonFiniteWarning, stacklevel=2)
+    return _result(engine, problem, state, lam_spec)
+
+
+def _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer, *, n_outer,
+                bounds, projection, callback) -> OuterLoop:
+    """The engine for :func:`minimize`: one chain as the oracle, bounds and projection
+    after each step, stop (keeping the last finite ``lam``) at a non-finite value."""
 
     def oracle(leaves):
         try:
@@ -194,15 +207,11 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
         return {**record, "lam": _tree.unflatten([t.detach().clone() for t in engine.lam],
                                                  lam_spec)}
 
+    callbacks = Callbacks([callback] if callback is not None else [], payload=with_lam,
+                          reason="stopped by callback after outer iteration {iteration}")
     engine = OuterLoop(oracle, lam, optimizer, n_outer=n_outer, policy=StopOnNonFinite(),
-                       project=constrain, listeners=[
-                           _LamColumns(),
-                           Callbacks([callback] if callback is not None else [], payload=with_lam,
-                                     reason="stopped by callback after outer iteration {iteration}")])
-    engine.run()
-    if engine.failed:
-        warnings.warn(engine.stop_reason, NonFiniteWarning, stacklevel=2)
-    return _result(engine, problem, state, lam_spec)
+                       project=constrain, listeners=[_LamColumns(), callbacks])
+    return engine
 
 
 def _start_lam(lam0):
@@ -228,7 +237,8 @@ def _warn_unused(problem: BilevelProblem, lam) -> None:
                       UnusedHyperparameterWarning, stacklevel=3)
 
 
-def _result(engine: OuterLoop, problem: BilevelProblem, state: ChainState, lam_spec) -> BilevelResult:
+def _result(engine: OuterLoop, problem: BilevelProblem, state: ChainState,
+            lam_spec) -> BilevelResult:
     # The policy has put lam back to its last finite value if the run failed.
     lam = [t.detach().clone() for t in engine.lam]
     theta = state.theta if state.theta is not None else problem.start(lam)
