@@ -2,6 +2,8 @@
 
 Never imports scikit-learn or skorch.
 """
+from .engine import (Callbacks, Listener, NonFinitePolicy, OracleResult, OuterLoop, ProgressBar,
+                     RollbackOnNonFinite, StopOnNonFinite, Timeout)
 from .hypergrad import hypergradient, sgld_hypergrad
 from .minimize import (BilevelResult, NonFiniteWarning, UnusedHyperparameterWarning, minimize,
                        make_outer_optimizer, project)
@@ -12,5 +14,6 @@ __all__ = [
     "minimize", "hypergradient", "sgld_hypergrad", "BilevelResult", "BilevelProblem",
     "ChainState", "Hypergradient", "InnerSettings", "METHODS", "NonFiniteWarning",
     "UnusedHyperparameterWarning", "langevin_step", "make_generator", "make_outer_optimizer",
-    "project",
+    "project", "OuterLoop", "OracleResult", "Listener", "NonFinitePolicy", "StopOnNonFinite",
+    "RollbackOnNonFinite", "ProgressBar", "Timeout", "Callbacks",
 ]
