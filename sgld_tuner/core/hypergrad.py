@@ -12,7 +12,7 @@ import torch
 from . import _tree
 from .problem import BilevelProblem, ChainState, Hypergradient, InnerSettings, chain_start
 from .recursions import Recursion, StepProducts, make_recursion
-from .sgld import langevin_step
+from .sgld import Sampler, make_sampler
 
 
 class StartJacobian:
@@ -59,7 +59,8 @@ def _inner_products(problem, lam, theta, grad_inner, u, need_hessian, use_closed
     return mixed, hess
 
 
-def _step(problem, lam, theta, recursion: Recursion, start, settings, generator, m):
+def _step(problem, lam, theta, recursion: Recursion, start, settings, generator, m,
+          sampler: Sampler):
     """One inner step: Langevin move, outer gradient, products handed to the strategy."""
     # A lam-dependent start differentiates through every step's Hessian terms.
     need_hessian = recursion.needs_hessian(m) or start is not None
@@ -70,10 +71,7 @@ def _step(problem, lam, theta, recursion: Recursion, start, settings, generator,
                                 create_graph=not use_closed_form, allow_unused=True)
     grad_inner = _tree.fill_none(grads[:len(theta)], theta)
     inner_lam_grad = _tree.fill_none(grads[len(theta):], lam) if want_lam else None
-    new_theta = langevin_step(theta, grad_inner, lr=settings.inner_lr,
-                              temperature=settings.temperature,
-                              noise_scale=settings.noise_scale, generator=generator)
-    new_theta = [t.requires_grad_(True) for t in new_theta]
+    new_theta = [t.requires_grad_(True) for t in sampler.step(theta, grad_inner, generator)]
 
     # grad_lam f only enters h after burn-in: skip that part of the backward before.
     keep = m > settings.burn_in
@@ -88,7 +86,8 @@ def _step(problem, lam, theta, recursion: Recursion, start, settings, generator,
                                         need_hessian, use_closed_form)
     del grad_inner  # free the inner graph before the strategy's elementwise updates
     recursion.update(StepProducts(m=m, v=v, mixed=mixed, hess_u=hess_u,
-                                  outer_value=outer_value.detach(), inner_lam_grad=inner_lam_grad))
+                                  outer_value=outer_value.detach(), inner_lam_grad=inner_lam_grad,
+                                  precond=sampler.precond()))
     if start is not None:
         hess_v = hess_u if recursion.start_needs_hessian else None
         recursion.add_start_terms(start.step(theta, new_theta, f_theta, hess_v, settings.inner_lr))
@@ -112,6 +111,9 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
     theta_start = chain_start(problem, lam, state, settings)
     theta = [t.detach().requires_grad_(True) for t in theta_start]
     recursion.begin(state.recursion, theta)
+    sampler = make_sampler(settings)
+    if settings.chain == "persistent" and not depends:
+        sampler.load(state.sampler)
     start = None
     if depends:
         start = StartJacobian(problem, lam, theta_start, theta)
@@ -125,7 +127,7 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
     inner_value = None
     for m in range(1, settings.burn_in + settings.n_samples + 1):
         theta, outer_value, inner_value, f_lam = _step(problem, lam, theta, recursion, start,
-                                                       settings, generator, m)
+                                                       settings, generator, m, sampler)
         if m > settings.burn_in:
             recursion.accumulate()
             with torch.no_grad():
@@ -139,6 +141,7 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
     state.theta = [t.detach() for t in theta]
     state.n_steps += settings.burn_in + settings.n_samples
     state.recursion = recursion.end()
+    state.sampler = sampler.state()
     h = [d + i for d, i in zip(direct, recursion.indirect())]
     return Hypergradient(
         grad=[t.detach() for t in h],

@@ -57,6 +57,13 @@ class InnerSettings:
         (tracked) and, with a closed-form ``mixed_vjp``, need no double backward.
         ``None`` (default): once per outer iteration for damped, every step for tracked. On the paper's 1D problem both give lam = 0.749059 (6 decimals); on the
         demo task the same test accuracy at half the search time.
+    sampler : {"sgld", "momentum", "psgld"}
+        The inner dynamics (:data:`~sgld_tuner.core.sgld.SAMPLERS`): plain SGLD; SGLD with
+        momentum ``momentum`` (what an SGD-with-momentum net does); preconditioned SGLD
+        with Adam's/RMSprop's diagonal (``beta2``, ``precond_eps``), what an Adam or
+        RMSprop net does. The tracked adjoint steps with the same preconditioner.
+    momentum, beta2, precond_eps : float
+        The samplers' knobs (momentum in [0, 1), beta2 in [0, 1), precond_eps > 0).
     keep_samples : bool
         Keep the ``M`` retained SGLD samples in the result (for posterior ensembles).
     cg_iters, cg_damping : int, float
@@ -76,6 +83,10 @@ class InnerSettings:
     chain: str = "persistent"
     recursion: str = "auto"
     curvature_every: int | None = None
+    sampler: str = "sgld"
+    momentum: float = 0.0
+    beta2: float = 0.999
+    precond_eps: float = 1e-8
     keep_samples: bool = False
     cg_iters: int = 10
     cg_damping: float = 0.01
@@ -183,16 +194,23 @@ class ChainState:
     theta: list[torch.Tensor] | None = None
     n_steps: int = 0
     recursion: Any = None
+    sampler: dict | None = None  # the sampler's buffers (momentum, second moments)
 
     def reset(self) -> None:
-        self.theta, self.recursion, self.n_steps = None, None, 0
+        self.theta, self.recursion, self.sampler, self.n_steps = None, None, None, 0
 
     def copy(self) -> "ChainState":
-        """An independent copy (the chain and the strategy state alike)."""
+        """An independent copy (the chain, the strategy and the sampler state alike)."""
+        def clone(value):
+            if isinstance(value, list):
+                return [t.detach().clone() for t in value]
+            return value
+
         return ChainState(
-            theta=None if self.theta is None else [t.detach().clone() for t in self.theta],
-            n_steps=self.n_steps,
-            recursion=None if self.recursion is None else self.recursion.copy())
+            theta=clone(self.theta), n_steps=self.n_steps,
+            recursion=None if self.recursion is None else self.recursion.copy(),
+            sampler=None if self.sampler is None else {k: clone(v)
+                                                       for k, v in self.sampler.items()})
 
 
 @dataclass

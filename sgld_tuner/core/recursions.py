@@ -57,6 +57,7 @@ class StepProducts:
     hess_u: list | None
     outer_value: torch.Tensor
     inner_lam_grad: list | None = None
+    precond: list | None = None  # the sampler's diagonal preconditioner at this step
 
 
 class Recursion:
@@ -185,7 +186,8 @@ class DampedRecursion(Recursion):
 class TrackedRecursion(Recursion):
     """An adjoint ``w ~ H_T^-1 grad_theta f`` tracked along the chain.
 
-    ``g_m = -w^T B`` and ``w <- w - eta (H_T w - v)``: one gradient step on the adjoint
+    ``g_m = -w^T B`` and ``w <- w - eta P (H_T w - v)`` (``P`` the sampler's diagonal
+    preconditioner, the identity for plain SGLD): one gradient step on the adjoint
     system per refresh, so ``w`` converges along a persistent chain (it carries over) and
     the estimate becomes the implicit-function hypergradient at stationarity, in any
     dimension. With ``curvature_every = k > 1`` the adjoint steps every ``k``-th inner
@@ -195,10 +197,19 @@ class TrackedRecursion(Recursion):
 
     name = "tracked"
     default_refresh = 1
+    def __init__(self, lam, settings, persistent):
+        super().__init__(lam, settings, persistent)
+        # Plain SGLD is stable iff eta h < 2, and so is the adjoint at the same eta. Under
+        # momentum or a preconditioner the chain can be stable where eta P h > 2 (Adam
+        # normalises its step, the adjoint cannot): there the adjoint's step is capped.
+        self.safeguard = settings.sampler != "sgld"
 
     def begin(self, saved, theta):
         carried = self._saved(saved, "w") if self.persistent else None
         self.w = carried if carried is not None else _tree.zeros_like(theta)
+        curv = self._saved(saved, "curvature") if self.persistent else None
+        device, dtype = theta[0].device, theta[0].dtype
+        self.curvature = curv[0] if curv else torch.zeros((), device=device, dtype=dtype)
 
     def needs_hessian(self, m):
         return (m - 1) % self.refresh_every == 0
@@ -210,11 +221,31 @@ class TrackedRecursion(Recursion):
         with torch.no_grad():
             self.g = [-b for b in step.mixed]
             if step.hess_u is not None:
-                self.w = [w - self.eta * (hw - ft) for w, hw, ft in zip(self.w, step.hess_u, step.v)]
+                resid = [hw - ft for hw, ft in zip(step.hess_u, step.v)]
+                if step.precond is not None:  # the same dynamics as the chain's step
+                    resid = [p * r for p, r in zip(step.precond, resid)]
+                step_size = self.eta
+                if self.safeguard:
+                    step_size = self._capped_step(step.hess_u, step.precond)
+                self.w = [w - step_size * r for w, r in zip(self.w, resid)]
+
+    def _capped_step(self, hess_w, precond):
+        """``eta``, capped so that ``eta * q <= 1`` for the largest curvature ``q`` of the
+        preconditioned Hessian seen along ``w`` so far (a Rayleigh quotient: ``w`` grows
+        along an unstable direction first, so ``q`` finds it). Tensor ops, no host sync."""
+        scaled = self.w if precond is None else [w / p for w, p in zip(self.w, precond)]
+        den = _tree.dot(self.w, scaled)
+        q = torch.where(den > 0, _tree.dot(self.w, hess_w) / den.clamp_min(1e-300),
+                        torch.zeros_like(den))
+        self.curvature = torch.maximum(self.curvature, torch.nan_to_num(q, nan=0.0))
+        return torch.minimum(torch.as_tensor(self.eta, dtype=den.dtype, device=den.device),
+                             1.0 / self.curvature.clamp_min(1e-300))
 
     def end(self):
         self.diagnostics["adjoint_norm"] = float(_tree.dot(self.w, self.w).sqrt())
-        return RecursionState(self.name, {"w": [t.detach() for t in self.w]}) \
+        self.diagnostics["adjoint_curvature"] = float(self.curvature)
+        return RecursionState(self.name, {"w": [t.detach() for t in self.w],
+                                          "curvature": [self.curvature.detach()]}) \
             if self.persistent else None
 
 

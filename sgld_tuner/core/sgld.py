@@ -41,11 +41,142 @@ def langevin_step(theta, grads, *, lr, temperature, noise_scale, generator):
         out = torch._foreach_add(theta, grads, alpha=-lr)
     else:
         out = [t - lr * g for t, g in zip(theta, grads)]
+    # Leaf by leaf, in leaf order: a seed gives the same stream as before, and only one
+    # leaf's noise is alive at a time (a list of all of it would add a full model's worth
+    # of memory to the peak).
+    return _add_noise(out, std, generator)
+
+
+class Sampler:
+    """The inner Langevin dynamics of one chain, with its own state (one per chain).
+
+    ``step(theta, grads, generator)`` returns the next iterate; ``precond()`` is the
+    diagonal preconditioner ``P`` of the last step (``None`` for plain SGLD), which the
+    tracked adjoint uses so that it follows the same dynamics. ``state``/``load`` copy
+    the sampler's buffers whole (checkpoints, warm starts). Registry: :data:`SAMPLERS`.
+
+    Parameters
+    ----------
+    settings : InnerSettings
+        ``inner_lr``, ``temperature``, ``noise_scale`` and the sampler's own knobs.
+    """
+
+    name = "sgld"
+
+    def __init__(self, settings):
+        self.lr, self.temperature = settings.inner_lr, settings.temperature
+        self.noise_scale = settings.noise_scale
+
+    def step(self, theta, grads, generator):
+        return langevin_step(theta, grads, lr=self.lr, temperature=self.temperature,
+                             noise_scale=self.noise_scale, generator=generator)
+
+    def precond(self):
+        return None
+
+    def state(self) -> dict:
+        return {}
+
+    def load(self, state: dict | None) -> None:
+        """Continue from ``state`` (from :meth:`state` of the same sampler), if any."""
+
+
+class MomentumSampler(Sampler):
+    """SGLD with momentum ``mu`` (SGHMC-style): ``b <- mu b + g - sqrt(2 tau (1 - mu) / eta)
+    kappa z``, ``theta <- theta - eta b``.
+
+    What ``torch.optim.SGD(momentum=mu)`` does, with noise scaled to the friction
+    ``1 - mu`` so that the stationary distribution stays ``∝ exp(-L_T / tau)``.
+    """
+
+    name = "momentum"
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.mu = settings.momentum
+        self.buffer = None
+
+    @torch.no_grad()
+    def step(self, theta, grads, generator):
+        grads = [g.detach() for g in grads]
+        if self.buffer is None:
+            self.buffer = [g.clone() for g in grads]
+        else:
+            self.buffer = [self.mu * b + g for b, g in zip(self.buffer, grads)]
+        # The noise goes into the buffer (it is carried like a gradient), so the iterate is
+        # an AR(2) process driven by white noise whose stationary variance is tau / h.
+        std = math.sqrt(2.0 * self.temperature * (1.0 - self.mu) / self.lr) * self.noise_scale
+        self.buffer = _add_noise(self.buffer, std, generator)
+        return [t.detach() - self.lr * b for t, b in zip(theta, self.buffer)]
+
+    def state(self):
+        return {"buffer": self.buffer}
+
+    def load(self, state):
+        if state and state.get("buffer") is not None:
+            self.buffer = [b.clone() for b in state["buffer"]]
+
+
+class PreconditionedSampler(Sampler):
+    """Preconditioned SGLD (pSGLD, Li et al. 2016) with Adam's / RMSprop's diagonal.
+
+    ``v <- beta2 v + (1 - beta2) g^2``, ``P = 1 / (eps + sqrt(v / (1 - beta2^t)))``,
+    ``theta <- theta - eta P g + sqrt(2 eta tau P) kappa z``: the step of an Adam or
+    RMSprop net (without Adam's first moment), so a chain at the net's own ``lr`` trains
+    as the net does.
+    """
+
+    name = "psgld"
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.beta2, self.eps = settings.beta2, settings.precond_eps
+        self.v, self.t, self.P = None, 0, None
+
+    @torch.no_grad()
+    def step(self, theta, grads, generator):
+        grads = [g.detach() for g in grads]
+        if self.v is None:
+            self.v = [torch.zeros_like(g) for g in grads]
+        self.t += 1
+        self.v = [self.beta2 * v + (1.0 - self.beta2) * g * g for v, g in zip(self.v, grads)]
+        correction = 1.0 - self.beta2 ** self.t
+        self.P = [1.0 / (self.eps + (v / correction).sqrt()) for v in self.v]
+        out = [t.detach() - self.lr * p * g for t, p, g in zip(theta, self.P, grads)]
+        base = math.sqrt(2.0 * self.lr * self.temperature) * self.noise_scale
+        if base > 0.0:
+            for t, p in zip(out, self.P):
+                z = torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+                t.add_(z * p.sqrt(), alpha=base)
+        return out
+
+    def precond(self):
+        return self.P
+
+    def state(self):
+        return {"v": self.v, "t": self.t}
+
+    def load(self, state):
+        if state and state.get("v") is not None:
+            self.v, self.t = [v.clone() for v in state["v"]], state["t"]
+
+
+def _add_noise(out, std, generator):
+    """``out + std * z`` leaf by leaf, in place (the stream of :func:`langevin_step`)."""
     if std > 0.0:
-        # Leaf by leaf, in leaf order: a seed gives the same stream as before, and only
-        # one leaf's noise is alive at a time (a list of all of it would add a full
-        # model's worth of memory to the peak).
         for t in out:
             t.add_(torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype),
                    alpha=std)
     return out
+
+
+SAMPLERS = {cls.name: cls for cls in (Sampler, MomentumSampler, PreconditionedSampler)}
+
+
+def make_sampler(settings) -> Sampler:
+    """The sampler named by ``settings.sampler``."""
+    try:
+        return SAMPLERS[settings.sampler](settings)
+    except KeyError:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, "
+                         f"got {settings.sampler!r}") from None
