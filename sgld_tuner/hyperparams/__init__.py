@@ -30,5 +30,6 @@ from .losses import LossWeights, TaylorLoss
 from .penalties import PerWeightL1, WeightDecay
 from .reweighting import SampleWeights
 
-__all__ = ["Hyperparameter", "BoundHyperparameter", "check_hyperparameter", "PerWeightL1", "WeightDecay",
+__all__ = ["Hyperparameter", "BoundHyperparameter", "check_hyperparameter",
+           "PerWeightL1", "WeightDecay",
            "LossWeights", "TaylorLoss", "AffineAugmentation", "SampleWeights"]
