@@ -29,8 +29,8 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .core import (BilevelProblem, ChainState, InnerSettings, hypergradient, make_generator,
-                   make_outer_optimizer)
+from .core import (METHODS, BilevelProblem, ChainState, InnerSettings, hypergradient,
+                   make_generator, make_outer_optimizer)
 from .core import _tree
 from .core.engine import (Callbacks, Listener, OracleResult, OuterLoop, ProgressBar,
                           RollbackOnNonFinite, Timeout, all_finite, warn_at_caller)
@@ -324,7 +324,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         "noise_scale": [_rule("noise_scale")],
         "inner_lr": [_rule("inner_lr"), None],
         "batch_size": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1}), None],
-        "method": [StrOptions({"sgld", "rmd", "rmd-fo", "fmd", "ift-cg", "ift-neumann"})],
+        "method": [StrOptions(set(METHODS))],
         "recursion": [StrOptions({"auto", *RECURSIONS})],
         "chain": [StrOptions({"persistent", "restart"})],
         "cv": ["cv_object"],
