@@ -36,6 +36,7 @@ from .core.engine import (Callbacks, Listener, OracleResult, OuterLoop, Progress
                           RollbackOnNonFinite, Timeout, all_finite, warn_at_caller)
 from .core.recursions import RECURSIONS
 from .hyperparams import Hyperparameter
+from .optimizers import chain_dynamics, net_weight_decay, with_weight_decay
 from .results import build_cv_results, build_history
 from .skorch_adapter import NetProblem, make_learned_net
 
@@ -674,13 +675,16 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
 
     def _settings(self, inner_lr_scale: float = 1.0) -> InnerSettings:
         inner_lr = self.inner_lr if self.inner_lr is not None else self.estimator.get_params()["lr"]
+        # The chains train like the net: its optimizer picks the sampler (method_options
+        # may still override it).
+        dynamics, _ = chain_dynamics(self.estimator)
+        options = {**dynamics, **InnerSettings.check_options(self.method_options,
+                                                             self._SET_BY_PARAMETERS)}
         return InnerSettings(method=self.method, inner_lr=float(inner_lr) * inner_lr_scale,
                              burn_in=self.burn_in,
                              n_samples=self.n_samples, temperature=self.temperature,
                              noise_scale=self.noise_scale, chain=self.chain,
-                             recursion=self.recursion,
-                             **InnerSettings.check_options(self.method_options,
-                                                           self._SET_BY_PARAMETERS)).validate()
+                             recursion=self.recursion, **options).validate()
 
     # InnerSettings fields the tuner's own parameters set (and keep_samples: the
     # tuner keeps no samples); every other field is a valid method_options key.
@@ -731,7 +735,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                                  augment_outer=augments, n_classes=n_classes,
                                  outer_batch_size=self.outer_batch_size)
         lam_spec = _tree.flatten(problem.init_lam())[1]
-        bilevel = BilevelProblem(problem.outer_loss, problem.inner_loss, lam_spec,
+        # The net's own optimizer__weight_decay stays in the chain's training loss.
+        inner_loss = with_weight_decay(problem.inner_loss, net_weight_decay(net))
+        bilevel = BilevelProblem(problem.outer_loss, inner_loss, lam_spec,
                                  problem.theta0(), mixed_vjp=problem.mixed_vjp())
         return _FoldChain(net=net, problem=problem, bilevel=bilevel, state=ChainState(),
                           generator=generator, X_val=X[val], y_val=y_val)

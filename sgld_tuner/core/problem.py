@@ -17,6 +17,7 @@ import torch
 
 from . import _tree
 from .recursions import RECURSIONS
+from .sgld import SAMPLERS
 
 METHODS = ("sgld", "rmd", "rmd-fo", "fmd", "ift-cg", "ift-neumann")
 
@@ -110,6 +111,9 @@ class InnerSettings:
         "curvature_every": (Integral, 1, None, "left"),
         "cg_iters": (Integral, 1, None, "left"),
         "neumann_iters": (Integral, 0, None, "left"),
+        "momentum": (Real, 0, 1, "left"),
+        "beta2": (Real, 0, 1, "left"),
+        "precond_eps": (Real, 0, None, "neither"),
     }
     # Settings that may be None (meaning "the default rule", see above).
     OPTIONAL = ("n_inner", "curvature_every")
@@ -120,6 +124,8 @@ class InnerSettings:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.chain not in ("persistent", "restart"):
             raise ValueError(f"chain must be 'persistent' or 'restart', got {self.chain!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
         if self.recursion != "auto" and self.recursion not in RECURSIONS:
             raise ValueError(f"recursion must be 'auto' or one of {sorted(RECURSIONS)}, got "
                              f"{self.recursion!r}")
