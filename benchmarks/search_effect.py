@@ -47,8 +47,22 @@ SMOKE = is_smoke()
 GRID = [0.0, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1]
 
 # name -> (PerWeightL1 kwargs, SGLDHyperTuner kwargs); "default" is the tuner's defaults.
+def select_last(cv_results):
+    """Refit the end of the trajectory (the hyperparameters the search converged to)."""
+    return len(cv_results["params"]) - 1
+
+
+def select_smoothed(cv_results):
+    """Refit the best point of the 3-point moving average of the trajectory's scores."""
+    scores = np.nan_to_num(np.asarray(cv_results["mean_test_score"], dtype=float), nan=-np.inf)
+    padded = np.concatenate([scores[:1], scores, scores[-1:]])
+    return int(np.argmax((padded[:-2] + padded[1:-1] + padded[2:]) / 3))
+
+
 CONFIGS = {
     "default": ({}, {}),
+    "select-last": ({}, {"refit": select_last}),
+    "select-smoothed": ({}, {"refit": select_smoothed}),
     "start-1e-4": ({"init": 1e-4}, {}),
     "start-1e-2": ({"init": 1e-2}, {}),
     "feature": ({"granularity": "feature"}, {}),
@@ -116,8 +130,8 @@ def run_tuner(config, data, seed, n_outer):
         warnings.simplefilter("ignore")
         _, wall, cpu = timed(lambda: tuner.fit(X_tr, y_tr))
     return {"test_score": float(tuner.score(X_te, y_te)), "wall_s": wall, "cpu_s": cpu,
-            "cv_score": float(tuner.best_score_), "l1_mean": float(tuner.cv_results_[
-                "param_l1"][tuner.best_index_])}
+            "cv_score": float(tuner.cv_results_["mean_test_score"][tuner.best_index_]),
+            "l1_mean": float(tuner.cv_results_["param_l1"][tuner.best_index_])}
 
 
 def run_grid(data, seed):
