@@ -65,8 +65,9 @@ PAPER_FIG1 = {"stochastic": "20/20", "deterministic": "3/20"}
 
 
 def paper_lookup(table, name):
-    """The paper has one HPO-SGLD row; both our recursions are compared with it."""
-    key = name.replace("sgld (damped)", "sgld (paper recursion)")
+    """The paper has one HPO-SGLD row; each of our recursions is compared with it."""
+    key = name.replace("sgld (damped)", "sgld (paper recursion)").replace(
+        "sgld (tracked, default)", "sgld (paper recursion)")
     return table.get(key)
 
 
@@ -81,7 +82,8 @@ def synthetic_1d_rows(noisy, settings, taus, which="short"):
         return [(f"{method} (1000 inner)", dict(method=method, n_inner=settings["long_inner"]),
                  noisy) for method in ("rmd", "rmd-fo", "fmd")] if settings["long_inner"] else []
     rows = []
-    for recursion, label in (("damped", "sgld (damped)"), ("paper", "sgld (paper recursion)")):
+    for recursion, label in (("tracked", "sgld (tracked, default)"), ("damped", "sgld (damped)"),
+                             ("paper", "sgld (paper recursion)")):
         for tau in taus:
             name = label if not noisy else f"{label} tau={tau:.0e}"
             rows.append((name, dict(method="sgld", recursion=recursion, temperature=tau), True))
