@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import torch
 from sklearn.datasets import load_digits
 
 from sgld_tuner import SGLDHyperTuner

@@ -23,7 +23,6 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, make_sco
 from sklearn.model_selection import GroupKFold, KFold, LeaveOneGroupOut, StratifiedKFold
 from sklearn.utils import estimator_html_repr
 
-from sgld_tuner import SGLDHyperTuner
 
 from test_tuner import tiny_tuner
 
