@@ -1,8 +1,9 @@
 """Inner-step cost per hyperparameter kind, through the tuner's own adapter (NetProblem).
 
 For PerWeightL1 (penalty), TaylorLoss (learned loss) and AffineAugmentation: CPU time of
-one HPO-SGLD inner step (the tuner's defaults: damped recursion, curvature once per outer
-iteration, B = M = 5) divided by one plain SGD training step of the same net on the same
+one HPO-SGLD inner step (the tuner's defaults: recursion "auto" = tracked, a double
+backward every step; B = M = 5; and, for comparison, the damped recursion with its
+curvature once per outer iteration) divided by one plain SGD training step of the same net on the same
 batch size, with the outer loss on the whole validation split (the default) and on one
 batch of validation rows (``outer_batch_size``). Digits, 1200 train / 597 validation rows,
 batch 64, 64-H-10 MLP. Writes benchmarks/results/cost_kinds.{json,md}.
@@ -30,7 +31,7 @@ from _results import add_common_args, is_smoke, parse_args, result_stem, write_r
 
 BATCH = 64
 KINDS = {
-    "PerWeightL1": lambda: PerWeightL1(init=1e-4),
+    "PerWeightL1": lambda: PerWeightL1(init=1e-4, granularity="weight"),
     "TaylorLoss": lambda: TaylorLoss(),
     "AffineAugmentation": lambda: AffineAugmentation(init=0.05, image_shape=(8, 8)),
 }
@@ -63,7 +64,7 @@ def plain_step_seconds(net, X, y, repeats):
     return float(np.median(times))
 
 
-def sgld_step_seconds(net, kind, outer_batch_size, Xtr, ytr, Xva, yva, repeats):
+def sgld_step_seconds(net, kind, outer_batch_size, Xtr, ytr, Xva, yva, repeats, recursion):
     """One HPO-SGLD inner step with the tuner's default settings, CPU seconds."""
     problem = NetProblem(net, {"h": KINDS[kind]()}, Xtr, ytr, Xva, yva, batch_size=BATCH,
                          generator=torch.Generator().manual_seed(0),
@@ -73,7 +74,8 @@ def sgld_step_seconds(net, kind, outer_batch_size, Xtr, ytr, Xva, yva, repeats):
     lam = [t.detach().requires_grad_(True) for t in lam]
     bilevel = BilevelProblem(problem.outer_loss, problem.inner_loss, spec, problem.theta0(),
                              mixed_vjp=problem.mixed_vjp())
-    settings = InnerSettings(inner_lr=0.1, burn_in=5, n_samples=5, temperature=1e-4).validate()
+    settings = InnerSettings(inner_lr=0.1, burn_in=5, n_samples=5, temperature=1e-4,
+                             recursion=recursion).validate()
     state, gen = ChainState(), torch.Generator().manual_seed(1)
     hypergradient(bilevel, lam, state, settings, gen)  # warm-up
     times = []
@@ -97,18 +99,20 @@ def main(argv=None):
         for kind in KINDS:
             # A smoke run checks the plumbing: one outer-loss setting is enough.
             for outer in (BATCH,) if is_smoke() else (None, BATCH):
-                step = sgld_step_seconds(net, kind, outer, Xtr, ytr, Xva, yva, repeats)
-                rows.append({"hidden": hidden, "kind": kind,
-                             "outer_rows": "all 597" if outer is None else str(outer),
-                             "plain_ms": plain * 1e3, "sgld_ms": step * 1e3,
-                             "ratio": step / plain})
-                print(f"hidden {hidden:5d} {kind:18s} outer rows {rows[-1]['outer_rows']:>7s}: "
-                      f"plain {plain * 1e3:6.2f} ms, sgld {step * 1e3:6.2f} ms, "
-                      f"ratio {step / plain:5.2f}x")
-    lines = ["| MLP hidden | kind | outer-loss rows per step | plain step (CPU ms) | "
-             "sgld inner step (CPU ms) | ratio |", "|---:|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['hidden']} | {r['kind']} | {r['outer_rows']} | {r['plain_ms']:.2f} | "
-              f"{r['sgld_ms']:.2f} | {r['ratio']:.2f}x |" for r in rows]
+                for recursion in ("auto", "damped"):
+                    step = sgld_step_seconds(net, kind, outer, Xtr, ytr, Xva, yva, repeats,
+                                             recursion)
+                    rows.append({"hidden": hidden, "kind": kind, "recursion": recursion,
+                                 "outer_rows": "all 597" if outer is None else str(outer),
+                                 "plain_ms": plain * 1e3, "sgld_ms": step * 1e3,
+                                 "ratio": step / plain})
+                    print(f"hidden {hidden:5d} {kind:18s} {recursion:6s} outer rows "
+                          f"{rows[-1]['outer_rows']:>7s}: plain {plain * 1e3:6.2f} ms, "
+                          f"sgld {step * 1e3:6.2f} ms, ratio {step / plain:5.2f}x")
+    lines = ["| MLP hidden | kind | recursion | outer-loss rows per step | plain step (CPU ms) | "
+             "sgld inner step (CPU ms) | ratio |", "|---:|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['hidden']} | {r['kind']} | {r['recursion']} | {r['outer_rows']} | "
+              f"{r['plain_ms']:.2f} | {r['sgld_ms']:.2f} | {r['ratio']:.2f}x |" for r in rows]
     meta = {"torch": torch.__version__, "threads": 1, "load_avg": os.getloadavg(),
             "cpu_count": os.cpu_count(), "smoke": is_smoke()}
     table = "\n".join(lines)
