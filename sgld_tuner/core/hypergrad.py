@@ -7,9 +7,12 @@ strategy from :mod:`sgld_tuner.core.recursions`.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from . import _tree
+from .curvature import curvature_direction, guarded_inner_lr, resolve_bound, restore
 from .problem import BilevelProblem, ChainState, Hypergradient, InnerSettings, chain_start
 from .recursions import Recursion, StepProducts, make_recursion
 from .sgld import Sampler, make_sampler
@@ -96,6 +99,25 @@ def _step(problem, lam, theta, recursion: Recursion, start, settings, generator,
     return new_theta, outer_value.detach(), inner_value.detach(), f_lam
 
 
+def _curvature_guard(problem, lam, theta_start, settings, depends):
+    """Settings with the inner step this outer iteration may take, what was measured, and
+    the restoring term to add to the hypergradient (``None`` unless the guard acted).
+
+    See :mod:`sgld_tuner.core.curvature`: on by default for a lam-dependent start only;
+    the settings object is replaced (never mutated) only when the guard acts.
+    """
+    bound = resolve_bound(settings.curvature_bound, depends)
+    if bound is None:
+        return settings, {}, None
+    eta, scaled, vector = guarded_inner_lr(problem, lam, theta_start, settings.inner_lr, bound)
+    push = None
+    if vector is not None:  # acted: shrink this chain's step, push the outer step back
+        settings = replace(settings, inner_lr=eta)
+        direction = curvature_direction(problem, lam, theta_start, vector)
+        push = lambda h: restore(h, direction, scaled, bound)  # noqa: E731
+    return settings, {"eta_lambda_max": scaled, "inner_lr_used": eta}, push
+
+
 def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: ChainState,
                    settings: InnerSettings, generator: torch.Generator) -> Hypergradient:
     """HPO-SGLD hypergradient of ``E_{p(theta|lam)}[f(lam, theta)]`` (paper Alg. 1).
@@ -107,8 +129,9 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
     ``state`` (the chain's weights and the strategy's own state) is updated in place.
     """
     depends = problem.start_depends_on_lam
-    recursion = make_recursion(settings, lam, start_depends_on_lam=depends)
     theta_start = chain_start(problem, lam, state, settings)
+    settings, guard, push = _curvature_guard(problem, lam, theta_start, settings, depends)
+    recursion = make_recursion(settings, lam, start_depends_on_lam=depends)
     theta = [t.detach().requires_grad_(True) for t in theta_start]
     recursion.begin(state.recursion, theta)
     sampler = make_sampler(settings)
@@ -143,13 +166,15 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
     state.recursion = recursion.end()
     state.sampler = sampler.state()
     h = [d + i for d, i in zip(direct, recursion.indirect())]
+    if push is not None:
+        h = push(h)
     return Hypergradient(
         grad=[t.detach() for t in h],
         outer_loss=float(outer_sum / settings.n_samples),
         inner_loss=float(inner_value),
         theta=[t.detach() for t in theta],
         samples=samples,
-        diagnostics=dict(recursion.diagnostics),
+        diagnostics={**recursion.diagnostics, **guard},
     )
 
 

@@ -58,6 +58,15 @@ class InnerSettings:
         (tracked) and, with a closed-form ``mixed_vjp``, need no double backward.
         ``None`` (default): once per outer iteration for damped, every step for tracked. On the paper's 1D problem both give lam = 0.749059 (6 decimals); on the
         demo task the same test accuracy at half the search time.
+    curvature_bound : float or None
+        The curvature guard (:mod:`~sgld_tuner.core.curvature`): at the start of each outer
+        iteration measure ``eta * lambda_max`` of the inner Hessian (a few Hessian-vector
+        products of power iteration) and, above this bound, shrink that iteration's inner
+        step to ``bound / lambda_max`` with a ``CurvatureWarning``. ``None`` (default): bound
+        1 for a lam-dependent (MAML-type) start, whose eq. 22 terms are a first-order
+        expansion in ``eta * H``, and no guard otherwise; ``inf``: off. The measured value
+        and the step used are in the hypergradient's diagnostics. The measurement calls
+        ``inner_loss`` outside the chain (mind a stochastic inner loss with its own RNG).
     sampler : {"sgld", "momentum", "psgld"}
         The inner dynamics (:data:`~sgld_tuner.core.sgld.SAMPLERS`): plain SGLD; SGLD with
         momentum ``momentum`` (what an SGD-with-momentum net does); preconditioned SGLD
@@ -84,6 +93,7 @@ class InnerSettings:
     chain: str = "persistent"
     recursion: str = "auto"
     curvature_every: int | None = None
+    curvature_bound: float | None = None
     sampler: str = "sgld"
     momentum: float = 0.0
     beta2: float = 0.999
@@ -109,6 +119,7 @@ class InnerSettings:
         "noise_scale": (Real, 0, None, "left"),
         "n_inner": (Integral, 1, None, "left"),
         "curvature_every": (Integral, 1, None, "left"),
+        "curvature_bound": (Real, 0, None, "neither"),
         "cg_iters": (Integral, 1, None, "left"),
         "neumann_iters": (Integral, 0, None, "left"),
         "momentum": (Real, 0, 1, "left"),
@@ -116,7 +127,7 @@ class InnerSettings:
         "precond_eps": (Real, 0, None, "neither"),
     }
     # Settings that may be None (meaning "the default rule", see above).
-    OPTIONAL = ("n_inner", "curvature_every")
+    OPTIONAL = ("n_inner", "curvature_every", "curvature_bound")
 
     def validate(self) -> "InnerSettings":
         """Check every setting against its one rule (:attr:`BOUNDS`); returns ``self``."""
