@@ -282,3 +282,26 @@ def test_warnings_point_at_the_first_frame_outside_the_package():
 def test_bad_on_interrupt_is_refused():
     with pytest.raises(ValueError, match="on_interrupt"):
         make_engine(QuadraticOracle(), on_interrupt="ignore")
+
+
+def test_tail_average_is_the_mean_of_the_last_iterates():
+    """With n_outer=8 and fraction 0.5 the average is over the iterates after steps 5..8,
+    each known exactly from the SGD recurrence."""
+    from sgld_tuner.core.engine import TailAverage
+
+    tail = TailAverage(0.5)
+    engine = make_engine(QuadraticOracle(), n_outer=8, listeners=[tail]).run()
+    values = sgd_values(1.0, [0.1] * 8)
+    got = tail.average(engine.lam)[0]
+    assert float(got) == pytest.approx(sum(values[4:]) / 4, rel=1e-12)
+    assert float(engine.lam[0].detach()) == pytest.approx(values[-1], rel=1e-14)  # untouched
+
+
+def test_tail_average_skips_rejected_steps_and_is_none_before_the_tail():
+    from sgld_tuner.core.engine import TailAverage
+
+    tail = TailAverage(0.25)
+    engine = make_engine(QuadraticOracle(nan_calls={2}), n_outer=8, listeners=[tail]).run()
+    assert engine.failed and tail.average(engine.lam) is None
+    with pytest.raises(ValueError, match="fraction"):
+        TailAverage(0.0)

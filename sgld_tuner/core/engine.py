@@ -298,6 +298,46 @@ class Callbacks(Listener):
             engine.stop(self.reason.format(iteration=record["iteration"]))
 
 
+class TailAverage(Listener):
+    """Polyak-Ruppert tail average: the mean of ``lam`` over the accepted iterations in the
+    last ``fraction`` of the planned ``n_outer``.
+
+    A stochastic hypergradient leaves the last iterate rattling around the optimum by
+    about ``outer_lr`` times the hypergradient noise; the tail average removes most of
+    that noise and leaves a converged run where it is.
+
+    Parameters
+    ----------
+    fraction : float in (0, 1]
+        Share of the planned iterations, counted from the end, that is averaged.
+    """
+
+    def __init__(self, fraction: float = 0.5):
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"the averaged fraction must be in (0, 1], got {fraction!r}")
+        self.fraction = fraction
+        self.total, self.count, self.first = None, 0, 0
+
+    def on_run_begin(self, engine):
+        self.first = int(engine.n_outer * (1.0 - self.fraction))
+
+    def on_iteration_end(self, engine, record):
+        if engine.iteration <= self.first:
+            return
+        with torch.no_grad():
+            # clone: .double() of a float64 leaf is the leaf itself, which the next step mutates
+            current = [t.detach().double().clone() for t in engine.lam]
+            self.total = current if self.total is None else [
+                a + c for a, c in zip(self.total, current)]
+        self.count += 1
+
+    def average(self, like: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """The average, in the dtype of ``like``; ``None`` before the tail began."""
+        if not self.count:
+            return None
+        return [(a / self.count).to(t.dtype) for a, t in zip(self.total, like)]
+
+
 class OuterLoop:
     """Hypergradient descent on ``lam`` driven by an oracle, with policy and listeners.
 
@@ -415,5 +455,6 @@ class OuterLoop:
 
 
 __all__ = ["OuterLoop", "OracleResult", "Listener", "NonFinitePolicy", "StopOnNonFinite",
-           "RollbackOnNonFinite", "ProgressBar", "Timeout", "Callbacks", "make_outer_optimizer",
+           "RollbackOnNonFinite", "ProgressBar", "Timeout", "Callbacks", "TailAverage",
+           "make_outer_optimizer",
            "all_finite", "warn_at_caller"]

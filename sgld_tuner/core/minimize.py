@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 
 from . import _tree
-from .engine import (Callbacks, Listener, OracleResult, OuterLoop, StopOnNonFinite, all_finite,
-                     make_outer_optimizer)
+from .engine import (Callbacks, Listener, OracleResult, OuterLoop, StopOnNonFinite, TailAverage,
+                     all_finite, make_outer_optimizer)
 from .hypergrad import hypergradient
 from .problem import METHODS, BilevelProblem, ChainState, Hypergradient, InnerSettings
 from .sgld import make_generator
@@ -32,7 +32,10 @@ class BilevelResult:
     Attributes
     ----------
     lam, theta : same structure as ``lam0`` / ``theta0``
-        Final (last finite) hyperparameters and the last inner iterate.
+        Final hyperparameters: the tail average of the iterates when ``average`` is set
+        (the default), else the last finite iterate; and the last inner iterate.
+    lam_last : same structure as ``lam0``
+        The last finite iterate itself.
     history : pandas.DataFrame
         One row per outer iteration: ``iteration``, ``outer_loss``, ``inner_loss``,
         ``hypergrad_norm``, ``time_s`` and, for up to 16 hyperparameters, ``lam[i]``.
@@ -50,6 +53,7 @@ class BilevelResult:
     n_iter: int
     success: bool
     message: str
+    lam_last: Any = None
 
 
 def project(lam: list[torch.Tensor], bounds) -> None:
@@ -112,7 +116,7 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
              random_state=None, callback: Callable | None = None, bounds=None,
              chain: str = "persistent", recursion: str = "auto", mixed_vjp=None,
              method_options: dict | None = None,
-             projection: Callable | None = None) -> BilevelResult:
+             projection: Callable | None = None, average: float | None = 0.5) -> BilevelResult:
     """Solve ``min_lam E_{p(theta|lam)} f(lam, theta)`` by hypergradient descent.
 
     Parameters
@@ -154,6 +158,10 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     projection : callable, optional
         ``lam -> lam`` (on the user's structure) applied after each outer step and after
         ``bounds``, e.g. onto a simplex; its output replaces ``lam`` in place.
+    average : float in (0, 1] or None, default=0.5
+        Return the mean of the iterates over this last share of the planned ``n_outer``
+        (Polyak-Ruppert tail average; see ``docs/method.md`` for the measurement), or the
+        last iterate with ``None``. ``history`` always holds the iterates themselves.
 
     Returns
     -------
@@ -173,12 +181,15 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     state = ChainState()
     _warn_unused(problem, lam)
 
+    tail = TailAverage(average) if average is not None else None
     engine = _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer,
                          n_outer=n_outer, bounds=bounds, projection=projection, callback=callback)
+    if tail is not None:
+        engine.listeners.append(tail)
     engine.run()
     if engine.failed:
         warnings.warn(engine.stop_reason, NonFiniteWarning, stacklevel=2)
-    return _result(engine, problem, state, lam_spec)
+    return _result(engine, problem, state, lam_spec, tail)
 
 
 def _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer, *, n_outer,
@@ -238,14 +249,16 @@ def _warn_unused(problem: BilevelProblem, lam) -> None:
 
 
 def _result(engine: OuterLoop, problem: BilevelProblem, state: ChainState,
-            lam_spec) -> BilevelResult:
+            lam_spec, tail: TailAverage | None) -> BilevelResult:
     # The policy has put lam back to its last finite value if the run failed.
     lam = [t.detach().clone() for t in engine.lam]
+    averaged = tail.average(lam) if tail is not None else None
     theta = state.theta if state.theta is not None else problem.start(lam)
     theta = [t.detach() for t in theta]
     n_outer = engine.n_outer
     return BilevelResult(
-        lam=_tree.unflatten(lam, lam_spec),
+        lam=_tree.unflatten(averaged if averaged is not None else lam, lam_spec),
+        lam_last=_tree.unflatten(lam, lam_spec),
         theta=_tree.unflatten(theta, problem.theta_spec),
         history=pd.DataFrame.from_records(engine.records),
         n_iter=len(engine.records),
