@@ -27,8 +27,10 @@ plain net). The adapter asks kinds what they do through capability flags, never 
 from __future__ import annotations
 
 import copy
+import threading
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ from torch.func import functional_call
 
 from .hyperparams.base import BoundHyperparameter, Hyperparameter
 
-__all__ = ["NetProblem", "make_learned_net", "LearnedNet", "LearnedNetClassifier",
+__all__ = ["NetProblem", "ModuleRNG", "make_learned_net", "LearnedNet", "LearnedNetClassifier",
            "LearnedNetRegressor"]
 
 # Keys of the dict that LearnedNet.partial_fit wraps X in when row weights are learned:
@@ -175,6 +177,70 @@ def _module_dtype(module):
     return torch.get_default_dtype()
 
 
+class ModuleRNG:
+    """A private stream of torch's global RNG for one module's own draws (dropout).
+
+    ``torch.func.functional_call`` cannot hand a ``torch.Generator`` to dropout and
+    similar layers: they draw from torch's global RNG. :meth:`active` makes that RNG
+    this stream for the length of a ``with`` block and puts the caller's stream back
+    afterwards, so seeded chains are reproducible, parallel folds do not share draws,
+    and the caller's RNG is not advanced. Blocks of different streams are serialised by
+    one process-wide lock (the global RNG is one per process); keep them short (a
+    forward pass).
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the stream the first time it is activated.
+    device : torch.device or str, default="cpu"
+        Where the module runs; a CUDA device's generator is switched too.
+
+    Attributes
+    ----------
+    states : tuple or None
+        ``(cpu_state, cuda_state or None)`` after the first activation; assign a saved
+        value to resume the stream (rollbacks, ``warm_start``).
+    """
+
+    _lock = threading.RLock()
+
+    def __init__(self, seed: int, device="cpu", states=None):
+        self.seed, self.device, self.states = int(seed), torch.device(device), states
+
+    @classmethod
+    @contextmanager
+    def isolated(cls):
+        """Run the block on a fork of torch's global (CPU) RNG, restored afterwards.
+
+        For calls that draw from it without needing a stream of their own, such as
+        skorch's ``predict`` (its ``DataLoader`` draws a seed per iteration); the lock
+        keeps threads from restoring each other's states.
+        """
+        with cls._lock, torch.random.fork_rng(devices=[]):
+            yield
+
+    @contextmanager
+    def active(self):
+        """Run the block with torch's global RNG set to this stream."""
+        cuda = self.device.type == "cuda"
+        index = self.device.index if self.device.index is not None else \
+            (torch.cuda.current_device() if cuda else None)
+        with self._lock, torch.random.fork_rng(devices=[index] if cuda else []):
+            if self.states is None:
+                torch.default_generator.manual_seed(self.seed)
+                if cuda:
+                    torch.cuda.default_generators[index].manual_seed(self.seed)
+            else:
+                torch.set_rng_state(self.states[0])
+                if cuda:
+                    torch.cuda.set_rng_state(self.states[1], index)
+            try:
+                yield
+            finally:
+                self.states = (torch.get_rng_state(),
+                               torch.cuda.get_rng_state(index) if cuda else None)
+
+
 # ----------------------------------------------------------------------------------------
 # NetProblem
 # ----------------------------------------------------------------------------------------
@@ -213,6 +279,9 @@ class NetProblem:
     n_classes : int, optional
         Number of classes in the whole training set (classifiers). A module with fewer
         outputs fails here, before any training step, instead of deep inside the loss.
+    module_rng : ModuleRNG, optional
+        The stream that the module's own random layers (dropout) draw from in the
+        training loss. ``None`` leaves them on torch's global RNG.
 
     Attributes
     ----------
@@ -224,15 +293,16 @@ class NetProblem:
     -----
     The inner loss runs the module in train mode and the outer loss in eval mode, as
     skorch's training and validation steps do. Dropout inside the module draws from
-    torch's global RNG, not from ``generator`` (``functional_call`` cannot reroute it);
-    BatchNorm running statistics are buffers of ``net.module_`` and are updated in place
+    torch's global RNG, not from ``generator`` (``functional_call`` cannot reroute it):
+    pass ``module_rng`` to give it a seeded stream of its own. BatchNorm running statistics are buffers of ``net.module_`` and are updated in place
     by inner evaluations.
     """
 
     def __init__(self, net, hyperparams: dict[str, Hyperparameter], X_train, y_train, X_val,
                  y_val, *, train_rows=None, batch_size=None, generator: torch.Generator,
                  augment_outer: bool = False, n_train_total: int | None = None,
-                 outer_batch_size: int | None = None, n_classes: int | None = None):
+                 outer_batch_size: int | None = None, n_classes: int | None = None,
+                 module_rng: ModuleRNG | None = None):
         if not getattr(net, "initialized_", False):
             raise ValueError("NetProblem needs an initialized net (call net.initialize())")
         self.net = net
@@ -241,6 +311,7 @@ class NetProblem:
         self.dtype = _module_dtype(self.module)
         self.generator = generator
         self.augment_outer = augment_outer
+        self.module_rng = module_rng
         self.crit = _Criterion(net)
 
         self.X_train = self._as_x(X_train)
@@ -364,7 +435,11 @@ class NetProblem:
         else:
             X, y, rows = self.X_train[idx], self.y_train[idx], self.train_rows[idx]
         self.module.train()
-        y_pred = self._forward(lam, theta, X, transform=True)
+        if self.module_rng is None:
+            y_pred = self._forward(lam, theta, X, transform=True)
+        else:
+            with self.module_rng.active():
+                y_pred = self._forward(lam, theta, X, transform=True)
         return _training_loss(self.crit, self.bound, lam, y_pred, y, rows, theta)
 
     def outer_loss(self, lam, theta) -> torch.Tensor:

@@ -15,13 +15,15 @@ from numbers import Integral, Real
 
 import joblib
 import numpy as np
+import scipy.sparse as sp
 import torch
 from joblib import Parallel, delayed
 from joblib import hash as joblib_hash
-from sklearn.base import BaseEstimator, MetaEstimatorMixin, is_classifier, is_regressor
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier, is_regressor
 from sklearn.metrics import check_scoring
 from sklearn.metrics._scorer import _check_multimetric_scoring
 from sklearn.model_selection import check_cv
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import _safe_indexing, check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, Options, StrOptions
@@ -38,7 +40,7 @@ from .core.recursions import RECURSIONS
 from .hyperparams import Hyperparameter
 from .optimizers import chain_dynamics, net_weight_decay, with_weight_decay
 from .results import build_cv_results, build_history
-from .skorch_adapter import NetProblem, make_learned_net
+from .skorch_adapter import ModuleRNG, NetProblem, make_learned_net
 
 
 class SearchInterrupted(RuntimeWarning):
@@ -95,19 +97,29 @@ class _SearchState:
     points: list = field(default_factory=list)
     records: list = field(default_factory=list)
     snapshots: dict = field(default_factory=dict)
+    module_rng_states: list | None = None
 
 
 @dataclass
 class _FoldChain:
-    """One cv fold: its net, its functional losses and its persistent SGLD chain."""
+    """One cv fold: its net, its functional losses and its persistent SGLD chain.
+
+    ``scored`` is what the scorers see: the net, or (estimator a ``Pipeline``) the
+    fold's fitted preprocessing followed by the net; ``X_val``/``X_train`` are the
+    fold's rows as given (``X_train`` only with ``return_train_score``), with the
+    original labels.
+    """
 
     net: object
     problem: NetProblem
     bilevel: BilevelProblem
     state: ChainState
     generator: torch.Generator
-    X_val: np.ndarray
+    X_val: object
     y_val: np.ndarray
+    scored: object = None
+    X_train: object = None
+    y_train: np.ndarray | None = None
     fit_time: float = 0.0
 
 
@@ -129,7 +141,8 @@ def _score_fold(fold: _FoldChain, scorers: dict, error_score):
     # A chain that never completed a step (e.g. rolled back at once) sits at theta0.
     leaves = fold.state.theta if fold.state.theta is not None else fold.bilevel.theta0_leaves
     theta = _tree.unflatten(leaves, fold.bilevel.theta_spec)
-    net = fold.problem.load_theta(theta)
+    fold.problem.load_theta(theta)
+    net = fold.scored
     scores, outputs = {}, {}
     for name, scorer in scorers.items():
         try:
@@ -137,7 +150,10 @@ def _score_fold(fold: _FoldChain, scorers: dict, error_score):
             # failure fails them all, as in GridSearchCV).
             if id(scorer) not in outputs:
                 try:
-                    outputs[id(scorer)] = scorer(net, fold.X_val, fold.y_val)
+                    # skorch's predict draws a DataLoader seed from torch's global RNG:
+                    # leave the caller's stream untouched.
+                    with ModuleRNG.isolated():
+                        outputs[id(scorer)] = scorer(net, fold.X_val, fold.y_val)
                 except Exception as exc:  # noqa: BLE001 - re-raised below, per metric
                     outputs[id(scorer)] = exc
             value = outputs[id(scorer)]
@@ -154,6 +170,23 @@ def _score_fold(fold: _FoldChain, scorers: dict, error_score):
             value = float(error_score)
         scores[name] = value
     return scores, time.perf_counter() - started
+
+
+def _module_seed(seed) -> int:
+    """Seed of a fold's module stream (dropout), derived from its two seeds without
+    drawing from any generator (so that nets without dropout are unaffected)."""
+    return int(np.random.SeedSequence([int(v) for v in seed]).generate_state(1)[0])
+
+
+def _module_rng_states(problem):
+    """The states of a fold's module stream (None before its first draw, or without one)."""
+    return getattr(getattr(problem, "module_rng", None), "states", None)
+
+
+def _net_input(X) -> np.ndarray:
+    """A Pipeline's transformed rows as the net takes them: dense float32."""
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    return np.ascontiguousarray(X, dtype=np.float32)
 
 
 class _FoldOracle:
@@ -314,7 +347,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "estimator": [HasMethods(["initialize", "get_loss", "fit"])],
+        # The skorch net (or Pipeline ending in one) is checked in fit, with a short
+        # message naming the fix.
+        "estimator": [HasMethods(["fit"])],
         "hyperparams": [dict],
         "n_outer": [Interval(Integral, 1, None, closed="left")],
         "outer_lr": [Interval(Real, 0, None, closed="neither")],
@@ -399,14 +434,32 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     def _is_classifier(self) -> bool:
         return is_classifier(self.estimator)
 
+    @property
+    def _is_pipeline(self) -> bool:
+        return isinstance(self.estimator, Pipeline)
+
+    def _net(self):
+        """The skorch net: ``estimator`` itself, or the last step of a ``Pipeline``."""
+        return self.estimator.steps[-1][1] if self._is_pipeline else self.estimator
+
     def _check_estimator_and_hyperparams(self):
         from skorch import NeuralNet
 
-        if not isinstance(self.estimator, NeuralNet):
+        if self._is_pipeline and not isinstance(self._net(), NeuralNet):
+            name, last = self.estimator.steps[-1]
+            raise TypeError(
+                f"estimator is a Pipeline whose last step {name!r} is a "
+                f"{type(last).__name__}; the last step must be a skorch net, e.g. "
+                "NeuralNetClassifier(MyModule, lr=0.1)")
+        if not isinstance(self._net(), NeuralNet):
             raise TypeError(
                 "estimator must be a skorch NeuralNet, NeuralNetClassifier or "
-                f"NeuralNetRegressor, got {type(self.estimator).__name__}; wrap your "
-                "torch.nn.Module in one, e.g. NeuralNetClassifier(MyModule, lr=0.1)")
+                f"NeuralNetRegressor (or a Pipeline ending in one), got "
+                f"{type(self.estimator).__name__}; wrap your torch.nn.Module in one, e.g. "
+                "NeuralNetClassifier(MyModule, lr=0.1)")
+        if self._is_pipeline and isinstance(self.refit, str) and self.refit == "ensemble":
+            raise ValueError("refit='ensemble' needs estimator to be a skorch net, not a "
+                             "Pipeline: use refit=True, or preprocess X before the tuner")
         if not self.hyperparams:
             raise ValueError("hyperparams is empty: give at least one, e.g. "
                              "{'l1': PerWeightL1(init=1e-4)}")
@@ -414,7 +467,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                if not isinstance(v, Hyperparameter)}
         if bad:
             raise TypeError(f"hyperparams values must be sgld_tuner.hyperparams kinds; got {bad}")
-        batch_size = self.batch_size if self.batch_size is not None else self.estimator.batch_size
+        batch_size = self.batch_size if self.batch_size is not None else self._net().batch_size
         if batch_size is None or not (batch_size == -1 or batch_size >= 1):
             raise ValueError(
                 f"the net's batch_size={batch_size!r} leaves no rows per training step: pass "
@@ -440,7 +493,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         if multimetric or not callable(self.scoring):
             return scorers, multimetric
         try:
-            probe = self.scoring(fold.net, fold.X_val, fold.y_val)
+            with ModuleRNG.isolated():
+                probe = self.scoring(fold.scored, fold.X_val, fold.y_val)
         except Exception:  # noqa: BLE001 - reported at scoring time through error_score
             return scorers, multimetric
         if not isinstance(probe, dict):
@@ -466,13 +520,12 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             validate_data(self, X, y, accept_sparse=False, dtype=None, allow_nd=True)
             raise ValueError("SGLDHyperTuner requires y: the outer loss is the net's "
                              "criterion on the validation targets")
+        given = X
         X, y = validate_data(self, X, y, accept_sparse=False, dtype=None, allow_nd=True,
                              multi_output=not self._is_classifier,
-                             y_numeric=is_regressor(self.estimator))
-        # The net computes in float32 (skorch's default); float64 input is cast, by design.
-        X = np.asarray(X, dtype=np.float32)
-        if not X.flags.writeable:  # torch warns on read-only arrays (e.g. from DataFrames)
-            X = X.copy()
+                             y_numeric=is_regressor(self.estimator),
+                             ensure_all_finite=not self._is_pipeline)
+        X = self._rows_for_estimator(given, X)
         if self._is_classifier:
             check_classification_targets(y)
             encoder = LabelEncoder().fit(y)
@@ -583,6 +636,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         state.optimizer_state = engine.optimizer.state_dict()
         state.chain_states = [fold.state for fold in folds]
         state.generator_states = [fold.generator.get_state() for fold in folds]
+        state.module_rng_states = [_module_rng_states(fold.problem) for fold in folds]
         state.fit_times = [fold.fit_time for fold in folds]
         # Each fold's chain is a full copy of the net's weights: keep them only where a
         # resume needs them (warm_start, or a search that ended early), so that a finished
@@ -613,14 +667,17 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
 
         The refit net is the user's net class with the learned values built in; a
         classifier gets ``classes=classes_`` and the original labels, so it is a drop-in
-        for the tuner (same ``classes_``, ``predict`` returns the original labels).
+        for the tuner (same ``classes_``, ``predict`` returns the original labels). A
+        ``Pipeline`` is cloned with that net as its last step and fit on all rows.
         """
         refit_started = time.perf_counter()
-        self.best_estimator_ = make_learned_net(self.estimator, self.hyperparams, self.best_params_)
-        labels = y
+        net = make_learned_net(self._net(), self.hyperparams, self.best_params_)
+        labels = self._labels(y)
         if self._is_classifier:
-            self.best_estimator_.set_params(classes=list(self._classes))
-            labels = self._classes[y]
+            net.set_params(classes=list(self._classes))
+        # A Pipeline is refit whole (its preprocessing on all rows) around the learned net.
+        self.best_estimator_ = (clone(self.estimator).set_params(
+            **{self.estimator.steps[-1][0]: net}) if self._is_pipeline else net)
         # skorch draws initial weights and batch order from torch's global RNG: seed it
         # (without disturbing the caller's stream) so that random_state fixes the refit.
         with torch.random.fork_rng(devices=[]):
@@ -674,10 +731,10 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                 "raise outer_lr / n_outer", UnmovedSearchWarning)
 
     def _settings(self, inner_lr_scale: float = 1.0) -> InnerSettings:
-        inner_lr = self.inner_lr if self.inner_lr is not None else self.estimator.get_params()["lr"]
+        inner_lr = self.inner_lr if self.inner_lr is not None else self._net().get_params()["lr"]
         # The chains train like the net: its optimizer picks the sampler (method_options
         # may still override it).
-        dynamics, _ = chain_dynamics(self.estimator)
+        dynamics, _ = chain_dynamics(self._net())
         options = {**dynamics, **InnerSettings.check_options(self.method_options,
                                                              self._SET_BY_PARAMETERS)}
         return InnerSettings(method=self.method, inner_lr=float(inner_lr) * inner_lr_scale,
@@ -701,24 +758,29 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         else:
             self._lam_spec = state.lam_spec
         state.lam_spec = self._lam_spec
-        for fold, chain, gen_state, fit_time in zip(folds, state.chain_states,
-                                                     state.generator_states, state.fit_times):
+        module_states = getattr(state, "module_rng_states", None) or [None] * len(folds)
+        for fold, chain, gen_state, module_state, fit_time in zip(
+                folds, state.chain_states, state.generator_states, module_states,
+                state.fit_times):
             fold.state = chain
             if gen_state is not None:
                 fold.generator.set_state(gen_state)
+            fold.problem.module_rng.states = module_state
             fold.fit_time = fit_time
         return folds
 
     def _make_fold(self, X, y, train, val, seed) -> _FoldChain:
+        """One fold's chain: a seeded net, the rows it sees, its losses and streams."""
         # The user's class with learned-net plumbing and no hyperparameters: it predicts
         # the original labels, one probability column per class, so that scorers see
         # what GridSearchCV's would (the chains train on codes 0..C-1).
-        net = make_learned_net(self.estimator, {}, {})
-        overrides, n_classes, y_val = {"verbose": 0}, None, y[val]
+        net = make_learned_net(self._net(), {}, {})
+        overrides, n_classes = {"verbose": 0}, None
         if self._is_classifier:
             overrides["classes"] = list(self._classes)
-            n_classes, y_val = len(self._classes), self._classes[y[val]]
+            n_classes = len(self._classes)
         net.set_params(**overrides)
+        X_train, X_val, net_train, net_val, scored = self._fold_inputs(X, y, train, val, net)
         device = getattr(net, "device", "cpu") or "cpu"
         generator = make_generator(int(seed[1]), device)
         # The paper transforms validation images too when learning invariances.
@@ -729,18 +791,47 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed[0]))
             net.initialize()
-            problem = NetProblem(net, self.hyperparams, X[train], y[train], X[val], y[val],
-                                 train_rows=np.asarray(train), n_train_total=len(X),
+            problem = NetProblem(net, self.hyperparams, net_train, y[train], net_val, y[val],
+                                 train_rows=np.asarray(train), n_train_total=len(y),
                                  batch_size=batch_size, generator=generator,
                                  augment_outer=augments, n_classes=n_classes,
-                                 outer_batch_size=self.outer_batch_size)
+                                 outer_batch_size=self.outer_batch_size,
+                                 module_rng=ModuleRNG(_module_seed(seed), device))
         lam_spec = _tree.flatten(problem.init_lam())[1]
         # The net's own optimizer__weight_decay stays in the chain's training loss.
         inner_loss = with_weight_decay(problem.inner_loss, net_weight_decay(net))
         bilevel = BilevelProblem(problem.outer_loss, inner_loss, lam_spec,
                                  problem.theta0(), mixed_vjp=problem.mixed_vjp())
+        keep_train = getattr(self, "return_train_score", False)
         return _FoldChain(net=net, problem=problem, bilevel=bilevel, state=ChainState(),
-                          generator=generator, X_val=X[val], y_val=y_val)
+                          generator=generator, X_val=X_val, y_val=self._labels(y[val]),
+                          scored=scored, X_train=X_train if keep_train else None,
+                          y_train=self._labels(y[train]) if keep_train else None)
+
+    def _fold_inputs(self, X, y, train, val, net):
+        """The fold's rows as given and as the net sees them, and what scorers see.
+
+        For a ``Pipeline``, a clone of its preprocessing steps is fit on the fold's
+        training rows only and transforms both splits, as in
+        ``GridSearchCV(Pipeline(...))``; the scorers see that fitted preprocessing
+        followed by the fold's net.
+
+        Returns
+        -------
+        X_train, X_val, net_train, net_val, scored
+        """
+        X_train, X_val = _safe_indexing(X, train), _safe_indexing(X, val)
+        if not self._is_pipeline:
+            return X_train, X_val, X_train, X_val, net
+        preprocess = clone(self.estimator[:-1])
+        net_train = _net_input(preprocess.fit_transform(X_train, self._labels(y[train])))
+        net_val = _net_input(preprocess.transform(X_val))
+        scored = Pipeline([*preprocess.steps, (self.estimator.steps[-1][0], net)])
+        return X_train, X_val, net_train, net_val, scored
+
+    def _labels(self, codes):
+        """Original class labels of codes ``0..C-1`` (classifiers); ``codes`` otherwise."""
+        return self._classes[codes] if self._is_classifier else codes
 
     def _refit_metric(self, metric_names):
         if callable(self.refit) or self.refit is False:
@@ -778,25 +869,29 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         copied."""
         return ([t.detach().clone() for t in lam],
                 [copy.copy(f.state) for f in folds],
-                [f.generator.get_state() for f in folds])
+                [f.generator.get_state() for f in folds],
+                [_module_rng_states(f.problem) for f in folds])
 
     @staticmethod
     def _restore(checkpoint, lam, folds):
         """Roll back to ``checkpoint``. New state and generator objects, so that a worker
         thread still finishing an interrupted step cannot write into the restored ones."""
-        lam_values, chains, gen_states = checkpoint
+        lam_values, chains, gen_states, module_states = checkpoint
         with torch.no_grad():
             for leaf, value in zip(lam, lam_values):
                 leaf.copy_(value)
         restored = []
-        for fold, chain, gen_state in zip(folds, chains, gen_states):
+        for fold, chain, gen_state, module_state in zip(folds, chains, gen_states,
+                                                        module_states):
             generator = torch.Generator(device=fold.generator.device)
             generator.set_state(gen_state)
             fold.problem.generator = generator
-            restored.append(_FoldChain(
-                net=fold.net, problem=fold.problem, bilevel=fold.bilevel,
-                state=copy.copy(chain), generator=generator, X_val=fold.X_val,
-                y_val=fold.y_val, fit_time=fold.fit_time))
+            old = getattr(fold.problem, "module_rng", None)
+            if old is not None:
+                fold.problem.module_rng = ModuleRNG(old.seed, old.device, module_state)
+            fold = copy.copy(fold)
+            fold.state, fold.generator = copy.copy(chain), generator
+            restored.append(fold)
         return restored
 
     def _splits(self, X, y, groups) -> list:
@@ -956,8 +1051,24 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     # ------------------------------------------------------------------ delegation
     def _check_X(self, X):
         check_is_fitted(self, "best_estimator_")
-        X = validate_data(self, X, reset=False, accept_sparse=False, dtype=None, allow_nd=True)
-        return np.asarray(X, dtype=np.float32)
+        given = X
+        X = validate_data(self, X, reset=False, accept_sparse=False, dtype=None, allow_nd=True,
+                          ensure_all_finite=not self._is_pipeline)
+        return self._rows_for_estimator(given, X)
+
+    def _rows_for_estimator(self, given, X):
+        """``X`` (validated) as the estimator takes it.
+
+        A net computes in float32 (skorch's default): float64 input is cast, by design. A
+        ``Pipeline``'s steps get the rows as given (a DataFrame keeps its columns; NaN
+        is left to an imputer), and the net gets float32 after them.
+        """
+        if self._is_pipeline:
+            return given if hasattr(given, "iloc") else X
+        X = np.asarray(X, dtype=np.float32)
+        if not X.flags.writeable:  # torch warns on read-only arrays (e.g. from DataFrames)
+            X = X.copy()
+        return X
 
     def _predictor(self):
         """The posterior ensemble when ``refit="ensemble"``, else ``best_estimator_``."""

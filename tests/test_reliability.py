@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 import scipy.sparse as sp
 from sklearn.datasets import load_digits
 
@@ -316,3 +317,44 @@ def test_regression_target_columns_must_match_module_outputs():
                              max_epochs=1, train_split=None, verbose=0)
     tuner = SGLDHyperTuner(net, {"l1": PerWeightL1()}, n_outer=2, cv=2, random_state=0)
     _fails_before_training(tuner, X.astype(np.float32), y, "1 value.* but y has 3 target")
+
+
+class DropoutMLP(TinyMLP):
+    """TinyMLP with dropout on the hidden layer: randomness inside the module."""
+
+    def __init__(self, n_in=64, hidden=8, n_out=4, p=0.5):
+        super().__init__(n_in, hidden, n_out)
+        self.drop = torch.nn.Dropout(p)
+
+    def forward(self, X):
+        return self.out(self.drop(torch.tanh(self.hidden(X))))
+
+
+def _dropout_fit(data, **kwargs):
+    params = dict(n_outer=3, refit=False, temperature=1e-2)
+    params.update(kwargs)
+    net = tiny_classifier(module=DropoutMLP, module__p=params.pop("p", 0.5))
+    tuner = tiny_tuner(net, **params).fit(*data)
+    return tuner.cv_results_["mean_test_score"], tuner.hyperparams_["l1"]
+
+
+def _assert_same(a, b):
+    np.testing.assert_array_equal(a[0], b[0])
+    for key in a[1]:
+        np.testing.assert_array_equal(a[1][key], b[1][key])
+
+
+def test_dropout_is_seeded_parallel_safe_and_leaves_the_callers_rng_alone(data):
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first = _dropout_fit(data)
+    # A fit draws nothing from the caller's torch RNG stream (dropout included).
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(999)  # another caller stream: the search must not depend on it
+    _assert_same(first, _dropout_fit(data))
+    _assert_same(first, _dropout_fit(data, n_jobs=2))
+    # The dropout is really drawn (p=0 gives another trajectory), and from random_state.
+    without = _dropout_fit(data, p=0.0)
+    assert any(not np.array_equal(first[1][k], without[1][k]) for k in first[1])
+    other = _dropout_fit(data, random_state=1)
+    assert any(not np.array_equal(first[1][k], other[1][k]) for k in first[1])
