@@ -32,8 +32,8 @@ class BilevelResult:
     Attributes
     ----------
     lam, theta : same structure as ``lam0`` / ``theta0``
-        Final hyperparameters: the tail average of the iterates when ``average`` is set
-        (the default), else the last finite iterate; and the last inner iterate.
+        Final hyperparameters: the tail average of the iterates when ``average`` is set,
+        else the last finite iterate; and the last inner iterate.
     lam_last : same structure as ``lam0``
         The last finite iterate itself.
     history : pandas.DataFrame
@@ -116,7 +116,7 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
              random_state=None, callback: Callable | None = None, bounds=None,
              chain: str = "persistent", recursion: str = "auto", mixed_vjp=None,
              method_options: dict | None = None,
-             projection: Callable | None = None, average: float | None = 0.5) -> BilevelResult:
+             projection: Callable | None = None, average: float | None = None) -> BilevelResult:
     """Solve ``min_lam E_{p(theta|lam)} f(lam, theta)`` by hypergradient descent.
 
     Parameters
@@ -158,10 +158,12 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     projection : callable, optional
         ``lam -> lam`` (on the user's structure) applied after each outer step and after
         ``bounds``, e.g. onto a simplex; its output replaces ``lam`` in place.
-    average : float in (0, 1] or None, default=0.5
+    average : float in (0, 1] or None, default=None
         Return the mean of the iterates over this last share of the planned ``n_outer``
-        (Polyak-Ruppert tail average; see ``docs/method.md`` for the measurement), or the
-        last iterate with ``None``. ``history`` always holds the iterates themselves.
+        (Polyak-Ruppert tail average), or the last iterate with ``None``. It helps once the
+        iterate has converged and rattles (noisy hypergradients, a large ``outer_lr``) and
+        hurts while it is still travelling, so it is off by default; see
+        ``docs/method.md`` for both measurements. ``history`` always holds the iterates.
 
     Returns
     -------
