@@ -159,11 +159,9 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
         ``lam -> lam`` (on the user's structure) applied after each outer step and after
         ``bounds``, e.g. onto a simplex; its output replaces ``lam`` in place.
     average : float in (0, 1] or None, default=None
-        Return the mean of the iterates over this last share of the planned ``n_outer``
-        (Polyak-Ruppert tail average), or the last iterate with ``None``. It helps once the
-        iterate has converged and rattles (noisy hypergradients, a large ``outer_lr``) and
-        hurts while it is still travelling, so it is off by default; see
-        ``docs/method.md`` for both measurements. ``history`` always holds the iterates.
+        Return the mean of the iterates over this last share of ``n_outer`` (tail
+        average): it helps a converged, rattling iterate and hurts one still travelling
+        (``docs/method.md``). ``history`` always holds the iterates.
 
     Returns
     -------
@@ -183,11 +181,9 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     state = ChainState()
     _warn_unused(problem, lam)
 
-    tail = TailAverage(average) if average is not None else None
-    engine = _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer,
-                         n_outer=n_outer, bounds=bounds, projection=projection, callback=callback)
-    if tail is not None:
-        engine.listeners.append(tail)
+    engine, tail = _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer,
+                               n_outer=n_outer, bounds=bounds, projection=projection,
+                               callback=callback, average=average)
     engine.run()
     if engine.failed:
         warnings.warn(engine.stop_reason, NonFiniteWarning, stacklevel=2)
@@ -195,9 +191,10 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
 
 
 def _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer, *, n_outer,
-                bounds, projection, callback) -> OuterLoop:
+                bounds, projection, callback, average):
     """The engine for :func:`minimize`: one chain as the oracle, bounds and projection
-    after each step, stop (keeping the last finite ``lam``) at a non-finite value."""
+    after each step, stop (keeping the last finite ``lam``) at a non-finite value; and
+    the tail-average listener (``None`` unless ``average`` is set)."""
 
     def oracle(leaves):
         try:
@@ -222,9 +219,11 @@ def _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer, *
 
     callbacks = Callbacks([callback] if callback is not None else [], payload=with_lam,
                           reason="stopped by callback after outer iteration {iteration}")
+    tail = TailAverage(average) if average is not None else None
     engine = OuterLoop(oracle, lam, optimizer, n_outer=n_outer, policy=StopOnNonFinite(),
-                       project=constrain, listeners=[_LamColumns(), callbacks])
-    return engine
+                       project=constrain,
+                       listeners=[_LamColumns(), callbacks] + ([tail] if tail else []))
+    return engine, tail
 
 
 def _start_lam(lam0):
