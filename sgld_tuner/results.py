@@ -26,7 +26,8 @@ def build_cv_results(points: list[dict], metric_names: list[str], n_splits: int,
     points : list of dict
         One per evaluation point: ``iteration``, ``params`` (name -> scalar summary),
         ``scores`` (metric -> list of per-split scores), ``fit_times`` and
-        ``score_times`` (per split, seconds).
+        ``score_times`` (per split, seconds); optionally ``train_scores`` (as ``scores``,
+        on the training rows: ``split<k>_train_*``, ``mean_/std_train_*`` columns).
     metric_names : list of str
         Metric keys; a single metric is reported under the name ``score``.
     n_splits : int
@@ -54,11 +55,14 @@ def build_cv_results(points: list[dict], metric_names: list[str], n_splits: int,
     results["iteration"] = np.array([p["iteration"] for p in points], dtype=int)
     for metric in metric_names:
         key = "score" if single_metric else metric
-        table = np.array([p["scores"][metric] for p in points], dtype=float).reshape(n, n_splits)
-        for k in range(n_splits):
-            results[f"split{k}_test_{key}"] = table[:, k]
-        results[f"mean_test_{key}"] = table.mean(axis=1)
-        results[f"std_test_{key}"] = table.std(axis=1)
+        for kind, field in (("test", "scores"), ("train", "train_scores")):
+            if field not in points[0]:
+                continue
+            table = np.array([p[field][metric] for p in points], dtype=float).reshape(n, n_splits)
+            for k in range(n_splits):
+                results[f"split{k}_{kind}_{key}"] = table[:, k]
+            results[f"mean_{kind}_{key}"] = table.mean(axis=1)
+            results[f"std_{kind}_{key}"] = table.std(axis=1)
         results[f"rank_test_{key}"] = rank_scores(results[f"mean_test_{key}"])
     return results
 

@@ -43,8 +43,14 @@ from torch.func import functional_call
 
 from .hyperparams.base import BoundHyperparameter, Hyperparameter
 
-__all__ = ["NetProblem", "ModuleRNG", "make_learned_net", "LearnedNet", "LearnedNetClassifier",
-           "LearnedNetRegressor"]
+__all__ = [
+    "LearnedNet",
+    "LearnedNetClassifier",
+    "LearnedNetRegressor",
+    "ModuleRNG",
+    "NetProblem",
+    "make_learned_net",
+]
 
 # Keys of the dict that LearnedNet.partial_fit wraps X in when row weights are learned:
 # skorch's Dataset slices every value of a dict X with the batch indices, so the row
@@ -450,19 +456,32 @@ class NetProblem:
         if self.outer_batch_size is not None:
             idx = self._draw_rows(X_val.shape[0], self.outer_batch_size)
             X_val, y_val = X_val[idx], y_val[idx]
-        n = X_val.shape[0]
-        total = None
-        for start in range(0, n, OUTER_BATCH):
-            X = X_val[start:start + OUTER_BATCH]
-            y = y_val[start:start + OUTER_BATCH]
-            y_pred = self._forward(lam, theta, X, transform=self.augment_outer)
-            term = self.crit.mean(y_pred, y) * (X.shape[0] / n)
-            total = term if total is None else total + term
+        total = self._criterion_on(lam, theta, X_val, y_val, self.augment_outer)
         for name, b in self.bound.items():
             pen = b.outer_penalty(lam[name])
             if pen is not None:
                 total = total + pen
         return total
+
+    def _criterion_on(self, lam, theta, X_val, y_val, transform: bool) -> torch.Tensor:
+        """The criterion's mean over ``X_val`` in chunks of at most 1024 rows."""
+        n = X_val.shape[0]
+        total = None
+        for start in range(0, n, OUTER_BATCH):
+            X = X_val[start:start + OUTER_BATCH]
+            y = y_val[start:start + OUTER_BATCH]
+            y_pred = self._forward(lam, theta, X, transform=transform)
+            term = self.crit.mean(y_pred, y) * (X.shape[0] / n)
+            total = term if total is None else total + term
+        return total
+
+    def start_loss(self) -> float:
+        """The criterion on the whole validation split at the initial weights (eval
+        mode, no input transforms, no random draws): the scale a diverging chain's
+        outer loss is compared with."""
+        self.module.eval()
+        with torch.no_grad():
+            return float(self._criterion_on({}, self.theta0(), self.X_val, self.y_val, False))
 
     def mixed_vjp(self):
         """Closed-form ``(lam, theta, v) -> v^T d2 L_T/(d theta d lam)`` when every

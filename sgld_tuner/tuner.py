@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
@@ -19,7 +22,13 @@ import scipy.sparse as sp
 import torch
 from joblib import Parallel, delayed
 from joblib import hash as joblib_hash
-from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier, is_regressor
+from sklearn.base import (
+    BaseEstimator,
+    MetaEstimatorMixin,
+    clone,
+    is_classifier,
+    is_regressor,
+)
 from sklearn.metrics import check_scoring
 from sklearn.metrics._scorer import _check_multimetric_scoring
 from sklearn.model_selection import check_cv
@@ -31,11 +40,27 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .core import (METHODS, BilevelProblem, ChainState, InnerSettings, hypergradient,
-                   make_generator, make_outer_optimizer)
-from .core import _tree
-from .core.engine import (Callbacks, Listener, OracleResult, OuterLoop, ProgressBar,
-                          RollbackOnNonFinite, Timeout, all_finite, warn_at_caller)
+from .core import (
+    METHODS,
+    BilevelProblem,
+    ChainState,
+    InnerSettings,
+    _tree,
+    hypergradient,
+    make_generator,
+    make_outer_optimizer,
+)
+from .core.engine import (
+    Callbacks,
+    Listener,
+    OracleResult,
+    OuterLoop,
+    ProgressBar,
+    RollbackOnNonFinite,
+    Timeout,
+    all_finite,
+    warn_at_caller,
+)
 from .core.recursions import RECURSIONS
 from .hyperparams import Hyperparameter
 from .optimizers import chain_dynamics, net_weight_decay, with_weight_decay
@@ -98,6 +123,7 @@ class _SearchState:
     records: list = field(default_factory=list)
     snapshots: dict = field(default_factory=dict)
     module_rng_states: list | None = None
+    settings_hash: dict | None = None
 
 
 @dataclass
@@ -120,6 +146,7 @@ class _FoldChain:
     scored: object = None
     X_train: object = None
     y_train: np.ndarray | None = None
+    start_loss: float = math.nan
     fit_time: float = 0.0
 
 
@@ -136,13 +163,29 @@ def _fold_hypergradient(fold: _FoldChain, lam_values, settings: InnerSettings):
 
 
 def _score_fold(fold: _FoldChain, scorers: dict, error_score):
-    """Scores of the fold's current chain position on its validation split."""
+    """Scores of the fold's current chain position on its validation split, on its
+    training rows too when the fold keeps them (``return_train_score``), and the time
+    the validation scores took.
+
+    Returns
+    -------
+    test_scores, train_scores or None, score_time
+    """
     started = time.perf_counter()
     # A chain that never completed a step (e.g. rolled back at once) sits at theta0.
     leaves = fold.state.theta if fold.state.theta is not None else fold.bilevel.theta0_leaves
-    theta = _tree.unflatten(leaves, fold.bilevel.theta_spec)
-    fold.problem.load_theta(theta)
-    net = fold.scored
+    fold.problem.load_theta(_tree.unflatten(leaves, fold.bilevel.theta_spec))
+    test = _scores_on(fold.scored, fold.X_val, fold.y_val, scorers, error_score)
+    score_time = time.perf_counter() - started
+    train = None
+    if fold.X_train is not None:
+        train = _scores_on(fold.scored, fold.X_train, fold.y_train, scorers, error_score)
+    return test, train, score_time
+
+
+def _scores_on(estimator, X, y, scorers: dict, error_score) -> dict:
+    """Every metric of ``scorers`` for ``estimator`` on ``X, y``; a failing or non-finite
+    score is ``error_score`` (with a warning), or raises with ``"raise"``."""
     scores, outputs = {}, {}
     for name, scorer in scorers.items():
         try:
@@ -153,7 +196,7 @@ def _score_fold(fold: _FoldChain, scorers: dict, error_score):
                     # skorch's predict draws a DataLoader seed from torch's global RNG:
                     # leave the caller's stream untouched.
                     with ModuleRNG.isolated():
-                        outputs[id(scorer)] = scorer(net, fold.X_val, fold.y_val)
+                        outputs[id(scorer)] = scorer(estimator, X, y)
                 except Exception as exc:  # noqa: BLE001 - re-raised below, per metric
                     outputs[id(scorer)] = exc
             value = outputs[id(scorer)]
@@ -166,16 +209,53 @@ def _score_fold(fold: _FoldChain, scorers: dict, error_score):
             if error_score == "raise":
                 raise
             warnings.warn(f"scoring {name!r} failed ({exc}); using error_score={error_score}",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)
             value = float(error_score)
         scores[name] = value
-    return scores, time.perf_counter() - started
+    return scores
 
 
 def _module_seed(seed) -> int:
     """Seed of a fold's module stream (dropout), derived from its two seeds without
     drawing from any generator (so that nets without dropout are unaffected)."""
     return int(np.random.SeedSequence([int(v) for v in seed]).generate_state(1)[0])
+
+
+def _fingerprint(value) -> str:
+    """``joblib.hash`` of ``value``, or its type's name where that is not stable."""
+    if isinstance(value, np.random.RandomState) or \
+            isinstance(getattr(value, "random_state", None), np.random.RandomState):
+        return type(value).__name__
+    try:
+        return joblib_hash(value)
+    except Exception:  # noqa: BLE001 - e.g. a generator of splits cannot be pickled
+        return type(value).__name__
+
+
+@contextmanager
+def _watch_sigint(interrupted: list):
+    """Append to ``interrupted`` when SIGINT (Ctrl-C) arrives in the block, then let it
+    act as before (a ``KeyboardInterrupt``), so that a fit loop that swallows it (skorch's)
+    cannot hide it. Outside the main thread (no signal handlers there) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        yield
+        return
+
+    def handler(signum, frame):
+        interrupted.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _module_rng_states(problem):
@@ -192,10 +272,34 @@ def _net_input(X) -> np.ndarray:
 class _FoldOracle:
     """The tuner's hypergradient oracle: the mean over the folds' chains, one joblib task
     per fold. Holds the folds (replaced by the workers' copies after each call) and the
-    inner settings (replaced when a rollback shrinks the inner step)."""
+    inner settings (replaced when a rollback shrinks the inner step).
+
+    A chain can blow up without a NaN (a step far too large: losses of 1e20 and more).
+    An outer loss above ``BLOWUP`` times the folds' validation loss at the initial
+    weights counts as not finite, so the engine's policy rolls it back like a NaN.
+    """
+
+    BLOWUP = 1e3
 
     def __init__(self, folds: list, settings: InnerSettings, parallel: Parallel):
         self.folds, self.settings, self.parallel = folds, settings, parallel
+        start = float(np.mean([f.start_loss for f in folds]))
+        # The + 1e-3 keeps a start loss near 0 from flagging ordinary noise.
+        self.limit = self.BLOWUP * (abs(start) + 1e-3) if math.isfinite(start) else math.inf
+        self.warned = False
+
+    def _blown_up(self, outer_loss: float) -> bool:
+        """Whether a finite ``outer_loss`` is a divergence (warns the first time)."""
+        if not outer_loss > self.limit:
+            return False
+        if not self.warned:
+            warn_at_caller(
+                f"the outer loss reached {outer_loss:.3g}, more than {self.BLOWUP:g} times "
+                "the validation loss at the initial weights: treated as a divergence (a "
+                "step too large for the net, e.g. its lr or the tuner's inner_lr)",
+                DivergenceWarning)
+            self.warned = True
+        return True
 
     def __call__(self, lam) -> OracleResult:
         outputs = self.parallel(
@@ -207,7 +311,7 @@ class _FoldOracle:
         outer_loss = float(np.mean([r.outer_loss for r in results]))
         # Every fold's inner loss must be finite, not just their mean.
         finite = (math.isfinite(outer_loss) and all(math.isfinite(r.inner_loss) for r in results)
-                  and all_finite(grad))
+                  and all_finite(grad) and not self._blown_up(outer_loss))
         inner_loss = float(np.mean([r.inner_loss for r in results])) if finite else math.nan
         return OracleResult(grad, outer_loss, inner_loss, finite)
 
@@ -216,6 +320,22 @@ class _FoldOracle:
 
     def restore(self, engine, snapshot) -> None:
         self.folds = SGLDHyperTuner._restore(snapshot, engine.lam, self.folds)
+
+
+class _GuardedCallback:
+    """A user callback whose exception ends the search like a truthy return (so that
+    the results so far and the resumable state are kept); ``fit`` re-raises it after
+    recording them."""
+
+    def __init__(self, callback, errors: list):
+        self.callback, self.errors = callback, errors
+
+    def __call__(self, record):
+        try:
+            return self.callback(record)
+        except Exception as exc:  # noqa: BLE001 - re-raised by fit once results are kept
+            self.errors.append((record["iteration"], exc))
+            return True
 
 
 class _SearchRecorder(Listener):
@@ -325,6 +445,10 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         Options of the baselines: ``n_inner``, ``cg_iters``, ``cg_damping``,
         ``neumann_iters``, ``neumann_alpha``; and ``curvature_every`` for the damped
         recursion (see ``sgld_tuner.core.InnerSettings``).
+    return_train_score : bool, default=False
+        As in ``GridSearchCV``: also score each point on the folds' training rows
+        (``split<k>_train_<metric>``, ``mean_/std_train_<metric>`` in ``cv_results_``).
+        Scoring the training rows costs time, and keeps them per fold during the search.
 
     Attributes
     ----------
@@ -376,6 +500,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         "warm_start": ["boolean"],
         "method_options": [dict, None],
         "outer_batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "return_train_score": ["boolean"],
     }
 
     def __init__(self, estimator, hyperparams, *, n_outer=50, outer_lr=0.05,
@@ -384,7 +509,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                  recursion="auto", chain="persistent", cv=5, scoring=None, refit=True,
                  eval_every=5, n_jobs=None, random_state=None, verbose=0, callbacks=None,
                  timeout=None, error_score=np.nan, warm_start=False, method_options=None,
-                 outer_batch_size=None):
+                 outer_batch_size=None, return_train_score=False):
         self.estimator = estimator
         self.hyperparams = hyperparams
         self.n_outer = n_outer
@@ -412,6 +537,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self.warm_start = warm_start
         self.method_options = method_options
         self.outer_batch_size = outer_batch_size
+        self.return_train_score = return_train_score
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_tags__(self):
@@ -543,7 +669,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         return X, y
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None, groups=None):
+    def fit(self, X, y=None, groups=None, **fit_params):
         """Run the HPO-SGLD search, then refit the best point on all of ``X, y``.
 
         Parameters
@@ -555,13 +681,29 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             are mapped back), numbers for regressors.
         groups : array-like, optional
             Group labels for group-aware cv splitters.
+        **fit_params
+            Passed as they are to the refit's ``fit`` (``best_estimator_.fit(X, y,
+            **fit_params)``; for a ``Pipeline`` as ``<step>__<param>``). The search's
+            chains do not use them: they train on the net's criterion with the
+            hyperparameters (learn row weights with ``SampleWeights``); a warning says so.
 
         Returns
         -------
         self
+
+        Raises
+        ------
+        Exception
+            What a callback raised: the search ends after that iteration, its results
+            (``cv_results_``, ``best_params_``, ``history_``) and the state a
+            ``warm_start`` resume needs are kept, ``stop_reason_`` names the exception,
+            no refit is done, and the exception is re-raised.
         """
         self._validate_params()
         self._check_estimator_and_hyperparams()
+        if fit_params:
+            warnings.warn(f"fit parameters {sorted(fit_params)} reach the refit's fit only; "
+                          "the search's chains do not use them", UserWarning, stacklevel=2)
         X, y = self._validate_inputs(X, y)
         scorers, multimetric = self._scorers()
         state = self._resume_or_start(X, y, groups)
@@ -570,12 +712,26 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         folds = self._start_folds(X, y, state)
         scorers, best_key = self._set_up_scoring(scorers, multimetric, folds[0])
         engine, oracle = self._run_search(state, folds, settings, scorers, best_key)
+        failure = self._callback_failure(engine)
         self._end_search(state, engine, oracle.folds)
         self._format_results(state, oracle.folds, engine.lam, scorers, best_key)
-        self.__dict__.pop("ensemble_", None)  # never keep the ensemble of an earlier fit
+        for name in ("ensemble_", "best_estimator_", "refit_time_"):
+            self.__dict__.pop(name, None)  # never keep what an earlier fit refit
+        if failure is not None:
+            raise failure
         if self.refit:
-            self._refit(X, y, state.refit_seed, oracle.settings.inner_lr)
+            self._refit(X, y, state.refit_seed, oracle.settings.inner_lr, fit_params)
         return self
+
+    def _callback_failure(self, engine):
+        """The exception a user callback raised (the search then ended after that
+        iteration, its results kept), with the stop reason saying so; else None."""
+        if not self._callback_errors:
+            return None
+        iteration, exc = self._callback_errors[0]
+        engine.stop_reason = (f"a callback raised {type(exc).__name__}: {exc} after outer "
+                              f"iteration {iteration}")
+        return exc
 
     def _set_up_scoring(self, scorers, multimetric, fold):
         """Final scorers (a dict-returning callable is multi-metric), ``refit`` checked
@@ -614,7 +770,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             listeners = [_SearchRecorder(self, state, oracle, scorers, best_key)]
             if self.verbose:
                 listeners.append(ProgressBar("SGLDHyperTuner"))
-            listeners.append(Callbacks(self.callbacks))
+            self._callback_errors = []
+            listeners.append(Callbacks([_GuardedCallback(cb, self._callback_errors)
+                                        for cb in self.callbacks or []]))
             if self.timeout is not None:
                 listeners.append(Timeout(self.timeout))
             engine = OuterLoop(oracle, lam, optimizer, n_outer=self.n_outer,
@@ -662,7 +820,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                                  "or pass error_score='raise' to see the first error")
         self._select_best(state.snapshots, metric_names, multimetric)
 
-    def _refit(self, X, y, seed, inner_lr):
+    def _refit(self, X, y, seed, inner_lr, fit_params):
         """Train ``best_estimator_`` on all rows at the best values (and the ensemble).
 
         The refit net is the user's net class with the learned values built in; a
@@ -680,9 +838,12 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             **{self.estimator.steps[-1][0]: net}) if self._is_pipeline else net)
         # skorch draws initial weights and batch order from torch's global RNG: seed it
         # (without disturbing the caller's stream) so that random_state fixes the refit.
-        with torch.random.fork_rng(devices=[]):
+        interrupted = []
+        with torch.random.fork_rng(devices=[]), _watch_sigint(interrupted):
             torch.manual_seed(seed)
-            self.best_estimator_.fit(X, labels)
+            self.best_estimator_.fit(X, labels, **fit_params)
+        if interrupted:
+            self._report_refit_interrupted(net)
         if isinstance(self.refit, str) and self.refit == "ensemble":
             from .ensemble import collect_posterior_samples
 
@@ -693,6 +854,14 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                 noise_scale=self.noise_scale, batch_size=self.batch_size,
                 random_state=seed)
         self.refit_time_ = time.perf_counter() - refit_started
+
+    def _report_refit_interrupted(self, net):
+        """skorch's fit ends quietly on Ctrl-C: say that the refit net is undertrained."""
+        reason = (f"refit interrupted (KeyboardInterrupt) after {len(net.history)} of "
+                  f"{net.max_epochs} epochs: best_estimator_ is undertrained (fit again, "
+                  "with warm_start=True to keep the search)")
+        self.stop_reason_ = reason if not self.stop_reason_ else f"{self.stop_reason_}; {reason}"
+        warn_at_caller(reason, SearchInterrupted)
 
     # ------------------------------------------------------------------ fit helpers
     _MAX_RETRIES = 3  # divergence: rollbacks with halved steps before the search stops
@@ -802,11 +971,12 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         inner_loss = with_weight_decay(problem.inner_loss, net_weight_decay(net))
         bilevel = BilevelProblem(problem.outer_loss, inner_loss, lam_spec,
                                  problem.theta0(), mixed_vjp=problem.mixed_vjp())
-        keep_train = getattr(self, "return_train_score", False)
+        keep_train = self.return_train_score
         return _FoldChain(net=net, problem=problem, bilevel=bilevel, state=ChainState(),
                           generator=generator, X_val=X_val, y_val=self._labels(y[val]),
                           scored=scored, X_train=X_train if keep_train else None,
-                          y_train=self._labels(y[train]) if keep_train else None)
+                          y_train=self._labels(y[train]) if keep_train else None,
+                          start_loss=problem.start_loss())
 
     def _fold_inputs(self, X, y, train, val, net):
         """The fold's rows as given and as the net sees them, and what scorers see.
@@ -926,33 +1096,58 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     def _resume_or_start(self, X, y, groups) -> "_SearchState":
         """The saved search state when warm-starting on the same data, else a fresh one."""
         fingerprint = joblib_hash((X, y))
+        settings_hash = self._settings_hash()
         previous = getattr(self, "_search_state", None)
         if self.warm_start and previous is not None:
             if previous.data_hash != fingerprint:
                 raise ValueError("warm_start=True continues a search on the same X and y; "
                                  "this data differs. Fit with warm_start=False to start over.")
+            saved = getattr(previous, "settings_hash", None) or settings_hash
+            changed = [name for name in settings_hash if saved.get(name) != settings_hash[name]]
+            if changed:
+                raise ValueError(
+                    f"warm_start=True continues the saved search, but {', '.join(changed)} "
+                    "changed since it started: set them back, or fit with warm_start=False "
+                    "to start over")
             return previous
         splits = self._splits(X, y, groups)
         rng = check_random_state(self.random_state)
         seeds = rng.randint(0, 2**31 - 1, size=(len(splits), 2))
-        return _SearchState(data_hash=fingerprint, splits=splits, seeds=seeds,
+        return _SearchState(data_hash=fingerprint, settings_hash=settings_hash,
+                            splits=splits, seeds=seeds,
                             refit_seed=int(rng.randint(0, 2**31 - 1)),
                             chain_states=[ChainState() for _ in splits],
                             generator_states=[None] * len(splits),
                             fit_times=[0.0] * len(splits), last_fit_times=[0.0] * len(splits))
 
+    def _settings_hash(self) -> dict:
+        """Fingerprints (``joblib.hash``) of what a resumed search must share with the
+        saved one: the hyperparameters, the net's module, ``cv`` and ``random_state``.
+
+        A value that cannot be hashed reliably (a generator of splits, a ``RandomState``
+        instance, whose state moves) is fingerprinted by its type only.
+        """
+        net = self._net()
+        module = {k: v for k, v in net.get_params(deep=False).items()
+                  if k == "module" or k.startswith("module__")}
+        values = {"hyperparams": {k: clone(v) for k, v in self.hyperparams.items()},
+                  "module": module, "cv": self.cv, "random_state": self.random_state}
+        return {name: _fingerprint(value) for name, value in values.items()}
+
     def _evaluate(self, folds, scorers, public, iteration, last_fit_times, parallel=None):
         parallel = parallel or Parallel(n_jobs=self.n_jobs, prefer="threads")
         per_fold = parallel(
             delayed(_score_fold)(fold, scorers, self.error_score) for fold in folds)
-        scores = {m: [s[m] for s, _ in per_fold] for m in scorers}
+        scores = {m: [test[m] for test, _, _ in per_fold] for m in scorers}
         point = {
             "iteration": iteration,
             "params": dict(public),
             "scores": scores,
             "fit_times": [f.fit_time - t for f, t in zip(folds, last_fit_times)],
-            "score_times": [t for _, t in per_fold],
+            "score_times": [t for _, _, t in per_fold],
         }
+        if self.return_train_score:
+            point["train_scores"] = {m: [train[m] for _, train, _ in per_fold] for m in scorers}
         return point, {m: float(np.mean(v)) for m, v in scores.items()}
 
     # Full per-weight arrays are kept only where needed: every point while they are

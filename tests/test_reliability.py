@@ -3,20 +3,21 @@
 Each test here backs one row of docs/reliability.md.
 """
 import os
+import signal
 import time
 import warnings
 
 import numpy as np
 import pytest
-import torch
 import scipy.sparse as sp
+import skorch
+import torch
 from sklearn.datasets import load_digits
+from test_tuner import TinyMLP, tiny_classifier, tiny_tuner
 
 from sgld_tuner import SGLDHyperTuner
 from sgld_tuner.hyperparams import PerWeightL1
 from sgld_tuner.tuner import DivergenceWarning, SearchInterrupted
-
-from test_tuner import TinyMLP, tiny_classifier, tiny_tuner
 
 
 class FlakyMLP(TinyMLP):
@@ -309,8 +310,8 @@ def test_class_count_above_module_outputs_is_refused(data):
 
 
 def test_regression_target_columns_must_match_module_outputs():
-    from skorch import NeuralNetRegressor
     from sklearn.datasets import make_regression
+    from skorch import NeuralNetRegressor
 
     X, y = make_regression(n_samples=60, n_features=5, n_targets=3, random_state=0)
     net = NeuralNetRegressor(CountingMLP, module__n_in=5, module__n_out=1, lr=0.01,
@@ -358,3 +359,85 @@ def test_dropout_is_seeded_parallel_safe_and_leaves_the_callers_rng_alone(data):
     assert any(not np.array_equal(first[1][k], without[1][k]) for k in first[1])
     other = _dropout_fit(data, random_state=1)
     assert any(not np.array_equal(first[1][k], other[1][k]) for k in first[1])
+
+
+@pytest.mark.parametrize("change,name", [
+    (dict(hyperparams={"l1": PerWeightL1(init=2e-3)}), "hyperparams"),
+    (dict(estimator=tiny_classifier(module__hidden=16)), "module"),
+    (dict(cv=3), "cv"),
+    (dict(random_state=1), "random_state"),
+])
+def test_warm_start_refuses_changed_settings_before_training(data, change, name):
+    tuner = tiny_tuner(n_outer=1, refit=False, warm_start=True).fit(*data)
+    calls = []
+    tuner.set_params(n_outer=2, callbacks=[calls.append], **change)
+    with pytest.raises(ValueError, match=f"but {name} changed since it started"):
+        tuner.fit(*data)
+    assert calls == []  # refused before any outer iteration
+    # Equal settings in new objects are the same search: it continues.
+    tuner.set_params(estimator=tiny_classifier(), hyperparams={"l1": PerWeightL1(init=1e-3)},
+                     cv=2, random_state=0).fit(*data)
+    assert [c["iteration"] for c in calls] == [1]
+
+
+def test_an_exception_in_a_callback_keeps_the_results_and_is_reraised(data):
+    def boom(record):
+        if record["iteration"] == 1:
+            raise RuntimeError("boom")
+
+    tuner = tiny_tuner(n_outer=4, callbacks=[boom])
+    with pytest.raises(RuntimeError, match="boom"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuner.fit(*data)
+    assert any(w.category is SearchInterrupted and "callback raised RuntimeError" in str(w.message)
+               for w in caught)
+    # The two points scored are kept; no refit; the search can be resumed.
+    assert len(tuner.cv_results_["params"]) == 2 and len(tuner.history_) == 2
+    assert "RuntimeError: boom" in tuner.stop_reason_ and not hasattr(tuner, "best_estimator_")
+    assert_no_nan(tuner)
+    tuner.set_params(callbacks=None, warm_start=True).fit(*data)
+    full = tiny_tuner(n_outer=4).fit(*data)
+    np.testing.assert_array_equal(tuner.cv_results_["mean_test_score"],
+                                  full.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(tuner.predict_proba(data[0]), full.predict_proba(data[0]))
+
+
+def test_a_blow_up_without_nan_is_treated_as_a_divergence(data):
+    net = tiny_classifier(lr=1e6)  # losses of 1e5 and more, all finite
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuner = tiny_tuner(net, n_outer=3, refit=False).fit(*data)
+    assert any("more than 1000 times" in str(w.message) for w in caught)
+    hist = tuner.history_
+    assert hist["diverged"].all() and np.isfinite(hist["outer_loss"]).all()
+    assert (hist["outer_loss"] > 1e3).all()
+    np.testing.assert_allclose(hist["inner_lr"], [5e5, 2.5e5, 1.25e5, 6.25e4])
+    assert "still diverging" in tuner.stop_reason_
+    assert_no_nan(tuner)
+    with pytest.raises(FloatingPointError, match="still diverging"):
+        tiny_tuner(net, n_outer=3, refit=False, error_score="raise").fit(*data)
+
+
+class SigintAtEpoch(skorch.callbacks.Callback):
+    """Sends a real SIGINT (Ctrl-C) to the process at the end of one training epoch."""
+
+    def __init__(self, epoch=3):
+        self.epoch = epoch
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == self.epoch:
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_during_the_refit_is_reported(data):
+    handler = signal.getsignal(signal.SIGINT)
+    net = tiny_classifier(max_epochs=20, callbacks=[SigintAtEpoch(3)])
+    tuner = tiny_tuner(net)
+    with pytest.warns(SearchInterrupted, match="refit interrupted"):
+        tuner.fit(*data)
+    assert "refit interrupted (KeyboardInterrupt) after 3 of 20 epochs" in tuner.stop_reason_
+    assert len(tuner.best_estimator_.history) == 3
+    assert signal.getsignal(signal.SIGINT) is handler
+    # Without the Ctrl-C the refit runs all its epochs and reports nothing.
+    tuner = tiny_tuner(tiny_classifier(max_epochs=20)).fit(*data)
+    assert tuner.stop_reason_ is None and len(tuner.best_estimator_.history) == 20

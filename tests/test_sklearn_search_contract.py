@@ -16,14 +16,12 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
-from skorch import NeuralNetClassifier, NeuralNetRegressor
 from sklearn.datasets import make_classification, make_regression
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, make_scorer
 from sklearn.model_selection import GroupKFold, KFold, LeaveOneGroupOut, StratifiedKFold
 from sklearn.utils import estimator_html_repr
-
-
+from skorch import NeuralNetClassifier, NeuralNetRegressor
 from test_tuner import tiny_tuner
 
 
@@ -200,9 +198,10 @@ def test_grid_search_sparse():
     make_tuner().fit(sp.csr_matrix(X), y)
 
 
-@pytest.mark.xfail(reason="the tuner validates X itself and refuses NaN, since the net "
-                          "cannot take it; GridSearchCV leaves that to the estimator (an "
-                          "imputing Pipeline), which needs issue 12 #10", strict=True)
+@pytest.mark.xfail(reason="a bare net cannot take NaN, so the tuner refuses it; with an "
+                          "imputing Pipeline as the estimator NaN reaches the imputer "
+                          "(test_pipeline.py::test_an_imputing_pipeline_takes_nan)",
+                   strict=True)
 def test_grid_search_allows_nans():
     """Mirrors ``test_grid_search_allows_nans``: NaN in X reaches the estimator."""
     X_nan = X.copy()
@@ -488,16 +487,58 @@ def test_not_fitted_search_raises_not_fitted_error():
         make_tuner().predict(X)
 
 
-# -------------------------------------------------------------------- not supported yet
-@pytest.mark.xfail(reason="fit(X, y, **fit_params) is not supported yet: fit takes only "
-                          "X, y and groups (issue 12 #6)", raises=TypeError, strict=True)
+# -------------------------------------------------------------------- fit params, train scores
+class TinyWithFitParam(Tiny):
+    """Tiny whose forward takes a fit parameter (skorch passes fit params to forward)."""
+
+    seen: list = []
+
+    def forward(self, X, spam=None):
+        if spam is not None:
+            type(self).seen.append(len(spam))
+        return super().forward(X)
+
+
 def test_SearchCV_with_fit_params():
-    """Mirrors ``test_SearchCV_with_fit_params``: fit params reach the net."""
-    make_tuner().fit(X, y, sample_weight=np.ones(len(X)))
+    """Mirrors ``test_SearchCV_with_fit_params``: fit params reach the estimator's fit
+    with one value per row (here the refit's, on all rows; the chains do not use them,
+    and a warning says so)."""
+    TinyWithFitParam.seen = []
+    net = NeuralNetClassifier(TinyWithFitParam, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
+                              max_epochs=2, batch_size=32, train_split=None, verbose=0)
+    with pytest.warns(UserWarning, match="reach the refit's fit only"):
+        make_tuner(net).fit(X, y, spam=np.ones(len(X)))
+    assert TinyWithFitParam.seen and set(TinyWithFitParam.seen) == {len(X)}
 
 
-@pytest.mark.xfail(reason="return_train_score is not a parameter of the tuner yet "
-                          "(issue 12 #6)", raises=TypeError, strict=True)
 def test_search_train_scores_set_to_false():
-    """Mirrors ``test_search_train_scores_set_to_false``."""
-    make_tuner(return_train_score=False).fit(X, y)
+    """Mirrors ``test_search_train_scores_set_to_false``: no train columns by default."""
+    tuner = make_tuner(return_train_score=False).fit(X, y)
+    assert not any("_train_" in key for key in tuner.cv_results_)
+
+
+def test_return_train_score_scores_the_folds_training_rows():
+    """Mirrors the ``return_train_score=True`` part of ``test_grid_search_cv_results``:
+    ``split<k>_train_score`` is the chain's net scored on fold ``k``'s training rows."""
+    seen = []
+
+    def scorer(est, X_, y_):
+        seen.append(np.asarray(X_))
+        return accuracy_score(y_, est.predict(X_))
+
+    tuner = make_tuner(return_train_score=True, scoring=scorer, cv=KFold(3),
+                       refit=False).fit(X, y)
+    res = tuner.cv_results_
+    for key in ["split0_train_score", "split2_train_score", "mean_train_score",
+                "std_train_score"]:
+        assert res[key].shape == (2,), key
+    np.testing.assert_allclose(res["mean_train_score"], np.mean(
+        [res[f"split{k}_train_score"] for k in range(3)], axis=0))
+    # One probe call at fit start (a callable scorer's metric names), then per point
+    # and fold: its 20 validation rows, then its 40 training rows.
+    assert [len(rows) for rows in seen] == [20] + [20, 40] * 6
+    splits = list(KFold(3).split(X))
+    for k, (train, val) in enumerate(splits):
+        np.testing.assert_array_equal(seen[1 + 2 * k], X[val])
+        np.testing.assert_array_equal(seen[2 + 2 * k], X[train])
+    assert np.all((res["mean_train_score"] >= 0) & (res["mean_train_score"] <= 1))
