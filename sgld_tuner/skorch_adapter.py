@@ -683,9 +683,12 @@ class _LearnedMixin:
             rows = to_tensor(rows, device=self.device).long()
         training = self.module_.training
         self.hp_rows_ = rows if training else None
+        x = to_tensor(x, device=self.device)
+        if torch.is_tensor(x) and x.is_floating_point():
+            # e.g. float64 rows from a Pipeline's preprocessing: the module's dtype
+            x = x.to(_module_dtype(self.module_))
         if not training or not self.hyperparams:
             return super().infer(x, **fit_params)
-        x = to_tensor(x, device=self.device)
         if isinstance(x, Mapping):
             transforming = [type(hp).__name__ for hp in self.hyperparams.values()
                             if hp.transforms_inputs]
@@ -695,8 +698,6 @@ class _LearnedMixin:
             self._hp_ensure(x)
             return super().infer(x, **fit_params)
         self._hp_ensure(x)
-        if x.is_floating_point():
-            x = x.to(_module_dtype(self.module_))
         n = x.shape[0]
         x = _transform(self.hp_bound_, self.hp_raw_, x, self.hp_generator_)
         return _average_replicas(_first_output(self.module_(x, **fit_params)), n)
@@ -778,7 +779,9 @@ class LearnedNet(_LearnedMixin, NeuralNet):
     -----
     During training (``module_.training``) the forward applies learned input transforms
     and ``get_loss`` returns ``mean_i w_i l_i + penalties`` (see the module docstring);
-    in evaluation (validation, ``predict``) the net behaves like the plain one.
+    in evaluation (validation, ``predict``) the net behaves like the plain one. Floating
+    array inputs are cast to the module's dtype first (a ``Pipeline``'s preprocessing
+    may hand over float64 rows).
 
     :class:`~sgld_tuner.hyperparams.SampleWeights` are indexed by row position: weight
     ``k`` belongs to row ``k`` of the ``X`` passed to ``fit`` (the full training set, in

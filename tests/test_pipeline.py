@@ -5,6 +5,7 @@ the fold's training rows only, the refit fits the whole pipeline on all rows, an
 ``best_estimator_`` is a Pipeline.
 """
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -73,13 +74,17 @@ def test_chains_run_on_the_transformed_rows(data):
 
 
 def test_an_imputing_pipeline_takes_nan(data):
-    """NaN reaches the pipeline's imputer (a bare net refuses it)."""
+    """NaN reaches the pipeline's imputer (a bare net refuses it); a float64 DataFrame
+    goes to the steps as given (columns kept) and the net gets its own dtype."""
     X, y = data
-    X = X.copy()
-    X[::7, 3] = np.nan
-    tuner = tiny_tuner(make_pipeline(SimpleImputer(), tiny_classifier())).fit(X, y)
+    X = pd.DataFrame(X.astype(np.float64), columns=[f"f{i}" for i in range(X.shape[1])])
+    X.iloc[::7, 3] = np.nan
+    pipe = make_pipeline(SimpleImputer(), StandardScaler(), tiny_classifier())
+    tuner = tiny_tuner(pipe, return_train_score=True).fit(X, y)
+    assert list(tuner.feature_names_in_) == list(X.columns)
+    assert list(tuner.best_estimator_[0].feature_names_in_) == list(X.columns)
     assert tuner.predict(X).shape == (len(X),)
-    assert np.isfinite(tuner.best_score_)
+    assert np.isfinite(tuner.best_score_) and np.isfinite(tuner.cv_results_["mean_train_score"]).all()
 
 
 def test_a_pipeline_not_ending_in_a_skorch_net_is_refused_in_one_line(data):
