@@ -361,6 +361,21 @@ def test_dropout_is_seeded_parallel_safe_and_leaves_the_callers_rng_alone(data):
     assert any(not np.array_equal(first[1][k], other[1][k]) for k in first[1])
 
 
+def test_dropout_stream_is_resumed_with_the_chains(data):
+    """Stopped after iteration 1 and resumed, a dropout search ends where an
+    uninterrupted one ends (the module stream is part of the resumable state)."""
+    def stop_after_one(record):
+        return record["iteration"] == 1
+
+    stopped = tiny_tuner(tiny_classifier(module=DropoutMLP), n_outer=4, refit=False,
+                         temperature=1e-2, callbacks=[stop_after_one])
+    with pytest.warns(SearchInterrupted):
+        stopped.fit(*data)
+    resumed = stopped.set_params(callbacks=None, warm_start=True).fit(*data)
+    full = _dropout_fit(data, n_outer=4)
+    _assert_same(full, (resumed.cv_results_["mean_test_score"], resumed.hyperparams_["l1"]))
+
+
 @pytest.mark.parametrize("change,name", [
     (dict(hyperparams={"l1": PerWeightL1(init=2e-3)}), "hyperparams"),
     (dict(estimator=tiny_classifier(module__hidden=16)), "module"),
