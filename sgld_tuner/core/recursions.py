@@ -129,7 +129,7 @@ class Recursion:
 
     def _saved(self, saved, key):
         """The tensors under ``key`` of a state written by this same strategy, else None."""
-        if saved is None or saved.name != self.name:
+        if saved is None or saved.name != self.name or saved.tensors.get(key) is None:
             return None
         return [t.clone() for t in saved.tensors[key]]
 
