@@ -135,7 +135,7 @@ def _plot(searches, out):
     tuner = searches["SGLDHyperTuner (defaults)"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     plot_trajectory(tuner, control=searches["GridSearchCV (one L1 strength)"].best_score_,
-                    ax=axes[0])
+                    ax=axes[0], control_label="GridSearchCV best cv")
     plot_learned_values(tuner, "l1", ax=axes[1])
     axes[1].set_title("learned per-feature L1 strengths (first layer)")
     fig.tight_layout()

@@ -53,7 +53,8 @@ def _summaries(tuner, results: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]
             {c[len("param_"):]: np.ma.filled(results[c], np.nan).astype(float) for c in cols})
 
 
-def plot_trajectory(tuner: Any, control: Any = None, ax=None):
+def plot_trajectory(tuner: Any, control: Any = None, ax=None,
+                    control_label: str = "control (no search)"):
     """Cross-validated score and hyperparameter summaries along the search.
 
     Parameters
@@ -68,6 +69,8 @@ def plot_trajectory(tuner: Any, control: Any = None, ax=None):
     ax : matplotlib Axes, optional
         Where to draw the scores; the summaries go on a twin Axes sharing its x-axis,
         on a log scale (symlog when a summary is not positive).
+    control_label : str, default="control (no search)"
+        Legend text of the control line (e.g. "GridSearchCV best cv").
 
     Returns
     -------
@@ -90,7 +93,7 @@ def plot_trajectory(tuner: Any, control: Any = None, ax=None):
                 color="C3", label="selected")
     if control is not None:
         value = float(getattr(control, "best_score_", control))
-        ax.axhline(value, color="k", linestyle=":", label=f"control (no search) {value:.3f}")
+        ax.axhline(value, color="k", linestyle=":", label=f"{control_label} {value:.3f}")
     ax.set_xlabel("outer iteration")
     ax.set_ylabel(f"cv {metric}")
 
