@@ -319,6 +319,7 @@ class NetProblem:
         self.augment_outer = augment_outer
         self.module_rng = module_rng
         self.crit = _Criterion(net)
+        self._tied = _has_shared_parameters(self.module)
 
         self.X_train = self._as_x(X_train)
         self.X_val = self._as_x(X_val)
@@ -418,8 +419,19 @@ class NetProblem:
         n = X.shape[0]
         if transform:
             X = _transform(self.bound, lam, X, self.generator)
-        out = _first_output(functional_call(self.module, theta, (X,)))
+        # Untying shared parameters costs a walk over the module per call: only pay it
+        # when the module has any (decided once, in __init__).
+        out = _first_output(functional_call(self.module, theta, (X,),
+                                            tie_weights=self._tied))
         return _average_replicas(out, n)
+
+    def _set_mode(self, training: bool):
+        """Put the module in train/eval mode, only when it is not in it already.
+
+        ``Module.train`` walks every submodule; a chain asks for the same mode again on
+        every step whose inner loss follows an inner loss (no outer loss in between)."""
+        if self.module.training != training:
+            self.module.train(training)
 
     def _draw_rows(self, n=None, size=None):
         """Row indices of one minibatch (training rows unless told otherwise), or None
@@ -440,7 +452,7 @@ class NetProblem:
             X, y, rows = self.X_train, self.y_train, self.train_rows
         else:
             X, y, rows = self.X_train[idx], self.y_train[idx], self.train_rows[idx]
-        self.module.train()
+        self._set_mode(True)
         if self.module_rng is None:
             y_pred = self._forward(lam, theta, X, transform=True)
         else:
@@ -451,7 +463,7 @@ class NetProblem:
     def outer_loss(self, lam, theta) -> torch.Tensor:
         """The net's own criterion on the validation split (module in eval mode), over
         chunks of at most 1024 rows weighted by size, plus outer penalties."""
-        self.module.eval()
+        self._set_mode(False)
         X_val, y_val = self.X_val, self.y_val
         if self.outer_batch_size is not None:
             idx = self._draw_rows(X_val.shape[0], self.outer_batch_size)
@@ -497,6 +509,12 @@ class NetProblem:
                 return {name: b.mixed_vjp(lam[name], theta, v) for name, b in bound.items()}
 
         return mixed
+
+
+def _has_shared_parameters(module) -> bool:
+    """Whether one parameter tensor is registered under several names (tied weights)."""
+    named = list(module.named_parameters(remove_duplicate=False))
+    return len({id(p) for _, p in named}) != len(named)
 
 
 def _check_output_shape(output_shape, y, is_classifier, n_classes=None):

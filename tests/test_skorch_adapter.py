@@ -362,3 +362,50 @@ def test_outer_minibatch_is_an_unbiased_draw_of_the_full_outer_loss():
     draws = [float(mini.outer_loss(lam, theta)) for _ in range(400)]
     assert len(set(draws)) > 1  # each call draws new rows
     assert abs(np.mean(draws) - exact) < 0.02 * abs(exact)
+
+
+class _Tied(torch.nn.Module):
+    """An autoencoder-style module whose two layers share one weight tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = torch.nn.Linear(16, 16)
+        self.dec = torch.nn.Linear(16, 3)
+        self.head = self.dec  # the same parameters under two names
+
+    def forward(self, x):
+        return self.head(torch.relu(self.enc(x)))
+
+
+def test_tied_weights_are_untied_only_when_the_module_has_them():
+    X, y = _data()
+    plain = _problem(_nets()["ce_logits"].initialize(), {}, X, y)
+    tied_net = NeuralNetClassifier(_Tied, criterion=torch.nn.CrossEntropyLoss, verbose=0,
+                                   train_split=None).initialize()
+    tied = _problem(tied_net, {}, X, y)
+    assert not plain._tied and tied._tied
+    # functional_call's untying still applies: a value given for one name reaches both.
+    theta = {n: p.detach() * 0 for n, p in tied_net.module_.named_parameters()}
+    out = tied._forward({}, theta, tied.X_val, transform=False)
+    assert torch.count_nonzero(out) == 0
+
+
+def test_mode_is_switched_only_when_it_changes(monkeypatch):
+    X, y = _data()
+    problem = _problem(_nets()["ce_logits"].initialize(), {"wd": WeightDecay()}, X, y)
+    lam, theta = problem.init_lam(), problem.theta0()
+    calls = []
+    original = torch.nn.Module.train
+    monkeypatch.setattr(torch.nn.Module, "train",
+                        lambda self, mode=True: calls.append(mode) or original(self, mode))
+    problem.module.eval()
+    calls.clear()
+    problem.inner_loss(lam, theta)
+    problem.inner_loss(lam, theta)
+    problem.outer_loss(lam, theta)
+    problem.outer_loss(lam, theta)
+    assert problem.module.training is False
+    # Two switches (to train, back to eval), each calling train() on the module and
+    # on each of its children; none for the repeated calls.
+    per_switch = 1 + len(list(problem.module.children()))
+    assert calls == [True] * per_switch + [False] * per_switch
