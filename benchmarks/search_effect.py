@@ -76,6 +76,9 @@ CONFIGS = {
     "auto-feature": ({"init": "auto", "granularity": "feature"}, {}),
     "auto-feature-lr0.2": ({"init": "auto", "granularity": "feature"}, {"outer_lr": 0.2}),
     "auto-feature-damped": ({"init": "auto", "granularity": "feature"}, {"recursion": "damped"}),
+    # The outer loss inside the chain on a random subset of validation rows per step.
+    "outer128": ({}, {"outer_batch_size": 128}),
+    "outer64": ({}, {"outer_batch_size": 64}),
 }
 
 
@@ -89,6 +92,11 @@ def load_regime(name, seed):
     elif name == "digits-150":
         X, y = load_digits(return_X_y=True)
         n_train, classification = 150, True
+    elif name == "digits-1200":
+        # 400 validation rows per fold at cv=3: the only regime here whose split is
+        # larger than a subsampled outer loss (the others have 33-100 rows).
+        X, y = load_digits(return_X_y=True)
+        n_train, classification = 1200, True
     else:
         X, y = load_diabetes(return_X_y=True)
         n_train, classification = 300, False
@@ -201,7 +209,8 @@ def write(rows, args):
     table = summarise(rows)
     md = ["# What the search adds over its no-search control", "",
           f"`python benchmarks/search_effect.py --configs {' '.join(args.configs)} "
-          f"--seeds {args.seeds}` (n_outer={args.n_outer}, cv=3, 64-unit MLP, one torch "
+          f"--regimes {' '.join(args.regimes)} --seeds {args.seeds}` "
+          f"(n_outer={args.n_outer}, cv=3, 64-unit MLP, one torch "
           "thread). gain: test score minus the same configuration's `n_outer=1` control, "
           "per seed (mean, std, wins).", "",
           table.to_markdown(index=False, floatfmt=".4f"), ""]
