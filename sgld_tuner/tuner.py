@@ -258,6 +258,13 @@ def _watch_sigint(interrupted: list):
         signal.signal(signal.SIGINT, previous)
 
 
+def _publish(state, fields: dict) -> None:
+    """Set ``fields`` on the search state: the commit of an iteration's bookkeeping,
+    built aside so that a Ctrl-C before it leaves the state untouched."""
+    for name, value in fields.items():
+        setattr(state, name, value)
+
+
 def _module_rng_states(problem):
     """The states of a fold's module stream (None before its first draw, or without one)."""
     return getattr(getattr(problem, "module_rng", None), "states", None)
@@ -316,10 +323,13 @@ class _FoldOracle:
         return OracleResult(grad, outer_loss, inner_loss, finite)
 
     def checkpoint(self, engine):
-        return SGLDHyperTuner._checkpoint(engine.lam, self.folds)
+        """``lam``, the chains and their streams, and the inner settings (a rollback
+        after a shrink must put the inner step back too)."""
+        return SGLDHyperTuner._checkpoint(engine.lam, self.folds), self.settings
 
     def restore(self, engine, snapshot) -> None:
-        self.folds = SGLDHyperTuner._restore(snapshot, engine.lam, self.folds)
+        chains, self.settings = snapshot
+        self.folds = SGLDHyperTuner._restore(chains, engine.lam, self.folds)
 
 
 class _GuardedCallback:
@@ -343,28 +353,37 @@ class _SearchRecorder(Listener):
 
     Adds ``diverged``, ``param_<name>`` (scalar summaries) and, every ``eval_every``
     iterations and at the last, the mean test scores of the chains' current positions
-    (a new point of ``cv_results_``); after each iteration it stores ``lam`` and the
-    iteration count in the search state, so an interrupted search can be resumed.
+    (a new point of ``cv_results_``). What the iteration adds to the search state (the
+    point, its snapshot, the best value, ``lam`` and the iteration count) is built aside
+    in ``on_record`` and published in ``on_commit``, so that a Ctrl-C before the commit
+    leaves the state exactly as it was and one after it leaves the whole iteration.
     """
 
     def __init__(self, tuner, state, oracle: _FoldOracle, scorers: dict, best_key: str):
         self.tuner, self.state, self.oracle = tuner, state, oracle
         self.scorers, self.best_key = scorers, best_key
+        self._pending = None
+
+    def on_iteration_begin(self, engine):
+        self._pending = None
 
     def on_record(self, engine, record):
         tuner, k, folds = self.tuner, record["iteration"], self.oracle.folds
         public = tuner._summaries(folds[0].problem, engine.lam)
         record["diverged"] = False
         record.update({f"param_{name}": v for name, v in public.items()})
+        pending = {"iteration": k + 1, "lam": [t.detach().clone() for t in engine.lam]}
         if k % tuner.eval_every == tuner.eval_every - 1 or k == tuner.n_outer - 1:
-            mean_scores = tuner._evaluate_into(self.state, folds, self.scorers, public, k,
-                                               engine.lam, self.best_key, self.oracle.parallel)
+            published, mean_scores = tuner._scored_point(
+                self.state, folds, self.scorers, public, k, engine.lam, self.best_key,
+                self.oracle.parallel)
+            pending.update(published)
             record.update({f"mean_test_{m if tuner.multimetric_ else 'score'}": v
                            for m, v in mean_scores.items()})
+        self._pending = pending
 
-    def on_iteration_end(self, engine, record):
-        self.state.iteration = engine.iteration
-        self.state.lam = [t.detach().clone() for t in engine.lam]
+    def on_commit(self, engine, record):
+        _publish(self.state, self._pending)
 
 
 class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
@@ -761,12 +780,22 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             return {"outer_lr": self.outer_lr * state.outer_lr_scale,
                     "inner_lr": oracle.settings.inner_lr}
 
+        # Everything an iteration changes besides the optimizer (the policy copies it) and
+        # the records and points (built aside until the commit): a rollback, on NaN or
+        # Ctrl-C, puts it all back.
+        def checkpoint(engine):
+            return oracle.checkpoint(engine), (state.outer_lr_scale, state.inner_lr_scale)
+
+        def restore(engine, snapshot):
+            oracle.restore(engine, snapshot[0])
+            state.outer_lr_scale, state.inner_lr_scale = snapshot[1]
+
         # One worker pool for the whole search (re-creating it every outer iteration
         # cost more than the folds' work on small nets).
         with Parallel(n_jobs=self.n_jobs, prefer="threads") as parallel:
             oracle = _FoldOracle(folds, settings, parallel)
             policy = RollbackOnNonFinite(
-                shrink, oracle.checkpoint, oracle.restore, max_retries=self._MAX_RETRIES,
+                shrink, checkpoint, restore, max_retries=self._MAX_RETRIES,
                 raise_on_failure=self.error_score == "raise", warning=DivergenceWarning)
             listeners = [_SearchRecorder(self, state, oracle, scorers, best_key)]
             if self.verbose:
@@ -805,13 +834,17 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
 
     def _format_results(self, state, folds, lam, scorers, best_key):
         """``cv_results_``, ``history_``, ``hyperparams_`` and the best point."""
-        if not state.points:
+        points, snapshots = state.points, state.snapshots
+        if not points:
             # Stopped before the first scheduled evaluation: score where the chains are
-            # (the starting point if nothing finite was ever reached).
+            # (the starting point if nothing finite was ever reached). For these results
+            # only: a resume must not start with a point its trajectory never scored.
             public = self._summaries(folds[0].problem, lam)
-            self._evaluate_into(state, folds, scorers, public, state.iteration - 1, lam, best_key)
+            published, _ = self._scored_point(state, folds, scorers, public,
+                                              state.iteration - 1, lam, best_key)
+            points, snapshots = published["points"], published["snapshots"]
         metric_names, multimetric = self._metric_names, self.multimetric_
-        self.cv_results_ = build_cv_results(state.points, metric_names, self.n_splits_,
+        self.cv_results_ = build_cv_results(points, metric_names, self.n_splits_,
                                             not multimetric)
         self.history_ = build_history(state.records)
         self.hyperparams_ = self._public_values(lam)
@@ -819,7 +852,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             if np.isnan(self.cv_results_[key]).all():
                 raise ValueError(f"every evaluation failed ({key} is all NaN); see the warnings, "
                                  "or pass error_score='raise' to see the first error")
-        self._select_best(state.snapshots, metric_names, multimetric)
+        self._select_best(snapshots, metric_names, multimetric)
 
     def _refit(self, X, y, seed, inner_lr, fit_params):
         """Train ``best_estimator_`` on all rows at the best values (and the ensemble).
@@ -1019,18 +1052,21 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         raw = _tree.unflatten([t.detach() for t in lam], self._lam_spec)
         return {name: bound.to_public(raw[name]) for name, bound in self._bound.items()}
 
-    def _evaluate_into(self, state, folds, scorers, public, iteration, lam, best_key,
-                       parallel=None):
-        """Score the chains now, append the point to ``state`` and keep its values."""
+    def _scored_point(self, state, folds, scorers, public, iteration, lam, best_key,
+                      parallel=None):
+        """Score the chains now; return the fields of ``state`` with the point added
+        (new objects: ``state`` is left as it is) and the point's mean scores."""
         point, mean_scores = self._evaluate(folds, scorers, public, iteration,
                                             state.last_fit_times, parallel)
-        state.last_fit_times = [f.fit_time for f in folds]
-        state.points.append(point)
-        self._keep_snapshot(state.snapshots, len(state.points) - 1, lam, mean_scores, best_key,
+        snapshots = dict(state.snapshots)
+        self._keep_snapshot(snapshots, len(state.points), lam, mean_scores, best_key,
                             state.best_value)
-        if mean_scores[best_key] > state.best_value:
-            state.best_value = mean_scores[best_key]
-        return mean_scores
+        best_value = state.best_value
+        if mean_scores[best_key] > best_value:
+            best_value = mean_scores[best_key]
+        return {"points": [*state.points, point], "snapshots": snapshots,
+                "best_value": best_value,
+                "last_fit_times": [f.fit_time for f in folds]}, mean_scores
 
     @staticmethod
     def _checkpoint(lam, folds):
@@ -1041,19 +1077,20 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         return ([t.detach().clone() for t in lam],
                 [copy.copy(f.state) for f in folds],
                 [f.generator.get_state() for f in folds],
-                [_module_rng_states(f.problem) for f in folds])
+                [_module_rng_states(f.problem) for f in folds],
+                [f.fit_time for f in folds])
 
     @staticmethod
     def _restore(checkpoint, lam, folds):
         """Roll back to ``checkpoint``. New state and generator objects, so that a worker
         thread still finishing an interrupted step cannot write into the restored ones."""
-        lam_values, chains, gen_states, module_states = checkpoint
+        lam_values, chains, gen_states, module_states, fit_times = checkpoint
         with torch.no_grad():
             for leaf, value in zip(lam, lam_values):
                 leaf.copy_(value)
         restored = []
-        for fold, chain, gen_state, module_state in zip(folds, chains, gen_states,
-                                                        module_states):
+        for fold, chain, gen_state, module_state, fit_time in zip(
+                folds, chains, gen_states, module_states, fit_times):
             generator = torch.Generator(device=fold.generator.device)
             generator.set_state(gen_state)
             fold.problem.generator = generator
@@ -1061,7 +1098,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             if old is not None:
                 fold.problem.module_rng = ModuleRNG(old.seed, old.device, module_state)
             fold = copy.copy(fold)
-            fold.state, fold.generator = copy.copy(chain), generator
+            fold.state, fold.generator, fold.fit_time = copy.copy(chain), generator, fit_time
             restored.append(fold)
         return restored
 

@@ -305,3 +305,57 @@ def test_tail_average_skips_rejected_steps_and_is_none_before_the_tail():
     assert engine.failed and tail.average(engine.lam) is None
     with pytest.raises(ValueError, match="fraction"):
         TailAverage(0.0)
+
+
+def _adam_engine(listener, n_outer=4):
+    lam = [torch.tensor([1.0], dtype=torch.float64, requires_grad=True)]
+    optimizer = torch.optim.Adam(lam, lr=0.1)
+    return OuterLoop(QuadraticOracle(), lam, optimizer, n_outer=n_outer,
+                     policy=RollbackOnNonFinite(lambda f: {}), listeners=[listener],
+                     on_interrupt="stop")
+
+
+def _adam_state(engine):
+    state = engine.optimizer.state_dict()["state"][0]
+    return int(state["step"]), float(state["exp_avg"][0]), float(state["exp_avg_sq"][0])
+
+
+def test_ctrl_c_before_the_commit_rolls_back_the_step_the_optimizer_and_the_records():
+    """A KeyboardInterrupt in ``on_record`` (after the optimizer step, before the commit)
+    leaves lam, Adam's moments and the records exactly as after iteration 1."""
+    class Interrupt(Listener):
+        def on_record(self, engine, record):
+            if record["iteration"] == 2:
+                raise KeyboardInterrupt
+
+    reference = _adam_engine(Listener(), n_outer=2).run()
+    engine = _adam_engine(Interrupt()).run()
+    assert engine.stop_reason == "interrupted (KeyboardInterrupt) at outer iteration 2"
+    assert engine.iteration == 2 and [r["iteration"] for r in engine.records] == [0, 1]
+    assert float(engine.lam[0]) == float(reference.lam[0])
+    assert _adam_state(engine) == _adam_state(reference)
+
+
+def test_a_sigint_during_the_commit_is_held_until_the_iteration_is_complete():
+    """A real SIGINT arriving in ``on_commit`` is delivered after the commit: the
+    iteration stays (recorded, counted, ``on_iteration_end`` skipped) and the run stops."""
+    import os
+    import signal
+
+    class Signal(Listener):
+        ended = []
+
+        def on_commit(self, engine, record):
+            if record["iteration"] == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+                record["after_signal"] = True  # still runs: the signal is held
+
+        def on_iteration_end(self, engine, record):
+            self.ended.append(record["iteration"])
+
+    engine = make_engine(QuadraticOracle(), n_outer=5, listeners=[Signal()],
+                         on_interrupt="stop").run()
+    assert engine.stop_reason == "interrupted (KeyboardInterrupt) at outer iteration 2"
+    assert engine.records[-1]["after_signal"] and Signal.ended == [0]
+    assert float(engine.lam[0]) == sgd_values(1.0, [0.1, 0.1])[-1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -456,3 +456,88 @@ def test_ctrl_c_during_the_refit_is_reported(data):
     # Without the Ctrl-C the refit runs all its epochs and reports nothing.
     tuner = tiny_tuner(tiny_classifier(max_epochs=20)).fit(*data)
     assert tuner.stop_reason_ is None and len(tuner.best_estimator_.history) == 20
+
+
+class InterruptingAccuracy:
+    """Accuracy, except a KeyboardInterrupt on its ``interrupt_at``-th call (1-based), as
+    a Ctrl-C landing in the scoring of a point would."""
+
+    def __init__(self, interrupt_at=-1):
+        self.calls, self.interrupt_at = 0, interrupt_at
+
+    def __call__(self, estimator, X, y):
+        self.calls += 1
+        if self.calls == self.interrupt_at:
+            raise KeyboardInterrupt
+        return float(np.mean(estimator.predict(X) == y))
+
+
+def _comparable(tuner):
+    """What an interrupted-and-resumed search must reproduce exactly."""
+    history = tuner.history_.drop(columns=[c for c in tuner.history_ if c.endswith("time_s")])
+    return (tuner.hyperparams_, list(tuner.cv_results_["mean_test_score"]),
+            tuner.cv_results_["params"], history.to_dict("list"))
+
+
+def _assert_resumed_equals(resumed, full, X):
+    got, want = _comparable(resumed), _comparable(full)
+    for name, arr in want[0]["l1"].items():
+        np.testing.assert_array_equal(got[0]["l1"][name], arr)
+    assert got[1] == want[1]
+    for a, b in zip(got[2], want[2]):
+        assert a == b
+    assert got[3].keys() == want[3].keys()
+    for key in want[3]:
+        np.testing.assert_array_equal(np.asarray(got[3][key]), np.asarray(want[3][key]))
+    np.testing.assert_array_equal(resumed.predict_proba(X), full.predict_proba(X))
+
+
+def _bookkeeping_interrupt(monkeypatch, at_call):
+    """A KeyboardInterrupt in the bookkeeping after scoring (keeping the point's values)."""
+    keep = SGLDHyperTuner._keep_snapshot
+    calls = []
+
+    def interrupting(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise KeyboardInterrupt
+        return keep(self, *args, **kwargs)
+
+    monkeypatch.setattr(SGLDHyperTuner, "_keep_snapshot", interrupting)
+
+
+@pytest.mark.parametrize("where,kept", [("scoring", 3), ("bookkeeping", 3), ("after", 4)])
+def test_ctrl_c_in_scoring_or_bookkeeping_is_atomic_and_resumes_exactly(
+        data, tmp_path, monkeypatch, where, kept):
+    """A Ctrl-C in the scoring of iteration 3 (the second point's second fold), in the
+    bookkeeping after it, or after the iteration's commit (a callback): the iteration is
+    rolled back whole (3 kept) or kept whole (4), the results so far and the refit are
+    there, and a resume from ``save``/``load`` ends where the uninterrupted run ends."""
+    params = dict(n_outer=6, eval_every=2, temperature=1e-2)
+    full = tiny_tuner(scoring=InterruptingAccuracy(), **params).fit(*data)
+
+    # Call 1 is the probe at fit start, 2-3 score iteration 1, 4-5 iteration 3.
+    scorer = InterruptingAccuracy(interrupt_at=5 if where == "scoring" else -1)
+    callbacks = None
+    if where == "bookkeeping":
+        _bookkeeping_interrupt(monkeypatch, at_call=2)
+    elif where == "after":
+        def callbacks_stop(record):
+            if record["iteration"] == 3:
+                raise KeyboardInterrupt
+        callbacks = [callbacks_stop]
+    stopped = tiny_tuner(scoring=scorer, callbacks=callbacks, **params)
+    with pytest.warns(SearchInterrupted, match="KeyboardInterrupt"):
+        stopped.fit(*data)
+    monkeypatch.undo()
+    assert stopped.stop_reason_ == f"interrupted (KeyboardInterrupt) at outer iteration {kept}"
+    assert len(stopped.history_) == kept
+    assert len(stopped.cv_results_["params"]) == kept // 2 and hasattr(stopped, "best_estimator_")
+    assert_no_nan(stopped)
+
+    path = tmp_path / "search.joblib"
+    stopped.set_params(callbacks=None).save(path)
+    resumed = SGLDHyperTuner.load(path, trusted=True)
+    resumed.set_params(warm_start=True).fit(*data)
+    assert resumed.stop_reason_ is None
+    _assert_resumed_equals(resumed, full, data[0])

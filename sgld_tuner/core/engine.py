@@ -16,8 +16,11 @@ The engine is pure torch (no scikit-learn, no skorch).
 """
 from __future__ import annotations
 
+import copy
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -96,10 +99,20 @@ class Listener:
         """Before the oracle is called for iteration ``engine.iteration``."""
 
     def on_record(self, engine: "OuterLoop", record: dict) -> None:
-        """After a finite step: add columns to ``record`` (timed with the iteration)."""
+        """After a finite step: add columns to ``record`` (timed with the iteration).
+
+        A Ctrl-C can still undo the iteration after this hook: prepare what the
+        iteration adds to your own state here and publish it in :meth:`on_commit`.
+        """
+
+    def on_commit(self, engine: "OuterLoop", record: dict) -> None:
+        """The finite step is recorded and counted (``engine.iteration`` is advanced):
+        publish what :meth:`on_record` prepared. Runs with SIGINT deferred, so keep it
+        short (assignments, no I/O)."""
 
     def on_iteration_end(self, engine: "OuterLoop", record: dict) -> None:
-        """After a finite step is recorded and counted (``engine.iteration`` is advanced)."""
+        """After a finite step is committed: recorded and counted (``engine.iteration`` is
+        advanced). A Ctrl-C here keeps the iteration and ends the run."""
 
     def on_run_end(self, engine: "OuterLoop") -> None:
         """When the loop ends, normally or by an exception (like ``finally``)."""
@@ -110,6 +123,18 @@ def _copy_back(engine: "OuterLoop", values) -> None:
     with torch.no_grad():
         for leaf, value in zip(engine.lam, values):
             leaf.copy_(value)
+
+
+def _optimizer_state(engine: "OuterLoop") -> dict:
+    """A copy of the outer optimizer's state: ``state_dict()`` shares the moment tensors
+    that the next step updates in place (Adam's), and holds the learning rates."""
+    return copy.deepcopy(engine.optimizer.state_dict())
+
+
+def _load_optimizer(engine: "OuterLoop", saved: dict) -> None:
+    """Put the optimizer's state back; a copy again, since ``load_state_dict`` may keep the
+    given tensors and the same snapshot can be restored twice (a rollback, then Ctrl-C)."""
+    engine.optimizer.load_state_dict(copy.deepcopy(saved))
 
 
 class NonFinitePolicy(Listener):
@@ -128,7 +153,9 @@ class NonFinitePolicy(Listener):
         raise NotImplementedError
 
     def on_interrupt(self, engine: "OuterLoop") -> None:
-        """A KeyboardInterrupt inside the oracle or the step: put things back."""
+        """A KeyboardInterrupt before the iteration was committed (in the oracle, the
+        step, this policy's handling of a non-finite value or a listener's
+        ``on_record``): put back everything the iteration changed."""
 
 
 class StopOnNonFinite(NonFinitePolicy):
@@ -136,6 +163,10 @@ class StopOnNonFinite(NonFinitePolicy):
 
     def on_run_begin(self, engine):
         self.last_finite = [t.detach().clone() for t in engine.lam]
+
+    def on_iteration_begin(self, engine):
+        # What a Ctrl-C before the commit restores (the optimizer's moments included).
+        self._begin = ([t.detach().clone() for t in engine.lam], _optimizer_state(engine))
 
     def on_accept(self, engine):
         self.last_finite = [t.detach().clone() for t in engine.lam]
@@ -153,14 +184,17 @@ class StopOnNonFinite(NonFinitePolicy):
         return False
 
     def on_interrupt(self, engine):
-        _copy_back(engine, self.last_finite)
+        lam, optimizer_state = self._begin
+        _copy_back(engine, lam)
+        _load_optimizer(engine, optimizer_state)
 
 
 class RollbackOnNonFinite(NonFinitePolicy):
     """Roll back to the iteration's checkpoint, scale both steps down and retry.
 
-    Every iteration starts with ``checkpoint(engine)``. On a non-finite value the policy
-    calls ``restore(engine, snapshot)``, multiplies the optimizer's learning rates by
+    Every iteration starts with ``checkpoint(engine)`` (and a copy of the optimizer's
+    state). On a non-finite value the policy calls ``restore(engine, snapshot)`` (and puts
+    the optimizer's state back), multiplies the optimizer's learning rates by
     ``factor``, calls ``shrink(factor)`` (which scales whatever else must shrink, e.g. the
     inner step, and returns columns for the record), records a row ``{"iteration",
     "outer_loss", "diverged": True, "retry", **columns, "time_s"}`` and retries the
@@ -172,8 +206,10 @@ class RollbackOnNonFinite(NonFinitePolicy):
     ----------
     shrink : callable ``(factor) -> dict``
     checkpoint : callable ``(engine) -> snapshot``, optional
-        Must cover ``engine.lam`` and any state a step changes (the tuner's chains).
-        Default: a copy of ``lam`` only.
+        Must cover ``engine.lam`` and any state an iteration changes besides the
+        optimizer, the policy and the engine's records (the tuner's chains, its step
+        scales). Default: a copy of ``lam`` only. A Ctrl-C before the iteration is
+        committed restores it too.
     restore : callable ``(engine, snapshot) -> None``, optional
         Puts ``engine.lam`` (in place) and that state back. Default: copies ``lam`` back.
     max_retries : int, default=3
@@ -193,16 +229,20 @@ class RollbackOnNonFinite(NonFinitePolicy):
         self.retries, self.warned, self._snapshot = 0, False, None
 
     def on_iteration_begin(self, engine):
-        self._snapshot = self.checkpoint(engine)
+        self._snapshot = (self.checkpoint(engine), _optimizer_state(engine),
+                          self.retries, self.warned)
 
     def _rollback(self, engine):
-        self.restore(engine, self._snapshot)
+        snapshot, optimizer_state, _, _ = self._snapshot
+        self.restore(engine, snapshot)
+        _load_optimizer(engine, optimizer_state)
 
     def on_accept(self, engine):
         self.retries = 0
 
     def on_interrupt(self, engine):
         self._rollback(engine)
+        self.retries, self.warned = self._snapshot[2:]
 
     def on_non_finite(self, engine, result, stage):
         k = engine.iteration
@@ -321,7 +361,8 @@ class TailAverage(Listener):
     def on_run_begin(self, engine):
         self.first = int(engine.n_outer * (1.0 - self.fraction))
 
-    def on_iteration_end(self, engine, record):
+    def on_commit(self, engine, record):
+        # With the commit, so that a Ctrl-C cannot count a step the average missed.
         if engine.iteration <= self.first:
             return
         with torch.no_grad():
@@ -336,6 +377,51 @@ class TailAverage(Listener):
         if not self.count:
             return None
         return [(a / self.count).to(t.dtype) for a, t in zip(self.total, like)]
+
+
+class _InterruptGate:
+    """SIGINT raises ``KeyboardInterrupt`` only while the gate is open; while closed (a
+    checkpoint, a rollback, a commit) it is held and raised when the gate opens again.
+
+    Installed for a run in the main thread over a callable SIGINT handler, which it
+    calls (with the frame the signal landed in) in its place; elsewhere (another
+    thread, SIGINT ignored) it installs nothing and ``open``/``close`` only keep the flag.
+    """
+
+    def __init__(self):
+        self.is_open, self.held, self.previous = True, None, None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        if callable(previous):
+            self.previous = previous
+            signal.signal(signal.SIGINT, self._handler)
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def _handler(self, signum, frame):
+        if not self.is_open:
+            self.held = (signum, frame)
+            return
+        # Closed at once: the rollback that the exception triggers must not be cut short.
+        self.is_open = False
+        self.previous(signum, frame)
+        self.is_open = True  # the caller's handler did not raise: carry on
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def open(self) -> None:
+        """Open; a SIGINT held while closed is delivered now."""
+        self.is_open = True
+        if self.held is not None:
+            held, self.held = self.held, None
+            self._handler(*held)
 
 
 class OuterLoop:
@@ -365,6 +451,14 @@ class OuterLoop:
         On KeyboardInterrupt the policy first puts ``lam`` back (a step cut in half is
         undone); then ``"raise"`` propagates it and ``"stop"`` ends the run with
         ``stop_reason = "interrupted (KeyboardInterrupt) at outer iteration <k>"``.
+
+    Notes
+    -----
+    An iteration is atomic with respect to Ctrl-C: a ``KeyboardInterrupt`` before its
+    commit (oracle, step, non-finite handling, ``on_record``) rolls back everything the
+    policy's checkpoint covers and drops the iteration's records; the commit (records
+    published, ``iteration`` advanced, ``on_commit``) runs with SIGINT held; one after
+    it (``on_iteration_end``: progress bar, callbacks) keeps the iteration.
     """
 
     def __init__(self, oracle: Callable, lam: list[torch.Tensor], optimizer, *, n_outer: int,
@@ -380,7 +474,7 @@ class OuterLoop:
         self.project, self.on_interrupt = project, on_interrupt
         self.records = records if records is not None else []
         self.stop_reason, self.failed = None, False
-        self._started = None
+        self._started, self._pending, self._gate = None, [], _InterruptGate()
 
     # ------------------------------------------------------------- for listeners
     def stop(self, reason: str, failed: bool = False) -> None:
@@ -395,9 +489,10 @@ class OuterLoop:
             group["lr"] *= factor
 
     def add_record(self, record: dict) -> dict:
-        """Time ``record`` since the iteration began and append it to ``records``."""
+        """Time ``record`` since the iteration began; it is appended to ``records`` when
+        the iteration commits (and dropped if a Ctrl-C rolls the iteration back)."""
         record["time_s"] = time.perf_counter() - self._started
-        self.records.append(record)
+        self._pending.append(record)
         return record
 
     # ------------------------------------------------------------- the loop
@@ -415,20 +510,16 @@ class OuterLoop:
             self.project(self.lam)
         return all_finite(self.lam)
 
-    def _iterate(self) -> None:
-        self._started = time.perf_counter()
-        self._notify("on_iteration_begin")
-        try:
-            result = self.oracle(self.lam)
-            stage = "oracle" if not result.finite else None
-            if stage is None and not self._step(result.grad):
-                stage = "step"
-        except KeyboardInterrupt:
-            self.policy.on_interrupt(self)
-            raise
+    def _attempt(self) -> dict | None:
+        """Oracle, step, then the policy (non-finite) or the listeners' ``on_record``;
+        the accepted iteration's record, or None. Nothing here is committed yet."""
+        result = self.oracle(self.lam)
+        stage = "oracle" if not result.finite else None
+        if stage is None and not self._step(result.grad):
+            stage = "step"
         if stage is not None:
             self.policy.on_non_finite(self, result, stage)
-            return
+            return None
         self.policy.on_accept(self)
         record = {"iteration": self.iteration, "outer_loss": result.outer_loss,
                   "inner_loss": result.inner_loss,
@@ -436,12 +527,38 @@ class OuterLoop:
                                                          for g in result.grad)))}
         self._notify("on_record", record)
         self.add_record(record)
-        self.iteration += 1
-        self._notify("on_iteration_end", record)
+        return record
+
+    def _iterate(self) -> None:
+        gate = self._gate
+        gate.close()  # a checkpoint cut short could not be restored
+        self._started, self._pending = time.perf_counter(), []
+        before = (self.stop_reason, self.failed)
+        self._notify("on_iteration_begin")
+        try:
+            gate.open()  # delivers a SIGINT held during the checkpoint: nothing changed yet
+            record = self._attempt()
+            gate.close()
+        except KeyboardInterrupt:
+            gate.close()
+            self.policy.on_interrupt(self)
+            self._pending = []
+            self.stop_reason, self.failed = before
+            raise
+        # The commit: the gate is still closed.
+        self.records.extend(self._pending)
+        self._pending = []
+        if record is not None:
+            self.iteration += 1
+            self._notify("on_commit", record)
+        gate.open()  # a SIGINT held during the commit ends the run after this iteration
+        if record is not None:
+            self._notify("on_iteration_end", record)
 
     def run(self) -> "OuterLoop":
         """Iterate until ``n_outer``, a stop request or a failure; returns ``self``."""
         self._notify("on_run_begin")
+        self._gate.install()
         try:
             while self.iteration < self.n_outer and self.stop_reason is None:
                 self._iterate()
@@ -450,6 +567,7 @@ class OuterLoop:
                 raise
             self.stop(f"interrupted (KeyboardInterrupt) at outer iteration {self.iteration}")
         finally:
+            self._gate.uninstall()
             self._notify("on_run_end")
         return self
 
