@@ -359,3 +359,19 @@ def test_a_sigint_during_the_commit_is_held_until_the_iteration_is_complete():
     assert engine.records[-1]["after_signal"] and Signal.ended == [0]
     assert float(engine.lam[0]) == sgd_values(1.0, [0.1, 0.1])[-1]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_handling_a_divergence_leaves_the_step_size_and_records_as_before():
+    """A KeyboardInterrupt in ``shrink`` (after the rollback and the halved outer step,
+    before the divergence row is recorded) undoes the halving: lr, retries and records are
+    as after iteration 0, and a rerun of the iteration diverges and shrinks afresh."""
+    def shrink(factor):
+        raise KeyboardInterrupt
+
+    policy = RollbackOnNonFinite(shrink, warning=UserWarning)
+    engine = make_engine(QuadraticOracle(nan_calls={2}), n_outer=3, policy=policy,
+                         on_interrupt="stop").run()
+    assert engine.stop_reason == "interrupted (KeyboardInterrupt) at outer iteration 1"
+    assert engine.optimizer.param_groups[0]["lr"] == 0.1 and policy.retries == 0
+    assert [r["iteration"] for r in engine.records] == [0] and not engine.failed
+    assert float(engine.lam[0]) == sgd_values(1.0, [0.1])[-1]

@@ -89,7 +89,9 @@ class Listener:
     policy first). A hook may call ``engine.stop(reason)``; the loop then ends after the
     current iteration. The engine exposes ``lam`` (the leaves being optimised, updated
     in place), ``optimizer``, ``iteration`` (outer iterations completed), ``n_outer``,
-    ``records`` and ``stop_reason``.
+    ``records`` and ``stop_reason``. A listener that keeps state per iteration builds it in
+    ``on_record`` and publishes it in ``on_commit``, so that a Ctrl-C never leaves half an
+    iteration in it (see :class:`OuterLoop`).
     """
 
     def on_run_begin(self, engine: "OuterLoop") -> None:
