@@ -41,7 +41,7 @@ from _results import add_common_args, is_smoke, parse_args, result_stem, write_r
 
 from sgld_tuner import SGLDHyperTuner  # noqa: E402
 from sgld_tuner.demo import MLP  # noqa: E402
-from sgld_tuner.hyperparams import PerWeightL1  # noqa: E402
+from sgld_tuner.hyperparams import PerWeightL1, WeightDecay  # noqa: E402
 
 SMOKE = is_smoke()
 GRID = [0.0, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1]
@@ -72,6 +72,7 @@ CONFIGS = {
     "weight-1e-2-lr0.2": ({"granularity": "weight", "init": 1e-2}, {"outer_lr": 0.2}),
     "damped": ({}, {"recursion": "damped"}),
     "auto-weight": ({"init": "auto", "granularity": "weight"}, {}),
+    "wd-default": ({"kind": WeightDecay}, {}),
     "auto-unit": ({"init": "auto", "granularity": "unit"}, {}),
     "auto-feature": ({"init": "auto", "granularity": "feature"}, {}),
     "auto-feature-lr0.2": ({"init": "auto", "granularity": "feature"}, {"outer_lr": 0.2}),
@@ -131,8 +132,10 @@ def run_tuner(config, data, seed, n_outer):
     X_tr, X_te, y_tr, y_te, classification = data
     n_out = int(y_tr.max()) + 1 if classification else 1
     kind_kwargs, tuner_kwargs = CONFIGS[config]
+    kind_kwargs = dict(kind_kwargs)
+    kind = kind_kwargs.pop("kind", PerWeightL1)
     tuner = SGLDHyperTuner(make_net(classification, X_tr.shape[1], n_out),
-                           {"l1": PerWeightL1(**kind_kwargs)}, cv=3, random_state=seed,
+                           {"l1": kind(**kind_kwargs)}, cv=3, random_state=seed,
                            n_outer=n_outer, **tuner_kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
