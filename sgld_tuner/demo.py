@@ -101,11 +101,19 @@ def run_seed(n_train=300, n_outer=40, random_state=0, verbose=0):
 
 
 def run(n_train=300, n_outer=40, out="sgld_tuner_demo.png", seeds=(0, 1, 2), verbose=1):
-    """Run the three searches on each seed, print the table and save a plot; returns rows."""
+    """Run the three searches on each seed, print the table and save a plot; returns rows.
+
+    One torch thread: with several, idle threads spin while waiting and the CPU column
+    would count that (a first run on a busy machine showed the grid at 10x its CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     rows, searches = [], None
-    for seed in seeds:
-        new, searches = run_seed(n_train, n_outer, seed, verbose)
-        rows += new
+    try:
+        for seed in seeds:
+            new, searches = run_seed(n_train, n_outer, seed, verbose)
+            rows += new
+    finally:
+        torch.set_num_threads(threads)
     print(f"\ndigits, {n_train} training rows, 64-128-10 MLP, seeds {list(seeds)}")
     print(f"{'method':32s} {'test acc (mean +- std)':>23s} {'per seed':>24s} {'CPU s':>6s} {'wall s':>6s}")
     for method in dict.fromkeys(r["method"] for r in rows):
