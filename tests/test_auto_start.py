@@ -9,10 +9,10 @@ from sgld_tuner.skorch_adapter import NetProblem
 
 
 class TwoLayer(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, n_in=5, hidden=7, n_out=3):
         super().__init__()
-        self.a = torch.nn.Linear(5, 7)
-        self.b = torch.nn.Linear(7, 3)
+        self.a = torch.nn.Linear(n_in, hidden)
+        self.b = torch.nn.Linear(hidden, n_out)
 
     def forward(self, X):
         return self.b(torch.tanh(self.a(X)))
@@ -76,16 +76,8 @@ def _digits4():
 def _tuner(hp, **kwargs):
     from sgld_tuner import SGLDHyperTuner
 
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.hidden = torch.nn.Linear(64, 8)
-            self.out = torch.nn.Linear(8, 4)
-
-        def forward(self, X):
-            return self.out(torch.tanh(self.hidden(X)))
-
-    net = NeuralNetClassifier(Tiny, criterion=torch.nn.CrossEntropyLoss, lr=0.1, max_epochs=2,
+    net = NeuralNetClassifier(TwoLayer, module__n_in=64, module__hidden=8, module__n_out=4,
+                              criterion=torch.nn.CrossEntropyLoss, lr=0.1, max_epochs=2,
                               batch_size=32, train_split=None, verbose=0)
     params = dict(n_outer=6, burn_in=1, n_samples=1, cv=2, random_state=0)
     params.update(kwargs)
