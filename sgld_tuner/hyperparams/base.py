@@ -201,16 +201,10 @@ class Hyperparameter(BaseEstimator, abc.ABC):
 
         Parameters
         ----------
-        module : torch.nn.Module
-            The network the kind is bound to.
+        module, n_train, n_classes, input_shape
+            As in :meth:`bind` (``n_train`` an int, ``input_shape`` a tuple).
         names : list of str
             Parameter names matched by ``params`` when :attr:`uses_params`, else ``[]``.
-        n_train : int
-            Number of training rows.
-        n_classes : int or None
-            Number of classes for classifiers, ``None`` for regressors.
-        input_shape : tuple
-            Shape of one input row (without the batch dimension).
 
         Returns
         -------
