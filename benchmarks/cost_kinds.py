@@ -21,7 +21,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch.func import functional_call
 
-from sgld_tuner.core import BilevelProblem, ChainState, InnerSettings, hypergradient
+from sgld_tuner.core import ChainState, InnerSettings, hypergradient
 from sgld_tuner.core import _tree
 from sgld_tuner.demo import make_net
 from sgld_tuner.hyperparams import AffineAugmentation, PerWeightL1, TaylorLoss
@@ -70,10 +70,8 @@ def sgld_step_seconds(net, kind, outer_batch_size, Xtr, ytr, Xva, yva, repeats, 
                          generator=torch.Generator().manual_seed(0),
                          augment_outer=kind == "AffineAugmentation",
                          outer_batch_size=outer_batch_size)
-    lam, spec = _tree.flatten(problem.init_lam())
-    lam = [t.detach().requires_grad_(True) for t in lam]
-    bilevel = BilevelProblem(problem.outer_loss, problem.inner_loss, spec, problem.theta0(),
-                             mixed_vjp=problem.mixed_vjp())
+    lam = [t.detach().requires_grad_(True) for t in _tree.flatten(problem.init_lam())[0]]
+    bilevel = problem.bilevel()
     settings = InnerSettings(inner_lr=0.1, burn_in=5, n_samples=5, temperature=1e-4,
                              recursion=recursion).validate()
     state, gen = ChainState(), torch.Generator().manual_seed(1)

@@ -41,7 +41,10 @@ from skorch.dataset import get_len
 from skorch.utils import to_tensor
 from torch.func import functional_call
 
+from .core import _tree
+from .core.problem import BilevelProblem, SeparablePenalty
 from .hyperparams.base import BoundHyperparameter, Hyperparameter
+from .optimizers import with_weight_decay
 
 __all__ = [
     "LearnedNet",
@@ -110,8 +113,9 @@ class _Criterion:
 
 
 def _training_loss(crit: _Criterion, bound: dict[str, BoundHyperparameter], raws: dict,
-                   y_pred, y_true, rows, theta) -> torch.Tensor:
-    """``mean_i w_i l_i + sum_k penalty_k`` (see module docstring)."""
+                   y_pred, y_true, rows, theta, without=()) -> torch.Tensor:
+    """``mean_i w_i l_i + sum_k penalty_k`` (see module docstring), leaving out the
+    penalties of the kinds named in ``without``."""
     per = None
     weights = None
     for name, b in bound.items():
@@ -134,10 +138,45 @@ def _training_loss(crit: _Criterion, bound: dict[str, BoundHyperparameter], raws
         per = per if per is not None else crit.per_sample(y_pred, y_true)
         loss = (per * weights).mean() if weights is not None else per.mean()
     for name, b in bound.items():
-        pen = b.inner_penalty(raws[name], theta)
+        pen = None if name in without else b.inner_penalty(raws[name], theta)
         if pen is not None:
             loss = loss + pen
     return loss
+
+
+class _ClosedFormPenalties(SeparablePenalty):
+    """The inner penalties of the kinds with ``closed_form_penalty``, as one
+    :class:`~sgld_tuner.core.problem.SeparablePenalty` over ``{name: raw}`` and the
+    module's ``{parameter name: tensor}``."""
+
+    def __init__(self, bound: dict[str, BoundHyperparameter]):
+        self.bound = bound
+
+    def value(self, lam, theta):
+        return sum(b.inner_penalty(lam[name], theta) for name, b in self.bound.items())
+
+    def grad_theta(self, lam, theta):
+        return self._sum_over_kinds(b.penalty_grad(lam[name], theta)
+                                    for name, b in self.bound.items())
+
+    def hvp(self, lam, theta, u):
+        return self._sum_over_kinds(b.penalty_hvp(lam[name], theta, u)
+                                    for name, b in self.bound.items())
+
+    def mixed(self, lam, theta, u):
+        return {name: b.mixed_vjp(lam[name], theta, u) for name, b in self.bound.items()}
+
+    def grad_lam(self, lam, theta):
+        return {name: b.penalty_grad_raw(lam[name], theta) for name, b in self.bound.items()}
+
+    @staticmethod
+    def _sum_over_kinds(per_kind) -> dict | None:
+        """Per-parameter sum of the kinds' dicts (two kinds may penalise one tensor)."""
+        total = {}
+        for part in per_kind:
+            for n, t in (part or {}).items():
+                total[n] = total[n] + t if n in total else t
+        return total or None
 
 
 def _bind_all(hyperparams: dict[str, Hyperparameter], module, crit: _Criterion, *,
@@ -282,6 +321,10 @@ class NetProblem:
         default ``max(train_rows) + 1``. Pass it when the last rows may fall in validation.
     outer_batch_size : int, optional
         Validation rows drawn per outer-loss evaluation; ``None`` uses them all.
+    outer_generator : torch.Generator, optional
+        Where those validation rows are drawn from; default ``generator``. A stream of
+        its own keeps the chain's noise and minibatches independent of
+        ``outer_batch_size`` (the tuner gives one).
     n_classes : int, optional
         Number of classes in the whole training set (classifiers). A module with fewer
         outputs fails here, before any training step, instead of deep inside the loss.
@@ -308,7 +351,8 @@ class NetProblem:
                  y_val, *, train_rows=None, batch_size=None, generator: torch.Generator,
                  augment_outer: bool = False, n_train_total: int | None = None,
                  outer_batch_size: int | None = None, n_classes: int | None = None,
-                 module_rng: ModuleRNG | None = None):
+                 module_rng: ModuleRNG | None = None,
+                 outer_generator: torch.Generator | None = None):
         if not getattr(net, "initialized_", False):
             raise ValueError("NetProblem needs an initialized net (call net.initialize())")
         self.net = net
@@ -316,6 +360,7 @@ class NetProblem:
         self.device = _module_device(self.module)
         self.dtype = _module_dtype(self.module)
         self.generator = generator
+        self.outer_generator = generator if outer_generator is None else outer_generator
         self.augment_outer = augment_outer
         self.module_rng = module_rng
         self.crit = _Criterion(net)
@@ -433,20 +478,21 @@ class NetProblem:
         if self.module.training != training:
             self.module.train(training)
 
-    def _draw_rows(self, n=None, size=None):
+    def _draw_rows(self, n=None, size=None, generator=None):
         """Row indices of one minibatch (training rows unless told otherwise), or None
         for the full set."""
         n = self.X_train.shape[0] if n is None else n
         size = self.batch_size if size is None else size
+        generator = self.generator if generator is None else generator
         if size >= n:
             return None
-        gdev = self.generator.device
-        perm = torch.randperm(n, generator=self.generator, device=gdev)
+        perm = torch.randperm(n, generator=generator, device=generator.device)
         return perm[:size].to(self.device)
 
-    def inner_loss(self, lam, theta) -> torch.Tensor:
+    def inner_loss(self, lam, theta, without=()) -> torch.Tensor:
         """Training loss on one minibatch (module in train mode): learned transforms,
-        learned loss, class/sample weights and inner penalties applied."""
+        learned loss, class/sample weights and inner penalties applied (but those of the
+        kinds named in ``without``)."""
         idx = self._draw_rows()
         if idx is None:
             X, y, rows = self.X_train, self.y_train, self.train_rows
@@ -458,7 +504,34 @@ class NetProblem:
         else:
             with self.module_rng.active():
                 y_pred = self._forward(lam, theta, X, transform=True)
-        return _training_loss(self.crit, self.bound, lam, y_pred, y, rows, theta)
+        return _training_loss(self.crit, self.bound, lam, y_pred, y, rows, theta, without)
+
+    def inner_data_loss(self, lam, theta) -> torch.Tensor:
+        """:meth:`inner_loss` without the penalties that :meth:`separable_penalty` gives."""
+        return self.inner_loss(lam, theta, without=self._closed_form_names)
+
+    @property
+    def _closed_form_names(self) -> tuple:
+        return tuple(n for n, b in self.bound.items() if b.closed_form_penalty)
+
+    def separable_penalty(self) -> SeparablePenalty | None:
+        """The penalties with closed-form derivatives, or ``None`` if no kind has one."""
+        names = self._closed_form_names
+        return _ClosedFormPenalties({n: self.bound[n] for n in names}) if names else None
+
+    def bilevel(self, weight_decay: float = 0.0) -> BilevelProblem:
+        """This split as the core's :class:`~sgld_tuner.core.problem.BilevelProblem`.
+
+        Closed-form penalties go apart (``penalty``) so that the chain's double backward
+        runs through the data loss only; ``weight_decay`` (the net's own
+        ``optimizer__weight_decay``) is added to the training loss.
+        """
+        penalty = self.separable_penalty()
+        inner = self.inner_data_loss if penalty is not None else self.inner_loss
+        lam_spec = _tree.flatten(self.init_lam())[1]
+        return BilevelProblem(self.outer_loss, with_weight_decay(inner, weight_decay),
+                              lam_spec, self.theta0(), mixed_vjp=self.mixed_vjp(),
+                              penalty=penalty)
 
     def outer_loss(self, lam, theta) -> torch.Tensor:
         """The net's own criterion on the validation split (module in eval mode), over
@@ -466,7 +539,8 @@ class NetProblem:
         self._set_mode(False)
         X_val, y_val = self.X_val, self.y_val
         if self.outer_batch_size is not None:
-            idx = self._draw_rows(X_val.shape[0], self.outer_batch_size)
+            idx = self._draw_rows(X_val.shape[0], self.outer_batch_size,
+                                  self.outer_generator)
             X_val, y_val = X_val[idx], y_val[idx]
         total = self._criterion_on(lam, theta, X_val, y_val, self.augment_outer)
         for name, b in self.bound.items():

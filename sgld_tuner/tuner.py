@@ -63,7 +63,7 @@ from .core.engine import (
 )
 from .core.recursions import RECURSIONS
 from .hyperparams import Hyperparameter
-from .optimizers import chain_dynamics, net_weight_decay, with_weight_decay
+from .optimizers import chain_dynamics, net_weight_decay
 from .results import build_cv_results, build_history
 from .skorch_adapter import ModuleRNG, NetProblem, make_learned_net
 
@@ -215,9 +215,9 @@ def _scores_on(estimator, X, y, scorers: dict, error_score) -> dict:
     return scores
 
 
-def _module_seed(seed) -> int:
-    """Seed of a fold's module stream (dropout), derived from its two seeds without
-    drawing from any generator (so that nets without dropout are unaffected)."""
+def _derived_seed(seed) -> int:
+    """Seed of one of a fold's side streams (dropout; outer-loss rows), derived from
+    its seeds without drawing from any generator (so the chain's stream is unaffected)."""
     return int(np.random.SeedSequence([int(v) for v in seed]).generate_state(1)[0])
 
 
@@ -263,6 +263,24 @@ def _publish(state, fields: dict) -> None:
     built aside so that a Ctrl-C before it leaves the state untouched."""
     for name, value in fields.items():
         setattr(state, name, value)
+
+
+def _generator_states(fold) -> tuple:
+    """The fold's two generators' states: the chain's (noise, minibatches) and the
+    outer-loss row draws'."""
+    return fold.generator.get_state(), fold.problem.outer_generator.get_state()
+
+
+def _set_generators(fold, states, fresh: bool = False) -> None:
+    """Put :func:`_generator_states` back; ``fresh``: into new generator objects (so that
+    a worker thread still finishing an interrupted step cannot advance them)."""
+    problem = fold.problem
+    if fresh:
+        fold.generator = torch.Generator(device=fold.generator.device)
+        problem.outer_generator = torch.Generator(device=problem.outer_generator.device)
+        problem.generator = fold.generator
+    fold.generator.set_state(states[0])
+    problem.outer_generator.set_state(states[1])
 
 
 def _module_rng_states(problem):
@@ -823,7 +841,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         state.lam = [t.detach().clone() for t in lam]
         state.optimizer_state = engine.optimizer.state_dict()
         state.chain_states = [fold.state for fold in folds]
-        state.generator_states = [fold.generator.get_state() for fold in folds]
+        state.generator_states = [_generator_states(fold) for fold in folds]
         state.module_rng_states = [_module_rng_states(fold.problem) for fold in folds]
         state.fit_times = [fold.fit_time for fold in folds]
         # Each fold's chain is a full copy of the net's weights: keep them only where a
@@ -967,7 +985,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                 state.fit_times):
             fold.state = chain
             if gen_state is not None:
-                fold.generator.set_state(gen_state)
+                _set_generators(fold, gen_state)
             fold.problem.module_rng.states = module_state
             fold.fit_time = fit_time
         return folds
@@ -999,12 +1017,11 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                                  batch_size=batch_size, generator=generator,
                                  augment_outer=augments, n_classes=n_classes,
                                  outer_batch_size=self.outer_batch_size,
-                                 module_rng=ModuleRNG(_module_seed(seed), device))
-        lam_spec = _tree.flatten(problem.init_lam())[1]
+                                 module_rng=ModuleRNG(_derived_seed(seed), device),
+                                 outer_generator=make_generator(_derived_seed((*seed, 1)),
+                                                                device))
         # The net's own optimizer__weight_decay stays in the chain's training loss.
-        inner_loss = with_weight_decay(problem.inner_loss, net_weight_decay(net))
-        bilevel = BilevelProblem(problem.outer_loss, inner_loss, lam_spec,
-                                 problem.theta0(), mixed_vjp=problem.mixed_vjp())
+        bilevel = problem.bilevel(weight_decay=net_weight_decay(net))
         keep_train = self.return_train_score
         return _FoldChain(net=net, problem=problem, bilevel=bilevel, state=ChainState(),
                           generator=generator, X_val=X_val, y_val=self._labels(y[val]),
@@ -1076,7 +1093,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         copied."""
         return ([t.detach().clone() for t in lam],
                 [copy.copy(f.state) for f in folds],
-                [f.generator.get_state() for f in folds],
+                [_generator_states(f) for f in folds],
                 [_module_rng_states(f.problem) for f in folds],
                 [f.fit_time for f in folds])
 
@@ -1091,14 +1108,12 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         restored = []
         for fold, chain, gen_state, module_state, fit_time in zip(
                 folds, chains, gen_states, module_states, fit_times):
-            generator = torch.Generator(device=fold.generator.device)
-            generator.set_state(gen_state)
-            fold.problem.generator = generator
             old = getattr(fold.problem, "module_rng", None)
             if old is not None:
                 fold.problem.module_rng = ModuleRNG(old.seed, old.device, module_state)
             fold = copy.copy(fold)
-            fold.state, fold.generator, fold.fit_time = copy.copy(chain), generator, fit_time
+            _set_generators(fold, gen_state, fresh=True)
+            fold.state, fold.fit_time = copy.copy(chain), fit_time
             restored.append(fold)
         return restored
 

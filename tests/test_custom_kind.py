@@ -15,7 +15,8 @@ import torch
 from skorch import NeuralNetClassifier
 
 from sgld_tuner.hyperparams import (BoundHyperparameter, Hyperparameter, LossWeights,
-                                    PerWeightL1, TaylorLoss, check_hyperparameter)
+                                    PerWeightL1, TaylorLoss, WeightDecay,
+                                    check_hyperparameter)
 from sgld_tuner.hyperparams.checks import _check_one_step_hypergradient
 from sgld_tuner.skorch_adapter import NetProblem, make_learned_net
 
@@ -195,6 +196,15 @@ class _WrongMixed(PerWeightL1):
         return bound
 
 
+class _WrongPenaltyGrad(WeightDecay):
+    def make_bound(self, module, names, **kwargs):
+        bound = super().make_bound(module, names, **kwargs)
+        right = bound.penalty_grad
+        bound.penalty_grad = lambda raw, theta: {n: 0.5 * g for n, g in
+                                                 right(raw, theta).items()}
+        return bound
+
+
 class _AltersInit(Smoothing):
     def __init__(self, init=0.1):
         self.init = [init]   # breaks the scikit-learn convention: stores a new object
@@ -202,6 +212,7 @@ class _AltersInit(Smoothing):
 
 @pytest.mark.parametrize("kind, match", [
     (_WrongMixed(init=0.1, granularity="weight"), "mixed_vjp"),
+    (_WrongPenaltyGrad(init=0.1, granularity="unit"), "penalty_grad"),
     (_AltersInit(), "clone"),
 ])
 def test_check_hyperparameter_catches_spec_and_derivative_errors(kind, match):

@@ -55,7 +55,8 @@ def test_tuner_rollback_restores_the_tracked_adjoint():
     gen = torch.Generator().manual_seed(0)
     state = ChainState()
     hypergradient(problem, lam, state, settings, gen)
-    fold = SimpleNamespace(state=state, generator=gen, net=None, problem=SimpleNamespace(),
+    fold = SimpleNamespace(state=state, generator=gen, net=None,
+                           problem=SimpleNamespace(outer_generator=torch.Generator()),
                            bilevel=problem, X_val=None, y_val=None, fit_time=0.0)
     checkpoint = SGLDHyperTuner._checkpoint(lam, [fold])
     adjoint = [t.clone() for t in state.recursion.tensors["w"]]

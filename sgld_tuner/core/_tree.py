@@ -57,6 +57,28 @@ def _build(leaves: list[torch.Tensor], spec: Spec):
     return meta(items), leaves
 
 
+def flatten_partial(obj: Any, spec: Spec) -> list:
+    """Leaves of ``obj`` in the order of ``spec``, ``None`` where ``obj`` leaves a part out.
+
+    For derivatives given on part of a structure only (a dict with some of the keys, or
+    ``None`` for a whole sub-structure): the missing leaves are zero to the caller.
+    """
+    if obj is None:
+        return [None] * _count(spec)
+    if spec is None:
+        return [obj]
+    kind, meta, specs = spec
+    items = [obj.get(key) for key in meta] if kind == "dict" else list(obj)
+    out = []
+    for item, sub in zip(items, specs):
+        out.extend(flatten_partial(item, sub))
+    return out
+
+
+def _count(spec: Spec) -> int:
+    return 1 if spec is None else sum(_count(sub) for sub in spec[2])
+
+
 def numel(leaves: list[torch.Tensor]) -> int:
     return sum(t.numel() for t in leaves)
 
@@ -93,3 +115,8 @@ def zeros_like(leaves: list[torch.Tensor]) -> list[torch.Tensor]:
 def fill_none(grads, like: list[torch.Tensor]) -> list[torch.Tensor]:
     """Replace the ``None`` that ``autograd.grad(allow_unused=True)`` returns with zeros."""
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
+
+
+def add_partial(leaves: list[torch.Tensor], extra: list) -> list[torch.Tensor]:
+    """``leaves + extra`` leaf by leaf, where a ``None`` in ``extra`` adds nothing."""
+    return [t if e is None else t + e for t, e in zip(leaves, extra)]

@@ -51,14 +51,55 @@ class StartJacobian:
         return extra
 
 
-def _inner_products(problem, lam, theta, grad_inner, u, need_hessian, use_closed_form):
-    """``u^T d2L_T/(dtheta dlam)`` and, if asked, ``H_T u`` at ``theta`` (one backward)."""
-    if use_closed_form:
-        return problem.mixed(lam, theta, u), None
-    targets = lam + (theta if need_hessian else [])
-    prods = torch.autograd.grad(grad_inner, targets, grad_outputs=u, allow_unused=True)
-    mixed = _tree.fill_none(prods[:len(lam)], lam)
-    hess = _tree.fill_none(prods[len(lam):], theta) if need_hessian else None
+def _inner_gradient(problem, lam, theta, want_lam, create_graph, whole_value):
+    """The inner loss's value and gradients at ``theta``.
+
+    Returns ``(value, grad_graph, grad, grad_lam)``: ``grad_graph`` is autograd's gradient
+    of the part it differentiates (with its graph if ``create_graph``), ``grad`` the whole
+    gradient (with a closed-form penalty's added) and ``grad_lam`` ``dL_T/dlam`` or None.
+    ``value`` includes a closed-form penalty only if ``whole_value`` (it is reported
+    for the last step only, and costs a pass over the penalised weights).
+    """
+    value = problem.inner_data(lam, theta)
+    grads = torch.autograd.grad(value, theta + lam if want_lam else theta,
+                                create_graph=create_graph, allow_unused=True)
+    grad_graph = _tree.fill_none(grads[:len(theta)], theta)
+    grad_lam = _tree.fill_none(grads[len(theta):], lam) if want_lam else None
+    if problem.penalty is None:
+        return value, grad_graph, grad_graph, grad_lam
+    with torch.no_grad():
+        if whole_value:
+            value = value + problem.penalty.value(*problem._structures(lam, theta))
+        grad = _tree.add_partial([g.detach() for g in grad_graph],
+                                 problem.penalty_terms("grad_theta", lam, theta))
+        if want_lam:
+            grad_lam = _tree.add_partial(grad_lam, problem.penalty_terms("grad_lam", lam, theta))
+    return value, grad_graph, grad, grad_lam
+
+
+def _inner_products(problem, lam, theta, grad_graph, u, need_hessian):
+    """``u^T d2L_T/(dtheta dlam)`` and, if asked, ``H_T u`` at ``theta``.
+
+    One backward through ``grad_graph`` for what autograd has to give: the mixed product
+    unless ``mixed_vjp`` gives it in closed form, the Hessian product when asked; a
+    closed-form penalty's own products are added to autograd's.
+    """
+    closed = problem.mixed_vjp is not None
+    targets = ([] if closed else lam) + (theta if need_hessian else [])
+    prods = []
+    if targets:
+        prods = torch.autograd.grad(grad_graph, targets, grad_outputs=u, allow_unused=True)
+    if closed:
+        mixed = problem.mixed(lam, theta, u)
+    else:
+        mixed = _tree.fill_none(prods[:len(lam)], lam)
+        if problem.penalty is not None:
+            mixed = _tree.add_partial(mixed, problem.penalty_terms("mixed", lam, theta, u))
+    hess = None
+    if need_hessian:
+        hess = _tree.fill_none(prods[len(targets) - len(theta):], theta)
+        if problem.penalty is not None:
+            hess = _tree.add_partial(hess, problem.penalty_terms("hvp", lam, theta, u))
     return mixed, hess
 
 
@@ -67,14 +108,13 @@ def _step(problem, lam, theta, recursion: Recursion, start, settings, generator,
     """One inner step: Langevin move, outer gradient, products handed to the strategy."""
     # A lam-dependent start differentiates through every step's Hessian terms.
     need_hessian = recursion.needs_hessian(m) or start is not None
-    use_closed_form = (problem.mixed_vjp is not None and not need_hessian) or not recursion.needs_mixed
-    want_lam = recursion.needs_inner_lam_grad
-    inner_value = problem.inner(lam, theta)
-    grads = torch.autograd.grad(inner_value, theta + lam if want_lam else theta,
-                                create_graph=not use_closed_form, allow_unused=True)
-    grad_inner = _tree.fill_none(grads[:len(theta)], theta)
-    inner_lam_grad = _tree.fill_none(grads[len(theta):], lam) if want_lam else None
+    # The graph of the inner gradient is kept only for a double backward someone needs.
+    need_graph = need_hessian or (recursion.needs_mixed and problem.mixed_vjp is None)
+    inner_value, grad_graph, grad_inner, inner_lam_grad = _inner_gradient(
+        problem, lam, theta, recursion.needs_inner_lam_grad, need_graph,
+        whole_value=m == settings.burn_in + settings.n_samples)
     new_theta = [t.requires_grad_(True) for t in sampler.step(theta, grad_inner, generator)]
+    del grad_inner
 
     # grad_lam f only enters h after burn-in: skip that part of the backward before.
     keep = m > settings.burn_in
@@ -85,9 +125,9 @@ def _step(problem, lam, theta, recursion: Recursion, start, settings, generator,
     v = [t.detach() for t in f_theta]
     mixed, hess_u = None, None
     if recursion.needs_mixed:
-        mixed, hess_u = _inner_products(problem, lam, theta, grad_inner, recursion.vector(v),
-                                        need_hessian, use_closed_form)
-    del grad_inner  # free the inner graph before the strategy's elementwise updates
+        mixed, hess_u = _inner_products(problem, lam, theta, grad_graph, recursion.vector(v),
+                                        need_hessian)
+    del grad_graph  # free the inner graph before the strategy's elementwise updates
     recursion.update(StepProducts(m=m, v=v, mixed=mixed, hess_u=hess_u,
                                   outer_value=outer_value.detach(), inner_lam_grad=inner_lam_grad,
                                   precond=sampler.precond()))

@@ -258,6 +258,39 @@ class Hypergradient:
     diagnostics: dict = field(default_factory=dict)
 
 
+class SeparablePenalty:
+    """A term ``P(lam, theta)`` of the inner loss whose derivatives are known in closed form.
+
+    Elementwise penalties (L1, L2 with learned strengths) are the common case: their
+    double backward through autograd (``abs``, ``pow``) costs about as much as the data
+    loss's and contributes nothing or a diagonal. Given to :class:`BilevelProblem` as
+    ``penalty``, the chain differentiates only the rest of the inner loss twice and adds
+    these. All methods take and return the user's structures (as ``inner_loss`` does);
+    a derivative may leave out leaves it does not touch (a dict without the key, or
+    ``None``), which then count as zero.
+    """
+
+    def value(self, lam, theta) -> torch.Tensor:
+        """``P(lam, theta)``, differentiable by autograd (the baselines use it)."""
+        raise NotImplementedError
+
+    def grad_theta(self, lam, theta):
+        """``dP / dtheta``."""
+        raise NotImplementedError
+
+    def hvp(self, lam, theta, u):
+        """``(d2P / dtheta2) u``; ``None`` for a penalty with no curvature (L1)."""
+        raise NotImplementedError
+
+    def mixed(self, lam, theta, u):
+        """``u^T d2P / (dtheta dlam)``."""
+        raise NotImplementedError
+
+    def grad_lam(self, lam, theta):
+        """``dP / dlam``."""
+        raise NotImplementedError
+
+
 class BilevelProblem:
     """Outer and inner losses over structured ``lam`` / ``theta``, seen as flat tensor lists.
 
@@ -272,17 +305,22 @@ class BilevelProblem:
         Start of the chain. A callable ``lam -> theta`` is the MAML-type start whose
         Jacobian ``J0`` enters the recursion.
     mixed_vjp : callable, optional
-        ``(lam, theta, v) -> list`` giving ``v^T d2 L_T / (d theta d lam)`` in closed form
-        (separable penalties), used instead of a double backward where the method
-        needs nothing else from it.
+        ``(lam, theta, v) -> list`` giving ``v^T d2 L_T / (d theta d lam)`` of the whole
+        inner loss in closed form (separable penalties), used instead of a double
+        backward over ``lam``.
+    penalty : SeparablePenalty, optional
+        A term of the inner loss with closed-form derivatives. ``inner_loss`` is then
+        the rest: the inner loss is ``inner_loss + penalty.value`` (what :meth:`inner`
+        returns), and HPO-SGLD differentiates only ``inner_loss`` through autograd.
     """
 
     def __init__(self, outer_loss: Callable, inner_loss: Callable, lam_spec, theta0: Any,
-                 mixed_vjp: Callable | None = None):
+                 mixed_vjp: Callable | None = None, penalty: SeparablePenalty | None = None):
         self.outer_loss = outer_loss
         self.inner_loss = inner_loss
         self.lam_spec = lam_spec
         self.mixed_vjp = mixed_vjp
+        self.penalty = penalty
         if callable(theta0) and not isinstance(theta0, torch.Tensor):
             self.theta0_fn = theta0
             self.theta0_leaves, self.theta_spec = None, None
@@ -319,7 +357,30 @@ class BilevelProblem:
         return self._call(self.outer_loss, "outer_loss", lam, theta)
 
     def inner(self, lam, theta) -> torch.Tensor:
+        """The whole inner loss (with the penalty, if one is given apart)."""
+        value = self.inner_data(lam, theta)
+        if self.penalty is not None:
+            value = value + self.penalty.value(*self._structures(lam, theta))
+        return value
+
+    def inner_data(self, lam, theta) -> torch.Tensor:
+        """The inner loss without ``penalty``: the part autograd differentiates."""
         return self._call(self.inner_loss, "inner_loss", lam, theta)
+
+    def _structures(self, lam, theta, *vectors):
+        return (_tree.unflatten(lam, self.lam_spec), _tree.unflatten(theta, self.theta_spec),
+                *(_tree.unflatten(v, self.theta_spec) for v in vectors))
+
+    def penalty_terms(self, name: str, lam, theta, *vectors) -> list:
+        """``penalty.<name>(...)`` as flat leaves (``None`` for the leaves it leaves out).
+
+        ``grad_theta`` and ``hvp`` are shaped like ``theta``, ``mixed`` and ``grad_lam``
+        like ``lam``; ``vectors`` are shaped like ``theta``.
+        """
+        spec = self.theta_spec if name in ("grad_theta", "hvp") else self.lam_spec
+        with torch.no_grad():
+            out = getattr(self.penalty, name)(*self._structures(lam, theta, *vectors))
+        return _tree.flatten_partial(out, spec)
 
     def mixed(self, lam, theta, v) -> list[torch.Tensor]:
         out = self.mixed_vjp(_tree.unflatten(lam, self.lam_spec),

@@ -243,6 +243,11 @@ class BoundHyperparameter(abc.ABC):
     closed_form_mixed : bool, class attribute, default=False
         The kind enters the inner loss only through a separable penalty whose mixed
         derivative :meth:`mixed_vjp` gives in closed form (no double backward needed).
+    closed_form_penalty : bool, class attribute, default=False
+        The kind's :meth:`inner_penalty` comes with its derivatives in closed form
+        (:meth:`penalty_grad`, :meth:`penalty_hvp`, :meth:`penalty_grad_raw` and
+        :meth:`mixed_vjp`): the chain then differentiates only the rest of the training
+        loss twice (see :class:`~sgld_tuner.core.problem.SeparablePenalty`).
     needs_calibration : bool, default=False
         The start is derived from the data: the adapter calls :meth:`calibrate` once,
         before :meth:`init_raw`.
@@ -252,6 +257,7 @@ class BoundHyperparameter(abc.ABC):
     """
 
     closed_form_mixed = False
+    closed_form_penalty = False
     needs_calibration = False
     modifies_loss = False
 
@@ -443,6 +449,30 @@ class BoundHyperparameter(abc.ABC):
         -------
         Tensor or dict of str -> Tensor shaped like ``raw``, or NotImplemented
         """
+        return NotImplemented
+
+    def penalty_grad(self, raw, theta: dict[str, torch.Tensor]):
+        """``d inner_penalty / d theta`` in closed form (with :attr:`closed_form_penalty`).
+
+        Returns
+        -------
+        dict of str -> Tensor
+            One entry per parameter the penalty touches.
+        """
+        return NotImplemented
+
+    def penalty_hvp(self, raw, theta: dict[str, torch.Tensor], u: dict[str, torch.Tensor]):
+        """``(d2 inner_penalty / d theta2) u`` (with :attr:`closed_form_penalty`).
+
+        Returns
+        -------
+        dict of str -> Tensor, or None
+            ``None`` when the penalty has no curvature (an L1 penalty).
+        """
+        return NotImplemented
+
+    def penalty_grad_raw(self, raw, theta: dict[str, torch.Tensor]):
+        """``d inner_penalty / d raw`` (with :attr:`closed_form_penalty`), shaped like ``raw``."""
         return NotImplemented
 
     def calibrate(self, data_grads: dict[str, torch.Tensor],

@@ -40,7 +40,8 @@ def check_hyperparameter(kind: Hyperparameter, module=None, X=None, y=None) -> N
     * derivatives: the hypergradient through one inner gradient step (autograd) matches
       central finite differences in two random directions and is not zero (the kind
       has an effect); with ``closed_form_mixed``, ``mixed_vjp`` matches the double
-      backward.
+      backward; with ``closed_form_penalty``, ``penalty_grad``, ``penalty_hvp`` and
+      ``penalty_grad_raw`` match autograd on ``inner_penalty``.
 
     Parameters
     ----------
@@ -83,6 +84,7 @@ def check_hyperparameter(kind: Hyperparameter, module=None, X=None, y=None) -> N
     _check_representation(bound, problem, label)
     _check_one_step_hypergradient(problem, label)
     _check_mixed_vjp(bound, problem, label)
+    _check_closed_form_penalty(bound, problem, label)
     _check_binding_errors(kind, net, label)
 
 
@@ -335,6 +337,45 @@ def _check_mixed_vjp(bound: BoundHyperparameter, problem, label):
         for a, b in zip(got, expected)), label,
         "mixed_vjp differs from autograd's double backward of the inner loss "
         "(v^T d2 L_T / d theta d raw)")
+
+
+def _check_closed_form_penalty(bound: BoundHyperparameter, problem, label):
+    """With ``closed_form_penalty``: the penalty's closed-form derivatives equal autograd's
+    (a parameter left out of a returned dict counts as zero; ``None`` Hessian as zero)."""
+    if not bound.closed_form_penalty:
+        return
+    leaves, structure = _perturbed(problem)
+    raw_leaves = [t.clone().requires_grad_(True) for t in leaves]
+    raw = _rebuild(raw_leaves, structure)["h"]
+    theta = {n: t.requires_grad_(True) for n, t in problem.theta0().items()}
+    g = torch.Generator().manual_seed(6)
+    u = {n: torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device)
+         for n, t in theta.items()}
+    penalty = bound.inner_penalty(raw, theta)
+    grads = torch.autograd.grad(penalty, list(theta.values()) + raw_leaves, create_graph=True,
+                                allow_unused=True)
+    grad_theta = dict(zip(theta, grads[:len(theta)]))
+    hvp = torch.autograd.grad([grad_theta[n] for n in theta if grad_theta[n] is not None],
+                              list(theta.values()), grad_outputs=[
+                                  u[n] for n in theta if grad_theta[n] is not None],
+                              allow_unused=True)
+    with torch.no_grad():
+        closed_hvp = bound.penalty_hvp(raw, theta, u)
+        pairs = {
+            "penalty_grad": ([(bound.penalty_grad(raw, theta) or {}).get(n) for n in theta],
+                             grads[:len(theta)], list(theta.values())),
+            "penalty_hvp": ([(closed_hvp or {}).get(n) for n in theta], hvp,
+                            list(theta.values())),
+            "penalty_grad_raw": (_leaves(bound.penalty_grad_raw(raw, theta)),
+                                 grads[len(theta):], raw_leaves),
+        }
+    for name, (got, expected, like) in pairs.items():
+        got = [torch.zeros_like(t) if x is None else x for x, t in zip(got, like)]
+        expected = [torch.zeros_like(t) if x is None else x for x, t in zip(expected, like)]
+        _require(len(got) == len(like) and all(
+            a.shape == b.shape and torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+            for a, b in zip(got, expected)), label,
+            f"{name} differs from autograd on inner_penalty")
 
 
 def _check_binding_errors(kind, net, label):

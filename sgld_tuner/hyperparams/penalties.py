@@ -107,6 +107,7 @@ class _BoundGranularPenalty(BoundHyperparameter):
     """
 
     closed_form_mixed = True
+    closed_form_penalty = True
 
     def __init__(self, spec, names, shapes, granularity, init):
         super().__init__(spec, names)
@@ -127,6 +128,11 @@ class _BoundGranularPenalty(BoundHyperparameter):
     @abc.abstractmethod
     def dphi(theta: torch.Tensor) -> torch.Tensor:
         """Derivative of :meth:`phi` (the subgradient autograd takes at kinks)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def d2phi(theta: torch.Tensor):
+        """Second derivative of :meth:`phi` (a number or a tensor), or ``None`` for zero."""
 
     @property
     def is_global(self) -> bool:
@@ -181,6 +187,23 @@ class _BoundGranularPenalty(BoundHyperparameter):
             return torch.sigmoid(raw) * total
         return {n: torch.sigmoid(raw[n])
                 * (v[n] * self.dphi(theta[n])).sum_to_size(self.stored_shapes[n])
+                for n in self.name_targets}
+
+    def penalty_grad(self, raw, theta):
+        return {n: lam * self.dphi(theta[n]) for n, lam in self._strengths(raw).items()}
+
+    def penalty_hvp(self, raw, theta, u):
+        curvature = {n: self.d2phi(theta[n]) for n in self.name_targets}
+        if all(c is None for c in curvature.values()):
+            return None
+        return {n: lam * curvature[n] * u[n] for n, lam in self._strengths(raw).items()
+                if curvature[n] is not None}
+
+    def penalty_grad_raw(self, raw, theta):
+        # d/dr softplus(r) = sigmoid(r), times phi summed over the weights sharing r
+        if self.is_global:
+            return torch.sigmoid(raw) * sum(self.phi(theta[n]).sum() for n in self.name_targets)
+        return {n: torch.sigmoid(raw[n]) * self.phi(theta[n]).sum_to_size(self.stored_shapes[n])
                 for n in self.name_targets}
 
     def to_public(self, raw):
@@ -244,6 +267,10 @@ class _BoundPerWeightL1(_BoundGranularPenalty):
         # sign(0) = 0 matches autograd's subgradient of abs at 0
         return torch.sign(theta)
 
+    @staticmethod
+    def d2phi(theta):
+        return None  # |w| is piecewise linear: autograd's double backward gives zeros too
+
 
 class _BoundWeightDecay(_BoundGranularPenalty):
     @staticmethod
@@ -258,6 +285,10 @@ class _BoundWeightDecay(_BoundGranularPenalty):
     @staticmethod
     def dphi(theta):
         return theta
+
+    @staticmethod
+    def d2phi(theta):
+        return 1.0
 
 
 _GRANULARITY_DOC = """granularity : {"auto", "weight", "unit", "feature", "tensor", "global"}, default="auto"
