@@ -80,6 +80,10 @@ class DivergenceWarning(RuntimeWarning):
     """A non-finite loss or hypergradient; the step was rolled back and shrunk."""
 
 
+class OverfittingWarning(UserWarning):
+    """The chains fit their training rows ever closer while the validation loss rises."""
+
+
 def _rule(name: str) -> Interval:
     """scikit-learn's constraint for an inner setting, from its one rule in
     :attr:`InnerSettings.BOUNDS <sgld_tuner.core.problem.InnerSettings.BOUNDS>`."""
@@ -918,19 +922,39 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     # ------------------------------------------------------------------ fit helpers
     _MAX_RETRIES = 3  # divergence: rollbacks with halved steps before the search stops
 
-    @staticmethod
-    def _warn_if_chains_degraded(records):
-        """A chain can go bad without a NaN (noise or step too large): the validation loss
-        then climbs instead of falling. Say so, since the best point is then arbitrary."""
-        losses = [r["outer_loss"] for r in records if not r.get("diverged")]
-        if len(losses) < 4:
+    # Validation loss at the end of the search over its start, above which the chains are
+    # flagged: as overfitting when their training loss fell meanwhile, else as not training.
+    _OVERFIT_RISE, _DEGRADED_RISE = 1.2, 1.5
+
+    @classmethod
+    def _warn_if_chains_degraded(cls, records):
+        """A chain can go bad without a NaN, and the validation loss then climbs; say so,
+        since the best point is then arbitrary, with advice that fits the cause: a
+        training loss that fell meanwhile means overfitting (the chains have trained
+        longer than the refit will), one that did not means chains that do not train."""
+        kept = [r for r in records if not r.get("diverged")]
+        if len(kept) < 4:
             return
-        start, end = np.mean(losses[:2]), np.mean(losses[-2:])
-        if math.isfinite(start) and math.isfinite(end) and end > 1.5 * start + 1e-8:
+        def trend(key):
+            return np.mean([r[key] for r in kept[:2]]), np.mean([r[key] for r in kept[-2:]])
+
+        (start, end), (train_start, train_end) = trend("outer_loss"), trend("inner_loss")
+        if not (math.isfinite(start) and math.isfinite(end)):
+            return
+        fitting = math.isfinite(train_end) and train_end < train_start
+        if fitting and end > cls._OVERFIT_RISE * start + 1e-8:
             warn_at_caller(
-                f"the validation loss rose from {start:.4g} to {end:.4g} during the search: "
-                "the chains are likely not training (lower temperature, noise_scale or "
-                "inner_lr); the selected point may be arbitrary", DivergenceWarning)
+                f"the validation loss rose from {start:.4g} to {end:.4g} while the training "
+                f"loss fell from {train_start:.4g} to {train_end:.4g}: the chains overfit "
+                "their training rows, and later trajectory points score nets trained longer "
+                "than the refit. Shorten the chains (n_outer, burn_in + n_samples), start "
+                "the penalties stronger, or validate on more rows", OverfittingWarning)
+        elif not fitting and end > cls._DEGRADED_RISE * start + 1e-8:
+            warn_at_caller(
+                f"the validation loss rose from {start:.4g} to {end:.4g} during the search "
+                "without the training loss falling: the chains are likely not training "
+                "(lower temperature, noise_scale or inner_lr); the selected point may be "
+                "arbitrary", DivergenceWarning)
 
     _UNMOVED_RTOL = 0.01  # a search whose values all moved less than this ended where it began
     _UNMOVED_MIN_ITER = 5

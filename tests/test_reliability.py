@@ -17,7 +17,7 @@ from test_tuner import TinyMLP, tiny_classifier, tiny_tuner
 
 from sgld_tuner import SGLDHyperTuner
 from sgld_tuner.hyperparams import PerWeightL1
-from sgld_tuner.tuner import DivergenceWarning, SearchInterrupted
+from sgld_tuner.tuner import DivergenceWarning, OverfittingWarning, SearchInterrupted
 
 
 class FlakyMLP(TinyMLP):
@@ -261,7 +261,25 @@ def test_chains_that_degrade_without_nan_are_flagged(data):
 def test_healthy_search_does_not_warn_about_degraded_chains(data):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DivergenceWarning)
+        warnings.simplefilter("error", OverfittingWarning)
         tiny_tuner(n_outer=6, refit=False).fit(*data)
+
+
+def test_overfitting_chains_get_advice_of_their_own(data):
+    """Random labels: the chains memorise their training rows (training loss falls) while
+    the validation loss climbs. That is overfitting, not a chain that fails to train, and
+    the advice says so (it used to say: lower temperature, noise or inner_lr)."""
+    X, _ = data
+    y = np.random.RandomState(0).randint(0, 4, len(X))
+    tuner = tiny_tuner(tiny_classifier(lr=0.3), n_outer=8, burn_in=5, n_samples=5,
+                       temperature=1e-4, refit=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuner.fit(X[:60], y[:60])
+    kinds = [type(w.message) for w in caught]
+    assert OverfittingWarning in kinds and DivergenceWarning not in kinds
+    message = str(next(w.message for w in caught if type(w.message) is OverfittingWarning))
+    assert "overfit" in message and "training loss fell" in message
 
 
 # ---------------------------------------------------------------------------------------
