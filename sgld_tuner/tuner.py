@@ -61,6 +61,7 @@ from .core.engine import (
     all_finite,
     warn_at_caller,
 )
+from .core.hypergrad import advance_chain
 from .core.recursions import RECURSIONS
 from .hyperparams import Hyperparameter
 from .optimizers import chain_dynamics, net_weight_decay
@@ -152,15 +153,20 @@ class _FoldChain:
     y_train: np.ndarray | None = None
     start_loss: float = math.nan
     fit_time: float = 0.0
+    warm_up_steps: int = 0
 
 
 def _fold_hypergradient(fold: _FoldChain, lam_values, settings: InnerSettings):
-    """One outer iteration's hypergradient on one fold (runs in a joblib worker).
+    """One outer iteration's hypergradient on one fold (runs in a joblib worker); a fresh
+    chain first runs its ``warm_up_steps`` at these values.
 
     Returns the fold too: with process-based backends it comes back as an updated copy.
     """
     started = time.perf_counter()
     lam = [t.detach().clone().requires_grad_(True) for t in lam_values]
+    if fold.state.n_steps == 0 and fold.warm_up_steps:
+        advance_chain(fold.bilevel, lam, fold.state, settings, fold.generator,
+                      fold.warm_up_steps)
     result = hypergradient(fold.bilevel, lam, fold.state, settings, fold.generator)
     fold.fit_time += time.perf_counter() - started
     return fold, result
@@ -477,6 +483,12 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         timeout, :meth:`load`, or with a larger ``n_outer``) instead of starting over.
         The chains' state is kept after ``fit`` only when ``warm_start=True`` or when the
         search ended early, so a finished search holds no per-fold weight copies.
+    warm_up : int or "epochs", default=0
+        Inner steps each fold's chain runs at the initial values before the first outer
+        step (plain Langevin steps, about one training step each). ``"epochs"``: the
+        net's own budget, ``max_epochs`` passes over the fold's training rows in batches
+        of ``batch_size``, so that the first scored point is a net trained as the refit
+        will be. Only for the persistent SGLD chain.
     outer_batch_size : int or None, default=128
         Validation rows per evaluation of the outer loss inside the chain (drawn anew
         each step); a split of at most this many rows is used whole. ``None`` uses the
@@ -543,6 +555,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         "method_options": [dict, None],
         "outer_batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "return_train_score": ["boolean"],
+        "warm_up": [Interval(Integral, 0, None, closed="left"), StrOptions({"epochs"})],
     }
 
     def __init__(self, estimator, hyperparams, *, n_outer=50, outer_lr=0.05,
@@ -551,7 +564,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                  recursion="auto", chain="persistent", cv=5, scoring=None, refit=True,
                  eval_every=5, n_jobs=None, random_state=None, verbose=0, callbacks=None,
                  timeout=None, error_score=np.nan, warm_start=False, method_options=None,
-                 outer_batch_size=128, return_train_score=False):
+                 outer_batch_size=128, return_train_score=False, warm_up=0):
         self.estimator = estimator
         self.hyperparams = hyperparams
         self.n_outer = n_outer
@@ -580,6 +593,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self.method_options = method_options
         self.outer_batch_size = outer_batch_size
         self.return_train_score = return_train_score
+        self.warm_up = warm_up
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_tags__(self):
@@ -1051,7 +1065,21 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                           generator=generator, X_val=X_val, y_val=self._labels(y[val]),
                           scored=scored, X_train=X_train if keep_train else None,
                           y_train=self._labels(y[train]) if keep_train else None,
-                          start_loss=problem.start_loss())
+                          start_loss=problem.start_loss(),
+                          warm_up_steps=self._warm_up_steps(net, len(train),
+                                                            problem.batch_size))
+
+    def _warm_up_steps(self, net, n_train: int, batch_size: int) -> int:
+        """``warm_up`` in inner steps for a fold with ``n_train`` training rows."""
+        if not self.warm_up:
+            return 0
+        if self.method != "sgld" or self.chain != "persistent":
+            raise ValueError(f"warm_up={self.warm_up!r} needs method='sgld' with "
+                             f"chain='persistent' (got method={self.method!r}, "
+                             f"chain={self.chain!r}); set warm_up=0")
+        if self.warm_up == "epochs":
+            return int(net.max_epochs) * math.ceil(n_train / batch_size)
+        return int(self.warm_up)
 
     def _fold_inputs(self, X, y, train, val, net):
         """The fold's rows as given and as the net sees them, and what scorers see.

@@ -218,6 +218,33 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
     )
 
 
+def advance_chain(problem: BilevelProblem, lam: list[torch.Tensor], state: ChainState,
+                  settings: InnerSettings, generator: torch.Generator, n_steps: int) -> None:
+    """Run ``n_steps`` Langevin steps of the chain at fixed ``lam``, no hypergradient.
+
+    A warm-up: the chain trains at the initial hyperparameters before the first outer
+    step, so that the samples the hypergradients are taken on (and the points scored)
+    come from a trained net. Costs about one plain training step per step. ``state`` is
+    updated in place (weights, step count, sampler buffers); the strategy's state is
+    left alone. Only for a persistent chain whose start does not depend on ``lam``.
+    """
+    if problem.start_depends_on_lam or settings.chain != "persistent":
+        raise ValueError("a warm-up needs a persistent chain whose start does not "
+                         "depend on lam")
+    lam = [t.detach() for t in lam]
+    theta = [t.detach().requires_grad_(True)
+             for t in chain_start(problem, lam, state, settings)]
+    sampler = make_sampler(settings)
+    sampler.load(state.sampler)
+    for _ in range(n_steps):
+        _, _, grad, _ = _inner_gradient(problem, lam, theta, want_lam=False,
+                                        create_graph=False, whole_value=False)
+        theta = [t.requires_grad_(True) for t in sampler.step(theta, grad, generator)]
+    state.theta = [t.detach() for t in theta]
+    state.n_steps += n_steps
+    state.sampler = sampler.state()
+
+
 def hypergradient(problem: BilevelProblem, lam: list[torch.Tensor], state: ChainState,
                   settings: InnerSettings, generator: torch.Generator) -> Hypergradient:
     """Dispatch to the method named by ``settings.method`` (all share this signature)."""
