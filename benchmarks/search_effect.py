@@ -80,6 +80,8 @@ CONFIGS = {
     # The outer loss inside the chain on a random subset of validation rows per step.
     "outer128": ({}, {"outer_batch_size": 128}),
     "outer64": ({}, {"outer_batch_size": 64}),
+    # The chain trains for the net's own budget at the start values before the search.
+    "warm-up": ({}, {"warm_up": "epochs"}),
 }
 
 
