@@ -171,7 +171,8 @@ def to_markdown(df, summary, cfg, seeds, elapsed):
              f"{N_TRUSTED} trusted clean rows (the validation split of every search). "
              f"MLP 64-128-10, SGD lr=0.1, batch 64, {cfg['max_epochs']} epochs per final net. "
              f"SGLDHyperTuner: n_outer={cfg['n_outer']}, (B, M)=({cfg['burn_in']}, "
-             f"{cfg['n_samples']}), tau={cfg['temperature']}, outer Adam lr={cfg['outer_lr']}. "
+             f"{cfg['n_samples']}), tau={cfg['temperature']}, outer Adam lr={cfg['outer_lr']} "
+             f"(x{SampleWeights.outer_lr_scale:g}, SampleWeights' outer_lr_scale). "
              f"GridSearchCV over lambda_l2 in {cfg['wd_grid']}. Run time {elapsed:.0f} s on "
              f"{os.cpu_count()} CPU(s).", "",
              f"| method | test accuracy (%), {cfg['max_epochs']} epochs | same choice "
@@ -223,7 +224,7 @@ def main(argv=None):
     # Each outer iteration touches only the rows of its B + M minibatches; Adam's
     # per-coordinate steps let rarely-seen rows move as fast as often-seen ones.
     cfg = {"max_epochs": 40, "n_outer": 150, "burn_in": 5, "n_samples": 5,
-           "temperature": 1e-4, "outer_lr": 0.1, "eval_every": 10, "wd_grid": WD_GRID,
+           "temperature": 1e-4, "outer_lr": 0.05, "eval_every": 10, "wd_grid": WD_GRID,
            "long_epochs": 150}
     if smoke:  # checks the plumbing in seconds; the numbers mean nothing
         cfg.update(max_epochs=2, long_epochs=2, n_outer=2, burn_in=1, n_samples=1,

@@ -24,7 +24,7 @@ y = np.where(flipped, (y + rng.randint(1, 10, len(y))) % 10, y)
 fold = np.r_[np.full(600, -1), np.zeros(100)]                # -1: always train; 0: validate
 
 tuner = SGLDHyperTuner(make_net(max_epochs=3 if SMOKE else 40), {"w": SampleWeights()},
-                       n_outer=3 if SMOKE else 100, outer_lr=0.1, cv=PredefinedSplit(fold),
+                       n_outer=3 if SMOKE else 100, cv=PredefinedSplit(fold),
                        eval_every=1 if SMOKE else 10, random_state=0)
 tuner.fit(X, y)
 w, bad = tuner.best_params_["w"][:600], flipped[:600]

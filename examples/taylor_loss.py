@@ -19,7 +19,7 @@ X_train, X_test, y_train, y_test = load_data(n_train=600)
 # init=None starts from the Brier score; its coefficients are ~2C = 20 in size, so the
 # outer step is larger than the default 0.05 (see benchmarks/loss_learning.py).
 tuner = SGLDHyperTuner(make_net(max_epochs=3 if SMOKE else 40), {"loss": TaylorLoss()},
-                       n_outer=3 if SMOKE else 60, outer_lr=0.5, burn_in=8, n_samples=2,
+                       n_outer=3 if SMOKE else 60, burn_in=8, n_samples=2,
                        temperature=1e-4, cv=3, eval_every=1 if SMOKE else 5, random_state=0)
 tuner.fit(X_train, y_train)
 

@@ -434,8 +434,12 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         Step size of the outer optimizer on the unconstrained hyperparameters. Strengths
         (L1, weight decay) are softplus-scaled: near 1e-4 an Adam step of 0.05 changes
         them by about 5% (like a log scale), so ``n_outer * outer_lr`` bounds how many
-        e-folds a strength can travel; raise ``outer_lr`` for short searches.
+        e-folds a strength can travel; raise ``outer_lr`` for short searches. Each kind
+        steps at ``outer_lr`` times its ``outer_lr_scale`` (one optimizer parameter group
+        per kind: 10 for ``TaylorLoss``'s coefficients, 2 for ``SampleWeights``' logits,
+        1 for the log-scale kinds), so one value serves every kind.
     outer_optimizer : {"adam", "sgd"} or callable, default="adam"
+        A callable is called as ``factory(param_groups, lr=...)`` with one group per kind.
     burn_in, n_samples : int, default=5, 5
         SGLD steps per outer iteration discarded (``B``) and averaged (``M``).
     temperature : float, default=1e-4
@@ -804,8 +808,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     def _run_search(self, state, folds, settings, scorers, best_key):
         """Run the outer loop (:class:`~sgld_tuner.core.engine.OuterLoop`) from ``state``."""
         lam = [t.detach().clone().requires_grad_(True) for t in state.lam]
-        optimizer = make_outer_optimizer(self.outer_optimizer, lam,
-                                         self.outer_lr * state.outer_lr_scale)
+        lr = self.outer_lr * state.outer_lr_scale
+        optimizer = make_outer_optimizer(self.outer_optimizer, self._param_groups(lam, lr), lr)
         if state.optimizer_state is not None:
             optimizer.load_state_dict(state.optimizer_state)
 
@@ -845,6 +849,13 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                                start=state.iteration, policy=policy, listeners=listeners,
                                records=state.records, on_interrupt="stop").run()
         return engine, oracle
+
+    def _param_groups(self, lam, lr: float) -> list[dict]:
+        """One outer-optimizer group per kind, stepping at ``lr`` times the kind's
+        ``outer_lr_scale`` (a rollback's shrinking then scales every group alike)."""
+        raws = _tree.unflatten(lam, self._lam_spec)
+        return [{"params": _tree.flatten(raws[name])[0],
+                 "lr": lr * self.hyperparams[name].outer_lr_scale} for name in raws]
 
     def _end_search(self, state, engine, folds):
         """Warn about how the search ended and keep what a resume needs."""

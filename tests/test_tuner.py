@@ -447,3 +447,19 @@ def test_learned_net_says_when_it_takes_over_the_users_get_loss():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_learned_net(ScoringNet(TinyMLP), {"l1": PerWeightL1()}, {"l1": 0.0})
+
+
+def test_each_kind_steps_at_outer_lr_times_its_natural_scale(digits4):
+    """One optimizer group per kind at outer_lr x outer_lr_scale: TaylorLoss' coefficients
+    at 10x, a log-scale penalty at 1x. With SGD the first step is exactly lr x gradient, so
+    the two kinds' moves over their first hypergradients differ by that factor."""
+    from sgld_tuner.hyperparams import TaylorLoss
+
+    tuner = tiny_tuner(n_outer=1, refit=False, outer_optimizer="sgd", outer_lr=0.01,
+                       warm_start=True)
+    tuner.hyperparams = {"l1": PerWeightL1(init=1e-3), "loss": TaylorLoss()}
+    tuner.fit(*digits4)
+    groups = tuner._search_state.optimizer_state["param_groups"]
+    assert [g["lr"] for g in groups] == [0.01 * PerWeightL1.outer_lr_scale,
+                                         0.01 * TaylorLoss.outer_lr_scale]
+    assert TaylorLoss.outer_lr_scale == 10.0 and PerWeightL1.outer_lr_scale == 1.0

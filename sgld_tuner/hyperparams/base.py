@@ -153,12 +153,18 @@ class Hyperparameter(BaseEstimator, abc.ABC):
     needs_row_indices : bool, class attribute, default=False
         The bound kind's ``sample_weights`` needs each training row's position in the
         training set; a refit net then carries row indices through its batches.
+    outer_lr_scale : float, class attribute, default=1.0
+        The kind's natural step: the tuner moves its raw values with ``outer_lr *
+        outer_lr_scale``, so that one ``outer_lr`` means the same for every kind. 1 for
+        a raw value on a log scale (penalty strengths, class-weight logits, augmentation
+        ranges); a kind whose raw values move further for the same effect says so here.
     """
 
     uses_params = False
     transforms_inputs = False
     transforms_validation_inputs = False
     needs_row_indices = False
+    outer_lr_scale = 1.0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
