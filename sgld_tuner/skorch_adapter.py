@@ -640,10 +640,11 @@ def _detach_tree(x):
 class _LearnedMixin:
     """Training with learned hyperparameter values; see :func:`make_learned_net`."""
 
-    def __init__(self, module, *args, hyperparams=None, learned_values=None, **kwargs):
+    def __init__(self, module, *args, hyperparams=None, learned_values=None, tta=0, **kwargs):
         super().__init__(module, *args, **kwargs)
         self.hyperparams = hyperparams
         self.learned_values = learned_values
+        self.tta = tta
 
     # transient state, rebuilt lazily (e.g. after unpickling or set_params)
     _HP_STATE = ("hp_bound_", "hp_raw_", "hp_generator_", "hp_rows_", "hp_crit_")
@@ -779,6 +780,8 @@ class _LearnedMixin:
         if torch.is_tensor(x) and x.is_floating_point():
             # e.g. float64 rows from a Pipeline's preprocessing: the module's dtype
             x = x.to(_module_dtype(self.module_))
+        if not training and self.tta and self._transforms_inputs() and torch.is_tensor(x):
+            return self._test_time_average(x, **fit_params)
         if not training or not self.hyperparams:
             return super().infer(x, **fit_params)
         if isinstance(x, Mapping):
@@ -793,6 +796,26 @@ class _LearnedMixin:
         n = x.shape[0]
         x = _transform(self.hp_bound_, self.hp_raw_, x, self.hp_generator_)
         return _average_replicas(_first_output(self.module_(x, **fit_params)), n)
+
+    def _transforms_inputs(self) -> bool:
+        return any(hp.transforms_inputs for hp in (self.hyperparams or {}).values())
+
+    def _test_time_average(self, x, **fit_params):
+        """The module's output averaged over ``x`` itself and ``tta`` draws of the learned
+        input transforms (test-time augmentation). The draws come from a generator seeded
+        the same on every call, so predictions are deterministic; outputs (logits or
+        probabilities, whatever the module returns) are averaged."""
+        if not isinstance(self.tta, int) or isinstance(self.tta, bool) or self.tta < 0:
+            raise ValueError(f"tta must be a non-negative int, got {self.tta!r}")
+        self._hp_ensure(x)
+        n = x.shape[0]
+        generator = torch.Generator(device=x.device).manual_seed(0)
+        total = _first_output(self.module_(x, **fit_params))
+        for _ in range(self.tta):
+            warped = _transform(self.hp_bound_, self.hp_raw_, x, generator)
+            total = total + _average_replicas(_first_output(self.module_(warped, **fit_params)),
+                                              n)
+        return total / (self.tta + 1)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """Training loss with the learned values when ``training``, else the plain criterion.
@@ -866,12 +889,18 @@ class LearnedNet(_LearnedMixin, NeuralNet):
         The kinds that were tuned.
     learned_values : dict of str -> value
         Their learned values in public form (``BoundHyperparameter.to_public``).
+    tta : int, default=0
+        Test-time augmentation with learned input transforms (``AffineAugmentation``):
+        in evaluation, average the module's output over the input and ``tta`` warps
+        drawn from the learned ranges (the same draws on every call). 0: off. Set it on
+        a tuner's refit net with ``tuner.best_estimator_.set_params(tta=8)``.
 
     Notes
     -----
     During training (``module_.training``) the forward applies learned input transforms
     and ``get_loss`` returns ``mean_i w_i l_i + penalties`` (see the module docstring);
-    in evaluation (validation, ``predict``) the net behaves like the plain one. Floating
+    in evaluation (validation, ``predict``) the net behaves like the plain one (but for
+    ``tta``). Floating
     array inputs are cast to the module's dtype first (a ``Pipeline``'s preprocessing
     may hand over float64 rows).
 
