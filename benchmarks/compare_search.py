@@ -278,7 +278,7 @@ METHODS = {
     "SGLDHyperTuner": m_sgld,
     "SGLDHyperTuner control (n_outer=1)": m_sgld_control,
     "hybrid: GridSearchCV(lr) x SGLDHyperTuner": m_hybrid,
-    "hybrid, half chain (n_outer halved)": m_hybrid_half,
+    "hybrid: GridSearchCV(lr) x SGLDHyperTuner (half chains)": m_hybrid_half,
     "L1 logistic regression": m_l1_logreg,
 }
 
