@@ -82,6 +82,9 @@ CONFIGS = {
     "outer64": ({}, {"outer_batch_size": 64}),
     # The chain trains for the net's own budget at the start values before the search.
     "warm-up": ({}, {"warm_up": "epochs"}),
+    # Ten times the default chain temperature (what AffineAugmentation needed to find a
+    # rotation in benchmarks/invariance.py).
+    "tau1e-3": ({}, {"temperature": 1e-3}),
 }
 
 
