@@ -236,6 +236,12 @@ def m_sgld(ctx):
     return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
 
 
+def m_sgld_warm_up(ctx):
+    """The tuner whose fold chains first train for the net's own budget (warm_up)."""
+    tuner = ctx.tuner(None).set_params(warm_up="epochs")
+    return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
+
+
 def m_sgld_control(ctx):
     tuner = ctx.tuner(1)
     return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
@@ -277,6 +283,7 @@ METHODS = {
     "OptunaSearchCV (TPE)": m_optuna,
     "SGLDHyperTuner": m_sgld,
     "SGLDHyperTuner control (n_outer=1)": m_sgld_control,
+    "SGLDHyperTuner warm_up=epochs": m_sgld_warm_up,
     "hybrid: GridSearchCV(lr) x SGLDHyperTuner": m_hybrid,
     "hybrid: GridSearchCV(lr) x SGLDHyperTuner (half chains)": m_hybrid_half,
     "L1 logistic regression": m_l1_logreg,
