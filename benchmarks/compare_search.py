@@ -398,7 +398,7 @@ def plot(summary):
     cols = 3
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
-    markers = dict(zip(summary["method"].drop_duplicates(), "osD^vP*XhH<>"))
+    markers = dict(zip(summary["method"].drop_duplicates(), "osD^vP*XhH<>pd8"))
     for ax, ((dataset, regime), sub) in zip(axes.ravel(), panels):
         for r in sub.itertuples():
             ax.errorbar(r.cpu_s, r.test_mean, yerr=0 if not np.isfinite(r.test_std) else r.test_std,
@@ -411,7 +411,7 @@ def plot(summary):
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
     handles, labels = axes.ravel()[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
     fig.subplots_adjust(bottom=0.12)
     return fig
 
