@@ -780,7 +780,9 @@ class _LearnedMixin:
         if torch.is_tensor(x) and x.is_floating_point():
             # e.g. float64 rows from a Pipeline's preprocessing: the module's dtype
             x = x.to(_module_dtype(self.module_))
-        if not training and self.tta and self._transforms_inputs() and torch.is_tensor(x):
+        # getattr: a net pickled before ``tta`` existed has no such attribute.
+        if not training and getattr(self, "tta", 0) and self._transforms_inputs() \
+                and torch.is_tensor(x):
             return self._test_time_average(x, **fit_params)
         if not training or not self.hyperparams:
             return super().infer(x, **fit_params)
