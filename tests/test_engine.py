@@ -339,7 +339,6 @@ def test_ctrl_c_before_the_commit_rolls_back_the_step_the_optimizer_and_the_reco
 def test_a_sigint_during_the_commit_is_held_until_the_iteration_is_complete():
     """A real SIGINT arriving in ``on_commit`` is delivered after the commit: the
     iteration stays (recorded, counted, ``on_iteration_end`` skipped) and the run stops."""
-    import os
     import signal
 
     class Signal(Listener):
@@ -347,7 +346,9 @@ def test_a_sigint_during_the_commit_is_held_until_the_iteration_is_complete():
 
         def on_commit(self, engine, record):
             if record["iteration"] == 1:
-                os.kill(os.getpid(), signal.SIGINT)
+                # raise_signal delivers to this (the main) thread: os.kill may land on
+                # another of the process's threads and reach Python only later.
+                signal.raise_signal(signal.SIGINT)
                 record["after_signal"] = True  # still runs: the signal is held
 
         def on_iteration_end(self, engine, record):
