@@ -289,6 +289,8 @@ def _set_generators(fold, states, fresh: bool = False) -> None:
         fold.generator = torch.Generator(device=fold.generator.device)
         problem.outer_generator = torch.Generator(device=problem.outer_generator.device)
         problem.generator = fold.generator
+    if isinstance(states, torch.Tensor):  # saved before the outer rows had a generator
+        states = (states, problem.outer_generator.get_state())
     fold.generator.set_state(states[0])
     problem.outer_generator.set_state(states[1])
 
