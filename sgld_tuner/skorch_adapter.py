@@ -30,6 +30,7 @@ import copy
 import threading
 import warnings
 from collections.abc import Mapping
+from numbers import Integral
 from contextlib import contextmanager
 
 import numpy as np
@@ -781,9 +782,12 @@ class _LearnedMixin:
             # e.g. float64 rows from a Pipeline's preprocessing: the module's dtype
             x = x.to(_module_dtype(self.module_))
         # getattr: a net pickled before ``tta`` existed has no such attribute.
-        if not training and getattr(self, "tta", 0) and self._transforms_inputs() \
-                and torch.is_tensor(x):
-            return self._test_time_average(x, **fit_params)
+        tta = getattr(self, "tta", 0)
+        if not training and tta:
+            if isinstance(tta, bool) or not isinstance(tta, Integral) or tta < 0:
+                raise ValueError(f"tta must be a non-negative int, got {tta!r}")
+            if self._transforms_inputs() and torch.is_tensor(x):
+                return self._test_time_average(x, int(tta), **fit_params)
         if not training or not self.hyperparams:
             return super().infer(x, **fit_params)
         if isinstance(x, Mapping):
@@ -802,22 +806,24 @@ class _LearnedMixin:
     def _transforms_inputs(self) -> bool:
         return any(hp.transforms_inputs for hp in (self.hyperparams or {}).values())
 
-    def _test_time_average(self, x, **fit_params):
-        """The module's output averaged over ``x`` itself and ``tta`` draws of the learned
-        input transforms (test-time augmentation). The draws come from a generator seeded
-        the same on every call, so predictions are deterministic; outputs (logits or
-        probabilities, whatever the module returns) are averaged."""
-        if not isinstance(self.tta, int) or isinstance(self.tta, bool) or self.tta < 0:
-            raise ValueError(f"tta must be a non-negative int, got {self.tta!r}")
+    def _test_time_average(self, x, draws: int, **fit_params):
+        """The module's output averaged over ``x`` itself and ``draws`` draws of the
+        learned input transforms (test-time augmentation); outputs (logits or
+        probabilities, whatever the module returns) are averaged.
+
+        The draws come from a generator seeded the same on every call (every batch), so
+        predicting the same batch twice gives the same result; a row's warps depend on
+        its position in its batch, so predictions depend (slightly) on how rows are
+        batched (``batch_size``)."""
         self._hp_ensure(x)
         n = x.shape[0]
         generator = torch.Generator(device=x.device).manual_seed(0)
         total = _first_output(self.module_(x, **fit_params))
-        for _ in range(self.tta):
+        for _ in range(draws):
             warped = _transform(self.hp_bound_, self.hp_raw_, x, generator)
             total = total + _average_replicas(_first_output(self.module_(warped, **fit_params)),
                                               n)
-        return total / (self.tta + 1)
+        return total / (draws + 1)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """Training loss with the learned values when ``training``, else the plain criterion.
@@ -894,8 +900,11 @@ class LearnedNet(_LearnedMixin, NeuralNet):
     tta : int, default=0
         Test-time augmentation with learned input transforms (``AffineAugmentation``):
         in evaluation, average the module's output over the input and ``tta`` warps
-        drawn from the learned ranges (the same draws on every call). 0: off. Set it on
-        a tuner's refit net with ``tuner.best_estimator_.set_params(tta=8)``.
+        drawn from the learned ranges (seeded the same for every batch, so a batch
+        predicted twice gives the same result; a row's warps depend on its position in
+        its batch). 0: off. Set it on a tuner's refit net with
+        ``tuner.best_estimator_.set_params(tta=8)``, or ``<step>__tta=8`` when the
+        estimator is a ``Pipeline``.
 
     Notes
     -----

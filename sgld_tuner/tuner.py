@@ -295,6 +295,23 @@ def _set_generators(fold, states, fresh: bool = False) -> None:
     problem.outer_generator.set_state(states[1])
 
 
+def _regrouped(saved: dict, optimizer) -> dict:
+    """``saved`` (an outer optimizer's ``state_dict``) fitted to ``optimizer``'s groups.
+
+    A search saved before each kind had a group of its own has one group over all
+    leaves, in the same leaf order: its per-leaf state (Adam's moments) carries over, and
+    each new group keeps its own ``lr`` (the kind's scale) times the saved shrink factor.
+    """
+    groups = optimizer.state_dict()["param_groups"]
+    if len(saved["param_groups"]) == len(groups):
+        return saved
+    (old,) = saved["param_groups"]
+    base = optimizer.defaults["lr"]
+    regrouped = [{**old, "params": g["params"], "lr": g["lr"] * old["lr"] / base}
+                 for g in groups]
+    return {"state": saved["state"], "param_groups": regrouped}
+
+
 def _module_rng_states(problem):
     """The states of a fold's module stream (None before its first draw, or without one)."""
     return getattr(getattr(problem, "module_rng", None), "states", None)
@@ -602,6 +619,11 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self.warm_up = warm_up
 
     # ------------------------------------------------------------------ sklearn plumbing
+    def __setstate__(self, state):
+        # A tuner pickled before these parameters existed gets their defaults.
+        state.setdefault("warm_up", 0)
+        super().__setstate__(state)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         try:
@@ -813,7 +835,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         lr = self.outer_lr * state.outer_lr_scale
         optimizer = make_outer_optimizer(self.outer_optimizer, self._param_groups(lam, lr), lr)
         if state.optimizer_state is not None:
-            optimizer.load_state_dict(state.optimizer_state)
+            optimizer.load_state_dict(_regrouped(state.optimizer_state, optimizer))
 
         def shrink(factor):
             state.outer_lr_scale *= factor
@@ -1084,6 +1106,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
 
     def _warm_up_steps(self, net, n_train: int, batch_size: int) -> int:
         """``warm_up`` in inner steps for a fold with ``n_train`` training rows."""
+        if isinstance(self.warm_up, bool):
+            raise ValueError(f"warm_up must be an int >= 0 or 'epochs', got {self.warm_up!r}")
         if not self.warm_up:
             return 0
         if self.method != "sgld" or self.chain != "persistent":

@@ -205,6 +205,19 @@ class _WrongPenaltyGrad(WeightDecay):
         return bound
 
 
+class _WrongPenaltyMixed(WeightDecay):
+    """A penalty that also claims to act elsewhere (closed_form_mixed off) with a wrong
+    closed-form mixed product: the chain would use it all the same."""
+
+    def make_bound(self, module, names, **kwargs):
+        bound = super().make_bound(module, names, **kwargs)
+        right = bound.mixed_vjp
+        bound.closed_form_mixed = False
+        bound.mixed_vjp = lambda raw, theta, v: {n: 3 * g for n, g in
+                                                 right(raw, theta, v).items()}
+        return bound
+
+
 class _AltersInit(Smoothing):
     def __init__(self, init=0.1):
         self.init = [init]   # breaks the scikit-learn convention: stores a new object
@@ -213,6 +226,7 @@ class _AltersInit(Smoothing):
 @pytest.mark.parametrize("kind, match", [
     (_WrongMixed(init=0.1, granularity="weight"), "mixed_vjp"),
     (_WrongPenaltyGrad(init=0.1, granularity="unit"), "penalty_grad"),
+    (_WrongPenaltyMixed(init=0.1, granularity="feature"), "mixed_vjp"),
     (_AltersInit(), "clone"),
 ])
 def test_check_hyperparameter_catches_spec_and_derivative_errors(kind, match):

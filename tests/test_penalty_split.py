@@ -101,3 +101,14 @@ def test_outer_rows_come_from_their_own_generator():
     assert not torch.equal(outer.get_state(), outer_before)
     outer.set_state(outer_before)
     torch.testing.assert_close(problem.outer_loss(lam, theta), first, rtol=0, atol=0)
+
+
+def test_partial_derivatives_fill_what_a_hook_leaves_out():
+    """A hook may return a dict with some keys, None, or an empty dict for a leaf."""
+    leaves, spec = _tree.flatten({"a": torch.zeros(2), "b": {"c": torch.zeros(1)}})
+    a = torch.ones(2)
+    assert _tree.flatten_partial({"a": a}, spec) == [a, None]
+    assert _tree.flatten_partial(None, spec) == [None, None]
+    assert _tree.flatten_partial({}, _tree.flatten(torch.zeros(1))[1]) == [None]
+    total = _tree.add_partial(leaves, _tree.flatten_partial({"b": {"c": torch.ones(1)}}, spec))
+    assert torch.equal(total[0], leaves[0]) and torch.equal(total[1], torch.ones(1))

@@ -52,6 +52,13 @@ def test_tta_averages_the_output_over_the_input_and_its_learned_warps(fitted):
 def test_tta_off_or_without_transforms_is_the_plain_forward(fitted):
     net, X = fitted
     plain = net.set_params(tta=0).forward(X)
+    net.module_.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain, net.module_(torch.as_tensor(X)))
+    # numpy integers are ints too
+    torch.testing.assert_close(net.set_params(tta=np.int64(2)).forward(X),
+                               net.set_params(tta=2).forward(X))
+    net.set_params(tta=0)
     X2, y2 = load_digits(return_X_y=True)
     l1 = make_learned_net(NeuralNetClassifier(_ImageMLP, criterion=torch.nn.CrossEntropyLoss,
                                               max_epochs=1, train_split=None, verbose=0),
@@ -67,3 +74,11 @@ def test_a_bad_tta_fails_naming_it(fitted, bad):
     with pytest.raises(ValueError, match="tta"):
         net.set_params(tta=bad).predict(X)
     net.set_params(tta=0)
+    # also on a net without input transforms, where tta would do nothing
+    X2, y2 = load_digits(return_X_y=True)
+    l1 = make_learned_net(NeuralNetClassifier(_ImageMLP, criterion=torch.nn.CrossEntropyLoss,
+                                              max_epochs=1, train_split=None, verbose=0),
+                          {"l1": PerWeightL1(init=1e-3)}, {"l1": 1e-3})
+    l1.fit((X2[:50] / 16).astype(np.float32), y2[:50])
+    with pytest.raises(ValueError, match="tta"):
+        l1.set_params(tta=bad).predict(X)

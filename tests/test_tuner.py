@@ -451,8 +451,7 @@ def test_learned_net_says_when_it_takes_over_the_users_get_loss():
 
 def test_each_kind_steps_at_outer_lr_times_its_natural_scale(digits4):
     """One optimizer group per kind at outer_lr x outer_lr_scale: TaylorLoss' coefficients
-    at 10x, a log-scale penalty at 1x. With SGD the first step is exactly lr x gradient, so
-    the two kinds' moves over their first hypergradients differ by that factor."""
+    at 10x, a log-scale penalty at 1x (the groups the outer optimizer steps with)."""
     from sgld_tuner.hyperparams import TaylorLoss
 
     tuner = tiny_tuner(n_outer=1, refit=False, outer_optimizer="sgd", outer_lr=0.01,
@@ -463,3 +462,28 @@ def test_each_kind_steps_at_outer_lr_times_its_natural_scale(digits4):
     assert [g["lr"] for g in groups] == [0.01 * PerWeightL1.outer_lr_scale,
                                          0.01 * TaylorLoss.outer_lr_scale]
     assert TaylorLoss.outer_lr_scale == 10.0 and PerWeightL1.outer_lr_scale == 1.0
+
+
+def test_a_search_saved_in_the_previous_format_resumes(digits4):
+    """A tuner pickled before warm_up, per-kind optimizer groups and the outer rows'
+    generator existed (no warm_up attribute, one optimizer group, one generator state per
+    fold) continues its search."""
+    import pickle
+
+    from sgld_tuner.hyperparams import TaylorLoss
+
+    tuner = tiny_tuner(n_outer=2, refit=False, warm_start=True)
+    tuner.hyperparams = {"l1": PerWeightL1(init=1e-3), "loss": TaylorLoss()}
+    tuner.fit(*digits4)
+    state = tuner._search_state
+    saved = state.optimizer_state
+    state.optimizer_state = {"state": saved["state"], "param_groups": [
+        {**saved["param_groups"][0],
+         "params": [i for g in saved["param_groups"] for i in g["params"]]}]}
+    state.generator_states = [chain for chain, _ in state.generator_states]
+    del tuner.__dict__["warm_up"]
+    old = pickle.loads(pickle.dumps(tuner))
+    assert old.warm_up == 0
+    old.set_params(n_outer=3).fit(*digits4)
+    assert list(old.history_["iteration"]) == [0, 1, 2]
+    assert len(old._search_state.optimizer_state["param_groups"]) == 2

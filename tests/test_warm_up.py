@@ -67,6 +67,11 @@ def test_warm_up_steps_are_counted_in_the_chain(digits):
     assert all(c.n_steps == 7 + 3 * 2 for c in tuner._search_state.chain_states)
 
 
+def test_warm_up_true_is_not_one_step(digits):
+    with pytest.raises(ValueError, match="warm_up"):
+        tiny_tuner(warm_up=True).fit(*digits)
+
+
 @pytest.mark.parametrize("params", [{"method": "rmd"}, {"chain": "restart"}])
 def test_warm_up_with_a_method_that_has_no_chain_fails_naming_the_fix(digits, params):
     with pytest.raises(ValueError, match="warm_up=0"):

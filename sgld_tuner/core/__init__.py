@@ -7,7 +7,8 @@ from .engine import (Callbacks, Listener, NonFinitePolicy, OracleResult, OuterLo
 from .hypergrad import hypergradient, sgld_hypergrad
 from .minimize import (BilevelResult, NonFiniteWarning, UnusedHyperparameterWarning, minimize,
                        make_outer_optimizer, project)
-from .problem import METHODS, BilevelProblem, ChainState, Hypergradient, InnerSettings
+from .problem import (METHODS, BilevelProblem, ChainState, Hypergradient, InnerSettings,
+                      SeparablePenalty)
 from .sgld import langevin_step, make_generator
 
 __all__ = [
@@ -15,5 +16,5 @@ __all__ = [
     "ChainState", "Hypergradient", "InnerSettings", "METHODS", "NonFiniteWarning",
     "UnusedHyperparameterWarning", "langevin_step", "make_generator", "make_outer_optimizer",
     "project", "OuterLoop", "OracleResult", "Listener", "NonFinitePolicy", "StopOnNonFinite",
-    "RollbackOnNonFinite", "ProgressBar", "Timeout", "Callbacks",
+    "RollbackOnNonFinite", "ProgressBar", "Timeout", "Callbacks", "SeparablePenalty",
 ]

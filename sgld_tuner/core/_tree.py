@@ -65,8 +65,8 @@ def flatten_partial(obj: Any, spec: Spec) -> list:
     """
     if obj is None:
         return [None] * _count(spec)
-    if spec is None:
-        return [obj]
+    if spec is None:  # a leaf: a tensor, or nothing given (None, an empty dict)
+        return [obj if isinstance(obj, torch.Tensor) else None]
     kind, meta, specs = spec
     items = [obj.get(key) for key in meta] if kind == "dict" else list(obj)
     out = []

@@ -340,8 +340,10 @@ def _check_mixed_vjp(bound: BoundHyperparameter, problem, label):
 
 
 def _check_closed_form_penalty(bound: BoundHyperparameter, problem, label):
-    """With ``closed_form_penalty``: the penalty's closed-form derivatives equal autograd's
-    (a parameter left out of a returned dict counts as zero; ``None`` Hessian as zero)."""
+    """With ``closed_form_penalty``: the penalty's closed-form derivatives (gradient,
+    Hessian-vector product, gradient in raw and the mixed product ``mixed_vjp``) equal
+    autograd's on ``inner_penalty`` (a parameter left out of a returned dict counts as
+    zero; a ``None`` Hessian product as zero)."""
     if not bound.closed_form_penalty:
         return
     leaves, structure = _perturbed(problem)
@@ -355,19 +357,32 @@ def _check_closed_form_penalty(bound: BoundHyperparameter, problem, label):
     grads = torch.autograd.grad(penalty, list(theta.values()) + raw_leaves, create_graph=True,
                                 allow_unused=True)
     grad_theta = dict(zip(theta, grads[:len(theta)]))
-    hvp = torch.autograd.grad([grad_theta[n] for n in theta if grad_theta[n] is not None],
-                              list(theta.values()), grad_outputs=[
-                                  u[n] for n in theta if grad_theta[n] is not None],
-                              allow_unused=True)
+    touched = [n for n in theta if grad_theta[n] is not None]
+    second = torch.autograd.grad([grad_theta[n] for n in touched], list(theta.values())
+                                 + raw_leaves, grad_outputs=[u[n] for n in touched],
+                                 allow_unused=True)
+    hvp, mixed = second[:len(theta)], second[len(theta):]
     with torch.no_grad():
-        closed_hvp = bound.penalty_hvp(raw, theta, u)
+        hooks = {name: getattr(bound, name) for name in (
+            "penalty_grad", "penalty_hvp", "penalty_grad_raw", "mixed_vjp")}
+        outputs = {"penalty_grad": hooks["penalty_grad"](raw, theta),
+                   "penalty_hvp": hooks["penalty_hvp"](raw, theta, u),
+                   "penalty_grad_raw": hooks["penalty_grad_raw"](raw, theta),
+                   "mixed_vjp": hooks["mixed_vjp"](raw, theta, u)}
+        missing = [name for name, out in outputs.items() if out is NotImplemented]
+        _require(not missing, label, f"closed_form_penalty is set but {missing} return "
+                 "NotImplemented; give all four in closed form")
+        closed_hvp = outputs["penalty_hvp"]
         pairs = {
-            "penalty_grad": ([(bound.penalty_grad(raw, theta) or {}).get(n) for n in theta],
+            "penalty_grad": ([(outputs["penalty_grad"] or {}).get(n) for n in theta],
                              grads[:len(theta)], list(theta.values())),
             "penalty_hvp": ([(closed_hvp or {}).get(n) for n in theta], hvp,
                             list(theta.values())),
-            "penalty_grad_raw": (_leaves(bound.penalty_grad_raw(raw, theta)),
+            "penalty_grad_raw": (_leaves(outputs["penalty_grad_raw"]),
                                  grads[len(theta):], raw_leaves),
+            # the adapter hands the penalty's mixed product to the chain from mixed_vjp,
+            # whether or not the whole kind is closed_form_mixed
+            "mixed_vjp": (_leaves(outputs["mixed_vjp"]), mixed, raw_leaves),
         }
     for name, (got, expected, like) in pairs.items():
         got = [torch.zeros_like(t) if x is None else x for x, t in zip(got, like)]
