@@ -511,7 +511,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         step (plain Langevin steps, about one training step each). ``"epochs"``: the
         net's own budget, ``max_epochs`` passes over the fold's training rows in batches
         of ``batch_size``, so that the first scored point is a net trained as the refit
-        will be. Only for the persistent SGLD chain.
+        will be. Only for the persistent SGLD chain. The warm-up belongs to the first
+        outer iteration: a rollback of that iteration (divergence, Ctrl-C) runs it
+        again, and ``timeout`` is checked only after it.
     outer_batch_size : int or None, default=128
         Validation rows per evaluation of the outer loss inside the chain (drawn anew
         each step); a split of at most this many rows is used whole. ``None`` uses the
