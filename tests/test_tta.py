@@ -31,6 +31,15 @@ def fitted():
     return net, X[:20]
 
 
+def _l1_net():
+    """A fitted learned net whose kind does not transform inputs."""
+    X, y = load_digits(return_X_y=True)
+    net = make_learned_net(NeuralNetClassifier(_ImageMLP, criterion=torch.nn.CrossEntropyLoss,
+                                               max_epochs=1, train_split=None, verbose=0),
+                           {"l1": PerWeightL1(init=1e-3)}, {"l1": 1e-3})
+    return net.fit((X[:50] / 16).astype(np.float32), y[:50])
+
+
 def test_tta_averages_the_output_over_the_input_and_its_learned_warps(fitted):
     net, X = fitted
     net.set_params(tta=3)
@@ -59,11 +68,7 @@ def test_tta_off_or_without_transforms_is_the_plain_forward(fitted):
     torch.testing.assert_close(net.set_params(tta=np.int64(2)).forward(X),
                                net.set_params(tta=2).forward(X))
     net.set_params(tta=0)
-    X2, y2 = load_digits(return_X_y=True)
-    l1 = make_learned_net(NeuralNetClassifier(_ImageMLP, criterion=torch.nn.CrossEntropyLoss,
-                                              max_epochs=1, train_split=None, verbose=0),
-                          {"l1": PerWeightL1(init=1e-3)}, {"l1": 1e-3})
-    l1.fit((X2[:50] / 16).astype(np.float32), y2[:50])
+    l1 = _l1_net()
     torch.testing.assert_close(l1.set_params(tta=5).forward(X), l1.set_params(tta=0).forward(X))
     assert plain.shape == (len(X), 10)
 
@@ -75,10 +80,6 @@ def test_a_bad_tta_fails_naming_it(fitted, bad):
         net.set_params(tta=bad).predict(X)
     net.set_params(tta=0)
     # also on a net without input transforms, where tta would do nothing
-    X2, y2 = load_digits(return_X_y=True)
-    l1 = make_learned_net(NeuralNetClassifier(_ImageMLP, criterion=torch.nn.CrossEntropyLoss,
-                                              max_epochs=1, train_split=None, verbose=0),
-                          {"l1": PerWeightL1(init=1e-3)}, {"l1": 1e-3})
-    l1.fit((X2[:50] / 16).astype(np.float32), y2[:50])
+    l1 = _l1_net()
     with pytest.raises(ValueError, match="tta"):
         l1.set_params(tta=bad).predict(X)
