@@ -154,6 +154,7 @@ class _FoldChain:
     start_loss: float = math.nan
     fit_time: float = 0.0
     warm_up_steps: int = 0
+    budget_steps: int = 0  # the net's own training run in steps on this fold's rows
 
 
 def _fold_hypergradient(fold: _FoldChain, lam_values, settings: InnerSettings):
@@ -514,6 +515,15 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         will be. Only for the persistent SGLD chain. The warm-up belongs to the first
         outer iteration: a rollback of that iteration (divergence, Ctrl-C) runs it
         again, and ``timeout`` is checked only after it.
+    outer_warmup : int or "auto", default="auto"
+        Outer iterations over which the outer step ramps up linearly from
+        ``outer_lr / outer_warmup`` to ``outer_lr``. ``"auto"``: until the chains have run
+        one training budget of the net (``max_epochs`` passes over a fold's rows), at
+        most ``n_outer``. A young chain's hypergradient estimates the sensitivity of a
+        trained net, not of the one the chain holds, and can point the other way
+        (``benchmarks/chain_age.py``: opposite signs on 3/3 seeds after 50 steps, the
+        same signs after 300); the ramp keeps those first estimates from steering the
+        search. 0: no ramp.
     outer_batch_size : int or None, default=128
         Validation rows per evaluation of the outer loss inside the chain (drawn anew
         each step); a split of at most this many rows is used whole. ``None`` uses the
@@ -581,6 +591,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         "outer_batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "return_train_score": ["boolean"],
         "warm_up": [Interval(Integral, 0, None, closed="left"), StrOptions({"epochs"})],
+        "outer_warmup": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
     }
 
     def __init__(self, estimator, hyperparams, *, n_outer=50, outer_lr=0.05,
@@ -589,7 +600,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                  recursion="auto", chain="persistent", cv=5, scoring=None, refit=True,
                  eval_every=5, n_jobs=None, random_state=None, verbose=0, callbacks=None,
                  timeout=None, error_score=np.nan, warm_start=False, method_options=None,
-                 outer_batch_size=128, return_train_score=False, warm_up=0):
+                 outer_batch_size=128, return_train_score=False, warm_up=0,
+                 outer_warmup="auto"):
         self.estimator = estimator
         self.hyperparams = hyperparams
         self.n_outer = n_outer
@@ -619,11 +631,13 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self.outer_batch_size = outer_batch_size
         self.return_train_score = return_train_score
         self.warm_up = warm_up
+        self.outer_warmup = outer_warmup
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __setstate__(self, state):
         # A tuner pickled before these parameters existed gets their defaults.
         state.setdefault("warm_up", 0)
+        state.setdefault("outer_warmup", 0)  # the behaviour it was fitted with
         super().__setstate__(state)
 
     def __sklearn_tags__(self):
@@ -873,7 +887,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                 listeners.append(Timeout(self.timeout))
             engine = OuterLoop(oracle, lam, optimizer, n_outer=self.n_outer,
                                start=state.iteration, policy=policy, listeners=listeners,
-                               records=state.records, on_interrupt="stop").run()
+                               records=state.records, on_interrupt="stop",
+                               lr_warmup=self._outer_warmup_iterations(folds, settings)).run()
         return engine, oracle
 
     def _param_groups(self, lam, lr: float) -> list[dict]:
@@ -1098,16 +1113,18 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         # The net's own optimizer__weight_decay stays in the chain's training loss.
         bilevel = problem.bilevel(weight_decay=net_weight_decay(net))
         keep_train = self.return_train_score
+        # One training run of the net on this fold: max_epochs passes in batches.
+        budget = int(net.max_epochs) * math.ceil(len(train) / problem.batch_size)
         return _FoldChain(net=net, problem=problem, bilevel=bilevel, state=ChainState(),
                           generator=generator, X_val=X_val, y_val=self._labels(y[val]),
                           scored=scored, X_train=X_train if keep_train else None,
                           y_train=self._labels(y[train]) if keep_train else None,
                           start_loss=problem.start_loss(),
-                          warm_up_steps=self._warm_up_steps(net, len(train),
-                                                            problem.batch_size))
+                          warm_up_steps=self._warm_up_steps(budget),
+                          budget_steps=budget)
 
-    def _warm_up_steps(self, net, n_train: int, batch_size: int) -> int:
-        """``warm_up`` in inner steps for a fold with ``n_train`` training rows."""
+    def _warm_up_steps(self, budget: int) -> int:
+        """``warm_up`` in inner steps for a fold whose net trains ``budget`` steps."""
         if isinstance(self.warm_up, bool):
             raise ValueError(f"warm_up must be an int >= 0 or 'epochs', got {self.warm_up!r}")
         if not self.warm_up:
@@ -1116,9 +1133,15 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             raise ValueError(f"warm_up={self.warm_up!r} needs method='sgld' with "
                              f"chain='persistent' (got method={self.method!r}, "
                              f"chain={self.chain!r}); set warm_up=0")
-        if self.warm_up == "epochs":
-            return int(net.max_epochs) * math.ceil(n_train / batch_size)
-        return int(self.warm_up)
+        return budget if self.warm_up == "epochs" else int(self.warm_up)
+
+    def _outer_warmup_iterations(self, folds, settings: InnerSettings) -> int:
+        """``outer_warmup`` in outer iterations (``"auto"``: until the chains have run one
+        training budget of the net, at most ``n_outer``)."""
+        if self.outer_warmup != "auto":
+            return int(self.outer_warmup)
+        budget = max(fold.budget_steps for fold in folds)
+        return min(self.n_outer, math.ceil(budget / max(1, settings.steps)))
 
     def _fold_inputs(self, X, y, train, val, net):
         """The fold's rows as given and as the net sees them, and what scorers see.

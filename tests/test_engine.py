@@ -382,3 +382,15 @@ def test_ctrl_c_while_handling_a_divergence_leaves_the_step_size_and_records_as_
     assert engine.optimizer.param_groups[0]["lr"] == 0.1 and policy.retries == 0
     assert [r["iteration"] for r in engine.records] == [0] and not engine.failed
     assert float(engine.lam[0]) == sgd_values(1.0, [0.1])[-1]
+
+
+def test_lr_warmup_ramps_the_step_and_leaves_the_stored_rate_alone():
+    """lr_warmup=4: SGD steps at 0.1 * (1/4, 2/4, 3/4, 1, 1) on grad = lam (closed form),
+    the optimizer's stored lr stays 0.1, and a resumed run continues the ramp."""
+    lrs = [0.1 * min(1.0, (k + 1) / 4) for k in range(5)]
+    engine = make_engine(QuadraticOracle(), n_outer=5, lr_warmup=4).run()
+    assert float(engine.lam[0]) == pytest.approx(sgd_values(1.0, lrs)[-1], rel=1e-12)
+    assert engine.optimizer.param_groups[0]["lr"] == 0.1
+    resumed = make_engine(QuadraticOracle(), n_outer=5, lam0=sgd_values(1.0, lrs[:2])[-1],
+                          start=2, lr_warmup=4).run()
+    assert float(resumed.lam[0]) == pytest.approx(float(engine.lam[0]), rel=1e-12)

@@ -487,3 +487,26 @@ def test_a_search_saved_in_the_previous_format_resumes(digits4):
     old.set_params(n_outer=3).fit(*digits4)
     assert list(old.history_["iteration"]) == [0, 1, 2]
     assert len(old._search_state.optimizer_state["param_groups"]) == 2
+
+
+def test_outer_warmup_auto_ramps_the_first_steps_over_one_training_budget(digits4):
+    """cv=2 on 120 rows: 60 training rows per fold, batch 32, max_epochs=2 -> a budget of
+    4 chain steps = 2 outer iterations of B + M = 2 steps, so the first SGD step is half
+    the unramped one (the same first hypergradient: same seeds, same start)."""
+    def first_move(outer_warmup):
+        # n_outer=2 (the ramp is capped at n_outer); a callback stops after the first step
+        tuner = tiny_tuner(n_outer=2, refit=False, outer_optimizer="sgd", outer_lr=100.0,
+                           outer_warmup=outer_warmup, warm_start=True,
+                           callbacks=[lambda record: True])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the callback's early stop
+            tuner.fit(*digits4)
+        assert len(tuner.history_) == 1
+        start = tuner._bound["l1"].from_public(1e-3, "cpu", torch.float32)
+        end = tuner._search_state.lam[0]
+        return (end - next(iter(start.values())).reshape(end.shape)).double()
+
+    full, ramped = first_move(0), first_move("auto")
+    assert full.abs().max() > 0
+    # float32 raw values near -6.9: compare the moves to their resolution
+    torch.testing.assert_close(ramped, 0.5 * full, rtol=1e-3, atol=2e-6)

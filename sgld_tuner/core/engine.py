@@ -453,6 +453,11 @@ class OuterLoop:
         On KeyboardInterrupt the policy first puts ``lam`` back (a step cut in half is
         undone); then ``"raise"`` propagates it and ``"stop"`` ends the run with
         ``stop_reason = "interrupted (KeyboardInterrupt) at outer iteration <k>"``.
+    lr_warmup : int, default=0
+        Iterations over which every learning rate ramps up linearly: iteration ``k``
+        steps at ``min(1, (k + 1) / lr_warmup)`` times the optimizer's rates (applied
+        around ``step()`` only, so the stored rates, their rollback shrinking and the
+        optimizer's state are untouched). 0: no ramp.
 
     Notes
     -----
@@ -466,9 +471,10 @@ class OuterLoop:
     def __init__(self, oracle: Callable, lam: list[torch.Tensor], optimizer, *, n_outer: int,
                  start: int = 0, policy: NonFinitePolicy | None = None, listeners=(),
                  project: Callable | None = None, records: list | None = None,
-                 on_interrupt: str = "raise"):
+                 on_interrupt: str = "raise", lr_warmup: int = 0):
         if on_interrupt not in ("raise", "stop"):
             raise ValueError(f"on_interrupt must be 'raise' or 'stop', got {on_interrupt!r}")
+        self.lr_warmup = int(lr_warmup)
         self.oracle, self.lam, self.optimizer = oracle, lam, optimizer
         self.n_outer, self.iteration = n_outer, start
         self.policy = policy if policy is not None else StopOnNonFinite()
@@ -507,7 +513,16 @@ class OuterLoop:
         self.optimizer.zero_grad(set_to_none=False)
         for leaf, g in zip(self.lam, grad):
             leaf.grad = g.to(leaf.dtype)
-        self.optimizer.step()
+        factor = min(1.0, (self.iteration + 1) / self.lr_warmup) if self.lr_warmup > 0 else 1.0
+        groups = self.optimizer.param_groups
+        stored = [group["lr"] for group in groups]
+        for group in groups:
+            group["lr"] = group["lr"] * factor
+        try:
+            self.optimizer.step()
+        finally:
+            for group, lr in zip(groups, stored):
+                group["lr"] = lr
         if self.project is not None:
             self.project(self.lam)
         return all_finite(self.lam)
