@@ -341,3 +341,23 @@ def test_projection_callable_is_applied_after_each_step():
                    torch.zeros(2), n_outer=5, outer_lr=0.1, burn_in=1, n_samples=1,
                    inner_lr=0.2, temperature=0.0, projection=onto_simplex_like)
     assert float(res.lam.sum()) == pytest.approx(1.0) and bool((res.lam > 0).all())
+
+
+def test_minimize_lr_warmup_ramps_the_outer_step():
+    """A deterministic inner problem (temperature 0): the first outer SGD step with
+    lr_warmup=4 is a quarter of the unramped one (same first hypergradient)."""
+    def outer(lam, theta):
+        return ((theta - 1.0) ** 2).sum()
+
+    def inner(lam, theta):
+        return ((theta - lam) ** 2).sum()
+
+    kw = dict(n_outer=1, outer_lr=0.1, inner_lr=0.1, burn_in=2, n_samples=2,
+              temperature=0.0, random_state=0)
+    full = minimize(outer, inner, torch.tensor([0.0]), torch.tensor([0.0]), **kw)
+    ramped = minimize(outer, inner, torch.tensor([0.0]), torch.tensor([0.0]), lr_warmup=4,
+                      **kw)
+    assert float(full.lam) != 0.0
+    assert float(ramped.lam) == pytest.approx(0.25 * float(full.lam), rel=1e-6)
+    with pytest.raises(ValueError, match="lr_warmup"):
+        minimize(outer, inner, torch.tensor([0.0]), torch.tensor([0.0]), lr_warmup=-1, **kw)

@@ -116,7 +116,8 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
              random_state=None, callback: Callable | None = None, bounds=None,
              chain: str = "persistent", recursion: str = "auto", mixed_vjp=None,
              method_options: dict | None = None,
-             projection: Callable | None = None, average: float | None = None) -> BilevelResult:
+             projection: Callable | None = None, average: float | None = None,
+             lr_warmup: int = 0) -> BilevelResult:
     """Solve ``min_lam E_{p(theta|lam)} f(lam, theta)`` by hypergradient descent.
 
     Parameters
@@ -162,6 +163,10 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
         Return the mean of the iterates over this last share of ``n_outer`` (tail
         average): it helps a converged, rattling iterate and hurts one still travelling
         (``docs/method.md``). ``history`` always holds the iterates.
+    lr_warmup : int, default=0
+        Outer iterations over which the outer step ramps up linearly to ``outer_lr``
+        (see :class:`~sgld_tuner.core.engine.OuterLoop`); useful when the chain starts
+        far from trained, where the first hypergradients can point the wrong way.
 
     Returns
     -------
@@ -174,6 +179,8 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
                              recursion=recursion, **options).validate()
     if n_outer < 1:
         raise ValueError(f"n_outer must be >= 1, got {n_outer}")
+    if isinstance(lr_warmup, bool) or int(lr_warmup) != lr_warmup or lr_warmup < 0:
+        raise ValueError(f"lr_warmup must be an int >= 0, got {lr_warmup!r}")
     lam, lam_spec = _start_lam(lam0)
     problem = BilevelProblem(outer_loss, inner_loss, lam_spec, theta0, mixed_vjp=mixed_vjp)
     generator = make_generator(random_state, lam[0].device)
@@ -183,7 +190,7 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
 
     engine, tail = _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer,
                                n_outer=n_outer, bounds=bounds, projection=projection,
-                               callback=callback, average=average)
+                               callback=callback, average=average, lr_warmup=int(lr_warmup))
     engine.run()
     if engine.failed:
         warnings.warn(engine.stop_reason, NonFiniteWarning, stacklevel=2)
@@ -191,7 +198,7 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
 
 
 def _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer, *, n_outer,
-                bounds, projection, callback, average):
+                bounds, projection, callback, average, lr_warmup=0):
     """The engine for :func:`minimize`: one chain as the oracle, bounds and projection
     after each step, stop (keeping the last finite ``lam``) at a non-finite value; and
     the tail-average listener (``None`` unless ``average`` is set)."""
@@ -221,7 +228,7 @@ def _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer, *
                           reason="stopped by callback after outer iteration {iteration}")
     tail = TailAverage(average) if average is not None else None
     engine = OuterLoop(oracle, lam, optimizer, n_outer=n_outer, policy=StopOnNonFinite(),
-                       project=constrain,
+                       project=constrain, lr_warmup=lr_warmup,
                        listeners=[_LamColumns(), callbacks] + ([tail] if tail else []))
     return engine, tail
 
