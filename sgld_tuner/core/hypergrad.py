@@ -69,7 +69,7 @@ def _inner_gradient(problem, lam, theta, want_lam, create_graph, whole_value):
         return value, grad_graph, grad_graph, grad_lam
     with torch.no_grad():
         if whole_value:
-            value = value + problem.penalty.value(*problem._structures(lam, theta))
+            value = value + problem.penalty_value(lam, theta)
         grad = _tree.add_partial([g.detach() for g in grad_graph],
                                  problem.penalty_terms("grad_theta", lam, theta))
         if want_lam:

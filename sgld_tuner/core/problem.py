@@ -360,8 +360,12 @@ class BilevelProblem:
         """The whole inner loss (with the penalty, if one is given apart)."""
         value = self.inner_data(lam, theta)
         if self.penalty is not None:
-            value = value + self.penalty.value(*self._structures(lam, theta))
+            value = value + self.penalty_value(lam, theta)
         return value
+
+    def penalty_value(self, lam, theta) -> torch.Tensor:
+        """``penalty.value`` on flat leaves (differentiable by autograd)."""
+        return self.penalty.value(*self._structures(lam, theta))
 
     def inner_data(self, lam, theta) -> torch.Tensor:
         """The inner loss without ``penalty``: the part autograd differentiates."""
