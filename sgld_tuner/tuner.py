@@ -1001,6 +1001,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         kept = [r for r in records if not r.get("diverged")]
         if len(kept) < 4:
             return
+
         def trend(key):
             return np.mean([r[key] for r in kept[:2]]), np.mean([r[key] for r in kept[-2:]])
 
