@@ -385,7 +385,7 @@ def to_markdown(results) -> str:
         TABLE_HEAD,
         *[fmt_row(r) for r in results["table2"]],
         "",
-        f"## Table 3: noisy synthetic 1D (eq. 27, eps ~ U(-0.3, 0.3))",
+        "## Table 3: noisy synthetic 1D (eq. 27, eps ~ U(-0.3, 0.3))",
         "",
         TABLE_HEAD,
         *[fmt_row(r) for r in results["table3"]],

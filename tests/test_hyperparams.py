@@ -138,6 +138,7 @@ def test_classifier_only_kinds_reject_regressors(hp):
     (AffineAugmentation(generators=("spin",), image_shape=(4, 4)), "generators"),
     (AffineAugmentation(image_shape=(3, 3)), "image_shape"),
     (AffineAugmentation(), "not images"),
+    (AffineAugmentation(init="wide", image_shape=(4, 4)), "'auto'"),
     (SampleWeights(init=3.0), r"\(0, 2\)"),
     (TaylorLoss(init=[1.0, 2.0]), "8"),
 ])
@@ -157,7 +158,8 @@ def test_affine_zero_is_identity():
 def test_affine_ranges_are_bounded_and_keep_init_units():
     from sgld_tuner.hyperparams.augmentation import BOUNDS
     problem = _problem(AffineAugmentation(init={"tx": 0.1, "ty": 0.2, "rot": 3.0, "sx": 0.5,
-                                                "sy": 0.0, "shear": 0.3}, image_shape=(4, 4)))
+                                                "sy": 0.0, "shear": 0.3}, image_shape=(4, 4),
+                                          rho=0.0))
     bound = problem.bound["h"]
     raw = problem.init_lam()["h"]
     public = bound.to_public(raw)
@@ -176,6 +178,18 @@ def test_affine_ranges_are_bounded_and_keep_init_units():
     problem = _problem(custom)
     assert problem.bound["h"].to_public(problem.init_lam()["h"] + 1e3)["rot"] == \
         pytest.approx(1.0)
+
+
+def test_affine_default_start_is_a_fraction_of_each_bound():
+    from sgld_tuner.hyperparams.augmentation import BOUNDS, INIT_FRACTION
+    problem = _problem(AffineAugmentation(image_shape=(4, 4), bounds={"rot": 1.0}))
+    bound = problem.bound["h"]
+    expected = {**{g: INIT_FRACTION * b for g, b in BOUNDS.items()}, "rot": INIT_FRACTION}
+    assert bound.to_public(problem.init_lam()["h"]) == pytest.approx(expected, rel=1e-9)
+    # the reward of wide ranges is on by default: -rho ||lam||^2 with rho = 0.01
+    raw = problem.init_lam()["h"]
+    assert float(bound.outer_penalty(raw)) == pytest.approx(
+        -0.01 * sum(v ** 2 for v in expected.values()), rel=1e-9)
 
 
 def test_affine_rotation_warps_by_the_bounded_range():

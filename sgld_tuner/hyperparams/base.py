@@ -156,8 +156,9 @@ class Hyperparameter(BaseEstimator, abc.ABC):
     outer_lr_scale : float, class attribute, default=1.0
         The kind's natural step: the tuner moves its raw values with ``outer_lr *
         outer_lr_scale``, so that one ``outer_lr`` means the same for every kind. 1 for
-        a raw value on a log scale (penalty strengths, class-weight logits, augmentation
-        ranges); a kind whose raw values move further for the same effect says so here.
+        a raw value on a log scale (penalty strengths, class-weight logits); a kind whose
+        raw values must move further in the default ``n_outer`` says so here (learned
+        losses, augmentation ranges).
     """
 
     uses_params = False
