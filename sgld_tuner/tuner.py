@@ -66,6 +66,7 @@ from .core.recursions import RECURSIONS
 from .hyperparams import Hyperparameter
 from .optimizers import chain_dynamics, net_weight_decay
 from .results import build_cv_results, build_history
+from .fold_batch import AUTO_MAX_WEIGHTS, FoldBatch
 from .skorch_adapter import ModuleRNG, NetProblem, make_learned_net
 
 
@@ -336,8 +337,10 @@ class _FoldOracle:
 
     BLOWUP = 1e3
 
-    def __init__(self, folds: list, settings: InnerSettings, parallel: Parallel):
+    def __init__(self, folds: list, settings: InnerSettings, parallel: Parallel,
+                 batch: FoldBatch | None = None):
         self.folds, self.settings, self.parallel = folds, settings, parallel
+        self.batch = batch
         start = float(np.mean([f.start_loss for f in folds]))
         # The + 1e-3 keeps a start loss near 0 from flagging ordinary noise.
         self.limit = self.BLOWUP * (abs(start) + 1e-3) if math.isfinite(start) else math.inf
@@ -357,18 +360,45 @@ class _FoldOracle:
         return True
 
     def __call__(self, lam) -> OracleResult:
-        outputs = self.parallel(
-            delayed(_fold_hypergradient)(fold, [t.detach() for t in lam], self.settings)
-            for fold in self.folds)
-        results = [res for _, res in outputs]
-        self.folds = [fold for fold, _ in outputs]
-        grad = [torch.stack([r.grad[i] for r in results]).mean(0) for i in range(len(lam))]
-        outer_loss = float(np.mean([r.outer_loss for r in results]))
+        stacked = self._stacked(lam) if self.batch is not None else None
+        if stacked is not None:
+            grad, outer_loss, inner_losses = stacked
+        else:
+            outputs = self.parallel(
+                delayed(_fold_hypergradient)(fold, [t.detach() for t in lam], self.settings)
+                for fold in self.folds)
+            results = [res for _, res in outputs]
+            self.folds = [fold for fold, _ in outputs]
+            grad = [torch.stack([r.grad[i] for r in results]).mean(0) for i in range(len(lam))]
+            outer_loss = float(np.mean([r.outer_loss for r in results]))
+            inner_losses = [r.inner_loss for r in results]
         # Every fold's inner loss must be finite, not just their mean.
-        finite = (math.isfinite(outer_loss) and all(math.isfinite(r.inner_loss) for r in results)
+        finite = (math.isfinite(outer_loss) and all(math.isfinite(v) for v in inner_losses)
                   and all_finite(grad) and not self._blown_up(outer_loss))
-        inner_loss = float(np.mean([r.inner_loss for r in results])) if finite else math.nan
+        inner_loss = float(np.mean(inner_losses)) if finite else math.nan
         return OracleResult(grad, outer_loss, inner_loss, finite)
+
+    def _stacked(self, lam):
+        """The folds' hypergradient mean, outer loss mean and inner loss(es) from one
+        stacked chain (:class:`~sgld_tuner.fold_batch.FoldBatch`), or ``None`` when the
+        chains' states cannot be stacked now (the sequential path then runs)."""
+        started = time.perf_counter()
+        lam = [t.detach().clone().requires_grad_(True) for t in lam]
+        for fold in self.folds:
+            if fold.state.n_steps == 0 and fold.warm_up_steps:
+                advance_chain(fold.bilevel, lam, fold.state, self.settings, fold.generator,
+                              fold.warm_up_steps)
+        out = self.batch.hypergradient([f.state for f in self.folds], lam, self.settings)
+        if out is None:
+            return None
+        result, states = out
+        k = len(self.folds)
+        share = (time.perf_counter() - started) / k
+        for fold, state in zip(self.folds, states):
+            fold.state = state
+            fold.fit_time += share
+        # The stacked losses and hypergradient are sums over the folds.
+        return [g / k for g in result.grad], result.outer_loss / k, [result.inner_loss / k]
 
     def checkpoint(self, engine):
         """``lam``, the chains and their streams, and the inner settings (a rollback
@@ -490,6 +520,18 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         Score the trajectory every this many outer iterations (and at the last one).
     n_jobs : int, optional
         Folds run in parallel through joblib (any joblib backend, e.g. Dask).
+    batch_folds : "auto" or bool, default="auto"
+        Run the folds' chains as one computation over stacked weights
+        (:mod:`sgld_tuner.fold_batch`): on a small net a step's cost is kernel dispatch,
+        paid once for all folds instead of once per fold. Each fold keeps its own
+        minibatches, validation rows and noise, so the result equals the sequential
+        chains' up to float rounding. Only where stacking is exact (plain SGLD with the
+        tracked or paper recursion, a module without buffers, tied weights or random
+        layers, equal minibatch and validation-draw sizes across folds); elsewhere the
+        folds run one by one. ``"auto"``: when ``n_jobs`` is None or 1 and the net has at
+        most ``sgld_tuner.fold_batch.AUTO_MAX_WEIGHTS`` weights (where it measured
+        faster, ``benchmarks/fold_batching.py``); ``True``: whatever the size and
+        ``n_jobs``; ``False``: never.
     random_state : int, RandomState or None
         Seeds the nets' initialisations and one torch generator per fold.
     verbose : int, default=0
@@ -554,6 +596,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         The values at the end of the search.
     history_ : pandas.DataFrame
         One row per outer iteration.
+    folds_stacked_ : bool
+        Whether the search ran the folds' chains stacked into one computation
+        (``batch_folds``).
     refit_time_, n_splits_, scorer_, n_features_in_, multimetric_
     classes_ : ndarray
         Class labels (classifiers, and only with ``refit``, as in ``GridSearchCV``).
@@ -592,6 +637,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         "return_train_score": ["boolean"],
         "warm_up": [Interval(Integral, 0, None, closed="left"), StrOptions({"epochs"})],
         "outer_warmup": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "batch_folds": [StrOptions({"auto"}), "boolean"],
     }
 
     def __init__(self, estimator, hyperparams, *, n_outer=50, outer_lr=0.05,
@@ -601,7 +647,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                  eval_every=5, n_jobs=None, random_state=None, verbose=0, callbacks=None,
                  timeout=None, error_score=np.nan, warm_start=False, method_options=None,
                  outer_batch_size=128, return_train_score=False, warm_up=0,
-                 outer_warmup="auto"):
+                 outer_warmup="auto", batch_folds="auto"):
         self.estimator = estimator
         self.hyperparams = hyperparams
         self.n_outer = n_outer
@@ -632,12 +678,14 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         self.return_train_score = return_train_score
         self.warm_up = warm_up
         self.outer_warmup = outer_warmup
+        self.batch_folds = batch_folds
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __setstate__(self, state):
         # A tuner pickled before these parameters existed gets their defaults.
         state.setdefault("warm_up", 0)
         state.setdefault("outer_warmup", 0)  # the behaviour it was fitted with
+        state.setdefault("batch_folds", "auto")
         super().__setstate__(state)
 
     def __sklearn_tags__(self):
@@ -812,6 +860,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         folds = self._start_folds(X, y, state)
         scorers, best_key = self._set_up_scoring(scorers, multimetric, folds[0])
         engine, oracle = self._run_search(state, folds, settings, scorers, best_key)
+        self.folds_stacked_ = oracle.batch is not None
         failure = self._callback_failure(engine)
         self._end_search(state, engine, oracle.folds)
         self._format_results(state, oracle.folds, engine.lam, scorers, best_key)
@@ -873,7 +922,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         # One worker pool for the whole search (re-creating it every outer iteration
         # cost more than the folds' work on small nets).
         with Parallel(n_jobs=self.n_jobs, prefer="threads") as parallel:
-            oracle = _FoldOracle(folds, settings, parallel)
+            oracle = _FoldOracle(folds, settings, parallel, self._fold_batch(folds, settings))
             policy = RollbackOnNonFinite(
                 shrink, checkpoint, restore, max_retries=self._MAX_RETRIES,
                 raise_on_failure=self.error_score == "raise", warning=DivergenceWarning)
@@ -890,6 +939,15 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                                records=state.records, on_interrupt="stop",
                                lr_warmup=self._outer_warmup_iterations(folds, settings)).run()
         return engine, oracle
+
+    def _fold_batch(self, folds, settings: InnerSettings) -> FoldBatch | None:
+        """The folds' chains stacked into one computation, where ``batch_folds`` asks
+        for it and stacking is exact (else ``None``: one chain after the other)."""
+        if self.batch_folds is False or (self.batch_folds == "auto"
+                                         and self.n_jobs not in (None, 1)):
+            return None
+        limit = AUTO_MAX_WEIGHTS if self.batch_folds == "auto" else None
+        return FoldBatch.build(folds, settings, net_weight_decay(folds[0].net), limit)
 
     def _param_groups(self, lam, lr: float) -> list[dict]:
         """One outer-optimizer group per kind, stepping at ``lr`` times the kind's

@@ -9,7 +9,7 @@ from .minimize import (BilevelResult, NonFiniteWarning, UnusedHyperparameterWarn
                        make_outer_optimizer, project)
 from .problem import (METHODS, BilevelProblem, ChainState, Hypergradient, InnerSettings,
                       SeparablePenalty)
-from .sgld import langevin_step, make_generator
+from .sgld import SliceGenerators, langevin_step, make_generator
 
 __all__ = [
     "minimize", "hypergradient", "sgld_hypergrad", "BilevelResult", "BilevelProblem",
@@ -17,4 +17,5 @@ __all__ = [
     "UnusedHyperparameterWarning", "langevin_step", "make_generator", "make_outer_optimizer",
     "project", "OuterLoop", "OracleResult", "Listener", "NonFinitePolicy", "StopOnNonFinite",
     "RollbackOnNonFinite", "ProgressBar", "Timeout", "Callbacks", "SeparablePenalty",
+    "SliceGenerators",
 ]

@@ -23,6 +23,28 @@ def make_generator(random_state=None, device="cpu") -> torch.Generator:
     return gen
 
 
+class SliceGenerators(tuple):
+    """One ``torch.Generator`` per slice along dim 0 of every leaf.
+
+    For chains stacked into one computation (the leading dim of each leaf indexes the
+    chain): each slice's noise comes from its own chain's generator, so every chain
+    draws exactly what it would draw alone. Anywhere a generator is taken.
+    """
+
+    @property
+    def device(self):
+        return self[0].device
+
+
+def standard_normal(shape, generator, *, device, dtype) -> torch.Tensor:
+    """``z ~ N(0, I)`` of ``shape`` from ``generator`` (or, for :class:`SliceGenerators`,
+    slice ``k`` along dim 0 from generator ``k``)."""
+    if isinstance(generator, SliceGenerators):
+        return torch.stack([torch.randn(shape[1:], generator=g, device=device, dtype=dtype)
+                            for g in generator])
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
 @torch.no_grad()
 def langevin_step(theta, grads, *, lr, temperature, noise_scale, generator):
     """One SGLD step on a list of tensors; returns new detached tensors.
@@ -146,7 +168,7 @@ class PreconditionedSampler(Sampler):
         base = math.sqrt(2.0 * self.lr * self.temperature) * self.noise_scale
         if base > 0.0:
             for t, p in zip(out, self.P):
-                z = torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+                z = standard_normal(t.shape, generator, device=t.device, dtype=t.dtype)
                 t.add_(z * p.sqrt(), alpha=base)
         return out
 
@@ -165,7 +187,7 @@ def _add_noise(out, std, generator):
     """``out + std * z`` leaf by leaf, in place (the stream of :func:`langevin_step`)."""
     if std > 0.0:
         for t in out:
-            t.add_(torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype),
+            t.add_(standard_normal(t.shape, generator, device=t.device, dtype=t.dtype),
                    alpha=std)
     return out
 

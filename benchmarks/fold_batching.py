@@ -1,0 +1,124 @@
+"""Folds stacked into one chain (``batch_folds``) against folds one after the other.
+
+Through the tuner: ``SGLDHyperTuner`` with PerWeightL1 (its default kind for an MLP) and
+every other setting at its default, on digits (1200 rows), CPU time of one torch thread.
+The cost of one outer iteration is the difference of two fits, ``n_outer=22`` and
+``n_outer=2`` (no refit, scored only at the last iteration), divided by 20: setup,
+scoring and the refit cancel out. Medians of interleaved rounds.
+
+Rows per net: one fold alone (``ShuffleSplit(n_splits=1)`` with the held-out third of
+3-fold cv), 3 folds and 5 folds, each sequential (``batch_folds=False``) and stacked
+(``batch_folds=True``). The issue's goal: 3 folds cost <= 1.5x one fold. The crossover
+(the largest net where stacking still wins) sets ``sgld_tuner.fold_batch.AUTO_MAX_WEIGHTS``.
+
+    python benchmarks/fold_batching.py            # ~4 min
+    python benchmarks/fold_batching.py --smoke
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+
+import numpy as np
+import torch
+from sklearn.model_selection import KFold, ShuffleSplit
+
+from sgld_tuner import SGLDHyperTuner
+from sgld_tuner.hyperparams import PerWeightL1
+
+from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
+from cost_kinds import MLP, data, BATCH, LR
+
+SHORT, LONG = 2, 22
+
+
+def make_user_net(hidden):
+    from skorch import NeuralNetClassifier
+    return NeuralNetClassifier(MLP, module__hidden=hidden, criterion=torch.nn.CrossEntropyLoss,
+                               optimizer=torch.optim.SGD, lr=LR, batch_size=BATCH,
+                               max_epochs=40, train_split=None, verbose=0)
+
+
+def fit_seconds(hidden, cv, batch_folds, n_outer, X, y) -> float:
+    tuner = SGLDHyperTuner(make_user_net(hidden), {"l1": PerWeightL1()}, n_outer=n_outer,
+                           cv=cv, eval_every=10_000, refit=False, random_state=0,
+                           batch_folds=batch_folds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        started = time.process_time()
+        tuner.fit(X, y)
+        return time.process_time() - started
+
+
+def configs():
+    one = ShuffleSplit(n_splits=1, test_size=1 / 3, random_state=0)
+    return [("1 fold", one, False), ("3 folds", KFold(3), False),
+            ("3 folds", KFold(3), True), ("5 folds", KFold(5), False),
+            ("5 folds", KFold(5), True)]
+
+
+def measure(hidden, rounds, X, y) -> list[dict]:
+    """Median CPU seconds per outer iteration of every configuration for one net."""
+    cfgs = configs()
+    per = {i: [] for i in range(len(cfgs))}
+    for i, (_, cv, bf) in enumerate(cfgs):  # warm-up (allocator, lazy imports)
+        fit_seconds(hidden, cv, bf, SHORT, X, y)
+    for _ in range(rounds):
+        for i, (_, cv, bf) in enumerate(cfgs):
+            long = fit_seconds(hidden, cv, bf, LONG, X, y)
+            short = fit_seconds(hidden, cv, bf, SHORT, X, y)
+            per[i].append((long - short) / (LONG - SHORT))
+    n_weights = sum(p.numel() for p in MLP(hidden).parameters())
+    base = float(np.median(per[0]))
+    rows = []
+    for i, (label, _, bf) in enumerate(cfgs):
+        ms = float(np.median(per[i])) * 1e3
+        rows.append({"net": "-".join(map(str, (64, *hidden, 10))), "weights": n_weights,
+                     "folds": label, "stacked": bf, "ms_per_outer_iteration": ms,
+                     "x_one_fold": ms / (base * 1e3), "samples_ms": [v * 1e3 for v in per[i]]})
+    return rows
+
+
+def to_markdown(rows, meta) -> str:
+    lines = ["# Folds stacked into one chain vs one after the other", "",
+             f"Command: `python benchmarks/fold_batching.py`; torch {torch.__version__}, one "
+             f"thread, CPU time per outer iteration (10 inner steps per fold, PerWeightL1, "
+             f"batch {BATCH}, outer rows 128), median of {meta['rounds']} interleaved "
+             f"rounds of ({LONG} - {SHORT})-iteration fit differences; digits, "
+             f"{meta['n_rows']} rows; load average {meta['load'][0]:.2f} at the end on "
+             f"{os.cpu_count()} cores.", "",
+             "| net (weights) | folds | stacked | ms per outer iteration | x one fold |",
+             "|---|---|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['net']} ({r['weights']:,}) | {r['folds']} | "
+                     f"{'yes' if r['stacked'] else 'no'} | {r['ms_per_outer_iteration']:.1f} | "
+                     f"{r['x_one_fold']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    args = parse_args(parser, argv)
+    torch.set_num_threads(1)
+    Xtr, ytr, Xva, yva = data()
+    X, y = np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva])
+    nets = [(16,)] if is_smoke() else [(32,), (128,), (256,), (512,), (512, 512)]
+    rounds = 1 if is_smoke() else 3
+    if is_smoke():
+        X, y = X[:300], y[:300]
+    rows = []
+    for hidden in nets:
+        rows += measure(hidden, rounds, X, y)
+        print(to_markdown(rows, {"rounds": rounds, "n_rows": len(y),
+                                 "load": os.getloadavg()}), flush=True)
+    meta = {"rounds": rounds, "n_rows": len(y), "load": os.getloadavg()}
+    md = to_markdown(rows, meta)
+    stem = result_stem("fold_batching", args.out_dir)
+    write_results(stem, {"rows": rows, "meta": meta}, md)
+    print(f"wrote {stem}.json/.md")
+
+
+if __name__ == "__main__":
+    main()

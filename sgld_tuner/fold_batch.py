@@ -1,0 +1,335 @@
+"""The cv folds' chains stacked into one computation (small nets).
+
+On a small net a chain's inner step is a few dozen tiny kernels, and their dispatch, not
+their arithmetic, is what a step costs: ``K`` folds run one after the other pay it ``K``
+times. :class:`FoldBatch` runs the folds' chains as one chain over stacked weights
+(leading dim = fold): the module's own ``forward`` runs once on the folds' stacked
+inputs, with every ``F.linear`` turned into a batched matrix product
+(:class:`_BatchedLinear`; elementwise layers broadcast as they are), the Langevin step
+and the tracked adjoint act on stacked tensors, and autograd's double backward runs
+once for all folds. (``torch.func.vmap`` does the same for any module, but measured
+slower than the folds one by one at 64-128-10: its dispatch costs more than it saves.) Everything random stays per fold: each fold
+draws its minibatch, its validation rows and its noise (:class:`SliceGenerators`) from
+its own generators, in the order its own chain would, so the stacked run equals the
+sequential one per fold up to float rounding (batched matrix products sum in another
+order).
+
+Exact only where the folds do not interact, hence :func:`FoldBatch.build`'s conditions:
+plain SGLD with the tracked or paper recursion (the damped one and the adjoint's
+safeguard take dot products over the whole chain), no curvature guard, a module without
+buffers, tied weights or random draws, whose forward gives each fold's slice exactly
+what it gives that fold alone (a probe on a copy checks this, in train and eval mode),
+and minibatches and validation draws of one size in every fold.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
+
+from .core import _tree
+from .core.hypergrad import sgld_hypergrad
+from .core.problem import BilevelProblem, ChainState, InnerSettings, SeparablePenalty
+from .core.recursions import RecursionState, resolve_recursion
+from .core.sgld import SliceGenerators
+from .optimizers import with_weight_decay
+from .skorch_adapter import (NetProblem, _average_replicas, _first_output, _training_loss,
+                             _transform, OUTER_BATCH)
+
+#: ``batch_folds="auto"`` stacks the folds up to this many weights per net, where one
+#: outer iteration of 3 stacked folds cost <= 1.5x one fold's
+#: (``benchmarks/fold_batching.py``).
+AUTO_MAX_WEIGHTS = 25_000
+
+
+def _rows(n: int, size: int | None) -> int:
+    """Rows a :meth:`NetProblem._draw_rows` draw yields out of ``n`` (``size`` None: all)."""
+    return n if size is None or size >= n else size
+
+
+class _StackedPenalty(SeparablePenalty):
+    """The folds' closed-form penalties over stacked weights: per fold on its slice,
+    weight derivatives stacked, lam derivatives and values summed."""
+
+    def __init__(self, penalties: list, lam_spec):
+        self.penalties, self.lam_spec = penalties, lam_spec
+
+    def _per_fold(self, method, lam, theta, *vectors):
+        return [getattr(p, method)(lam, {n: t[k] for n, t in theta.items()},
+                                   *({n: t[k] for n, t in v.items()} for v in vectors))
+                for k, p in enumerate(self.penalties)]
+
+    def value(self, lam, theta):
+        return sum(self._per_fold("value", lam, theta))
+
+    def _stacked(self, parts, theta):
+        if all(p is None for p in parts):
+            return None
+        names = {n for p in parts if p for n in p}
+        return {n: torch.stack([p[n] if p and n in p else torch.zeros_like(theta[n][k])
+                                for k, p in enumerate(parts)]) for n in names}
+
+    def grad_theta(self, lam, theta):
+        return self._stacked(self._per_fold("grad_theta", lam, theta), theta)
+
+    def hvp(self, lam, theta, u):
+        return self._stacked(self._per_fold("hvp", lam, theta, u), theta)
+
+    def mixed(self, lam, theta, u):
+        return _summed(self._per_fold("mixed", lam, theta, u), self.lam_spec)
+
+    def grad_lam(self, lam, theta):
+        return _summed(self._per_fold("grad_lam", lam, theta), self.lam_spec)
+
+
+def _summed(parts: list, spec):
+    """Leafwise sum of per-fold structures shaped like ``lam`` (parts a fold leaves out
+    count as zero; a leaf no fold gives stays ``None``)."""
+    total = []
+    for leaves in zip(*(_tree.flatten_partial(p, spec) for p in parts)):
+        present = [t for t in leaves if t is not None]
+        total.append(sum(present) if present else None)
+    return _tree.unflatten(total, spec)
+
+
+class FoldBatch:
+    """``K`` folds' chains as one :class:`BilevelProblem` over stacked weights.
+
+    Build with :meth:`build` (``None`` where stacking would not be exact or cannot
+    work); :meth:`hypergradient` then takes the place of one hypergradient per fold.
+    """
+
+    def __init__(self, problems: list[NetProblem], bilevels: list[BilevelProblem],
+                 weight_decay: float):
+        self.problems = problems
+        self.template = problems[0].module
+        self.theta_spec = bilevels[0].theta_spec
+        self.closed = problems[0]._closed_form_names
+        self.lam_spec = bilevels[0].lam_spec
+        penalties = [b.penalty for b in bilevels]
+        self._mixed = [b.mixed_vjp for b in bilevels]
+        theta0 = _tree.unflatten([torch.stack(ts) for ts in
+                                  zip(*(b.theta0_leaves for b in bilevels))], self.theta_spec)
+        self.bilevel = BilevelProblem(
+            self.outer_loss, with_weight_decay(self.inner_loss, weight_decay), self.lam_spec,
+            theta0, mixed_vjp=None if self._mixed[0] is None else self.mixed_vjp,
+            penalty=None if penalties[0] is None else _StackedPenalty(penalties, self.lam_spec))
+        self.generators = SliceGenerators(p.generator for p in problems)
+
+    def hypergradient(self, states: list[ChainState], lam, settings: InnerSettings):
+        """One hypergradient of the stacked chain from the folds' ``states``: the result
+        (``grad`` and the losses are sums over folds) and each fold's new state; ``None``
+        when the states cannot be stacked."""
+        stacked = self.stack_states(states)
+        if stacked is None:
+            return None
+        result = sgld_hypergrad(self.bilevel, lam, stacked, settings, self.generators)
+        return result, [self.unstack_state(stacked, k) for k in range(len(states))]
+
+    def mixed_vjp(self, lam, theta, v):
+        """Sum over folds of each fold's closed-form mixed product on its slice."""
+        return _summed([m(lam, {n: t[k] for n, t in theta.items()},
+                          {n: t[k] for n, t in v.items()})
+                        for k, m in enumerate(self._mixed)], self.lam_spec)
+
+    # -- eligibility ----------------------------------------------------------------------
+    @classmethod
+    def build(cls, folds: list, settings: InnerSettings, weight_decay: float,
+              max_weights: int | None = AUTO_MAX_WEIGHTS) -> "FoldBatch | None":
+        """A :class:`FoldBatch` for ``folds`` (objects with ``problem``, ``bilevel``) or
+        ``None`` when stacking them would not equal the sequential chains, or (with
+        ``max_weights``) when the net is too large to gain."""
+        problems = [f.problem for f in folds]
+        bilevels = [f.bilevel for f in folds]
+        if len(folds) < 2 or not _settings_allow(settings):
+            return None
+        first = problems[0]
+        n_weights = sum(t.numel() for t in bilevels[0].theta0_leaves)
+        if max_weights is not None and n_weights > max_weights:
+            return None
+        shapes = [[tuple(t.shape) for t in b.theta0_leaves] for b in bilevels]
+        sizes = {(_rows(p.X_train.shape[0], p.batch_size),
+                  _rows(p.X_val.shape[0], p.outer_batch_size)) for p in problems}
+        if (any(s != shapes[0] for s in shapes) or len(sizes) != 1
+                or next(iter(sizes))[1] > OUTER_BATCH
+                or any(p._tied or list(p.module.buffers()) for p in problems)
+                or any(b.start_depends_on_lam for b in bilevels)):
+            return None
+        if not _stacking_probe(first):
+            return None
+        return cls(problems, bilevels, weight_decay)
+
+    # -- the stacked losses -----------------------------------------------------------------
+    def _stacked_forward(self, theta, Xs):
+        return _stacked_forward(self.template, theta, torch.stack(Xs))
+
+    def inner_loss(self, lam, theta):
+        """Sum over folds of each fold's training loss on its own minibatch."""
+        batches = []
+        for p in self.problems:
+            idx = p._draw_rows()
+            X, y, rows = ((p.X_train, p.y_train, p.train_rows) if idx is None else
+                          (p.X_train[idx], p.y_train[idx], p.train_rows[idx]))
+            batches.append((_transform(p.bound, lam, X, p.generator), y, rows, X.shape[0]))
+        _set_mode(self.template, True)
+        out = self._stacked_forward(theta, [b[0] for b in batches])
+        return sum(_training_loss(p.crit, p.bound, lam, _average_replicas(out[k], n), y, rows,
+                                  {name: t[k] for name, t in theta.items()}, self.closed)
+                   for k, (p, (_, y, rows, n)) in enumerate(zip(self.problems, batches)))
+
+    def outer_loss(self, lam, theta):
+        """Sum over folds of each fold's outer loss on its own validation rows."""
+        batches = []
+        for p in self.problems:
+            X, y = p.X_val, p.y_val
+            if p.outer_batch_size is not None:
+                idx = p._draw_rows(X.shape[0], p.outer_batch_size, p.outer_generator)
+                X, y = X[idx], y[idx]
+            if p.augment_outer:
+                X_in = _transform(p.bound, lam, X, p.generator)
+            else:
+                X_in = X
+            batches.append((X_in, y, X.shape[0]))
+        _set_mode(self.template, False)
+        out = self._stacked_forward(theta, [b[0] for b in batches])
+        total = 0.0
+        for k, (p, (_, y, n)) in enumerate(zip(self.problems, batches)):
+            total = total + p.crit.mean(_average_replicas(out[k], n), y)
+            for name, b in p.bound.items():
+                pen = b.outer_penalty(lam[name])
+                if pen is not None:
+                    total = total + pen
+        return total
+
+    # -- state in and out -------------------------------------------------------------------
+    def stack_states(self, states: list[ChainState]) -> ChainState | None:
+        """One chain state for the stacked chain, or ``None`` when the folds' states
+        cannot be stacked (they differ in what they carry)."""
+        if len({s.n_steps for s in states}) != 1:
+            return None
+        if any(s.theta is None for s in states):
+            if any(s.theta is not None for s in states):
+                return None
+            theta = None
+        else:
+            theta = [torch.stack(ts) for ts in zip(*(s.theta for s in states))]
+        recs = [s.recursion for s in states]
+        if all(r is None for r in recs):
+            rec = None
+        elif any(r is None for r in recs) or len({(r.name, tuple(r.tensors)) for r in recs}) != 1:
+            return None
+        else:
+            rec = RecursionState(recs[0].name, {
+                key: [_stack_or_share([r.tensors[key][i] for r in recs])
+                      for i in range(len(recs[0].tensors[key]))]
+                for key in recs[0].tensors})
+        if any(s.sampler for s in states):
+            return None
+        return ChainState(theta=theta, n_steps=states[0].n_steps, recursion=rec, sampler={})
+
+    @staticmethod
+    def unstack_state(state: ChainState, k: int) -> ChainState:
+        """Fold ``k``'s own chain state out of the stacked one."""
+        rec = state.recursion
+        if rec is not None:
+            rec = RecursionState(rec.name, {key: [t if t.dim() == 0 else t[k].clone()
+                                                  for t in ts]
+                                            for key, ts in rec.tensors.items()})
+        return ChainState(theta=[t[k].clone() for t in state.theta], n_steps=state.n_steps,
+                          recursion=rec, sampler={})
+
+
+def _set_mode(module, training: bool) -> None:
+    """``module.train(training)`` only when needed (it walks every submodule)."""
+    if module.training != training:
+        module.train(training)
+
+
+def _stack_or_share(tensors):
+    """Stack per-fold tensors; a 0-d one (e.g. a curvature bound) is shared: its largest."""
+    if tensors[0].dim() == 0:
+        return torch.stack(tensors).max()
+    return torch.stack(tensors)
+
+
+def _settings_allow(settings: InnerSettings) -> bool:
+    """Whether the chain's arithmetic is per weight (no sums over the whole chain)."""
+    recursion = resolve_recursion(settings.recursion, start_depends_on_lam=False)
+    return (settings.method == "sgld" and settings.chain == "persistent"
+            and settings.sampler == "sgld" and recursion in ("tracked", "paper")
+            and settings.curvature_bound in (None, float("inf"))
+            and not settings.keep_samples)
+
+
+class _BatchedLinear(TorchFunctionMode):
+    """``F.linear`` with weights stacked along a leading fold dim: ``x`` of shape
+    ``(K, ..., in)``, weight ``(K, out, in)``, bias ``(K, out)``, one batched product.
+    Everything else runs as called (elementwise ops broadcast over the fold dim)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            if weight.dim() == 3:
+                return _batched_linear(x, weight, bias)
+        return func(*args, **kwargs)
+
+
+def _batched_linear(x, weight, bias):
+    k, extra = weight.shape[0], x.dim() - 3
+    if extra == 0:  # (K, rows, in): one fused batched multiply-add
+        if bias is None:
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+    w = weight.transpose(1, 2).reshape(k, *([1] * extra), *weight.shape[2:0:-1])
+    out = torch.matmul(x, w)
+    return out if bias is None else out + bias.reshape(k, *([1] * (extra + 1)), -1)
+
+
+def _stacked_forward(module, theta, X):
+    """``module``'s first output for every fold at once: ``theta`` stacked weights,
+    ``X`` stacked inputs ``(K, rows, ...)``."""
+    with _BatchedLinear():
+        return _first_output(functional_call(module, theta, (X,), tie_weights=False))
+
+
+def _rng_states(device) -> list:
+    states = [torch.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+def _stacking_probe(problem: NetProblem) -> bool:
+    """Whether the stacked forward gives each fold's slice what the module gives that
+    fold alone (two different weight sets and inputs, train and eval mode, on a copy of
+    the module) and draws nothing from torch's global RNG (dropout and the like)."""
+    module = copy.deepcopy(problem.module)
+    params = {n: p.detach() for n, p in module.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    other = {n: p + 0.1 * torch.randn(p.shape, generator=gen).to(p) for n, p in params.items()}
+    X = problem.X_train[:3]
+    Xs = torch.stack([X, X.flip(0) * 0.5 + 0.1])
+    stacked = {n: torch.stack([params[n], other[n]]) for n in params}
+    devices = [X.device] if X.device.type == "cuda" else []
+    try:  # the probe's own draws (if any) must not advance the caller's RNG
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            for training in (True, False):
+                module.train(training)
+                before = _rng_states(X.device)
+                out = _stacked_forward(module, stacked, Xs)
+                changed = any(not torch.equal(a, b)
+                              for a, b in zip(before, _rng_states(X.device)))
+                alone = [_first_output(functional_call(module, w, (x,)))
+                         for w, x in ((params, Xs[0]), (other, Xs[1]))]
+                if changed or out.shape[0] != 2 or not all(
+                        o.shape == a.shape and torch.allclose(o, a, rtol=1e-4, atol=1e-5)
+                        for o, a in zip(out, alone)):
+                    return False
+    except Exception:  # noqa: BLE001 - a forward the stacking cannot take: do not stack
+        return False
+    return True

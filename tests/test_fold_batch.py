@@ -1,0 +1,195 @@
+"""Folds stacked into one chain (sgld_tuner.fold_batch) against the folds one by one."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from skorch import NeuralNetClassifier
+
+from sgld_tuner import SGLDHyperTuner
+from sgld_tuner.core import ChainState, InnerSettings, SliceGenerators, sgld_hypergrad
+from sgld_tuner.core import _tree
+from sgld_tuner.core.sgld import standard_normal
+from sgld_tuner.fold_batch import FoldBatch
+from sgld_tuner.hyperparams import (AffineAugmentation, LossWeights, PerWeightL1, SampleWeights,
+                                    TaylorLoss, WeightDecay)
+from sgld_tuner.skorch_adapter import NetProblem
+
+N, K = 90, 3
+SETTINGS = InnerSettings(inner_lr=0.1, burn_in=2, n_samples=3, temperature=1e-3)
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, n_in=16, n_out=3, extra=None):
+        super().__init__()
+        self.hidden = torch.nn.Linear(n_in, 8)
+        self.out = torch.nn.Linear(8, n_out)
+        self.extra = extra  # a layer the stacking must refuse
+
+    def forward(self, x):
+        h = torch.relu(self.hidden(x))
+        if self.extra is not None:
+            h = self.extra(h)
+        return self.out(h)
+
+
+class Flattening(MLP):
+    """Reshapes by the row count: right for one fold, wrong for stacked folds."""
+
+    def forward(self, x):
+        return super().forward(x).reshape(x.shape[0], -1)
+
+
+def _data():
+    rng = np.random.RandomState(0)
+    X = rng.rand(N, 16).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0.8).astype(np.int64) + (X[:, 2] > 0.7).astype(np.int64)
+    return X, y
+
+
+def _folds(kinds, module=MLP, augment_outer=False, **module_kw):
+    """K folds of 60 / 30 rows, each with its own net and seeded generators."""
+    X, y = _data()
+    folds = []
+    for k in range(K):
+        val = np.arange(k * 30, (k + 1) * 30)
+        train = np.setdiff1d(np.arange(N), val)
+        net = NeuralNetClassifier(module, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
+                                  batch_size=16, train_split=None, verbose=0,
+                                  **{f"module__{k_}": v for k_, v in module_kw.items()})
+        torch.manual_seed(k)
+        net.initialize()
+        problem = NetProblem(net, kinds(), X[train], y[train], X[val], y[val],
+                             train_rows=train, n_train_total=N, batch_size=16,
+                             generator=torch.Generator().manual_seed(10 + k),
+                             outer_batch_size=20, augment_outer=augment_outer,
+                             outer_generator=torch.Generator().manual_seed(20 + k))
+        folds.append(SimpleNamespace(problem=problem, bilevel=problem.bilevel()))
+    return folds
+
+
+def _lam(folds):
+    return [t.detach().requires_grad_(True)
+            for t in _tree.flatten(folds[0].problem.init_lam())[0]]
+
+
+KINDS = {
+    "PerWeightL1": lambda: {"l1": PerWeightL1()},
+    "WeightDecay": lambda: {"wd": WeightDecay(granularity="tensor")},
+    "LossWeights": lambda: {"cw": LossWeights()},
+    "TaylorLoss": lambda: {"tl": TaylorLoss()},
+    "SampleWeights": lambda: {"sw": SampleWeights()},
+    "L1+LossWeights": lambda: {"l1": PerWeightL1(), "cw": LossWeights()},
+    "AffineAugmentation": lambda: {"aug": AffineAugmentation(image_shape=(4, 4))},
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_stacked_chain_equals_the_folds_one_by_one(kind):
+    """Two outer iterations: the stacked hypergradient is the sum of the folds' own, and
+    every fold's weights and tracked adjoint are what its own chain reaches."""
+    augment = kind == "AffineAugmentation"
+    sequential = _folds(KINDS[kind], augment_outer=augment)
+    stacked = _folds(KINDS[kind], augment_outer=augment)
+    batch = FoldBatch.build(stacked, SETTINGS, weight_decay=0.0, max_weights=None)
+    assert batch is not None
+    lam = _lam(sequential)
+    seq_states = [ChainState() for _ in range(K)]
+    states = [ChainState() for _ in range(K)]
+    for _ in range(2):
+        results = [sgld_hypergrad(f.bilevel, lam, s, SETTINGS, f.problem.generator)
+                   for f, s in zip(sequential, seq_states)]
+        result, states = batch.hypergradient(states, lam, SETTINGS)
+        for i, g in enumerate(result.grad):
+            torch.testing.assert_close(g, sum(r.grad[i] for r in results),
+                                       rtol=1e-4, atol=1e-6)
+        assert result.outer_loss == pytest.approx(sum(r.outer_loss for r in results),
+                                                  rel=1e-5)
+        assert result.inner_loss == pytest.approx(sum(r.inner_loss for r in results),
+                                                  rel=1e-5)
+        for mine, own in zip(states, seq_states):
+            assert mine.n_steps == own.n_steps
+            for a, b in zip(mine.theta, own.theta):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+            for a, b in zip(mine.recursion.tensors["w"], own.recursion.tensors["w"]):
+                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_net_weight_decay_is_kept_per_fold():
+    sequential, stacked = _folds(KINDS["PerWeightL1"]), _folds(KINDS["PerWeightL1"])
+    for f in sequential:
+        f.bilevel = f.problem.bilevel(weight_decay=0.01)
+    batch = FoldBatch.build(stacked, SETTINGS, weight_decay=0.01, max_weights=None)
+    lam = _lam(sequential)
+    results = [sgld_hypergrad(f.bilevel, lam, ChainState(), SETTINGS, f.problem.generator)
+               for f in sequential]
+    result, _ = batch.hypergradient([ChainState() for _ in range(K)], lam, SETTINGS)
+    assert result.inner_loss == pytest.approx(sum(r.inner_loss for r in results), rel=1e-5)
+
+
+@pytest.mark.parametrize("why, folds, settings", [
+    ("dropout draws from the global RNG",
+     lambda: _folds(KINDS["PerWeightL1"], extra=torch.nn.Dropout(0.5)), SETTINGS),
+    ("batch norm keeps running statistics",
+     lambda: _folds(KINDS["PerWeightL1"], extra=torch.nn.BatchNorm1d(8)), SETTINGS),
+    ("the forward reshapes by the row count",
+     lambda: _folds(KINDS["PerWeightL1"], module=Flattening), SETTINGS),
+    ("the damped recursion's rho sums over the whole chain",
+     lambda: _folds(KINDS["PerWeightL1"]), InnerSettings(recursion="damped")),
+    ("momentum's tracked adjoint is capped by a whole-chain Rayleigh quotient",
+     lambda: _folds(KINDS["PerWeightL1"]), InnerSettings(sampler="momentum", momentum=0.9)),
+    ("a baseline method", lambda: _folds(KINDS["PerWeightL1"]), InnerSettings(method="rmd")),
+])
+def test_no_stacking_where_it_would_not_be_exact(why, folds, settings):
+    assert FoldBatch.build(folds(), settings, 0.0, max_weights=None) is None, why
+
+
+def test_auto_leaves_large_nets_alone():
+    folds = _folds(KINDS["PerWeightL1"])
+    n_weights = sum(t.numel() for t in folds[0].bilevel.theta0_leaves)
+    assert FoldBatch.build(folds, SETTINGS, 0.0, max_weights=n_weights - 1) is None
+    assert FoldBatch.build(folds, SETTINGS, 0.0, max_weights=n_weights) is not None
+
+
+def test_slice_generators_draw_what_each_generator_draws_alone():
+    gens = SliceGenerators(torch.Generator().manual_seed(s) for s in (1, 2, 3))
+    z = standard_normal((3, 4, 5), gens, device=torch.device("cpu"), dtype=torch.float64)
+    for k, seed in enumerate((1, 2, 3)):
+        alone = torch.randn((4, 5), generator=torch.Generator().manual_seed(seed),
+                            dtype=torch.float64)
+        torch.testing.assert_close(z[k], alone, rtol=0, atol=0)
+
+
+def _tuner(**kw):
+    net = NeuralNetClassifier(MLP, criterion=torch.nn.CrossEntropyLoss, lr=0.1, batch_size=16,
+                              max_epochs=3, train_split=None, verbose=0)
+    return SGLDHyperTuner(net, {"l1": PerWeightL1(), "cw": LossWeights()}, n_outer=4,
+                          burn_in=2, n_samples=2, cv=3, eval_every=2, random_state=0, **kw)
+
+
+def _values(params: dict) -> np.ndarray:
+    """Every learned number of ``best_params_``, flat."""
+    out = []
+    for v in params.values():
+        out += [np.ravel(x) for x in (v.values() if isinstance(v, dict) else [v])]
+    return np.concatenate(out)
+
+
+def test_tuner_search_is_the_same_stacked_or_not():
+    X, y = _data()
+    apart = _tuner(batch_folds=False).fit(X, y)
+    stacked = _tuner(batch_folds=True).fit(X, y)
+    assert not apart.folds_stacked_ and stacked.folds_stacked_
+    np.testing.assert_allclose(stacked.cv_results_["mean_test_score"],
+                               apart.cv_results_["mean_test_score"], atol=1e-12)
+    np.testing.assert_allclose(_values(stacked.best_params_), _values(apart.best_params_),
+                               rtol=1e-3, atol=1e-7)
+    # "auto" stacks this small net; n_jobs > 1 asks for parallel folds instead
+    assert _tuner().fit(X, y).folds_stacked_
+    assert not _tuner(n_jobs=2).fit(X, y).folds_stacked_
+
+
+def test_batch_folds_is_validated():
+    X, y = _data()
+    with pytest.raises(ValueError, match="batch_folds"):
+        _tuner(batch_folds="always").fit(X, y)
