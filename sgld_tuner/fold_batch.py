@@ -35,6 +35,7 @@ from .core.hypergrad import sgld_hypergrad
 from .core.problem import BilevelProblem, ChainState, InnerSettings, SeparablePenalty
 from .core.recursions import RecursionState, resolve_recursion
 from .core.sgld import SliceGenerators
+from .hyperparams.base import BoundHyperparameter
 from .optimizers import with_weight_decay
 from .skorch_adapter import (NetProblem, _average_replicas, _first_output, _training_loss,
                              _transform, OUTER_BATCH)
@@ -58,8 +59,8 @@ class _StackedPenalty(SeparablePenalty):
         self.penalties, self.lam_spec = penalties, lam_spec
 
     def _per_fold(self, method, lam, theta, *vectors):
-        return [getattr(p, method)(lam, {n: t[k] for n, t in theta.items()},
-                                   *({n: t[k] for n, t in v.items()} for v in vectors))
+        slices = [_slices(x) for x in (theta, *vectors)]
+        return [getattr(p, method)(lam, *(sl[k] for sl in slices))
                 for k, p in enumerate(self.penalties)]
 
     def value(self, lam, theta):
@@ -83,6 +84,13 @@ class _StackedPenalty(SeparablePenalty):
 
     def grad_lam(self, lam, theta):
         return _summed(self._per_fold("grad_lam", lam, theta), self.lam_spec)
+
+
+def _slices(stacked: dict) -> list[dict]:
+    """Fold ``k``'s views ``{name: t[k]}`` of stacked tensors, for every ``k`` (one
+    ``unbind`` per tensor, not one index per tensor and fold)."""
+    return [dict(zip(stacked, views))
+            for views in zip(*(t.unbind(0) for t in stacked.values()))]
 
 
 def _summed(parts: list, spec):
@@ -118,6 +126,12 @@ class FoldBatch:
             theta0, mixed_vjp=None if self._mixed[0] is None else self.mixed_vjp,
             penalty=None if penalties[0] is None else _StackedPenalty(penalties, self.lam_spec))
         self.generators = SliceGenerators(p.generator for p in problems)
+        # Equal row counts and a per-row mean: the sum of the folds' means is K times the
+        # mean over all their rows, one criterion call instead of K.
+        self.pooled = _per_row_mean(problems[0].crit.criterion)
+        self.plain_inner = self.pooled and all(
+            _weighs_nothing(name, b, self.closed) for p in problems
+            for name, b in p.bound.items())
 
     def hypergradient(self, states: list[ChainState], lam, settings: InnerSettings):
         """One hypergradient of the stacked chain from the folds' ``states``: the result
@@ -131,9 +145,8 @@ class FoldBatch:
 
     def mixed_vjp(self, lam, theta, v):
         """Sum over folds of each fold's closed-form mixed product on its slice."""
-        return _summed([m(lam, {n: t[k] for n, t in theta.items()},
-                          {n: t[k] for n, t in v.items()})
-                        for k, m in enumerate(self._mixed)], self.lam_spec)
+        return _summed([m(lam, th, vk) for m, th, vk in
+                        zip(self._mixed, _slices(theta), _slices(v))], self.lam_spec)
 
     # -- eligibility ----------------------------------------------------------------------
     @classmethod
@@ -176,9 +189,21 @@ class FoldBatch:
             batches.append((_transform(p.bound, lam, X, p.generator), y, rows, X.shape[0]))
         _set_mode(self.template, True)
         out = self._stacked_forward(theta, [b[0] for b in batches])
-        return sum(_training_loss(p.crit, p.bound, lam, _average_replicas(out[k], n), y, rows,
-                                  {name: t[k] for name, t in theta.items()}, self.closed)
-                   for k, (p, (_, y, rows, n)) in enumerate(zip(self.problems, batches)))
+        if self.plain_inner:
+            return self._pooled_mean(out, [b[1] for b in batches], batches[0][3])
+        return sum(_training_loss(p.crit, p.bound, lam, _average_replicas(o, n), y, rows, th,
+                                  self.closed)
+                   for p, (_, y, rows, n), th, o in zip(self.problems, batches, _slices(theta),
+                                                        out.unbind(0)))
+
+    def _pooled_mean(self, out, ys, n):
+        """``sum_k crit(out[k], ys[k])`` as K times the criterion over all folds' rows
+        (``n`` rows per fold; an augmented output's replicas are averaged per fold)."""
+        if out.shape[1] == n:
+            rows = out.reshape(-1, *out.shape[2:])
+        else:
+            rows = torch.cat([_average_replicas(o, n) for o in out.unbind(0)])
+        return len(ys) * self.problems[0].crit.mean(rows, torch.cat(ys))
 
     def outer_loss(self, lam, theta):
         """Sum over folds of each fold's outer loss on its own validation rows."""
@@ -195,9 +220,12 @@ class FoldBatch:
             batches.append((X_in, y, X.shape[0]))
         _set_mode(self.template, False)
         out = self._stacked_forward(theta, [b[0] for b in batches])
-        total = 0.0
-        for k, (p, (_, y, n)) in enumerate(zip(self.problems, batches)):
-            total = total + p.crit.mean(_average_replicas(out[k], n), y)
+        if self.pooled:
+            total = self._pooled_mean(out, [b[1] for b in batches], batches[0][2])
+        else:
+            total = sum(p.crit.mean(_average_replicas(o, n), y)
+                        for p, (_, y, n), o in zip(self.problems, batches, out.unbind(0)))
+        for p in self.problems:
             for name, b in p.bound.items():
                 pen = b.outer_penalty(lam[name])
                 if pen is not None:
@@ -240,6 +268,28 @@ class FoldBatch:
                                             for key, ts in rec.tensors.items()})
         return ChainState(theta=[t[k].clone() for t in state.theta], n_steps=state.n_steps,
                           recursion=rec, sampler={})
+
+
+#: criteria whose ``reduction="mean"`` is a plain mean over rows (and elements)
+_PER_ROW_MEAN = (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss, torch.nn.MSELoss,
+                 torch.nn.L1Loss, torch.nn.SmoothL1Loss, torch.nn.HuberLoss,
+                 torch.nn.BCEWithLogitsLoss, torch.nn.BCELoss)
+
+
+def _per_row_mean(criterion) -> bool:
+    """Whether ``criterion`` averages a per-row loss with equal weights (class weights
+    make a weighted mean, whose pooled value is not the sum of the folds')."""
+    return (type(criterion) in _PER_ROW_MEAN and criterion.reduction == "mean"
+            and getattr(criterion, "weight", None) is None)
+
+
+def _weighs_nothing(name, bound, closed) -> bool:
+    """Whether the kind leaves the training loss the criterion's plain mean (penalties
+    with closed forms are added apart)."""
+    cls, base = type(bound), BoundHyperparameter
+    return (not bound.modifies_loss and cls.class_weights is base.class_weights
+            and cls.sample_weights is base.sample_weights
+            and (name in closed or cls.inner_penalty is base.inner_penalty))
 
 
 def _set_mode(module, training: bool) -> None:
