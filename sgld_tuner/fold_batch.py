@@ -40,10 +40,10 @@ from .optimizers import with_weight_decay
 from .skorch_adapter import (NetProblem, _average_replicas, _first_output, _training_loss,
                              _transform, OUTER_BATCH)
 
-#: ``batch_folds="auto"`` stacks the folds up to this many weights per net, where one
-#: outer iteration of 3 stacked folds cost <= 1.5x one fold's
-#: (``benchmarks/fold_batching.py``).
-AUTO_MAX_WEIGHTS = 25_000
+#: ``batch_folds="auto"`` stacks the folds up to this many weights per net
+#: (``benchmarks/fold_batching.py``: stacking still won at 38k weights, by 6-8%, and lost
+#: by 22-25% at 301k, where the batched products cost more than the dispatch they save).
+AUTO_MAX_WEIGHTS = 40_000
 
 
 def _rows(n: int, size: int | None) -> int:
