@@ -125,7 +125,6 @@ class FoldBatch:
             self.outer_loss, with_weight_decay(self.inner_loss, weight_decay), self.lam_spec,
             theta0, mixed_vjp=None if self._mixed[0] is None else self.mixed_vjp,
             penalty=None if penalties[0] is None else _StackedPenalty(penalties, self.lam_spec))
-        self.generators = SliceGenerators(p.generator for p in problems)
         # Equal row counts and a per-row mean: the sum of the folds' means is K times the
         # mean over all their rows, one criterion call instead of K.
         self.pooled = _per_row_mean(problems[0].crit.criterion)
@@ -140,7 +139,9 @@ class FoldBatch:
         stacked = self.stack_states(states)
         if stacked is None:
             return None
-        result = sgld_hypergrad(self.bilevel, lam, stacked, settings, self.generators)
+        # The folds' generators as they are now: a rollback gives each fold new ones.
+        generators = SliceGenerators(p.generator for p in self.problems)
+        result = sgld_hypergrad(self.bilevel, lam, stacked, settings, generators)
         return result, [self.unstack_state(stacked, k) for k in range(len(states))]
 
     def mixed_vjp(self, lam, theta, v):

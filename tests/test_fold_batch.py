@@ -193,3 +193,24 @@ def test_batch_folds_is_validated():
     X, y = _data()
     with pytest.raises(ValueError, match="batch_folds"):
         _tuner(batch_folds="always").fit(X, y)
+
+
+def test_stacked_chain_follows_generators_replaced_by_a_rollback():
+    """A rollback gives each fold new generator objects (the tuner's ``_restore``): the
+    stacked chain must draw from those, as each fold's own chain does."""
+    sequential, stacked = _folds(KINDS["PerWeightL1"]), _folds(KINDS["PerWeightL1"])
+    batch = FoldBatch.build(stacked, SETTINGS, 0.0, max_weights=None)
+    lam = _lam(sequential)
+    seq_states = [ChainState() for _ in range(K)]
+    states = [ChainState() for _ in range(K)]
+    for k, (a, b) in enumerate(zip(sequential, stacked)):
+        for f in (a, b):
+            f.problem.generator = torch.Generator().manual_seed(100 + k)
+    results = [sgld_hypergrad(f.bilevel, lam, s, SETTINGS, f.problem.generator)
+               for f, s in zip(sequential, seq_states)]
+    result, states = batch.hypergradient(states, lam, SETTINGS)
+    for i, g in enumerate(result.grad):
+        torch.testing.assert_close(g, sum(r.grad[i] for r in results), rtol=1e-4, atol=1e-6)
+    for mine, own in zip(states, seq_states):
+        for a, b in zip(mine.theta, own.theta):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
