@@ -83,8 +83,12 @@ CONFIGS = {
     # The chain trains for the net's own budget at the start values before the search.
     "warm-up": ({}, {"warm_up": "epochs"}),
     # Ten times the default chain temperature (what AffineAugmentation needed to find a
-    # rotation in benchmarks/invariance.py).
+    # rotation in benchmarks/invariance.py before its outer_lr_scale).
     "tau1e-3": ({}, {"temperature": 1e-3}),
+    # More search for the CPU that stacked folds save: twice the outer iterations, or
+    # twice the outer step.
+    "n_outer100": ({}, {"n_outer": 100}),
+    "outer-lr0.1": ({}, {"outer_lr": 0.1}),
 }
 
 
