@@ -137,7 +137,7 @@ def timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run_tuner(config, data, seed, n_outer):
+def run_tuner(config, data, seed, n_outer, control=False):
     X_tr, X_te, y_tr, y_te, classification = data
     n_out = int(y_tr.max()) + 1 if classification else 1
     kind_kwargs, tuner_kwargs = CONFIGS[config]
@@ -145,7 +145,8 @@ def run_tuner(config, data, seed, n_outer):
     kind = kind_kwargs.pop("kind", PerWeightL1)
     tuner = SGLDHyperTuner(make_net(classification, X_tr.shape[1], n_out),
                            {"l1": kind(**kind_kwargs)}, cv=3, random_state=seed,
-                           n_outer=n_outer, **tuner_kwargs)
+                           **{"n_outer": n_outer, **tuner_kwargs,
+                              **({"n_outer": 1} if control else {})})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, wall, cpu = timed(lambda: tuner.fit(X_tr, y_tr))
@@ -186,7 +187,7 @@ def main(argv=None):
             runs = [] if args.no_grid else [("GridSearchCV", lambda: run_grid(data, seed))]
             for config in args.configs:
                 runs.append((config, lambda c=config: run_tuner(c, data, seed, args.n_outer)))
-                runs.append((config + " (control)", lambda c=config: run_tuner(c, data, seed, 1)))
+                runs.append((config + " (control)", lambda c=config: run_tuner(c, data, seed, 1, control=True)))
             for method, fn in runs:
                 rows.append({"regime": regime, "seed": seed, "method": method, **fn()})
                 r = rows[-1]

@@ -18,8 +18,9 @@ Exact only where the folds do not interact, hence :func:`FoldBatch.build`'s cond
 plain SGLD with the tracked or paper recursion (the damped one and the adjoint's
 safeguard take dot products over the whole chain), no curvature guard, a module without
 buffers, tied weights or random draws, whose forward gives each fold's slice exactly
-what it gives that fold alone (a probe on a copy checks this, in train and eval mode),
-and minibatches and validation draws of one size in every fold.
+what it gives that fold alone, row by row (a probe on a copy checks this, in train and
+eval mode). Folds with fewer rows (a split that does not divide evenly) are padded with
+zero rows whose outputs are dropped.
 """
 from __future__ import annotations
 
@@ -127,8 +128,11 @@ class FoldBatch:
             penalty=None if penalties[0] is None else _StackedPenalty(penalties, self.lam_spec))
         # Equal row counts and a per-row mean: the sum of the folds' means is K times the
         # mean over all their rows, one criterion call instead of K.
-        self.pooled = _per_row_mean(problems[0].crit.criterion)
-        self.plain_inner = self.pooled and all(
+        per_row = _per_row_mean(problems[0].crit.criterion)
+        equal = [len({_rows(p.X_train.shape[0], p.batch_size) for p in problems}) == 1,
+                 len({_rows(p.X_val.shape[0], p.outer_batch_size) for p in problems}) == 1]
+        self.pooled_outer = per_row and equal[1]
+        self.pooled_inner = per_row and equal[0] and all(
             _weighs_nothing(name, b, self.closed) for p in problems
             for name, b in p.bound.items())
 
@@ -165,10 +169,9 @@ class FoldBatch:
         if max_weights is not None and n_weights > max_weights:
             return None
         shapes = [[tuple(t.shape) for t in b.theta0_leaves] for b in bilevels]
-        sizes = {(_rows(p.X_train.shape[0], p.batch_size),
-                  _rows(p.X_val.shape[0], p.outer_batch_size)) for p in problems}
-        if (any(s != shapes[0] for s in shapes) or len(sizes) != 1
-                or next(iter(sizes))[1] > OUTER_BATCH
+        if (any(s != shapes[0] for s in shapes)
+                or any(_rows(p.X_val.shape[0], p.outer_batch_size) > OUTER_BATCH
+                       for p in problems)
                 or any(p._tied or list(p.module.buffers()) for p in problems)
                 or any(b.start_depends_on_lam for b in bilevels)):
             return None
@@ -177,8 +180,13 @@ class FoldBatch:
         return cls(problems, bilevels, weight_decay)
 
     # -- the stacked losses -----------------------------------------------------------------
-    def _stacked_forward(self, theta, Xs):
-        return _stacked_forward(self.template, theta, torch.stack(Xs))
+    def _stacked_forward(self, theta, Xs) -> list:
+        """Each fold's module output on its own inputs ``Xs[k]``, from one stacked forward
+        (folds with fewer rows padded with zero rows, whose outputs are cut off again: the
+        probe checked that rows do not interact)."""
+        counts = [x.shape[0] for x in Xs]
+        out = _stacked_forward(self.template, theta, torch.stack(_padded(Xs, max(counts))))
+        return [o if o.shape[0] == n else o[:n] for o, n in zip(out.unbind(0), counts)]
 
     def inner_loss(self, lam, theta):
         """Sum over folds of each fold's training loss on its own minibatch."""
@@ -190,20 +198,17 @@ class FoldBatch:
             batches.append((_transform(p.bound, lam, X, p.generator), y, rows, X.shape[0]))
         _set_mode(self.template, True)
         out = self._stacked_forward(theta, [b[0] for b in batches])
-        if self.plain_inner:
+        if self.pooled_inner:
             return self._pooled_mean(out, [b[1] for b in batches], batches[0][3])
         return sum(_training_loss(p.crit, p.bound, lam, _average_replicas(o, n), y, rows, th,
                                   self.closed)
                    for p, (_, y, rows, n), th, o in zip(self.problems, batches, _slices(theta),
-                                                        out.unbind(0)))
+                                                        out))
 
-    def _pooled_mean(self, out, ys, n):
-        """``sum_k crit(out[k], ys[k])`` as K times the criterion over all folds' rows
-        (``n`` rows per fold; an augmented output's replicas are averaged per fold)."""
-        if out.shape[1] == n:
-            rows = out.reshape(-1, *out.shape[2:])
-        else:
-            rows = torch.cat([_average_replicas(o, n) for o in out.unbind(0)])
+    def _pooled_mean(self, outs, ys, n):
+        """``sum_k crit(outs[k], ys[k])`` as K times the criterion over all folds' rows
+        (``n`` rows in every fold; an augmented output's replicas are averaged per fold)."""
+        rows = torch.cat([_average_replicas(o, n) for o in outs])
         return len(ys) * self.problems[0].crit.mean(rows, torch.cat(ys))
 
     def outer_loss(self, lam, theta):
@@ -221,11 +226,11 @@ class FoldBatch:
             batches.append((X_in, y, X.shape[0]))
         _set_mode(self.template, False)
         out = self._stacked_forward(theta, [b[0] for b in batches])
-        if self.pooled:
+        if self.pooled_outer:
             total = self._pooled_mean(out, [b[1] for b in batches], batches[0][2])
         else:
             total = sum(p.crit.mean(_average_replicas(o, n), y)
-                        for p, (_, y, n), o in zip(self.problems, batches, out.unbind(0)))
+                        for p, (_, y, n), o in zip(self.problems, batches, out))
         for p in self.problems:
             for name, b in p.bound.items():
                 pen = b.outer_penalty(lam[name])
@@ -291,6 +296,12 @@ def _weighs_nothing(name, bound, closed) -> bool:
     return (not bound.modifies_loss and cls.class_weights is base.class_weights
             and cls.sample_weights is base.sample_weights
             and (name in closed or cls.inner_penalty is base.inner_penalty))
+
+
+def _padded(Xs: list, n: int) -> list:
+    """Each ``X`` with zero rows appended up to ``n`` rows."""
+    return [x if x.shape[0] == n else torch.cat([x, x.new_zeros(n - x.shape[0], *x.shape[1:])])
+            for x in Xs]
 
 
 def _set_mode(module, training: bool) -> None:
@@ -377,9 +388,12 @@ def _stacking_probe(problem: NetProblem) -> bool:
                               for a, b in zip(before, _rng_states(X.device)))
                 alone = [_first_output(functional_call(module, w, (x,)))
                          for w, x in ((params, Xs[0]), (other, Xs[1]))]
+                # rows must not interact: padding rows leave the others' outputs alone
+                padded = _stacked_forward(module, stacked, torch.stack(_padded(Xs, 5)))
                 if changed or out.shape[0] != 2 or not all(
                         o.shape == a.shape and torch.allclose(o, a, rtol=1e-4, atol=1e-5)
-                        for o, a in zip(out, alone)):
+                        and torch.allclose(q[:a.shape[0]], a, rtol=1e-4, atol=1e-5)
+                        for o, a, q in zip(out, alone, padded)):
                     return False
     except Exception:  # noqa: BLE001 - a forward the stacking cannot take: do not stack
         return False

@@ -527,8 +527,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         minibatches, validation rows and noise, so the result equals the sequential
         chains' up to float rounding. Only where stacking is exact (plain SGLD with the
         tracked or paper recursion, a module without buffers, tied weights or random
-        layers, equal minibatch and validation-draw sizes across folds); elsewhere the
-        folds run one by one. ``"auto"``: when ``n_jobs`` is None or 1 and the net has at
+        layers whose rows do not interact); elsewhere the folds run one by one. ``"auto"``: when ``n_jobs`` is None or 1 and the net has at
         most ``sgld_tuner.fold_batch.AUTO_MAX_WEIGHTS`` weights (where it measured
         faster, ``benchmarks/fold_batching.py``); ``True``: whatever the size and
         ``n_jobs``; ``False``: never.

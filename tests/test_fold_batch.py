@@ -40,6 +40,14 @@ class Flattening(MLP):
         return super().forward(x).reshape(x.shape[0], -1)
 
 
+class Centring(MLP):
+    """Subtracts the batch mean: each row's output depends on the other rows."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out - out.mean(dim=-2, keepdim=True)
+
+
 def _data():
     rng = np.random.RandomState(0)
     X = rng.rand(N, 16).astype(np.float32)
@@ -47,22 +55,24 @@ def _data():
     return X, y
 
 
-def _folds(kinds, module=MLP, augment_outer=False, **module_kw):
-    """K folds of 60 / 30 rows, each with its own net and seeded generators."""
+def _folds(kinds, module=MLP, augment_outer=False, n=N, batch_size=16, outer_batch_size=20,
+           **module_kw):
+    """K folds of about 60 / 30 rows (``n`` rows in all), each with its own net and
+    seeded generators."""
     X, y = _data()
+    X, y = X[:n], y[:n]
     folds = []
-    for k in range(K):
-        val = np.arange(k * 30, (k + 1) * 30)
-        train = np.setdiff1d(np.arange(N), val)
+    for k, val in enumerate(np.array_split(np.arange(n), K)):
+        train = np.setdiff1d(np.arange(n), val)
         net = NeuralNetClassifier(module, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
-                                  batch_size=16, train_split=None, verbose=0,
+                                  batch_size=batch_size, train_split=None, verbose=0,
                                   **{f"module__{k_}": v for k_, v in module_kw.items()})
         torch.manual_seed(k)
         net.initialize()
         problem = NetProblem(net, kinds(), X[train], y[train], X[val], y[val],
-                             train_rows=train, n_train_total=N, batch_size=16,
+                             train_rows=train, n_train_total=N, batch_size=batch_size,
                              generator=torch.Generator().manual_seed(10 + k),
-                             outer_batch_size=20, augment_outer=augment_outer,
+                             outer_batch_size=outer_batch_size, augment_outer=augment_outer,
                              outer_generator=torch.Generator().manual_seed(20 + k))
         folds.append(SimpleNamespace(problem=problem, bilevel=problem.bilevel()))
     return folds
@@ -84,15 +94,22 @@ KINDS = {
 }
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_stacked_chain_equals_the_folds_one_by_one(kind):
+@pytest.mark.parametrize("kind, n", [(kind, N) for kind in KINDS]
+                         + [("PerWeightL1", 89), ("LossWeights", 89)])
+def test_stacked_chain_equals_the_folds_one_by_one(kind, n):
     """Two outer iterations: the stacked hypergradient is the sum of the folds' own, and
-    every fold's weights and tracked adjoint are what its own chain reaches."""
+    every fold's weights and tracked adjoint are what its own chain reaches (n=89, each
+    fold's whole split at every step: 59, 59 and 60 training rows, 30, 30 and 29
+    validation rows, stacked with padding)."""
     augment = kind == "AffineAugmentation"
-    sequential = _folds(KINDS[kind], augment_outer=augment)
-    stacked = _folds(KINDS[kind], augment_outer=augment)
+    sizes = {} if n == N else {"batch_size": 64, "outer_batch_size": None}
+    sequential = _folds(KINDS[kind], augment_outer=augment, n=n, **sizes)
+    stacked = _folds(KINDS[kind], augment_outer=augment, n=n, **sizes)
     batch = FoldBatch.build(stacked, SETTINGS, weight_decay=0.0, max_weights=None)
     assert batch is not None
+    if n != N:
+        assert len({f.problem.X_val.shape[0] for f in stacked}) == 2
+        assert len({f.problem.X_train.shape[0] for f in stacked}) == 2
     lam = _lam(sequential)
     seq_states = [ChainState() for _ in range(K)]
     states = [ChainState() for _ in range(K)]
@@ -134,6 +151,8 @@ def test_net_weight_decay_is_kept_per_fold():
      lambda: _folds(KINDS["PerWeightL1"], extra=torch.nn.BatchNorm1d(8)), SETTINGS),
     ("the forward reshapes by the row count",
      lambda: _folds(KINDS["PerWeightL1"], module=Flattening), SETTINGS),
+    ("rows interact (centred over the batch)",
+     lambda: _folds(KINDS["PerWeightL1"], module=Centring), SETTINGS),
     ("the damped recursion's rho sums over the whole chain",
      lambda: _folds(KINDS["PerWeightL1"]), InnerSettings(recursion="damped")),
     ("momentum's tracked adjoint is capped by a whole-chain Rayleigh quotient",
