@@ -15,11 +15,12 @@ sequential one per fold up to float rounding (batched matrix products sum in ano
 order).
 
 Exact only where the folds do not interact, hence :func:`FoldBatch.build`'s conditions:
-plain SGLD with the tracked or paper recursion (the damped one and the adjoint's
-safeguard take dot products over the whole chain), no curvature guard, a module without
-buffers, tied weights or random draws, whose forward gives each fold's slice exactly
-what it gives that fold alone, row by row (a probe on a copy checks this, in train and
-eval mode). Folds with fewer rows (a split that does not divide evenly) are padded with
+the tracked or paper recursion (the damped one takes dot products over the whole chain;
+the tracked adjoint's safeguard under momentum or Adam reduces per fold, see
+:attr:`~sgld_tuner.core.recursions.Recursion.slices`), any sampler, no curvature guard,
+and a module without buffers, tied weights or random draws, whose forward gives each
+fold's slice exactly what it gives that fold alone, row by row (a probe on a copy checks
+this, in train and eval mode). Folds with fewer rows (a split that does not divide evenly) are padded with
 zero rows whose outputs are dropped.
 """
 from __future__ import annotations
@@ -244,36 +245,66 @@ class FoldBatch:
         cannot be stacked (they differ in what they carry)."""
         if len({s.n_steps for s in states}) != 1:
             return None
-        if any(s.theta is None for s in states):
-            if any(s.theta is not None for s in states):
-                return None
-            theta = None
-        else:
-            theta = [torch.stack(ts) for ts in zip(*(s.theta for s in states))]
-        recs = [s.recursion for s in states]
-        if all(r is None for r in recs):
+        try:
+            theta = _stacked_value([s.theta for s in states])
+            sampler = _stacked_value([s.sampler or {} for s in states])
+            recs = [s.recursion for s in states]
             rec = None
-        elif any(r is None for r in recs) or len({(r.name, tuple(r.tensors)) for r in recs}) != 1:
+            if any(r is not None for r in recs):
+                if len({None if r is None else r.name for r in recs}) != 1:
+                    return None
+                rec = RecursionState(recs[0].name,
+                                     _stacked_value([r.tensors for r in recs]))
+        except _Unstackable:
             return None
-        else:
-            rec = RecursionState(recs[0].name, {
-                key: [_stack_or_share([r.tensors[key][i] for r in recs])
-                      for i in range(len(recs[0].tensors[key]))]
-                for key in recs[0].tensors})
-        if any(s.sampler for s in states):
-            return None
-        return ChainState(theta=theta, n_steps=states[0].n_steps, recursion=rec, sampler={})
+        return ChainState(theta=theta, n_steps=states[0].n_steps, recursion=rec,
+                          sampler=sampler)
 
     @staticmethod
     def unstack_state(state: ChainState, k: int) -> ChainState:
         """Fold ``k``'s own chain state out of the stacked one."""
         rec = state.recursion
         if rec is not None:
-            rec = RecursionState(rec.name, {key: [t if t.dim() == 0 else t[k].clone()
-                                                  for t in ts]
-                                            for key, ts in rec.tensors.items()})
-        return ChainState(theta=[t[k].clone() for t in state.theta], n_steps=state.n_steps,
-                          recursion=rec, sampler={})
+            rec = RecursionState(rec.name, _slice_value(rec.tensors, k))
+        return ChainState(theta=_slice_value(state.theta, k), n_steps=state.n_steps,
+                          recursion=rec, sampler=_slice_value(state.sampler or {}, k))
+
+
+class _Unstackable(Exception):
+    """The folds' states differ in structure: stacking them is not defined."""
+
+
+def _stacked_value(values: list):
+    """The folds' values of one state field stacked along a new dim 0: tensors stacked
+    (0-d ones into one value per fold), lists and dicts leaf by leaf; anything else
+    (a step count, None) must be the same in every fold."""
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        if not all(isinstance(v, torch.Tensor) and v.shape == first.shape for v in values):
+            raise _Unstackable
+        return torch.stack(values)
+    if isinstance(first, list):
+        if any(not isinstance(v, list) or len(v) != len(first) for v in values):
+            raise _Unstackable
+        return [_stacked_value(list(items)) for items in zip(*values)]
+    if isinstance(first, dict):
+        if any(not isinstance(v, dict) or v.keys() != first.keys() for v in values):
+            raise _Unstackable
+        return {key: _stacked_value([v[key] for v in values]) for key in first}
+    if any(v != first for v in values):
+        raise _Unstackable
+    return first
+
+
+def _slice_value(value, k: int):
+    """Fold ``k``'s part of a value built by :func:`_stacked_value` (tensors cloned)."""
+    if isinstance(value, torch.Tensor):
+        return value[k].clone()
+    if isinstance(value, list):
+        return [_slice_value(v, k) for v in value]
+    if isinstance(value, dict):
+        return {key: _slice_value(v, k) for key, v in value.items()}
+    return value
 
 
 #: criteria whose ``reduction="mean"`` is a plain mean over rows (and elements)
@@ -310,18 +341,13 @@ def _set_mode(module, training: bool) -> None:
         module.train(training)
 
 
-def _stack_or_share(tensors):
-    """Stack per-fold tensors; a 0-d one (e.g. a curvature bound) is shared: its largest."""
-    if tensors[0].dim() == 0:
-        return torch.stack(tensors).max()
-    return torch.stack(tensors)
-
-
 def _settings_allow(settings: InnerSettings) -> bool:
-    """Whether the chain's arithmetic is per weight (no sums over the whole chain)."""
+    """Whether the chain's arithmetic is per weight or per chain (the tracked adjoint's
+    safeguard reduces per slice); the damped recursion's rho and the curvature guard
+    reduce over the whole chain."""
     recursion = resolve_recursion(settings.recursion, start_depends_on_lam=False)
     return (settings.method == "sgld" and settings.chain == "persistent"
-            and settings.sampler == "sgld" and recursion in ("tracked", "paper")
+            and recursion in ("tracked", "paper")
             and settings.curvature_bound in (None, float("inf"))
             and not settings.keep_samples)
 

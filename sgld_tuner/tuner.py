@@ -525,10 +525,12 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         (:mod:`sgld_tuner.fold_batch`): on a small net a step's cost is kernel dispatch,
         paid once for all folds instead of once per fold. Each fold keeps its own
         minibatches, validation rows and noise, so the result equals the sequential
-        chains' up to float rounding. Only where stacking is exact (plain SGLD with the
-        tracked or paper recursion, a module without buffers, tied weights or random
-        layers whose rows do not interact); elsewhere the folds run one by one. ``"auto"``: when ``n_jobs`` is None or 1 and the net has at
-        most ``sgld_tuner.fold_batch.AUTO_MAX_WEIGHTS`` weights (where it measured
+        chains' up to float rounding. Only where stacking is exact (the tracked or
+        paper recursion, with any of the chain's samplers: plain, momentum, Adam or
+        RMSprop; a module without buffers, tied weights or random layers, whose rows do
+        not interact); elsewhere the folds run one by one. ``"auto"``: when ``n_jobs``
+        is None or 1 and the net has at most
+        ``sgld_tuner.fold_batch.AUTO_MAX_WEIGHTS`` weights (where it measured
         faster, ``benchmarks/fold_batching.py``); ``True``: whatever the size and
         ``n_jobs``; ``False``: never.
     random_state : int, RandomState or None

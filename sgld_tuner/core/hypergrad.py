@@ -15,7 +15,7 @@ from . import _tree
 from .curvature import curvature_direction, guarded_inner_lr, resolve_bound, restore
 from .problem import BilevelProblem, ChainState, Hypergradient, InnerSettings, chain_start
 from .recursions import Recursion, StepProducts, make_recursion
-from .sgld import Sampler, make_sampler
+from .sgld import Sampler, SliceGenerators, make_sampler
 
 
 class StartJacobian:
@@ -171,7 +171,9 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
     depends = problem.start_depends_on_lam
     theta_start = chain_start(problem, lam, state, settings)
     settings, guard, push = _curvature_guard(problem, lam, theta_start, settings, depends)
-    recursion = make_recursion(settings, lam, start_depends_on_lam=depends)
+    # Chains stacked along dim 0, one generator each: the strategy reduces per chain.
+    slices = len(generator) if isinstance(generator, SliceGenerators) else None
+    recursion = make_recursion(settings, lam, start_depends_on_lam=depends, slices=slices)
     theta = [t.detach().requires_grad_(True) for t in theta_start]
     recursion.begin(state.recursion, theta)
     sampler = make_sampler(settings)

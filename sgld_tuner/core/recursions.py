@@ -84,6 +84,10 @@ class Recursion:
     needs_mixed = True
     #: curvature refresh period when ``curvature_every`` is None (None: once per outer iteration)
     default_refresh: int | None = None
+    #: ``K`` when the chain is ``K`` chains stacked along dim 0 of every leaf (the tuner's
+    #: stacked folds): what a strategy reduces over the whole chain it then reduces per
+    #: slice. ``None``: one chain.
+    slices: int | None = None
 
     def __init__(self, lam, settings, persistent: bool):
         self.eta = settings.inner_lr
@@ -209,7 +213,8 @@ class TrackedRecursion(Recursion):
         self.w = carried if carried is not None else _tree.zeros_like(theta)
         curv = self._saved(saved, "curvature") if self.persistent else None
         device, dtype = theta[0].device, theta[0].dtype
-        self.curvature = curv[0] if curv else torch.zeros((), device=device, dtype=dtype)
+        shape = () if self.slices is None else (self.slices,)
+        self.curvature = curv[0] if curv else torch.zeros(shape, device=device, dtype=dtype)
 
     def needs_hessian(self, m):
         return (m - 1) % self.refresh_every == 0
@@ -227,23 +232,29 @@ class TrackedRecursion(Recursion):
                 step_size = self.eta
                 if self.safeguard:
                     step_size = self._capped_step(step.hess_u, step.precond)
-                self.w = [w - step_size * r for w, r in zip(self.w, resid)]
+                self.w = [w - _along(step_size, w) * r for w, r in zip(self.w, resid)]
 
     def _capped_step(self, hess_w, precond):
         """``eta``, capped so that ``eta * q <= 1`` for the largest curvature ``q`` of the
         preconditioned Hessian seen along ``w`` so far (a Rayleigh quotient: ``w`` grows
         along an unstable direction first, so ``q`` finds it). Tensor ops, no host sync."""
         scaled = self.w if precond is None else [w / p for w, p in zip(self.w, precond)]
-        den = _tree.dot(self.w, scaled)
-        q = torch.where(den > 0, _tree.dot(self.w, hess_w) / den.clamp_min(1e-300),
+        den = self._dot(self.w, scaled)
+        q = torch.where(den > 0, self._dot(self.w, hess_w) / den.clamp_min(1e-300),
                         torch.zeros_like(den))
         self.curvature = torch.maximum(self.curvature, torch.nan_to_num(q, nan=0.0))
         return torch.minimum(torch.as_tensor(self.eta, dtype=den.dtype, device=den.device),
                              1.0 / self.curvature.clamp_min(1e-300))
 
+    def _dot(self, a, b):
+        """``a . b`` over the chain, or per slice (a ``(K,)`` tensor) for stacked chains."""
+        if self.slices is None:
+            return _tree.dot(a, b)
+        return sum((x * y).reshape(self.slices, -1).sum(1) for x, y in zip(a, b))
+
     def end(self):
         self.diagnostics["adjoint_norm"] = float(_tree.dot(self.w, self.w).sqrt())
-        self.diagnostics["adjoint_curvature"] = float(self.curvature)
+        self.diagnostics["adjoint_curvature"] = float(self.curvature.max())
         return RecursionState(self.name, {"w": [t.detach() for t in self.w],
                                           "curvature": [self.curvature.detach()]}) \
             if self.persistent else None
@@ -297,6 +308,14 @@ class GibbsRecursion(Recursion):
                 for fd, d in zip(self.sum_fd, self.sum_d)]
 
 
+def _along(scale, like: torch.Tensor):
+    """``scale`` (a number, a 0-d tensor or one value per slice) shaped to multiply
+    ``like`` (per-slice values along its dim 0)."""
+    if isinstance(scale, torch.Tensor) and scale.dim() == 1:
+        return scale.reshape(-1, *([1] * (like.dim() - 1)))
+    return scale
+
+
 RECURSIONS = {cls.name: cls for cls in (PaperRecursion, DampedRecursion, TrackedRecursion,
                                         GibbsRecursion)}
 
@@ -315,8 +334,10 @@ def resolve_recursion(name: str, start_depends_on_lam: bool) -> str:
     return DEFAULT_LAM_START_RECURSION if start_depends_on_lam else DEFAULT_RECURSION
 
 
-def make_recursion(settings, lam, *, start_depends_on_lam: bool) -> Recursion:
-    """Build the strategy named by ``settings.recursion`` for one outer iteration."""
+def make_recursion(settings, lam, *, start_depends_on_lam: bool,
+                   slices: int | None = None) -> Recursion:
+    """Build the strategy named by ``settings.recursion`` for one outer iteration
+    (``slices``: see :attr:`Recursion.slices`)."""
     name = resolve_recursion(settings.recursion, start_depends_on_lam)
     try:
         cls = RECURSIONS[name]
@@ -328,4 +349,6 @@ def make_recursion(settings, lam, *, start_depends_on_lam: bool) -> Recursion:
         raise ValueError(f"recursion={cls.name!r} needs a start independent of lam; use one of "
                          f"{accepting} for a callable (MAML-type) theta0")
     persistent = settings.chain == "persistent" and not start_depends_on_lam
-    return cls(lam, settings, persistent)
+    recursion = cls(lam, settings, persistent)
+    recursion.slices = slices
+    return recursion
