@@ -181,12 +181,15 @@ class FoldBatch:
         return cls(problems, bilevels, weight_decay)
 
     # -- the stacked losses -----------------------------------------------------------------
-    def _stacked_forward(self, theta, Xs) -> list:
-        """Each fold's module output on its own inputs ``Xs[k]``, from one stacked forward
-        (folds with fewer rows padded with zero rows, whose outputs are cut off again: the
-        probe checked that rows do not interact)."""
+    def _stacked_forward(self, theta, Xs):
+        """Each fold's module output on its own inputs ``Xs[k]``, from one stacked forward:
+        the stacked tensor when every fold has as many rows, else a list (folds with fewer
+        rows padded with zero rows, whose outputs are cut off again: the probe checked
+        that rows do not interact)."""
         counts = [x.shape[0] for x in Xs]
         out = _stacked_forward(self.template, theta, torch.stack(_padded(Xs, max(counts))))
+        if len(set(counts)) == 1:
+            return out  # iterates as the folds' outputs; pooled as one reshape
         return [o if o.shape[0] == n else o[:n] for o, n in zip(out.unbind(0), counts)]
 
     def inner_loss(self, lam, theta):
@@ -209,7 +212,10 @@ class FoldBatch:
     def _pooled_mean(self, outs, ys, n):
         """``sum_k crit(outs[k], ys[k])`` as K times the criterion over all folds' rows
         (``n`` rows in every fold; an augmented output's replicas are averaged per fold)."""
-        rows = torch.cat([_average_replicas(o, n) for o in outs])
+        if isinstance(outs, torch.Tensor) and outs.shape[1] == n:
+            rows = outs.reshape(-1, *outs.shape[2:])
+        else:
+            rows = torch.cat([_average_replicas(o, n) for o in outs])
         return len(ys) * self.problems[0].crit.mean(rows, torch.cat(ys))
 
     def outer_loss(self, lam, theta):
