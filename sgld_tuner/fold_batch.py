@@ -43,9 +43,10 @@ from .skorch_adapter import (NetProblem, _average_replicas, _first_output, _trai
                              _transform, OUTER_BATCH)
 
 #: ``batch_folds="auto"`` stacks the folds up to this many weights per net
-#: (``benchmarks/fold_batching.py``: stacking still won at 38k weights, by 6-8%, and lost
-#: by 22-25% at 301k, where the batched products cost more than the dispatch they save).
-AUTO_MAX_WEIGHTS = 40_000
+#: (``benchmarks/fold_batching.py``: stacking won by 1.2-1.4x at 19k weights, tied or
+#: won by at most 8% at 38k over two runs, and lost by 15-18% at 301k, where the batched
+#: products cost more than the dispatch they save).
+AUTO_MAX_WEIGHTS = 30_000
 
 
 def _rows(n: int, size: int | None) -> int:
