@@ -33,7 +33,7 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 from .core import _tree
-from .core.hypergrad import sgld_hypergrad
+from .core.hypergrad import advance_chain, sgld_hypergrad
 from .core.problem import BilevelProblem, ChainState, InnerSettings, SeparablePenalty
 from .core.recursions import RecursionState, resolve_recursion
 from .core.sgld import SliceGenerators
@@ -149,6 +149,18 @@ class FoldBatch:
         generators = SliceGenerators(p.generator for p in self.problems)
         result = sgld_hypergrad(self.bilevel, lam, stacked, settings, generators)
         return result, [self.unstack_state(stacked, k) for k in range(len(states))]
+
+    def warm_up(self, states: list[ChainState], lam, settings: InnerSettings,
+                n_steps: int) -> list[ChainState] | None:
+        """``n_steps`` Langevin steps of every fold's chain at fixed ``lam``
+        (:func:`~sgld_tuner.core.hypergrad.advance_chain`, stacked); the folds' new
+        states, or ``None`` when the states cannot be stacked."""
+        stacked = self.stack_states(states)
+        if stacked is None:
+            return None
+        generators = SliceGenerators(p.generator for p in self.problems)
+        advance_chain(self.bilevel, lam, stacked, settings, generators, n_steps)
+        return [self.unstack_state(stacked, k) for k in range(len(states))]
 
     def mixed_vjp(self, lam, theta, v):
         """Sum over folds of each fold's closed-form mixed product on its slice."""

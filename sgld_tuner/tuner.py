@@ -384,10 +384,7 @@ class _FoldOracle:
         chains' states cannot be stacked now (the sequential path then runs)."""
         started = time.perf_counter()
         lam = [t.detach().clone().requires_grad_(True) for t in lam]
-        for fold in self.folds:
-            if fold.state.n_steps == 0 and fold.warm_up_steps:
-                advance_chain(fold.bilevel, lam, fold.state, self.settings, fold.generator,
-                              fold.warm_up_steps)
+        self._warm_up_stacked(lam)
         out = self.batch.hypergradient([f.state for f in self.folds], lam, self.settings)
         if out is None:
             return None
@@ -399,6 +396,25 @@ class _FoldOracle:
             fold.fit_time += share
         # The stacked losses and hypergradient are sums over the folds.
         return [g / k for g in result.grad], result.outer_loss / k, [result.inner_loss / k]
+
+    def _warm_up_stacked(self, lam) -> None:
+        """Fresh chains' ``warm_up_steps``: stacked when every fold starts fresh with the
+        same count (as the first outer iteration has it), else fold by fold."""
+        fresh = [f for f in self.folds if f.state.n_steps == 0 and f.warm_up_steps]
+        if not fresh:
+            return
+        steps = {f.warm_up_steps for f in self.folds}
+        states = None
+        if len(fresh) == len(self.folds) and len(steps) == 1:
+            states = self.batch.warm_up([f.state for f in self.folds], lam, self.settings,
+                                        steps.pop())
+        if states is not None:
+            for fold, state in zip(self.folds, states):
+                fold.state = state
+            return
+        for fold in fresh:
+            advance_chain(fold.bilevel, lam, fold.state, self.settings, fold.generator,
+                          fold.warm_up_steps)
 
     def checkpoint(self, engine):
         """``lam``, the chains and their streams, and the inner settings (a rollback

@@ -208,10 +208,12 @@ def _values(params: dict) -> np.ndarray:
     return np.concatenate(out)
 
 
-def test_tuner_search_is_the_same_stacked_or_not():
+@pytest.mark.parametrize("warm_up", [0, 7])
+def test_tuner_search_is_the_same_stacked_or_not(warm_up):
+    """With and without a warm-up of the chains (stacked as well)."""
     X, y = _data()
-    apart = _tuner(batch_folds=False).fit(X, y)
-    stacked = _tuner(batch_folds=True).fit(X, y)
+    apart = _tuner(batch_folds=False, warm_up=warm_up).fit(X, y)
+    stacked = _tuner(batch_folds=True, warm_up=warm_up).fit(X, y)
     assert not apart.folds_stacked_ and stacked.folds_stacked_
     np.testing.assert_allclose(stacked.cv_results_["mean_test_score"],
                                apart.cv_results_["mean_test_score"], atol=1e-12)
