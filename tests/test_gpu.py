@@ -38,3 +38,27 @@ def test_tuner_on_cuda_keeps_everything_on_the_device():
     tuner.fit(X, y)
     assert next(tuner.best_estimator_.module_.parameters()).device.type == "cuda"
     assert np.isfinite(tuner.best_score_) and tuner.predict(X).shape == (120,)
+
+
+def test_stacked_folds_on_cuda_match_the_folds_one_by_one():
+    """batch_folds on the device: per-fold CUDA generators, stacked weights, the probe's
+    RNG check on the CUDA stream."""
+    from sklearn.datasets import load_digits
+
+    from sgld_tuner import SGLDHyperTuner
+    from sgld_tuner.hyperparams import LossWeights, PerWeightL1
+
+    from test_tuner import tiny_classifier
+
+    X, y = load_digits(n_class=4, return_X_y=True)
+    X, y = (X[:121] / 16.0).astype(np.float32), y[:121]
+    scores = {}
+    for stacked in (False, True):
+        tuner = SGLDHyperTuner(tiny_classifier(device="cuda"),
+                               {"l1": PerWeightL1(), "cw": LossWeights()}, n_outer=3,
+                               burn_in=2, n_samples=2, cv=3, eval_every=1, random_state=0,
+                               batch_folds=stacked)
+        tuner.fit(X, y)
+        assert tuner.folds_stacked_ == stacked
+        scores[stacked] = tuner.cv_results_["mean_test_score"]
+    np.testing.assert_allclose(scores[True], scores[False], atol=1e-6)
