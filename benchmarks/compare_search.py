@@ -242,6 +242,14 @@ def m_sgld_warm_up(ctx):
     return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
 
 
+def m_sgld_half_ramp(ctx):
+    """The tuner whose outer-step ramp covers half its iterations at most (the default
+    ramps over one training budget of the net, here the whole search)."""
+    tuner = ctx.tuner(None)
+    tuner.set_params(outer_warmup=max(1, tuner.n_outer // 2))
+    return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
+
+
 def m_sgld_control(ctx):
     tuner = ctx.tuner(1)
     return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
@@ -283,6 +291,8 @@ def m_l1_logreg(ctx):
     return grid, (lambda: grid.fit(ctx.X, ctx.y.ravel())), 7, ctx.n_in
 
 
+#: methods run only when named in --methods (one-off ablations, results files of their own)
+ABLATIONS = ("SGLDHyperTuner outer_warmup=n_outer/2",)
 METHODS = {
     "untuned": m_untuned,
     "GridSearchCV (L1)": m_grid_l1,
@@ -293,6 +303,7 @@ METHODS = {
     "SGLDHyperTuner": m_sgld,
     "SGLDHyperTuner control (n_outer=1)": m_sgld_control,
     "SGLDHyperTuner warm_up=epochs": m_sgld_warm_up,
+    "SGLDHyperTuner outer_warmup=n_outer/2": m_sgld_half_ramp,
     "hybrid: GridSearchCV(lr) x SGLDHyperTuner": m_hybrid,
     "hybrid: GridSearchCV(lr) x SGLDHyperTuner (half chains)": m_hybrid_half,
     "hybrid: GridSearchCV(lr) x SGLDHyperTuner (half chains; cv=2)": m_hybrid_lean,
@@ -445,7 +456,7 @@ def main(argv=None):
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--seeds", type=int, default=1 if SMOKE else 5)
     parser.add_argument("--datasets", default="digits,breast_cancer,diabetes")
-    parser.add_argument("--methods", default=",".join(METHODS),
+    parser.add_argument("--methods", default=",".join(m for m in METHODS if m not in ABLATIONS),
                         help=f"comma-separated subset of: {', '.join(METHODS)}")
     parser.add_argument("--from-json", help="rebuild the .md table and .png plot from a "
                         "previous run's JSON instead of running anything")
