@@ -3,16 +3,17 @@
 On a small net a chain's inner step is a few dozen tiny kernels, and their dispatch, not
 their arithmetic, is what a step costs: ``K`` folds run one after the other pay it ``K``
 times. :class:`FoldBatch` runs the folds' chains as one chain over stacked weights
-(leading dim = fold): the module's own ``forward`` runs once on the folds' stacked
-inputs, with every ``F.linear`` turned into a batched matrix product
-(:class:`_BatchedLinear`; elementwise layers broadcast as they are), the Langevin step
-and the tracked adjoint act on stacked tensors, and autograd's double backward runs
-once for all folds. (``torch.func.vmap`` does the same for any module, but measured
-slower than the folds one by one at 64-128-10: its dispatch costs more than it saves.) Everything random stays per fold: each fold
-draws its minibatch, its validation rows and its noise (:class:`SliceGenerators`) from
-its own generators, in the order its own chain would, so the stacked run equals the
-sequential one per fold up to float rounding (batched matrix products sum in another
-order).
+(leading dim = fold): the module's own ``forward`` runs once on the folds' rows, one
+fold after the other in one batch, with every ``F.linear`` turned into a batched matrix
+product over the folds (:class:`_BatchedLinear`; row-wise layers and reshapes by the row
+count work as they are), the Langevin step and the tracked adjoint act on stacked
+tensors, and autograd's double backward runs once for all folds. (``torch.func.vmap``
+does the same for any module, but measured slower than the folds one by one at
+64-128-10: its dispatch costs more than it saves.) Everything random stays per fold:
+each fold draws its minibatch, its validation rows and its noise
+(:class:`~sgld_tuner.core.sgld.SliceGenerators`) from its own generators, in the order
+its own chain would, so the stacked run equals the sequential one per fold up to float
+rounding (batched matrix products sum in another order).
 
 Exact only where the folds do not interact, hence :func:`FoldBatch.build`'s conditions:
 the tracked or paper recursion (the damped one takes dot products over the whole chain;
@@ -372,9 +373,10 @@ def _settings_allow(settings: InnerSettings) -> bool:
 
 
 class _BatchedLinear(TorchFunctionMode):
-    """``F.linear`` with weights stacked along a leading fold dim: ``x`` of shape
-    ``(K, ..., in)``, weight ``(K, out, in)``, bias ``(K, out)``, one batched product.
-    Everything else runs as called (elementwise ops broadcast over the fold dim)."""
+    """``F.linear`` with weights stacked along a leading fold dim (weight ``(K, out,
+    in)``, bias ``(K, out)``) on inputs whose rows are the folds' rows one fold after
+    the other (``x`` of shape ``(K * rows, ..., in)``): one batched product. Everything
+    else runs as called, on a batch of ``K * rows`` rows."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -387,21 +389,25 @@ class _BatchedLinear(TorchFunctionMode):
 
 
 def _batched_linear(x, weight, bias):
-    k, extra = weight.shape[0], x.dim() - 3
-    if extra == 0:  # (K, rows, in): one fused batched multiply-add
-        if bias is None:
-            return torch.bmm(x, weight.transpose(1, 2))
-        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-    w = weight.transpose(1, 2).reshape(k, *([1] * extra), *weight.shape[2:0:-1])
-    out = torch.matmul(x, w)
-    return out if bias is None else out + bias.reshape(k, *([1] * (extra + 1)), -1)
+    k, n_in = weight.shape[0], weight.shape[2]
+    per_fold = x.reshape(k, -1, n_in)  # each fold's rows are contiguous
+    if bias is None:
+        out = torch.bmm(per_fold, weight.transpose(1, 2))
+    else:
+        out = torch.baddbmm(bias.unsqueeze(1), per_fold, weight.transpose(1, 2))
+    return out.reshape(*x.shape[:-1], weight.shape[1])
 
 
 def _stacked_forward(module, theta, X):
     """``module``'s first output for every fold at once: ``theta`` stacked weights,
-    ``X`` stacked inputs ``(K, rows, ...)``."""
+    ``X`` stacked inputs ``(K, rows, ...)``, seen by the module as one batch of
+    ``K * rows`` rows (so that a forward that flattens by the row count works);
+    returns ``(K, rows, ...)``."""
+    k, n = X.shape[0], X.shape[1]
     with _BatchedLinear():
-        return _first_output(functional_call(module, theta, (X,), tie_weights=False))
+        out = _first_output(functional_call(module, theta, (X.reshape(k * n, *X.shape[2:]),),
+                                            tie_weights=False))
+    return out.reshape(k, n, *out.shape[1:])
 
 
 def _rng_states(device) -> list:

@@ -34,10 +34,17 @@ class MLP(torch.nn.Module):
 
 
 class Flattening(MLP):
-    """Reshapes by the row count: right for one fold, wrong for stacked folds."""
+    """Flattens by the row count, as image nets do (``x.view(x.size(0), -1)``)."""
 
     def forward(self, x):
-        return super().forward(x).reshape(x.shape[0], -1)
+        return super().forward(x.view(x.size(0), -1)).reshape(x.shape[0], -1)
+
+
+class Reversing(MLP):
+    """Reverses the rows' order: row i's output comes from row n - 1 - i."""
+
+    def forward(self, x):
+        return self.out(torch.relu(self.hidden(x)).flip(0))
 
 
 class Centring(MLP):
@@ -99,21 +106,24 @@ MOMENTUM = InnerSettings(inner_lr=0.05, burn_in=2, n_samples=3, temperature=1e-3
 ADAM = InnerSettings(inner_lr=0.01, burn_in=2, n_samples=3, temperature=1e-3, sampler="psgld")
 
 
-@pytest.mark.parametrize("kind, n, settings",
-                         [(kind, N, SETTINGS) for kind in KINDS]
-                         + [("PerWeightL1", 89, SETTINGS), ("LossWeights", 89, SETTINGS),
-                            ("PerWeightL1", N, MOMENTUM), ("L1+LossWeights", 89, ADAM)],
-                         ids=lambda v: v.sampler if isinstance(v, InnerSettings) else str(v))
-def test_stacked_chain_equals_the_folds_one_by_one(kind, n, settings):
+@pytest.mark.parametrize("kind, n, settings, module",
+                         [(kind, N, SETTINGS, MLP) for kind in KINDS]
+                         + [("PerWeightL1", 89, SETTINGS, MLP), ("LossWeights", 89, SETTINGS, MLP),
+                            ("PerWeightL1", N, MOMENTUM, MLP), ("L1+LossWeights", 89, ADAM, MLP),
+                            ("PerWeightL1", 89, SETTINGS, Flattening)],
+                         ids=lambda v: (v.sampler if isinstance(v, InnerSettings) else
+                                        v.__name__ if isinstance(v, type) else str(v)))
+def test_stacked_chain_equals_the_folds_one_by_one(kind, n, settings, module):
     """Two outer iterations: the stacked hypergradient is the sum of the folds' own, and
     every fold's weights and tracked adjoint are what its own chain reaches (n=89, each
     fold's whole split at every step: 59, 59 and 60 training rows, 30, 30 and 29
     validation rows, stacked with padding). Momentum and Adam (pSGLD) chains carry
-    their sampler's buffers and cap the adjoint's step per fold."""
+    their sampler's buffers and cap the adjoint's step per fold; a forward that flattens
+    by the row count sees the folds' rows as one batch."""
     augment = kind == "AffineAugmentation"
     sizes = {} if n == N else {"batch_size": 64, "outer_batch_size": None}
-    sequential = _folds(KINDS[kind], augment_outer=augment, n=n, **sizes)
-    stacked = _folds(KINDS[kind], augment_outer=augment, n=n, **sizes)
+    sequential = _folds(KINDS[kind], module=module, augment_outer=augment, n=n, **sizes)
+    stacked = _folds(KINDS[kind], module=module, augment_outer=augment, n=n, **sizes)
     batch = FoldBatch.build(stacked, settings, weight_decay=0.0, max_weights=None)
     assert batch is not None
     if n != N:
@@ -165,8 +175,8 @@ def test_net_weight_decay_is_kept_per_fold():
      lambda: _folds(KINDS["PerWeightL1"], extra=torch.nn.Dropout(0.5)), SETTINGS),
     ("batch norm keeps running statistics",
      lambda: _folds(KINDS["PerWeightL1"], extra=torch.nn.BatchNorm1d(8)), SETTINGS),
-    ("the forward reshapes by the row count",
-     lambda: _folds(KINDS["PerWeightL1"], module=Flattening), SETTINGS),
+    ("rows trade places (each row's output depends on the batch's order)",
+     lambda: _folds(KINDS["PerWeightL1"], module=Reversing), SETTINGS),
     ("rows interact (centred over the batch)",
      lambda: _folds(KINDS["PerWeightL1"], module=Centring), SETTINGS),
     ("the damped recursion's rho sums over the whole chain",
