@@ -143,25 +143,28 @@ class FoldBatch:
         """One hypergradient of the stacked chain from the folds' ``states``: the result
         (``grad`` and the losses are sums over folds) and each fold's new state; ``None``
         when the states cannot be stacked."""
-        stacked = self.stack_states(states)
-        if stacked is None:
-            return None
-        # The folds' generators as they are now: a rollback gives each fold new ones.
-        generators = SliceGenerators(p.generator for p in self.problems)
-        result = sgld_hypergrad(self.bilevel, lam, stacked, settings, generators)
-        return result, [self.unstack_state(stacked, k) for k in range(len(states))]
+        return self._on_stacked(states, lambda stacked, generators: sgld_hypergrad(
+            self.bilevel, lam, stacked, settings, generators))
 
     def warm_up(self, states: list[ChainState], lam, settings: InnerSettings,
                 n_steps: int) -> list[ChainState] | None:
         """``n_steps`` Langevin steps of every fold's chain at fixed ``lam``
         (:func:`~sgld_tuner.core.hypergrad.advance_chain`, stacked); the folds' new
         states, or ``None`` when the states cannot be stacked."""
+        out = self._on_stacked(states, lambda stacked, generators: advance_chain(
+            self.bilevel, lam, stacked, settings, generators, n_steps))
+        return None if out is None else out[1]
+
+    def _on_stacked(self, states, run):
+        """``run(stacked_state, generators)`` on the folds' states stacked, and the folds'
+        states after it (``None`` when they cannot be stacked)."""
         stacked = self.stack_states(states)
         if stacked is None:
             return None
+        # The folds' generators as they are now: a rollback gives each fold new ones.
         generators = SliceGenerators(p.generator for p in self.problems)
-        advance_chain(self.bilevel, lam, stacked, settings, generators, n_steps)
-        return [self.unstack_state(stacked, k) for k in range(len(states))]
+        out = run(stacked, generators)
+        return out, [self.unstack_state(stacked, k) for k in range(len(states))]
 
     def mixed_vjp(self, lam, theta, v):
         """Sum over folds of each fold's closed-form mixed product on its slice."""

@@ -63,10 +63,10 @@ from .core.engine import (
 )
 from .core.hypergrad import advance_chain
 from .core.recursions import RECURSIONS
+from .fold_batch import AUTO_MAX_WEIGHTS, FoldBatch
 from .hyperparams import Hyperparameter
 from .optimizers import chain_dynamics, net_weight_decay
 from .results import build_cv_results, build_history
-from .fold_batch import AUTO_MAX_WEIGHTS, FoldBatch
 from .skorch_adapter import ModuleRNG, NetProblem, make_learned_net
 
 
