@@ -143,3 +143,10 @@ def write_results(stem: str, payload: dict | None, markdown: str,
         for suffix, fig in figures.items():
             save_figure(fig, base + suffix + ("_smoke" if smoke else "") + ".png")
 
+
+def report_child(row: dict, label: str, describe) -> None:
+    """Print one child run's result: ``describe(row)``, or its error (to stderr)."""
+    if "error" in row:
+        print(f"{label}: error\n{row['error']}", file=sys.stderr)
+    else:
+        print(describe(row), flush=True)

@@ -53,7 +53,7 @@ from sgld_tuner.optimizers import chain_dynamics, net_weight_decay  # noqa: E402
 from sgld_tuner.skorch_adapter import ModuleRNG, NetProblem, make_learned_net  # noqa: E402
 
 import _mlp  # noqa: E402  (peak-RSS helpers shared with memory.py)
-from _results import (add_common_args, is_smoke, parse_args, result_stem,  # noqa: E402
+from _results import (add_common_args, is_smoke, parse_args, report_child, result_stem,  # noqa: E402
                       write_results)
 
 BATCH = 64             # the net's batch_size (make_net's)
@@ -560,13 +560,10 @@ def main(argv=None):
     if not args.no_memory:
         for cfg in memory_rows:
             memory.append(memory_child(*cfg))
-            m = memory[-1]
-            if "error" in m:
-                print(f"memory {cfg}: error\n{m['error']}", file=sys.stderr)
-            else:
-                print(f"memory {m['size']:14s} {m['kind']:18s} {m['recursion']:6s} above plain "
-                      f"(x model), RSS / alloc: {fmt_memory(m)} (RSS "
-                      f"{m['above_plain_x_model']:.2f})", flush=True)
+            report_child(memory[-1], f"memory {cfg}", lambda m: (
+                f"memory {m['size']:14s} {m['kind']:18s} {m['recursion']:6s} above plain "
+                f"(x model), RSS / alloc: {fmt_memory(m)} (RSS "
+                f"{m['above_plain_x_model']:.2f})"))
     command = "python benchmarks/cost_kinds.py" + (" --smoke" if is_smoke() else "") + \
         (" --no-memory" if args.no_memory else "")
     meta = {"command": command, "code": code_revision(), "torch": torch.__version__,

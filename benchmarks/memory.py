@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import _mlp  # noqa: E402
-from _results import (add_common_args, is_smoke, parse_args, result_stem,  # noqa: E402
+from _results import (add_common_args, is_smoke, parse_args, report_child, result_stem,  # noqa: E402
                       write_results)
 
 LABELS = ["sgld-damped", "sgld-damped-closed", "sgld-paper", "sgld-paper-closed", "rmd"]
@@ -106,12 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         for label in labels:
             row = _mlp.run_child(label, steps, width)
             rows.append(row)
-            if "error" in row:
-                print(f"{label} B+M={steps}: error\n{row['error']}", file=sys.stderr)
-            else:
-                print(f"{label:18s} B+M={steps:4d}  peak {row['hyper_peak_bytes'] / MIB:8.1f} MiB"
-                      f"  ({row['hyper_peak_bytes'] / row['model_bytes']:.2f} x model)"
-                      f"  plain {row['plain_peak_bytes'] / MIB:6.1f} MiB", flush=True)
+            report_child(row, f"{label} B+M={steps}", lambda r: (
+                f"{label:18s} B+M={steps:4d}  peak {r['hyper_peak_bytes'] / MIB:8.1f} MiB"
+                f"  ({r['hyper_peak_bytes'] / r['model_bytes']:.2f} x model)"
+                f"  plain {r['plain_peak_bytes'] / MIB:6.1f} MiB"))
     good = [r for r in rows if "error" not in r]
     meta = {
         "width": width,
