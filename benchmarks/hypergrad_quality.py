@@ -49,8 +49,9 @@ DT = torch.float64
 ESTIMATORS = {
     "paper": dict(method="sgld", recursion="paper"),
     "damped": dict(method="sgld", recursion="damped"),
+    # The default: the adjoint (and the outer gradient) every 5th inner step.
     "tracked": dict(method="sgld", recursion="tracked"),
-    "tracked/5": dict(method="sgld", recursion="tracked", curvature_every=5),
+    "tracked/1": dict(method="sgld", recursion="tracked", curvature_every=1),
     "gibbs": dict(method="sgld", recursion="gibbs"),
     "rmd-10": dict(method="rmd", n_inner=10),
     "rmd-50": dict(method="rmd", n_inner=50),

@@ -89,6 +89,11 @@ CONFIGS = {
     # twice the outer step.
     "n_outer100": ({}, {"n_outer": 100}),
     "outer-lr0.1": ({}, {"outer_lr": 0.1}),
+    # The tracked adjoint (and the outer gradient it needs) every k-th inner step only.
+    "tracked-k2": ({}, {"method_options": {"curvature_every": 2}}),
+    "tracked-k3": ({}, {"method_options": {"curvature_every": 3}}),
+    "tracked-k5": ({}, {"method_options": {"curvature_every": 5}}),
+    "tracked-k10": ({}, {"method_options": {"curvature_every": 10}}),
 }
 
 

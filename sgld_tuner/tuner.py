@@ -591,8 +591,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         ``docs/performance.md``). Scoring for ``cv_results_`` always uses the whole split.
     method_options : dict, optional
         Options of the baselines: ``n_inner``, ``cg_iters``, ``cg_damping``,
-        ``neumann_iters``, ``neumann_alpha``; and ``curvature_every`` for the damped
-        recursion (see ``sgld_tuner.core.InnerSettings``).
+        ``neumann_iters``, ``neumann_alpha``; and ``curvature_every`` for the tracked
+        (default 5) and damped recursions (see ``sgld_tuner.core.InnerSettings``).
     return_train_score : bool, default=False
         As in ``GridSearchCV``: also score each point on the folds' training rows
         (``split<k>_train_<metric>``, ``mean_/std_train_<metric>`` in ``cv_results_``).

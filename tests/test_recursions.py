@@ -97,3 +97,39 @@ def test_tracked_refreshed_every_k_steps_still_reaches_the_exact_ridge_hypergrad
     settings = InnerSettings(inner_lr=0.2, burn_in=5, n_samples=5, temperature=1e-8,
                              recursion="tracked", curvature_every=5).validate()
     assert warm_chain_relative_error(settings, rounds=200) < 0.02
+
+
+@pytest.mark.parametrize("recursion, every", [("tracked", 5), ("tracked", 2), ("gibbs", None)])
+def test_steps_that_do_not_need_the_outer_gradient_skip_it_and_change_nothing(
+        monkeypatch, recursion, every):
+    """The tracked adjoint reads ``grad_theta f`` only when it steps (every ``k``-th step),
+    and the Gibbs identity never: the steps in between evaluate the outer loss only on
+    retained samples (and Gibbs on every step, for its value), take no gradient in theta,
+    and the hypergradient is exactly what the chain gives when every step takes it."""
+    prob = RidgePerFeature(n=40, d=5, random_state=0)
+    calls = []
+
+    def outer(lam, theta):
+        calls.append(1)
+        return prob.outer_loss(lam, theta)
+
+    problem = BilevelProblem(outer, prob.inner_loss, None, prob.theta0, mixed_vjp=prob.mixed_vjp)
+    settings = InnerSettings(inner_lr=0.1, burn_in=5, n_samples=5, temperature=1e-3,
+                             recursion=recursion, curvature_every=every).validate()
+    lam = [torch.full((5,), 0.1, dtype=DT, requires_grad=True)]
+
+    def run():
+        calls.clear()
+        state, gen = ChainState(), torch.Generator().manual_seed(0)
+        return [hypergradient(problem, lam, state, settings, gen) for _ in range(3)], len(calls)
+
+    lazy, lazy_calls = run()
+    monkeypatch.setattr(RECURSIONS[recursion], "needs_outer_gradient", lambda self, m: True)
+    eager, eager_calls = run()
+    for a, b in zip(lazy, eager):
+        torch.testing.assert_close(a.grad[0], b.grad[0], rtol=0, atol=0)
+        assert a.outer_loss == b.outer_loss
+    assert eager_calls == 30
+    # per outer iteration: the refresh steps in burn-in (m = 1, 3, 5 for k = 2) plus the
+    # five retained steps; Gibbs reads f on every step.
+    assert lazy_calls == {5: 3 * 6, 2: 3 * 8, None: 30}[every]

@@ -118,25 +118,52 @@ def _step(problem, lam, theta, recursion: Recursion, start, settings, generator,
 
     # grad_lam f only enters h after burn-in: skip that part of the backward before.
     keep = m > settings.burn_in
-    outer_value = problem.outer(lam, new_theta)
-    grads = torch.autograd.grad(outer_value, new_theta + lam if keep else new_theta,
-                                create_graph=start is not None, allow_unused=True)
-    f_theta = _tree.fill_none(grads[:len(theta)], new_theta)
-    v = [t.detach() for t in f_theta]
+    if start is not None or recursion.needs_outer_gradient(m):
+        outer_value = problem.outer(lam, new_theta)
+        grads = torch.autograd.grad(outer_value, new_theta + lam if keep else new_theta,
+                                    create_graph=start is not None, allow_unused=True)
+        f_theta = _tree.fill_none(grads[:len(theta)], new_theta)
+        v = [t.detach() for t in f_theta]
+    else:
+        outer_value, grads = _outer_without_theta_gradient(
+            problem, lam, new_theta, keep or recursion.needs_outer_value, keep)
+        f_theta, v = None, None
     mixed, hess_u = None, None
     if recursion.needs_mixed:
         mixed, hess_u = _inner_products(problem, lam, theta, grad_graph, recursion.vector(v),
                                         need_hessian)
     del grad_graph  # free the inner graph before the strategy's elementwise updates
     recursion.update(StepProducts(m=m, v=v, mixed=mixed, hess_u=hess_u,
-                                  outer_value=outer_value.detach(), inner_lam_grad=inner_lam_grad,
+                                  outer_value=_detached(outer_value), inner_lam_grad=inner_lam_grad,
                                   precond=sampler.precond()))
     if start is not None:
         hess_v = hess_u if recursion.start_needs_hessian else None
         recursion.add_start_terms(start.step(theta, new_theta, f_theta, hess_v, settings.inner_lr))
     # Keep the Nones: most outer losses do not touch lam (no full-size zero fills).
     f_lam = grads[len(theta):]
-    return new_theta, outer_value.detach(), inner_value.detach(), f_lam
+    return new_theta, _detached(outer_value), inner_value.detach(), f_lam
+
+
+def _detached(value):
+    return None if value is None else value.detach()
+
+
+def _outer_without_theta_gradient(problem, lam, theta, need_value, need_lam_grad):
+    """``(outer_value, grads)`` for a step whose strategy does not use ``grad_theta f``.
+
+    The outer loss is evaluated only where its value counts (a retained sample, or a
+    strategy that reads it every step), and differentiated only in ``lam`` and only for a
+    retained sample (an outer loss that does not touch ``lam`` prunes that backward to
+    nothing); on the other steps nothing is computed. ``grads`` has ``len(theta)``
+    placeholders before ``lam``'s, like the full step's.
+    """
+    if not need_value:
+        return None, [None] * (len(theta) + len(lam))
+    value = problem.outer(lam, theta)
+    grads = [None] * len(lam)
+    if need_lam_grad and value.requires_grad:
+        grads = list(torch.autograd.grad(value, lam, allow_unused=True))
+    return value, [None] * len(theta) + grads
 
 
 def _curvature_guard(problem, lam, theta_start, settings, depends):

@@ -82,6 +82,8 @@ class Recursion:
     needs_inner_lam_grad = False
     #: needs the mixed derivative at every step
     needs_mixed = True
+    #: reads ``f(theta_m)`` at every step, burn-in included
+    needs_outer_value = False
     #: curvature refresh period when ``curvature_every`` is None (None: once per outer iteration)
     default_refresh: int | None = None
     #: ``K`` when the chain is ``K`` chains stacked along dim 0 of every leaf (the tuner's
@@ -106,6 +108,11 @@ class Recursion:
     def needs_hessian(self, m: int) -> bool:
         """Whether step ``m`` needs ``H_T u`` (a double backward)."""
         return False
+
+    def needs_outer_gradient(self, m: int) -> bool:
+        """Whether step ``m`` needs ``v = grad_theta f`` (an outer backward); without it
+        the chain loop evaluates the outer loss only where its value is used."""
+        return True
 
     def vector(self, v):
         """The vector ``u`` the mixed derivative is contracted with at this step."""
@@ -194,13 +201,17 @@ class TrackedRecursion(Recursion):
     preconditioner, the identity for plain SGLD): one gradient step on the adjoint
     system per refresh, so ``w`` converges along a persistent chain (it carries over) and
     the estimate becomes the implicit-function hypergradient at stationarity, in any
-    dimension. With ``curvature_every = k > 1`` the adjoint steps every ``k``-th inner
-    step only; the steps in between contract the mixed derivative with the current ``w``
-    (in closed form for separable penalties, without a double backward).
+    dimension. With ``curvature_every = k > 1`` (default 5) the adjoint steps every
+    ``k``-th inner step only; the steps in between contract the mixed derivative with the
+    current ``w`` (in closed form for separable penalties, without a double backward) and
+    need no outer gradient.
     """
 
     name = "tracked"
-    default_refresh = 1
+    #: every 5th step: the search gained as much over its no-search control as with the
+    #: adjoint stepped every step, at 0.5-0.6x the CPU per inner step
+    #: (``benchmarks/results/search_effect_curvature_every.md``, ``docs/performance.md``)
+    default_refresh = 5
     def __init__(self, lam, settings, persistent):
         super().__init__(lam, settings, persistent)
         # Plain SGLD is stable iff eta h < 2, and so is the adjoint at the same eta. Under
@@ -218,6 +229,10 @@ class TrackedRecursion(Recursion):
 
     def needs_hessian(self, m):
         return (m - 1) % self.refresh_every == 0
+
+    def needs_outer_gradient(self, m):
+        # v enters only the adjoint's step, taken with the Hessian product.
+        return self.needs_hessian(m)
 
     def vector(self, v):
         return self.w
@@ -272,6 +287,10 @@ class GibbsRecursion(Recursion):
     name = "gibbs"
     needs_inner_lam_grad = True
     needs_mixed = False
+    needs_outer_value = True
+
+    def needs_outer_gradient(self, m):
+        return False  # the identity uses f's value, never its gradient in theta
 
     def __init__(self, lam, settings, persistent):
         super().__init__(lam, settings, persistent)
