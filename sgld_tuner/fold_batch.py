@@ -128,7 +128,8 @@ class FoldBatch:
         self.bilevel = BilevelProblem(
             self.outer_loss, with_weight_decay(self.inner_loss, weight_decay), self.lam_spec,
             theta0, mixed_vjp=None if self._mixed[0] is None else self.mixed_vjp,
-            penalty=None if penalties[0] is None else _StackedPenalty(penalties, self.lam_spec))
+            penalty=None if penalties[0] is None else _StackedPenalty(penalties, self.lam_spec),
+            outer_depends_on_lam=bilevels[0].outer_depends_on_lam)
         # Equal row counts and a per-row mean: the sum of the folds' means is K times the
         # mean over all their rows, one criterion call instead of K.
         per_row = _per_row_mean(problems[0].crit.criterion)

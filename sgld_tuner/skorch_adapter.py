@@ -529,10 +529,17 @@ class NetProblem:
         """
         penalty = self.separable_penalty()
         inner = self.inner_data_loss if penalty is not None else self.inner_loss
-        lam_spec = _tree.flatten(self.init_lam())[1]
+        lam = self.init_lam()
         return BilevelProblem(self.outer_loss, with_weight_decay(inner, weight_decay),
-                              lam_spec, self.theta0(), mixed_vjp=self.mixed_vjp(),
-                              penalty=penalty)
+                              _tree.flatten(lam)[1], self.theta0(), mixed_vjp=self.mixed_vjp(),
+                              penalty=penalty,
+                              outer_depends_on_lam=self._outer_depends_on_lam(lam))
+
+    def _outer_depends_on_lam(self, lam) -> bool:
+        """Whether :meth:`outer_loss` reads ``lam``: through warped validation inputs or
+        a kind's outer penalty."""
+        return self.augment_outer or any(b.outer_penalty(lam[name]) is not None
+                                         for name, b in self.bound.items())
 
     def outer_loss(self, lam, theta) -> torch.Tensor:
         """The net's own criterion on the validation split (module in eval mode), over

@@ -56,8 +56,9 @@ def test_split_penalty_equals_autograd_on_the_whole_loss(case, recursion):
     problem = _net_problem(HYPERPARAMS[case]())
     split = problem.bilevel()
     assert split.penalty is not None
+    # The same outer-loss declaration, so that both chains evaluate f on the same steps.
     whole = BilevelProblem(problem.outer_loss, problem.inner_loss, split.lam_spec,
-                           problem.theta0())
+                           problem.theta0(), outer_depends_on_lam=split.outer_depends_on_lam)
     settings = InnerSettings(inner_lr=0.05, burn_in=3, n_samples=4, temperature=1e-3,
                              recursion=recursion).validate()
     for got, expected in zip(_solve(problem, split, settings),

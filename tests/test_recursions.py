@@ -133,3 +133,35 @@ def test_steps_that_do_not_need_the_outer_gradient_skip_it_and_change_nothing(
     # per outer iteration: the refresh steps in burn-in (m = 1, 3, 5 for k = 2) plus the
     # five retained steps; Gibbs reads f on every step.
     assert lazy_calls == {5: 3 * 6, 2: 3 * 8, None: 30}[every]
+
+
+def test_an_outer_loss_declared_free_of_lam_is_evaluated_only_where_needed():
+    """``outer_depends_on_lam=False``: the tracked chain evaluates ``f`` only on its
+    adjoint steps and on its last step; the hypergradient is exactly the one of the same
+    chain evaluating ``f`` on every retained sample, and the reported outer loss is the
+    mean of the retained samples it evaluated."""
+    prob = RidgePerFeature(n=40, d=5, random_state=0)
+    values = []
+
+    def outer(lam, theta):
+        value = prob.outer_loss(lam, theta)
+        values.append(float(value))
+        return value
+
+    settings = InnerSettings(inner_lr=0.1, burn_in=5, n_samples=5, temperature=1e-3,
+                             recursion="tracked").validate()
+    lam = [torch.full((5,), 0.1, dtype=DT, requires_grad=True)]
+    results = {}
+    for declared in (True, False):
+        problem = BilevelProblem(outer, prob.inner_loss, None, prob.theta0,
+                                 mixed_vjp=prob.mixed_vjp, outer_depends_on_lam=declared)
+        values.clear()
+        results[declared] = hypergradient(problem, lam, ChainState(), settings,
+                                           torch.Generator().manual_seed(0))
+        results[declared, "values"] = list(values)
+    torch.testing.assert_close(results[False].grad[0], results[True].grad[0], rtol=0, atol=0)
+    # default refresh every 5th step: m = 1 and 6, plus the last step m = 10
+    assert len(results[True, "values"]) == 6 and len(results[False, "values"]) == 3
+    evaluated = results[False, "values"][1:]  # m = 6 and m = 10, both retained
+    assert results[False].outer_loss == pytest.approx(sum(evaluated) / 2)
+    assert results[True].outer_loss == pytest.approx(sum(results[True, "values"][1:]) / 5)

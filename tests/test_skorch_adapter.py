@@ -8,6 +8,7 @@ from sklearn.base import clone
 from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
 from skorch.utils import to_tensor
 
+from sgld_tuner.core import _tree
 from sgld_tuner.hyperparams import (AffineAugmentation, LossWeights, PerWeightL1, SampleWeights,
                                     TaylorLoss, WeightDecay)
 from sgld_tuner.skorch_adapter import (ROW_KEY, WRAP_KEY, LearnedNet, LearnedNetClassifier,
@@ -118,6 +119,32 @@ def test_mixed_vjp_only_for_separable_penalties():
     assert _problem(net, {"l1": PerWeightL1(), "wd": WeightDecay()}, X, y).mixed_vjp() is not None
     assert _problem(net, {"l1": PerWeightL1(), "cw": LossWeights()}, X, y).mixed_vjp() is None
     assert _problem(net, {}, X, y).mixed_vjp() is None
+
+
+def test_the_outer_loss_reads_lam_only_through_warps_and_outer_penalties():
+    """What ``bilevel()`` declares (the chain skips outer losses that do not read lam):
+    checked against autograd on the outer loss itself."""
+    net = _nets()["ce_logits"].initialize()
+    X, y = _data(n=80)
+    X = np.hstack([X, X[:, :16] * 0 + 1.0, X[:, :16] * 0 - 1.0, X[:, :16]]).astype(np.float32)
+    cases = [({"l1": PerWeightL1(), "cw": LossWeights()}, {}),
+             ({"rot": AffineAugmentation(image_shape=(8, 8))}, {"augment_outer": True}),
+             ({"rot": AffineAugmentation(image_shape=(8, 8), rho=0.0)}, {})]
+    declared = []
+    for hps, kw in cases:
+        net = NeuralNetClassifier(Classifier, module__n_in=64, module__softmax=False,
+                                  criterion=torch.nn.CrossEntropyLoss, max_epochs=1,
+                                  verbose=0, train_split=None).initialize()
+        problem = _problem(net, hps, X, y, **kw)
+        leaves, spec = _tree.flatten(problem.init_lam())
+        leaves = [t.requires_grad_(True) for t in leaves]
+        outer = problem.outer_loss(_tree.unflatten(leaves, spec), problem.theta0())
+        grads = torch.autograd.grad(outer, leaves, allow_unused=True) \
+            if outer.requires_grad else []
+        reads = any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+        declared.append(problem.bilevel().outer_depends_on_lam)
+        assert declared[-1] == reads
+    assert declared == [False, True, False]
 
 
 def test_sample_weights_use_global_rows():

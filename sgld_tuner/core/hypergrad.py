@@ -125,8 +125,13 @@ def _step(problem, lam, theta, recursion: Recursion, start, settings, generator,
         f_theta = _tree.fill_none(grads[:len(theta)], new_theta)
         v = [t.detach() for t in f_theta]
     else:
+        # A retained sample's f counts towards the reported outer loss, and its
+        # grad_lam f towards h; an outer loss that does not read lam needs neither
+        # except on the last step (so that every chain reports a value).
+        counted = keep and (problem.outer_depends_on_lam
+                            or m == settings.burn_in + settings.n_samples)
         outer_value, grads = _outer_without_theta_gradient(
-            problem, lam, new_theta, keep or recursion.needs_outer_value, keep)
+            problem, lam, new_theta, counted or recursion.needs_outer_value, keep)
         f_theta, v = None, None
     mixed, hess_u = None, None
     if recursion.needs_mixed:
@@ -215,6 +220,7 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
 
     direct = _tree.zeros_like(lam)
     outer_sum = torch.zeros((), dtype=lam[0].dtype, device=lam[0].device)
+    outer_count = 0
     samples = [] if settings.keep_samples else None
     inner_value = None
     for m in range(1, settings.burn_in + settings.n_samples + 1):
@@ -226,7 +232,9 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
                 used = [(i, g) for i, g in enumerate(f_lam) if g is not None]
                 for i, g in used:
                     direct[i] = direct[i] + g / settings.n_samples
-                outer_sum += outer_value
+                if outer_value is not None:
+                    outer_sum += outer_value
+                    outer_count += 1
             if samples is not None:
                 samples.append([t.detach().clone() for t in theta])
 
@@ -239,7 +247,7 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
         h = push(h)
     return Hypergradient(
         grad=[t.detach() for t in h],
-        outer_loss=float(outer_sum / settings.n_samples),
+        outer_loss=float(outer_sum / outer_count),
         inner_loss=float(inner_value),
         theta=[t.detach() for t in theta],
         samples=samples,

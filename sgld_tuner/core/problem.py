@@ -243,7 +243,8 @@ class Hypergradient:
     grad : list of Tensor
         ``d E[f] / d lam``, shaped like ``lam``.
     outer_loss : float
-        Outer loss averaged over the retained samples (SGLD) or at the final iterate.
+        Outer loss averaged over the retained samples (SGLD; those it was evaluated on,
+        see ``BilevelProblem``'s ``outer_depends_on_lam``) or at the final iterate.
     inner_loss : float
         Inner loss at the last step.
     theta : list of Tensor
@@ -316,11 +317,19 @@ class BilevelProblem:
         A term of the inner loss with closed-form derivatives. ``inner_loss`` is then
         the rest: the inner loss is ``inner_loss + penalty.value`` (what :meth:`inner`
         returns), and HPO-SGLD differentiates only ``inner_loss`` through autograd.
+    outer_depends_on_lam : bool, default=True
+        ``False`` declares that ``outer_loss`` does not read ``lam`` (no direct term
+        ``grad_lam f``). HPO-SGLD then evaluates it only on the steps whose strategy
+        needs ``grad_theta f`` and on the chain's last step: the hypergradient is
+        unchanged and ``Hypergradient.outer_loss`` averages the retained samples among
+        those steps.
     """
 
     def __init__(self, outer_loss: Callable, inner_loss: Callable, lam_spec, theta0: Any,
-                 mixed_vjp: Callable | None = None, penalty: SeparablePenalty | None = None):
+                 mixed_vjp: Callable | None = None, penalty: SeparablePenalty | None = None,
+                 outer_depends_on_lam: bool = True):
         self.outer_loss = outer_loss
+        self.outer_depends_on_lam = bool(outer_depends_on_lam)
         self.inner_loss = inner_loss
         self.lam_spec = lam_spec
         self.mixed_vjp = mixed_vjp
