@@ -99,13 +99,16 @@ def test_tracked_refreshed_every_k_steps_still_reaches_the_exact_ridge_hypergrad
     assert warm_chain_relative_error(settings, rounds=200) < 0.02
 
 
+@pytest.mark.parametrize("closed_form", [True, False])
 @pytest.mark.parametrize("recursion, every", [("tracked", 5), ("tracked", 2), ("gibbs", None)])
 def test_steps_that_do_not_need_the_outer_gradient_skip_it_and_change_nothing(
-        monkeypatch, recursion, every):
-    """The tracked adjoint reads ``grad_theta f`` only when it steps (every ``k``-th step),
-    and the Gibbs identity never: the steps in between evaluate the outer loss only on
-    retained samples (and Gibbs on every step, for its value), take no gradient in theta,
-    and the hypergradient is exactly what the chain gives when every step takes it."""
+        monkeypatch, recursion, every, closed_form):
+    """The tracked adjoint reads ``grad_theta f`` only when it steps (every ``k``-th step)
+    and the mixed product only on retained samples; the Gibbs identity reads neither.
+    The steps in between evaluate the outer loss only on retained samples (Gibbs on every
+    step, for its value), take no gradient in theta, skip the mixed product (and, without
+    a closed form, the inner graph), and the hypergradient is exactly what the chain gives
+    when every step takes them all."""
     prob = RidgePerFeature(n=40, d=5, random_state=0)
     calls = []
 
@@ -113,7 +116,8 @@ def test_steps_that_do_not_need_the_outer_gradient_skip_it_and_change_nothing(
         calls.append(1)
         return prob.outer_loss(lam, theta)
 
-    problem = BilevelProblem(outer, prob.inner_loss, None, prob.theta0, mixed_vjp=prob.mixed_vjp)
+    problem = BilevelProblem(outer, prob.inner_loss, None, prob.theta0,
+                             mixed_vjp=prob.mixed_vjp if closed_form else None)
     settings = InnerSettings(inner_lr=0.1, burn_in=5, n_samples=5, temperature=1e-3,
                              recursion=recursion, curvature_every=every).validate()
     lam = [torch.full((5,), 0.1, dtype=DT, requires_grad=True)]
@@ -125,6 +129,8 @@ def test_steps_that_do_not_need_the_outer_gradient_skip_it_and_change_nothing(
 
     lazy, lazy_calls = run()
     monkeypatch.setattr(RECURSIONS[recursion], "needs_outer_gradient", lambda self, m: True)
+    if recursion == "tracked":
+        monkeypatch.setattr(RECURSIONS[recursion], "needs_mixed_at", lambda self, m: True)
     eager, eager_calls = run()
     for a, b in zip(lazy, eager):
         torch.testing.assert_close(a.grad[0], b.grad[0], rtol=0, atol=0)

@@ -77,19 +77,22 @@ def _inner_gradient(problem, lam, theta, want_lam, create_graph, whole_value):
     return value, grad_graph, grad, grad_lam
 
 
-def _inner_products(problem, lam, theta, grad_graph, u, need_hessian):
-    """``u^T d2L_T/(dtheta dlam)`` and, if asked, ``H_T u`` at ``theta``.
+def _inner_products(problem, lam, theta, grad_graph, u, need_hessian, need_mixed=True):
+    """``u^T d2L_T/(dtheta dlam)`` (if ``need_mixed``, else ``None``) and, if asked,
+    ``H_T u`` at ``theta``.
 
     One backward through ``grad_graph`` for what autograd has to give: the mixed product
     unless ``mixed_vjp`` gives it in closed form, the Hessian product when asked; a
     closed-form penalty's own products are added to autograd's.
     """
     closed = problem.mixed_vjp is not None
-    targets = ([] if closed else lam) + (theta if need_hessian else [])
+    targets = ([] if closed or not need_mixed else lam) + (theta if need_hessian else [])
     prods = []
     if targets:
         prods = torch.autograd.grad(grad_graph, targets, grad_outputs=u, allow_unused=True)
-    if closed:
+    if not need_mixed:
+        mixed = None
+    elif closed:
         mixed = problem.mixed(lam, theta, u)
     else:
         mixed = _tree.fill_none(prods[:len(lam)], lam)
@@ -109,7 +112,8 @@ def _step(problem, lam, theta, recursion: Recursion, start, settings, generator,
     # A lam-dependent start differentiates through every step's Hessian terms.
     need_hessian = recursion.needs_hessian(m) or start is not None
     # The graph of the inner gradient is kept only for a double backward someone needs.
-    need_graph = need_hessian or (recursion.needs_mixed and problem.mixed_vjp is None)
+    need_mixed = recursion.needs_mixed_at(m)
+    need_graph = need_hessian or (need_mixed and problem.mixed_vjp is None)
     inner_value, grad_graph, grad_inner, inner_lam_grad = _inner_gradient(
         problem, lam, theta, recursion.needs_inner_lam_grad, need_graph,
         whole_value=m == settings.burn_in + settings.n_samples)
@@ -134,9 +138,9 @@ def _step(problem, lam, theta, recursion: Recursion, start, settings, generator,
             problem, lam, new_theta, counted or recursion.needs_outer_value, keep)
         f_theta, v = None, None
     mixed, hess_u = None, None
-    if recursion.needs_mixed:
+    if need_mixed or need_hessian:
         mixed, hess_u = _inner_products(problem, lam, theta, grad_graph, recursion.vector(v),
-                                        need_hessian)
+                                        need_hessian, need_mixed)
     del grad_graph  # free the inner graph before the strategy's elementwise updates
     recursion.update(StepProducts(m=m, v=v, mixed=mixed, hess_u=hess_u,
                                   outer_value=_detached(outer_value), inner_lam_grad=inner_lam_grad,

@@ -48,14 +48,17 @@ class StepProducts:
     ``v`` is ``grad_theta f(theta_m)``; ``mixed`` is ``u^T d2L_T/(dtheta dlam)`` and
     ``hess_u`` is ``H_T u`` (``None`` unless the strategy asked for it), both at
     ``theta_{m-1}``; ``outer_value`` is ``f(theta_m)``; ``inner_lam_grad`` is
-    ``dL_T/dlam`` at ``theta_{m-1}`` (only for strategies that ask for it).
+    ``dL_T/dlam`` at ``theta_{m-1}`` (only for strategies that ask for it). ``mixed`` is
+    ``None`` on a step the strategy does not need it (:meth:`Recursion.needs_mixed_at`),
+    ``v`` on a step it does not need ``grad_theta f`` and ``outer_value`` where ``f``
+    was not evaluated.
     """
 
     m: int
-    v: list
+    v: list | None
     mixed: list | None
     hess_u: list | None
-    outer_value: torch.Tensor
+    outer_value: torch.Tensor | None
     inner_lam_grad: list | None = None
     precond: list | None = None  # the sampler's diagonal preconditioner at this step
 
@@ -97,6 +100,7 @@ class Recursion:
         self.refresh_every = (settings.curvature_every or self.default_refresh
                               or settings.burn_in + settings.n_samples)
         self.persistent = persistent
+        self.burn_in = settings.burn_in
         self.g = _tree.zeros_like(lam)
         self.total = _tree.zeros_like(lam)
         self.diagnostics: dict = {}
@@ -108,6 +112,10 @@ class Recursion:
     def needs_hessian(self, m: int) -> bool:
         """Whether step ``m`` needs ``H_T u`` (a double backward)."""
         return False
+
+    def needs_mixed_at(self, m: int) -> bool:
+        """Whether step ``m`` needs the mixed product ``u^T d2L_T/(dtheta dlam)``."""
+        return self.needs_mixed
 
     def needs_outer_gradient(self, m: int) -> bool:
         """Whether step ``m`` needs ``v = grad_theta f`` (an outer backward); without it
@@ -234,12 +242,17 @@ class TrackedRecursion(Recursion):
         # v enters only the adjoint's step, taken with the Hessian product.
         return self.needs_hessian(m)
 
+    def needs_mixed_at(self, m):
+        # g_m = -w^T B_m has no memory: only the retained samples' products count.
+        return m > self.burn_in
+
     def vector(self, v):
         return self.w
 
     def update(self, step):
         with torch.no_grad():
-            self.g = [-b for b in step.mixed]
+            if step.mixed is not None:
+                self.g = [-b for b in step.mixed]
             if step.hess_u is not None:
                 resid = [hw - ft for hw, ft in zip(step.hess_u, step.v)]
                 if step.precond is not None:  # the same dynamics as the chain's step
