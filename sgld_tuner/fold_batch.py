@@ -245,7 +245,7 @@ class FoldBatch:
                 idx = p._draw_rows(X.shape[0], p.outer_batch_size, p.outer_generator)
                 X, y = X[idx], y[idx]
             if p.augment_outer:
-                X_in = _transform(p.bound, lam, X, p.generator)
+                X_in = _transform(p.bound, lam, X, p.outer_generator)
             else:
                 X_in = X
             batches.append((X_in, y, X.shape[0]))

@@ -323,9 +323,10 @@ class NetProblem:
     outer_batch_size : int, optional
         Validation rows drawn per outer-loss evaluation; ``None`` uses them all.
     outer_generator : torch.Generator, optional
-        Where those validation rows are drawn from; default ``generator``. A stream of
-        its own keeps the chain's noise and minibatches independent of
-        ``outer_batch_size`` (the tuner gives one).
+        Where those validation rows (and, with ``augment_outer``, their warps) are drawn
+        from; default ``generator``. A stream of its own keeps the chain's noise and
+        minibatches independent of ``outer_batch_size`` and of how often the chain
+        evaluates its outer loss (the tuner gives one).
     n_classes : int, optional
         Number of classes in the whole training set (classifiers). A module with fewer
         outputs fails here, before any training step, instead of deep inside the loss.
@@ -461,10 +462,10 @@ class NetProblem:
         return self.net
 
     # -- losses ---------------------------------------------------------------------------
-    def _forward(self, lam, theta, X, transform: bool):
+    def _forward(self, lam, theta, X, transform: bool, generator=None):
         n = X.shape[0]
         if transform:
-            X = _transform(self.bound, lam, X, self.generator)
+            X = _transform(self.bound, lam, X, self.generator if generator is None else generator)
         # Untying shared parameters costs a walk over the module per call: only pay it
         # when the module has any (decided once, in __init__).
         out = _first_output(functional_call(self.module, theta, (X,),
@@ -550,21 +551,25 @@ class NetProblem:
             idx = self._draw_rows(X_val.shape[0], self.outer_batch_size,
                                   self.outer_generator)
             X_val, y_val = X_val[idx], y_val[idx]
-        total = self._criterion_on(lam, theta, X_val, y_val, self.augment_outer)
+        # Validation warps draw from the outer stream, like the validation rows: how
+        # often the chain evaluates its outer loss never moves the chain's own stream.
+        total = self._criterion_on(lam, theta, X_val, y_val, self.augment_outer,
+                                   self.outer_generator)
         for name, b in self.bound.items():
             pen = b.outer_penalty(lam[name])
             if pen is not None:
                 total = total + pen
         return total
 
-    def _criterion_on(self, lam, theta, X_val, y_val, transform: bool) -> torch.Tensor:
+    def _criterion_on(self, lam, theta, X_val, y_val, transform: bool,
+                      generator=None) -> torch.Tensor:
         """The criterion's mean over ``X_val`` in chunks of at most 1024 rows."""
         n = X_val.shape[0]
         total = None
         for start in range(0, n, OUTER_BATCH):
             X = X_val[start:start + OUTER_BATCH]
             y = y_val[start:start + OUTER_BATCH]
-            y_pred = self._forward(lam, theta, X, transform=transform)
+            y_pred = self._forward(lam, theta, X, transform=transform, generator=generator)
             term = self.crit.mean(y_pred, y) * (X.shape[0] / n)
             total = term if total is None else total + term
         return total

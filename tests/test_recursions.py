@@ -171,3 +171,16 @@ def test_an_outer_loss_declared_free_of_lam_is_evaluated_only_where_needed():
     evaluated = results[False, "values"][1:]  # m = 6 and m = 10, both retained
     assert results[False].outer_loss == pytest.approx(sum(evaluated) / 2)
     assert results[True].outer_loss == pytest.approx(sum(results[True, "values"][1:]) / 5)
+
+
+@pytest.mark.parametrize("burn_in, n_samples, every, expected", [
+    (5, 5, None, 5), (50, 50, None, 5), (1, 1, None, 1), (2, 2, None, 2), (3, 3, None, 3),
+    (0, 1, None, 1), (1, 1, 4, 4), (5, 5, 1, 1)])
+def test_the_tracked_adjoint_steps_every_5th_step_but_twice_per_outer_iteration(
+        burn_in, n_samples, every, expected):
+    settings = InnerSettings(inner_lr=0.1, burn_in=burn_in, n_samples=n_samples,
+                             recursion="tracked", curvature_every=every).validate()
+    recursion = make_recursion(settings, [torch.zeros(2)], start_depends_on_lam=False)
+    assert recursion.refresh_every == expected
+    steps = [m for m in range(1, burn_in + n_samples + 1) if recursion.needs_hessian(m)]
+    assert steps[0] == 1 and (every is not None or len(steps) >= min(2, burn_in + n_samples))

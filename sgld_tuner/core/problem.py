@@ -58,7 +58,8 @@ class InnerSettings:
         (tracked) and, with a closed-form ``mixed_vjp``, need no double backward.
         ``None`` (default): once per outer iteration for damped (on the paper's 1D
         problem the same lam = 0.749059 as every step, to 6 decimals), every 5th step
-        for tracked, whose steps in between then skip the outer gradient too (the
+        for tracked (every ``(B + M) // 2``-th on chains shorter than 10 steps, at least
+        every step), whose steps in between then skip the outer gradient too (the
         adjoint's step is the only user of ``grad_theta f``): through the tuner the
         same gain over the no-search control as every step, at 0.5-0.6x the CPU per
         inner step (``docs/performance.md``).
@@ -320,9 +321,11 @@ class BilevelProblem:
     outer_depends_on_lam : bool, default=True
         ``False`` declares that ``outer_loss`` does not read ``lam`` (no direct term
         ``grad_lam f``). HPO-SGLD then evaluates it only on the steps whose strategy
-        needs ``grad_theta f`` and on the chain's last step: the hypergradient is
-        unchanged and ``Hypergradient.outer_loss`` averages the retained samples among
-        those steps.
+        reads ``grad_theta f`` or ``f`` itself and on the chain's last step (with
+        ``True``, also on every retained sample). For a deterministic outer loss the
+        hypergradient is the same either way; ``Hypergradient.outer_loss`` averages the
+        retained samples it was evaluated on. An outer loss that draws random numbers
+        draws fewer of them: give it a stream of its own.
     """
 
     def __init__(self, outer_loss: Callable, inner_loss: Callable, lam_spec, theta0: Any,

@@ -1,8 +1,9 @@
 """Hypergradient estimators along an SGLD chain: one strategy object per recursion.
 
-The chain loop (:func:`~sgld_tuner.core.hypergrad.sgld_hypergrad`) owns autograd: at every
-inner step it computes ``v = grad_theta f(theta_m)`` and, for the vector ``u`` a strategy
-asks for, the products ``u^T d2L_T/(dtheta dlam)`` (``mixed``) and, when asked,
+The chain loop (:func:`~sgld_tuner.core.hypergrad.sgld_hypergrad`) owns autograd: at each
+inner step it computes, where the strategy reads them (``needs_outer_gradient``,
+``needs_mixed_at``, ``needs_hessian``), ``v = grad_theta f(theta_m)`` and, for the vector
+``u`` the strategy asks for, the products ``u^T d2L_T/(dtheta dlam)`` (``mixed``) and
 ``H_T u`` (``hess_u``), both at ``theta_{m-1}``, in one double backward (or in closed form
 for separable penalties). A strategy only does arithmetic on those products:
 
@@ -209,7 +210,8 @@ class TrackedRecursion(Recursion):
     preconditioner, the identity for plain SGLD): one gradient step on the adjoint
     system per refresh, so ``w`` converges along a persistent chain (it carries over) and
     the estimate becomes the implicit-function hypergradient at stationarity, in any
-    dimension. With ``curvature_every = k > 1`` (default 5) the adjoint steps every
+    dimension. With ``curvature_every = k > 1`` (default 5, or ``(B + M) // 2`` if that
+    is smaller, so that it steps at least twice per outer iteration) the adjoint steps every
     ``k``-th inner step only; the steps in between contract the mixed derivative with the
     current ``w`` (in closed form for separable penalties, without a double backward) and
     need no outer gradient.
@@ -220,8 +222,14 @@ class TrackedRecursion(Recursion):
     #: adjoint stepped every step, at 0.5-0.6x the CPU per inner step
     #: (``benchmarks/results/search_effect_curvature_every.md``, ``docs/performance.md``)
     default_refresh = 5
+
     def __init__(self, lam, settings, persistent):
         super().__init__(lam, settings, persistent)
+        if settings.curvature_every is None:
+            # ... but at least two adjoint steps per outer iteration: on short chains the
+            # adjoint would otherwise converge over far fewer steps than before.
+            steps = settings.burn_in + settings.n_samples
+            self.refresh_every = max(1, min(self.default_refresh, steps // 2))
         # Plain SGLD is stable iff eta h < 2, and so is the adjoint at the same eta. Under
         # momentum or a preconditioner the chain can be stable where eta P h > 2 (Adam
         # normalises its step, the adjoint cannot): there the adjoint's step is capped.
@@ -310,7 +318,6 @@ class GibbsRecursion(Recursion):
         if settings.temperature <= 0:
             raise ValueError("recursion='gibbs' needs temperature > 0 (the identity divides by it)")
         self.tau = settings.temperature
-        self.burn_in = settings.burn_in
         self.count = 0
         self.sum_f = 0.0
         self.sum_d = _tree.zeros_like(lam)
