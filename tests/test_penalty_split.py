@@ -7,7 +7,7 @@ import torch
 from skorch import NeuralNetClassifier
 
 from sgld_tuner.core import BilevelProblem, ChainState, InnerSettings, _tree, hypergradient
-from sgld_tuner.hyperparams import PerWeightL1, TaylorLoss, WeightDecay
+from sgld_tuner.hyperparams import AffineAugmentation, PerWeightL1, TaylorLoss, WeightDecay
 from sgld_tuner.skorch_adapter import NetProblem
 
 
@@ -89,12 +89,16 @@ def test_no_closed_form_kind_keeps_one_inner_loss():
     assert problem.bilevel().penalty is None
 
 
-def test_outer_rows_come_from_their_own_generator():
-    """Drawing validation rows (``outer_batch_size``) does not advance the chain's
-    generator, so its noise and minibatches do not depend on that setting."""
+@pytest.mark.parametrize("hyperparams, options", [
+    ({"wd": WeightDecay(init=0.1)}, {"outer_batch_size": 4}),
+    ({"rot": AffineAugmentation(image_shape=(2, 3))}, {"augment_outer": True})])
+def test_outer_draws_come_from_their_own_generator(hyperparams, options):
+    """Drawing validation rows (``outer_batch_size``) or warping them (``augment_outer``)
+    does not advance the chain's generator, so its noise and minibatches depend neither
+    on those settings nor on how often the chain evaluates its outer loss (the tracked
+    adjoint's schedule)."""
     outer = torch.Generator().manual_seed(9)
-    problem = _net_problem({"wd": WeightDecay(init=0.1)}, outer_batch_size=4,
-                           outer_generator=outer)
+    problem = _net_problem(hyperparams, outer_generator=outer, **options)
     theta, lam = problem.theta0(), problem.init_lam()
     chain_before, outer_before = problem.generator.get_state(), outer.get_state()
     first = problem.outer_loss(lam, theta)

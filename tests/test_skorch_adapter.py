@@ -147,27 +147,6 @@ def test_the_outer_loss_reads_lam_only_through_warps_and_outer_penalties():
     assert declared == [False, True, False]
 
 
-def test_validation_warps_come_from_the_outer_stream():
-    """With ``augment_outer``, warping the validation rows does not advance the chain's
-    generator either: how often a chain evaluates its outer loss (the tracked adjoint's
-    schedule) never moves its noise and minibatches."""
-    X, y = _data(n=80)
-    X = np.hstack([X, X, X, X]).astype(np.float32)
-    net = NeuralNetClassifier(Classifier, module__n_in=64, module__softmax=False,
-                              criterion=torch.nn.CrossEntropyLoss, max_epochs=1,
-                              verbose=0, train_split=None).initialize()
-    outer = torch.Generator().manual_seed(9)
-    problem = _problem(net, {"rot": AffineAugmentation(image_shape=(8, 8))}, X, y,
-                       augment_outer=True, outer_generator=outer)
-    theta, lam = problem.theta0(), problem.init_lam()
-    chain_before, outer_before = problem.generator.get_state(), outer.get_state()
-    first = problem.outer_loss(lam, theta)
-    assert torch.equal(problem.generator.get_state(), chain_before)
-    assert not torch.equal(outer.get_state(), outer_before)
-    outer.set_state(outer_before)
-    torch.testing.assert_close(problem.outer_loss(lam, theta), first, rtol=0, atol=0)
-
-
 def test_sample_weights_use_global_rows():
     net = _nets()["ce_logits"].initialize()
     X, y = _data()
