@@ -78,6 +78,8 @@ KINDS = {
 }
 PENALTIES = ("PerWeightL1", "WeightDecay")
 LOSSES = ("LossWeights", "TaylorLoss")
+#: kinds that rewrite the training loss itself: the tuner's "auto" is then damped
+REWRITE_LOSS = ("TaylorLoss",)
 
 
 def target(size: str, kind: str) -> float | None:
@@ -206,10 +208,11 @@ class SGLDRunner:
 
 
 def configs(kinds):
-    """``(kind, recursion)`` pairs: the default for every kind, damped for penalties."""
+    """``(kind, recursion)`` pairs: the tuner's default for every kind (``"auto"``:
+    tracked, damped for a kind that rewrites the loss), damped for penalties too."""
     out = []
     for kind in kinds:
-        out.append((kind, "auto"))
+        out.append((kind, "damped" if kind in REWRITE_LOSS else "auto"))
         if kind in PENALTIES:
             out.append((kind, "damped"))
     return out
@@ -243,7 +246,8 @@ def time_size(size: str, kinds, rounds: int, data_):
     for (kind, recursion) in runners:
         plain, step = med["plain"], med[(kind, recursion)]
         row = {"size": size, "n_weights": n_weights, "kind": kind,
-               "recursion": "tracked (auto)" if recursion == "auto" else recursion,
+               "recursion": ("tracked (auto)" if recursion == "auto" else
+                             "damped (auto)" if kind in REWRITE_LOSS else recursion),
                "plain_ms": plain * 1e3, "sgld_ms": step * 1e3, "ratio": step / plain,
                "rounds": rounds, "target": target(size, kind)}
         if kind == "AffineAugmentation":
@@ -480,7 +484,7 @@ def to_markdown(rows, memory, meta) -> str:
     ]
     for r in rows:
         key = (r["size"], r["kind"], "auto" if r["recursion"].startswith("tracked")
-               else r["recursion"])
+               else r["recursion"].split()[0])
         aug = (f"{r['ratio_vs_aug']:.2f}x (plain+aug {r['plain_aug_ms']:.2f} ms)"
                if "ratio_vs_aug" in r else "-")
         lines.append(f"| {r['size']} ({r['n_weights']:,}) | {r['kind']} | {r['recursion']} "

@@ -17,7 +17,7 @@ rounding (batched matrix products sum in another order).
 
 Exact only where the folds do not interact, hence :func:`FoldBatch.build`'s conditions:
 the tracked or paper recursion (the damped one takes dot products over the whole chain;
-the tracked adjoint's safeguard under momentum or Adam reduces per fold, see
+the tracked adjoint's safeguard (curvature shift and step cap) reduces per fold, see
 :attr:`~sgld_tuner.core.recursions.Recursion.slices`), any sampler, no curvature guard,
 and a module without buffers, tied weights or random draws, whose forward gives each
 fold's slice exactly what it gives that fold alone, row by row (a probe on a copy checks

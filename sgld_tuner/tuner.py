@@ -520,7 +520,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     recursion : {"auto", "tracked", "damped", "paper", "gibbs"}, default="auto"
         The hypergradient strategy along each fold's chain; ``"auto"`` is ``"tracked"``
         (an adjoint tracked along the chain, chosen by measurement against exact
-        references: ``docs/bias.md``). ``"paper"`` is eq. 22 as published.
+        references: ``docs/bias.md``), or ``"damped"`` when a kind rewrites the training
+        loss itself (``TaylorLoss``: a learned loss need not have a minimum, which the
+        adjoint assumes). ``"paper"`` is eq. 22 as published.
     chain : {"persistent", "restart"}, default="persistent"
     cv : int, cv splitter or iterable, default=5
     scoring : str, callable, list, tuple or dict, optional
@@ -873,8 +875,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         scorers, multimetric = self._scorers()
         state = self._resume_or_start(X, y, groups)
         self.n_splits_ = len(state.splits)
-        settings = self._settings(state.inner_lr_scale)
         folds = self._start_folds(X, y, state)
+        self._loss_rewritten = any(b.modifies_loss for b in folds[0].problem.bound.values())
+        settings = self._settings(state.inner_lr_scale)
         scorers, best_key = self._set_up_scoring(scorers, multimetric, folds[0])
         engine, oracle = self._run_search(state, folds, settings, scorers, best_key)
         self.folds_stacked_ = oracle.batch is not None
@@ -1128,7 +1131,19 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                              burn_in=self.burn_in,
                              n_samples=self.n_samples, temperature=self.temperature,
                              noise_scale=self.noise_scale, chain=self.chain,
-                             recursion=self.recursion, **options).validate()
+                             recursion=self._recursion(), **options).validate()
+
+    def _recursion(self) -> str:
+        """``recursion``, with ``"auto"`` resolved where the tuner knows better than the
+        core: a kind that rewrites the training loss itself (``TaylorLoss``) gets
+        ``"damped"``. A learned loss need not have a minimum, nor a positive Hessian,
+        which the tracked adjoint's implicit-function hypergradient assumes; on
+        ``benchmarks/loss_learning.py`` the tracked adjoint led the search to losses
+        that train a warm chain but not a fresh net (80-90% test error after the refit
+        on digits), the damped recursion to 4-5%."""
+        if self.recursion == "auto" and getattr(self, "_loss_rewritten", False):
+            return "damped"
+        return self.recursion
 
     # InnerSettings fields the tuner's own parameters set (and keep_samples: the
     # tuner keeps no samples); every other field is a valid method_options key.

@@ -230,18 +230,15 @@ class TrackedRecursion(Recursion):
             # adjoint would otherwise converge over far fewer steps than before.
             steps = settings.burn_in + settings.n_samples
             self.refresh_every = max(1, min(self.default_refresh, steps // 2))
-        # Plain SGLD is stable iff eta h < 2, and so is the adjoint at the same eta. Under
-        # momentum or a preconditioner the chain can be stable where eta P h > 2 (Adam
-        # normalises its step, the adjoint cannot): there the adjoint's step is capped.
-        self.safeguard = settings.sampler != "sgld"
 
     def begin(self, saved, theta):
         carried = self._saved(saved, "w") if self.persistent else None
         self.w = carried if carried is not None else _tree.zeros_like(theta)
-        curv = self._saved(saved, "curvature") if self.persistent else None
         device, dtype = theta[0].device, theta[0].dtype
         shape = () if self.slices is None else (self.slices,)
-        self.curvature = curv[0] if curv else torch.zeros(shape, device=device, dtype=dtype)
+        for key in ("curvature", "shift"):
+            kept = self._saved(saved, key) if self.persistent else None
+            setattr(self, key, kept[0] if kept else torch.zeros(shape, device=device, dtype=dtype))
 
     def needs_hessian(self, m):
         return (m - 1) % self.refresh_every == 0
@@ -262,25 +259,37 @@ class TrackedRecursion(Recursion):
             if step.mixed is not None:
                 self.g = [-b for b in step.mixed]
             if step.hess_u is not None:
-                resid = [hw - ft for hw, ft in zip(step.hess_u, step.v)]
+                hess_w, step_size = self._safeguarded(step.hess_u, step.precond)
+                resid = [hw - ft for hw, ft in zip(hess_w, step.v)]
                 if step.precond is not None:  # the same dynamics as the chain's step
                     resid = [p * r for p, r in zip(step.precond, resid)]
-                step_size = self.eta
-                if self.safeguard:
-                    step_size = self._capped_step(step.hess_u, step.precond)
                 self.w = [w - _along(step_size, w) * r for w, r in zip(self.w, resid)]
 
-    def _capped_step(self, hess_w, precond):
-        """``eta``, capped so that ``eta * q <= 1`` for the largest curvature ``q`` of the
-        preconditioned Hessian seen along ``w`` so far (a Rayleigh quotient: ``w`` grows
-        along an unstable direction first, so ``q`` finds it). Tensor ops, no host sync."""
+    def _safeguarded(self, hess_w, precond):
+        """``(H w + s M w, step)``: the adjoint's Hessian product, shifted by ``s``, and its
+        step size. Tensor ops, no host sync.
+
+        The gradient iteration on ``H w = v`` is stable only where the (preconditioned)
+        Hessian is positive and ``step * h <= 2``. A chain can train where that fails: on
+        a non-convex loss (a learned Taylor loss has directions of negative curvature)
+        or under momentum or Adam, which normalise their own step. The Rayleigh quotient
+        ``q`` along ``w`` finds such a direction first, because ``w`` grows along it. So
+        ``s`` is the most negative ``q`` seen (0 on a convex problem: the product is then
+        unchanged), which turns ``H`` into ``H + s M`` (``M = P^-1``, the identity for
+        plain SGLD), and the step is capped so that ``step * (q + s) <= 1`` for the
+        largest value seen. Both persist along the chain.
+        """
         scaled = self.w if precond is None else [w / p for w, p in zip(self.w, precond)]
         den = self._dot(self.w, scaled)
         q = torch.where(den > 0, self._dot(self.w, hess_w) / den.clamp_min(1e-300),
                         torch.zeros_like(den))
-        self.curvature = torch.maximum(self.curvature, torch.nan_to_num(q, nan=0.0))
-        return torch.minimum(torch.as_tensor(self.eta, dtype=den.dtype, device=den.device),
+        q = torch.nan_to_num(q, nan=0.0)
+        self.shift = torch.maximum(self.shift, (-q).clamp_min(0.0))
+        self.curvature = torch.maximum(self.curvature, q + self.shift)
+        shifted = [h + _along(self.shift, x) * x for h, x in zip(hess_w, scaled)]
+        step = torch.minimum(torch.as_tensor(self.eta, dtype=den.dtype, device=den.device),
                              1.0 / self.curvature.clamp_min(1e-300))
+        return shifted, step
 
     def _dot(self, a, b):
         """``a . b`` over the chain, or per slice (a ``(K,)`` tensor) for stacked chains."""
@@ -291,8 +300,10 @@ class TrackedRecursion(Recursion):
     def end(self):
         self.diagnostics["adjoint_norm"] = float(_tree.dot(self.w, self.w).sqrt())
         self.diagnostics["adjoint_curvature"] = float(self.curvature.max())
+        self.diagnostics["adjoint_shift"] = float(self.shift.max())
         return RecursionState(self.name, {"w": [t.detach() for t in self.w],
-                                          "curvature": [self.curvature.detach()]}) \
+                                          "curvature": [self.curvature.detach()],
+                                          "shift": [self.shift.detach()]}) \
             if self.persistent else None
 
 
