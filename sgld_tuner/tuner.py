@@ -62,7 +62,7 @@ from .core.engine import (
     warn_at_caller,
 )
 from .core.hypergrad import advance_chain
-from .core.recursions import RECURSIONS
+from .core.recursions import RECURSIONS, resolve_recursion
 from .fold_batch import AUTO_MAX_WEIGHTS, FoldBatch
 from .hyperparams import Hyperparameter
 from .optimizers import chain_dynamics, net_weight_decay
@@ -618,6 +618,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     folds_stacked_ : bool
         Whether the search ran the folds' chains stacked into one computation
         (``batch_folds``).
+    recursion_ : str
+        The hypergradient strategy the chains used (``recursion``, with ``"auto"``
+        resolved), or the baseline's name for another ``method``.
     refit_time_, n_splits_, scorer_, n_features_in_, multimetric_
     classes_ : ndarray
         Class labels (classifiers, and only with ``refit``, as in ``GridSearchCV``).
@@ -878,6 +881,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         folds = self._start_folds(X, y, state)
         self._loss_rewritten = any(b.modifies_loss for b in folds[0].problem.bound.values())
         settings = self._settings(state.inner_lr_scale)
+        self.recursion_ = (resolve_recursion(settings.recursion, False)
+                           if self.method == "sgld" else self.method)
         scorers, best_key = self._set_up_scoring(scorers, multimetric, folds[0])
         engine, oracle = self._run_search(state, folds, settings, scorers, best_key)
         self.folds_stacked_ = oracle.batch is not None

@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sgld_tuner import SGLDHyperTuner
-from sgld_tuner.hyperparams import PerWeightL1, WeightDecay
+from sgld_tuner.hyperparams import PerWeightL1, TaylorLoss, WeightDecay
 
 
 class TinyMLP(torch.nn.Module):
@@ -510,3 +510,15 @@ def test_outer_warmup_auto_ramps_the_first_steps_over_one_training_budget(digits
     assert full.abs().max() > 0
     # float32 raw values near -6.9: compare the moves to their resolution
     torch.testing.assert_close(ramped, 0.5 * full, rtol=1e-3, atol=2e-6)
+
+
+@pytest.mark.parametrize("hyperparams, options, expected", [
+    ({"l1": PerWeightL1(init=1e-3)}, {}, "tracked"),
+    ({"loss": TaylorLoss()}, {}, "damped"),  # a learned loss: no minimum to assume
+    ({"loss": TaylorLoss()}, {"recursion": "tracked"}, "tracked"),
+    ({"l1": PerWeightL1(init=1e-3)}, {"method": "rmd"}, "rmd")])
+def test_recursion_auto_resolves_by_kind_and_is_reported(digits4, hyperparams, options,
+                                                         expected):
+    tuner = SGLDHyperTuner(tiny_classifier(), hyperparams, n_outer=1, burn_in=1, n_samples=1,
+                           cv=2, refit=False, random_state=0, **options).fit(*digits4)
+    assert tuner.recursion_ == expected

@@ -274,17 +274,18 @@ class TrackedRecursion(Recursion):
         a non-convex loss (a learned Taylor loss has directions of negative curvature)
         or under momentum or Adam, which normalise their own step. The Rayleigh quotient
         ``q`` along ``w`` finds such a direction first, because ``w`` grows along it. So
-        ``s`` is the most negative ``q`` seen (0 on a convex problem: the product is then
-        unchanged), which turns ``H`` into ``H + s M`` (``M = P^-1``, the identity for
-        plain SGLD), and the step is capped so that ``step * (q + s) <= 1`` for the
-        largest value seen. Both persist along the chain.
+        ``s`` is twice the most negative ``q`` seen (0 on a convex problem: the product
+        is then unchanged), which turns ``H`` into ``H + s M`` (``M = P^-1``, the
+        identity for plain SGLD) and gives that direction the curvature's magnitude
+        instead of its sign, and the step is capped so that ``step * (q + s) <= 1`` for
+        the largest value seen. Both persist along the chain.
         """
         scaled = self.w if precond is None else [w / p for w, p in zip(self.w, precond)]
         den = self._dot(self.w, scaled)
         q = torch.where(den > 0, self._dot(self.w, hess_w) / den.clamp_min(1e-300),
                         torch.zeros_like(den))
         q = torch.nan_to_num(q, nan=0.0)
-        self.shift = torch.maximum(self.shift, (-q).clamp_min(0.0))
+        self.shift = torch.maximum(self.shift, (-2.0 * q).clamp_min(0.0))
         self.curvature = torch.maximum(self.curvature, q + self.shift)
         shifted = [h + _along(self.shift, x) * x for h, x in zip(hess_w, scaled)]
         step = torch.minimum(torch.as_tensor(self.eta, dtype=den.dtype, device=den.device),
