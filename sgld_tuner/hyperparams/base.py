@@ -421,6 +421,11 @@ class BoundHyperparameter(abc.ABC):
     def outer_penalty(self, raw) -> torch.Tensor | None:
         """Term added to the outer (validation) loss (default: ``None``).
 
+        Return ``None`` only for a kind that never adds one, whatever ``raw``: the adapter
+        asks once, at the initial values, whether the outer loss reads the
+        hyperparameters, and a chain then skips outer-loss evaluations that do not count
+        (``BilevelProblem(outer_depends_on_lam=...)``).
+
         Returns
         -------
         scalar Tensor or None
