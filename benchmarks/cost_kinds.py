@@ -51,6 +51,8 @@ from sgld_tuner.hyperparams import (AffineAugmentation, LossWeights, PerWeightL1
                                     SampleWeights, TaylorLoss, WeightDecay)
 from sgld_tuner.optimizers import chain_dynamics, net_weight_decay  # noqa: E402
 from sgld_tuner.skorch_adapter import ModuleRNG, NetProblem, make_learned_net  # noqa: E402
+from sgld_tuner.tuner import tuner_recursion  # noqa: E402
+from sgld_tuner.core.recursions import resolve_recursion  # noqa: E402
 
 import _mlp  # noqa: E402  (peak-RSS helpers shared with memory.py)
 from _results import (add_common_args, is_smoke, parse_args, report_child, result_stem,  # noqa: E402
@@ -78,8 +80,6 @@ KINDS = {
 }
 PENALTIES = ("PerWeightL1", "WeightDecay")
 LOSSES = ("LossWeights", "TaylorLoss")
-#: kinds that rewrite the training loss itself: the tuner's "auto" is then damped
-REWRITE_LOSS = ("TaylorLoss",)
 
 
 def target(size: str, kind: str) -> float | None:
@@ -197,7 +197,9 @@ class SGLDRunner:
         self.problem, self.bilevel = fold_problem(net, kind, Xtr, ytr, Xva, yva)
         self.lam = [t.detach().requires_grad_(True)
                     for t in _tree.flatten(self.problem.init_lam())[0]]
-        self.settings = settings(net, recursion)
+        # "auto" as the tuner resolves it (damped for a kind that rewrites the loss)
+        self.resolved = tuner_recursion(recursion, self.problem.bound)
+        self.settings = settings(net, self.resolved)
         self.state, self.gen = ChainState(), torch.Generator().manual_seed(4)
 
     def seconds(self) -> float:
@@ -208,11 +210,11 @@ class SGLDRunner:
 
 
 def configs(kinds):
-    """``(kind, recursion)`` pairs: the tuner's default for every kind (``"auto"``:
-    tracked, damped for a kind that rewrites the loss), damped for penalties too."""
+    """``(kind, recursion)`` pairs: the tuner's default for every kind, damped for
+    penalties too."""
     out = []
     for kind in kinds:
-        out.append((kind, "damped" if kind in REWRITE_LOSS else "auto"))
+        out.append((kind, "auto"))
         if kind in PENALTIES:
             out.append((kind, "damped"))
     return out
@@ -246,8 +248,9 @@ def time_size(size: str, kinds, rounds: int, data_):
     for (kind, recursion) in runners:
         plain, step = med["plain"], med[(kind, recursion)]
         row = {"size": size, "n_weights": n_weights, "kind": kind,
-               "recursion": ("tracked (auto)" if recursion == "auto" else
-                             "damped (auto)" if kind in REWRITE_LOSS else recursion),
+               "recursion": (recursion if recursion != "auto" else
+                             f"{resolve_recursion(runners[(kind, recursion)].resolved, False)}"
+                             " (auto)"),
                "plain_ms": plain * 1e3, "sgld_ms": step * 1e3, "ratio": step / plain,
                "rounds": rounds, "target": target(size, kind)}
         if kind == "AffineAugmentation":
@@ -483,8 +486,8 @@ def to_markdown(rows, memory, meta) -> str:
         "|---|---|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
-        key = (r["size"], r["kind"], "auto" if r["recursion"].startswith("tracked")
-               else r["recursion"].split()[0])
+        key = (r["size"], r["kind"], "auto" if r["recursion"].endswith("(auto)")
+               else r["recursion"])
         aug = (f"{r['ratio_vs_aug']:.2f}x (plain+aug {r['plain_aug_ms']:.2f} ms)"
                if "ratio_vs_aug" in r else "-")
         lines.append(f"| {r['size']} ({r['n_weights']:,}) | {r['kind']} | {r['recursion']} "

@@ -158,6 +158,21 @@ class _FoldChain:
     budget_steps: int = 0  # the net's own training run in steps on this fold's rows
 
 
+def tuner_recursion(recursion: str, bound: dict) -> str:
+    """``recursion``, with ``"auto"`` resolved where the tuner knows better than the core.
+
+    A kind that rewrites the training loss itself (``TaylorLoss``) gets ``"damped"``: a
+    learned loss need not have a minimum, nor a positive Hessian, which the tracked
+    adjoint's implicit-function hypergradient assumes. On ``benchmarks/loss_learning.py``
+    the tracked adjoint led the search to losses that train a warm chain but not a fresh
+    net (80-90% test error after the refit on digits), the damped recursion to 5.1-5.4%.
+    ``bound``: the bound kinds by name (``NetProblem.bound``).
+    """
+    if recursion == "auto" and any(b.modifies_loss for b in bound.values()):
+        return "damped"
+    return recursion
+
+
 def _fold_hypergradient(fold: _FoldChain, lam_values, settings: InnerSettings):
     """One outer iteration's hypergradient on one fold (runs in a joblib worker); a fresh
     chain first runs its ``warm_up_steps`` at these values.
@@ -582,8 +597,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         one training budget of the net (``max_epochs`` passes over a fold's rows), at
         most ``n_outer``. A young chain's hypergradient estimates the sensitivity of a
         trained net, not of the one the chain holds, and can point the other way
-        (``benchmarks/chain_age.py``: opposite signs on 3/3 seeds after 50 steps, the
-        same signs after 300); the ramp keeps those first estimates from steering the
+        (``benchmarks/chain_age.py``: opposite signs on 2-3 of 3 seeds after 50 steps,
+        the same signs after 300); the ramp keeps those first estimates from steering the
         search. 0: no ramp.
     outer_batch_size : int or None, default=128
         Validation rows per evaluation of the outer loss inside the chain (drawn anew
@@ -879,7 +894,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         state = self._resume_or_start(X, y, groups)
         self.n_splits_ = len(state.splits)
         folds = self._start_folds(X, y, state)
-        self._loss_rewritten = any(b.modifies_loss for b in folds[0].problem.bound.values())
+        self._auto_recursion = tuner_recursion(self.recursion, folds[0].problem.bound)
         settings = self._settings(state.inner_lr_scale)
         self.recursion_ = (resolve_recursion(settings.recursion, False)
                            if self.method == "sgld" else self.method)
@@ -1139,16 +1154,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                              recursion=self._recursion(), **options).validate()
 
     def _recursion(self) -> str:
-        """``recursion``, with ``"auto"`` resolved where the tuner knows better than the
-        core: a kind that rewrites the training loss itself (``TaylorLoss``) gets
-        ``"damped"``. A learned loss need not have a minimum, nor a positive Hessian,
-        which the tracked adjoint's implicit-function hypergradient assumes; on
-        ``benchmarks/loss_learning.py`` the tracked adjoint led the search to losses
-        that train a warm chain but not a fresh net (80-90% test error after the refit
-        on digits), the damped recursion to 4-5%."""
-        if self.recursion == "auto" and getattr(self, "_loss_rewritten", False):
-            return "damped"
-        return self.recursion
+        """``recursion`` as :func:`tuner_recursion` resolves it for this fit's kinds."""
+        return getattr(self, "_auto_recursion", self.recursion)
 
     # InnerSettings fields the tuner's own parameters set (and keep_samples: the
     # tuner keeps no samples); every other field is a valid method_options key.

@@ -114,9 +114,9 @@ def _step(problem, lam, theta, recursion: Recursion, start, settings, generator,
     # The graph of the inner gradient is kept only for a double backward someone needs.
     need_mixed = recursion.needs_mixed_at(m)
     need_graph = need_hessian or (need_mixed and problem.mixed_vjp is None)
+    last = m == settings.burn_in + settings.n_samples
     inner_value, grad_graph, grad_inner, inner_lam_grad = _inner_gradient(
-        problem, lam, theta, recursion.needs_inner_lam_grad, need_graph,
-        whole_value=m == settings.burn_in + settings.n_samples)
+        problem, lam, theta, recursion.needs_inner_lam_grad, need_graph, whole_value=last)
     new_theta = [t.requires_grad_(True) for t in sampler.step(theta, grad_inner, generator)]
     del grad_inner
 
@@ -132,8 +132,7 @@ def _step(problem, lam, theta, recursion: Recursion, start, settings, generator,
         # A retained sample's f counts towards the reported outer loss, and its
         # grad_lam f towards h; an outer loss that does not read lam needs neither
         # except on the last step (so that every chain reports a value).
-        counted = keep and (problem.outer_depends_on_lam
-                            or m == settings.burn_in + settings.n_samples)
+        counted = keep and (problem.outer_depends_on_lam or last)
         outer_value, grads = _outer_without_theta_gradient(
             problem, lam, new_theta, counted or recursion.needs_outer_value, keep)
         f_theta, v = None, None
