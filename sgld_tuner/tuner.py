@@ -86,6 +86,11 @@ class OverfittingWarning(UserWarning):
     """The chains fit their training rows ever closer while the validation loss rises."""
 
 
+class UndertrainedWarning(UserWarning):
+    """The refit net, trained for the net's own budget, scores below the longer-trained
+    chains the search scored: the net's ``max_epochs`` or ``lr`` leaves it undertrained."""
+
+
 def _rule(name: str) -> Interval:
     """scikit-learn's constraint for an inner setting, from its one rule in
     :attr:`InnerSettings.BOUNDS <sgld_tuner.core.problem.InnerSettings.BOUNDS>`."""
@@ -910,6 +915,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             raise failure
         if self.refit:
             self._refit(X, y, state.refit_seed, oracle.settings.inner_lr, fit_params)
+            self._warn_if_refit_undertrained(X, y, {best_key: scorers[best_key]}, oracle.folds)
         return self
 
     def _callback_failure(self, engine):
@@ -1120,6 +1126,39 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                 "without the training loss falling: the chains are likely not training "
                 "(lower temperature, noise_scale or inner_lr); the selected point may be "
                 "arbitrary", DivergenceWarning)
+
+    # The refit's score on its own training rows below best_score_ by more than this
+    # fraction of the larger of the two: trained as long, a net scores at least as well on
+    # the rows it fit as the chains did on held-out rows.
+    _UNDERTRAINED_GAP = 0.05
+
+    def _warn_if_refit_undertrained(self, X, codes, scorer: dict, folds):
+        """Warn when the refit, trained for the net's own budget, scores below the chains
+        on its own training rows while the chains trained longer than that budget: then
+        the net is undertrained (its ``max_epochs`` or ``lr``), ``best_score_`` scores
+        longer-trained nets than ``best_estimator_``, and no penalty the search can learn
+        makes up for it (a grid over ``lr`` can). One prediction pass over ``X``."""
+        best = getattr(self, "best_score_", math.nan)
+        chain_steps = max(fold.state.n_steps for fold in folds)
+        budget = max(fold.budget_steps for fold in folds)
+        if not math.isfinite(best) or chain_steps <= budget or "refit interrupted" in (
+                self.stop_reason_ or ""):
+            return
+        with warnings.catch_warnings():  # a scorer failing here only skips the check
+            warnings.simplefilter("ignore")
+            train = next(iter(_scores_on(self.best_estimator_, X, self._labels(codes), scorer,
+                                         np.nan).values()))
+        if not train < best - self._UNDERTRAINED_GAP * max(abs(best), abs(train)):
+            return
+        net = self._net()
+        warn_at_caller(
+            f"best_estimator_ scores {train:.4g} on its own training rows, below the "
+            f"{best:.4g} (best_score_) that the search's chains scored on held-out rows "
+            f"after up to {chain_steps} steps; the net's own budget (max_epochs="
+            f"{net.max_epochs}, lr={net.lr:g}) is about {budget} steps per fold. The net "
+            "is undertrained: best_score_ overstates best_estimator_, and the values were "
+            "learned on longer-trained nets. Raise the net's max_epochs or lr (e.g. "
+            "GridSearchCV over estimator__lr around the tuner)", UndertrainedWarning)
 
     _UNMOVED_RTOL = 0.01  # a search whose values all moved less than this ended where it began
     _UNMOVED_MIN_ITER = 5

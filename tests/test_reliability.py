@@ -17,7 +17,8 @@ from test_tuner import TinyMLP, tiny_classifier, tiny_tuner
 
 from sgld_tuner import SGLDHyperTuner
 from sgld_tuner.hyperparams import PerWeightL1
-from sgld_tuner.tuner import DivergenceWarning, OverfittingWarning, SearchInterrupted
+from sgld_tuner.tuner import (DivergenceWarning, OverfittingWarning, SearchInterrupted,
+                              UndertrainedWarning)
 
 
 class FlakyMLP(TinyMLP):
@@ -284,6 +285,28 @@ def test_overfitting_chains_get_advice_of_their_own(data):
     assert OverfittingWarning in kinds and DivergenceWarning not in kinds
     message = str(next(w.message for w in caught if type(w.message) is OverfittingWarning))
     assert "overfit" in message and "training loss fell" in message
+
+
+@pytest.mark.parametrize("max_epochs, warns", [(1, True), (40, False)])
+def test_an_undertrained_refit_is_flagged(data, max_epochs, warns):
+    """The chains train 100 steps; a net whose own budget is one epoch (2 steps) refits
+    to a net that scores below the chains on its own training rows. The search cannot
+    learn its way out of that (the net's lr or max_epochs can), and best_score_ then
+    overstates best_estimator_: say so. Given 40 epochs the refit fits its rows and
+    nothing is said."""
+    net = tiny_classifier(lr=0.05, max_epochs=max_epochs, batch_size=64)
+    tuner = tiny_tuner(net, n_outer=10, burn_in=5, n_samples=5, eval_every=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuner.fit(*data)
+    found = [str(w.message) for w in caught if type(w.message) is UndertrainedWarning]
+    assert bool(found) is warns
+    if warns:
+        X, y = data
+        train = tuner.best_estimator_.score(X, y)
+        assert train < tuner.best_score_
+        assert f"{train:.4g} on its own training rows" in found[0]
+        assert "max_epochs=1" in found[0] and "undertrained" in found[0]
 
 
 # ---------------------------------------------------------------------------------------
