@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from sklearn.base import clone
 from sklearn.utils.metaestimators import available_if
-from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
+from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 from skorch.dataset import get_len
 from skorch.utils import to_tensor
 from torch.func import functional_call
@@ -83,6 +83,10 @@ class _Criterion:
             self.criterion, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss))
         self.log_proba = isinstance(net, NeuralNetClassifier) and isinstance(
             self.criterion, torch.nn.NLLLoss)
+        # skorch's NeuralNetBinaryClassifier: one logit (or probability) per row and
+        # float 0/1 targets, whatever dtype the labels came in.
+        self.binary = isinstance(self.criterion, (torch.nn.BCEWithLogitsLoss,
+                                                  torch.nn.BCELoss))
         self._per_sample = None
 
     def _prep(self, y_pred):
@@ -208,6 +212,19 @@ def _average_replicas(out, n_rows):
 def _first_output(out):
     # skorch convention: with several module outputs the first one is the prediction
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _probe(module, *args, **kwargs):
+    """The module's prediction on a few rows, to read the output layout: in eval mode,
+    so that batch norm takes a single row and neither its running statistics nor the
+    dropout stream move; the module's mode is put back."""
+    training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return _first_output(module(*args, **kwargs))
+    finally:
+        module.train(training)
 
 
 def _module_device(module):
@@ -392,8 +409,7 @@ class NetProblem:
                                  or outer_batch_size >= n_val else int(outer_batch_size))
 
         # One forward on two rows tells the number of classes and the output layout.
-        with torch.no_grad():
-            probe = _first_output(self.module(self.X_train[:2]))
+        probe = _probe(self.module, self.X_train[:2])
         self.output_shape = tuple(probe.shape[1:])
         _check_output_shape(self.output_shape, self.y_train, self.crit.is_classifier,
                             n_classes)
@@ -440,6 +456,8 @@ class NetProblem:
 
     def _as_y(self, y):
         y = torch.as_tensor(np.asarray(y), device=self.device)
+        if self.crit.binary:
+            return y.to(self.dtype)
         if self.crit.is_classifier or not y.is_floating_point():
             return y.long()
         return y.to(self.dtype)
@@ -751,12 +769,9 @@ class _LearnedMixin:
         device = _module_device(self.module_)
         n_classes = None
         if crit.is_classifier:
-            with torch.no_grad():
-                if isinstance(x_batch, Mapping):
-                    probe = self.module_(**{k: v[:1] for k, v in x_batch.items()})
-                else:
-                    probe = self.module_(x_batch[:1])
-                n_classes = int(_first_output(probe).shape[-1])
+            probe = (_probe(self.module_, **{k: v[:1] for k, v in x_batch.items()})
+                     if isinstance(x_batch, Mapping) else _probe(self.module_, x_batch[:1]))
+            n_classes = int(probe.shape[-1])
         input_shape = () if isinstance(x_batch, Mapping) else tuple(x_batch.shape[1:])
         n_train = getattr(self, "hp_n_train_", None)
         if n_train is None:
@@ -850,6 +865,11 @@ class _LearnedMixin:
         y_true = to_tensor(y_true, device=self.device)
         if self.hp_crit_.is_classifier:
             y_true = y_true.long()
+        elif self.hp_crit_.binary:
+            # as NeuralNetBinaryClassifier.infer, which the learned forward bypasses
+            if y_pred.dim() == 2 and y_pred.shape[1] == 1 and y_true.dim() == 1:
+                y_pred = y_pred.reshape(-1)
+            y_true = y_true.to(y_pred.dtype)
         theta = dict(self.module_.named_parameters())
         return _training_loss(self.hp_crit_, self.hp_bound_, self.hp_raw_, y_pred, y_true,
                               getattr(self, "hp_rows_", None), theta)
@@ -869,7 +889,7 @@ def _user_class_has(net, name: str) -> bool:
 
 def _skorch_base(cls: type) -> type:
     """skorch's own class that ``cls`` derives from."""
-    for base in (NeuralNetClassifier, NeuralNetRegressor, NeuralNet):
+    for base in (NeuralNetClassifier, NeuralNetBinaryClassifier, NeuralNetRegressor, NeuralNet):
         if issubclass(cls, base):
             return base
     raise TypeError(f"expected a skorch NeuralNet class, got {cls.__name__}")

@@ -510,8 +510,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
 
     Parameters
     ----------
-    estimator : skorch NeuralNet, NeuralNetClassifier or NeuralNetRegressor
-        Unfitted net; never modified (cloned per fold and for the refit).
+    estimator : skorch NeuralNet, NeuralNetClassifier, NeuralNetBinaryClassifier or NeuralNetRegressor
+        Unfitted net, or a ``Pipeline`` ending in one; never modified (cloned per fold
+        and for the refit). A ``NeuralNetBinaryClassifier`` takes the labels 0 and 1.
     hyperparams : dict of str -> Hyperparameter
         The differentiable hyperparameters, e.g. ``{"l1": PerWeightL1(init=1e-4)}``.
     n_outer : int, default=50
@@ -751,6 +752,12 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         return is_classifier(self.estimator)
 
     @property
+    def _net_takes_classes(self) -> bool:
+        """Whether the net has skorch's ``classes`` (NeuralNetClassifier); a binary
+        classifier (NeuralNetBinaryClassifier) has not, and wants labels 0 and 1."""
+        return "classes" in self._net().get_params(deep=False)
+
+    @property
     def _is_pipeline(self) -> bool:
         return isinstance(self.estimator, Pipeline)
 
@@ -849,6 +856,12 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                 raise ValueError(
                     f"y has 1 class only ({encoder.classes_[0]!r}); a classifier needs at "
                     "least 2 classes")
+            if not self._net_takes_classes and (
+                    len(encoder.classes_) != 2 or set(encoder.classes_.tolist()) != {0, 1}):
+                raise ValueError(
+                    f"{type(self._net()).__name__} takes the labels 0 and 1 only, got "
+                    f"{encoder.classes_.tolist()[:5]}; encode y as 0/1, or use "
+                    "NeuralNetClassifier with two outputs")
             self._classes = encoder.classes_
             self._label_encoder = encoder
             y = encoder.transform(y).astype(np.int64)
@@ -1057,8 +1070,10 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         refit_started = time.perf_counter()
         net = make_learned_net(self._net(), self.hyperparams, self.best_params_)
         labels = self._labels(y)
-        if self._is_classifier:
+        if self._is_classifier and self._net_takes_classes:
             net.set_params(classes=list(self._classes))
+        elif self._is_classifier:  # binary: skorch's BCE loss wants float 0/1 targets
+            labels = np.asarray(y, dtype=np.float32)
         # A Pipeline is refit whole (its preprocessing on all rows) around the learned net.
         self.best_estimator_ = (clone(self.estimator).set_params(
             **{self.estimator.steps[-1][0]: net}) if self._is_pipeline else net)
@@ -1229,7 +1244,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         # what GridSearchCV's would (the chains train on codes 0..C-1).
         net = make_learned_net(self._net(), {}, {})
         overrides, n_classes = {"verbose": 0}, None
-        if self._is_classifier:
+        if self._is_classifier and self._net_takes_classes:
             overrides["classes"] = list(self._classes)
             n_classes = len(self._classes)
         net.set_params(**overrides)

@@ -125,7 +125,7 @@ def test_classifier_only_kinds_reject_regressors(hp):
                              verbose=0).initialize()
     X = np.zeros((6, 4), np.float32)
     y = np.zeros(6, np.float32)
-    with pytest.raises(ValueError, match="classifiers only"):
+    with pytest.raises(ValueError, match="one output per class"):
         NetProblem(net, {"h": hp}, X, y, X, y, generator=torch.Generator())
 
 

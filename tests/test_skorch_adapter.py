@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
-from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
+from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 from skorch.utils import to_tensor
 
 from sgld_tuner.core import _tree
@@ -276,6 +276,70 @@ def test_refit_loss_matches_netproblem_inner_loss():
     learned.module_.train()
     loss = learned.get_loss(learned.infer(xb), torch.as_tensor(y), X=xb, training=True)
     assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5, abs=1e-6)
+
+
+class OneLogit(torch.nn.Module):
+    def __init__(self, column=True):
+        super().__init__()
+        self.hidden = torch.nn.Linear(16, 8)
+        self.out = torch.nn.Linear(8, 1)
+        self.column = column
+
+    def forward(self, x):
+        z = self.out(torch.relu(self.hidden(x)))
+        return z if self.column else z.squeeze(-1)
+
+
+@pytest.mark.parametrize("column", [True, False], ids=["n_by_1", "n"])
+def test_binary_classifier_losses_are_skorchs_bce(column):
+    """NeuralNetBinaryClassifier (one logit per row, BCE on float 0/1 targets, integer
+    labels accepted): the chain's losses and the refit's training loss are BCE with
+    logits computed by hand, whether the module outputs (n, 1) or (n,)."""
+    X, y = _data()
+    y = (y > 0).astype(np.int64)
+    net = NeuralNetBinaryClassifier(OneLogit, module__column=column, max_epochs=2, lr=0.1,
+                                    train_split=None, verbose=0).initialize()
+    hps = {"l1": PerWeightL1(init=0.01, granularity="weight")}
+    problem = NetProblem(net, hps, X, y, X[:20], y[:20], batch_size=-1,
+                         generator=torch.Generator())
+    lam, theta = problem.init_lam(), problem.theta0()
+    with torch.no_grad():
+        logits = net.module_(torch.as_tensor(X)).reshape(-1)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    target = torch.as_tensor(y, dtype=torch.float32)
+    assert float(problem.outer_loss(lam, theta)) == pytest.approx(
+        float(bce(logits[:20], target[:20])), rel=1e-5)
+    penalty = sum(0.01 * p.abs().sum() for p in theta.values() if p.dim() > 1)
+    expected = bce(logits, target) + penalty
+    assert float(problem.inner_loss(lam, theta)) == pytest.approx(float(expected), rel=1e-5)
+
+    values = {k: b.to_public(lam[k]) for k, b in problem.bound.items()}
+    learned = make_learned_net(net, hps, values).initialize()
+    learned.module_.load_state_dict(net.module_.state_dict())
+    learned.module_.train()
+    loss = learned.get_loss(learned.infer(torch.as_tensor(X)), torch.as_tensor(y),
+                            X=torch.as_tensor(X), training=True)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_the_output_probe_leaves_batch_norm_and_the_mode_alone():
+    """The one forward that reads the output layout runs in eval mode: batch norm takes
+    the single row a refit probes with, its running statistics stay where they were, and
+    the module's mode is put back."""
+    module = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8),
+                                 torch.nn.Linear(8, 3))
+    net = NeuralNetClassifier(module, criterion=torch.nn.CrossEntropyLoss, max_epochs=2,
+                              lr=0.1, train_split=None, verbose=0).initialize()
+    X, y = _data()
+    stats = net.module_[1].running_mean.clone()
+    hps = {"l1": PerWeightL1(init=0.01)}
+    problem = NetProblem(net, hps, X, y, X[:20], y[:20], generator=torch.Generator())
+    assert torch.equal(net.module_[1].running_mean, stats) and net.module_.training
+    lam = problem.init_lam()
+    learned = make_learned_net(net, hps, {k: b.to_public(lam[k])
+                                          for k, b in problem.bound.items()})
+    learned.fit(X, y)  # its probe used to run one row through batch norm in train mode
+    assert learned.predict(X).shape == (60,)
 
 
 @pytest.mark.filterwarnings("ignore:The least populated class")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
+from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.datasets import load_digits, make_regression
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
@@ -148,6 +148,39 @@ def test_string_labels_and_dataframe_input(digits4):
     tuner = tiny_tuner(n_outer=1).fit(frame, pd.Series(labels))
     assert set(tuner.predict(frame)) <= set(labels)
     assert list(tuner.feature_names_in_)[:2] == ["px0", "px1"]
+
+
+class OneLogitMLP(TinyMLP):
+    def forward(self, X):
+        return super().forward(X).squeeze(-1)
+
+
+def test_binary_classifier_is_tuned_and_refit_on_0_1_labels(digits4):
+    """skorch's NeuralNetBinaryClassifier (one logit, BCE, no ``classes``) is searched and
+    refit like any classifier; labels other than 0 and 1, which it cannot take, are
+    refused before any training, naming the fix."""
+    X, y = digits4
+    y01 = (y >= 2).astype(np.int64)
+    net = NeuralNetBinaryClassifier(OneLogitMLP, module__n_out=1, lr=0.1, max_epochs=2,
+                                    batch_size=32, train_split=None, verbose=0)
+    tuner = tiny_tuner(net).fit(X, y01)
+    assert is_classifier(tuner) and list(tuner.classes_) == [0, 1]
+    assert set(tuner.predict(X)) <= {0, 1} and tuner.predict_proba(X).shape == (len(X), 2)
+    assert np.isfinite(tuner.best_score_) and 0.5 < tuner.score(X, y01) <= 1.0
+    assert tuner.score(X, y01) == pytest.approx(np.mean(tuner.predict(X) == y01))
+    with pytest.raises(ValueError, match="takes the labels 0 and 1 only"):
+        tiny_tuner(net).fit(X, np.where(y01 == 1, "yes", "no"))
+
+
+def test_batch_norm_module_is_searched_and_refit(digits4):
+    """A module with batch norm: the refit's output probe used to fail on its one row."""
+    X, y = digits4
+    module = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8),
+                                 torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    net = NeuralNetClassifier(module, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
+                              max_epochs=2, batch_size=32, train_split=None, verbose=0)
+    tuner = tiny_tuner(net).fit(X, y)
+    assert tuner.predict(X).shape == (len(X),) and np.isfinite(tuner.best_score_)
 
 
 def test_float64_input_is_accepted(digits4):

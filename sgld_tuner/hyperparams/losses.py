@@ -13,8 +13,9 @@ __all__ = ["LossWeights", "TaylorLoss"]
 
 def _need_classes(kind, n_classes):
     if n_classes is None:
-        raise ValueError(f"{kind} applies to classifiers only (a skorch NeuralNetClassifier); "
-                         "the net given is a regressor")
+        raise ValueError(f"{kind} needs one output per class (a skorch NeuralNetClassifier "
+                         "with a cross-entropy or NLL criterion); the net given is a "
+                         "regressor or a one-logit binary classifier")
     return int(n_classes)
 
 
