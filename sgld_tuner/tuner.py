@@ -927,7 +927,12 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         if failure is not None:
             raise failure
         if self.refit:
-            self._refit(X, y, state.refit_seed, oracle.settings.inner_lr, fit_params)
+            # skorch broadcasts 1-D regression targets against an (n, 1) output into an
+            # (n, n) loss; the chains take y as a column there, and so does the refit.
+            column = (not self._is_classifier and y.ndim == 1
+                      and folds[0].problem.output_shape == (1,))
+            self._refit(X, y[:, None] if column else y, state.refit_seed,
+                        oracle.settings.inner_lr, fit_params)
             self._warn_if_refit_undertrained(X, y, {best_key: scorers[best_key]}, oracle.folds)
         return self
 

@@ -201,6 +201,20 @@ def test_regressor_with_weight_decay():
     assert np.isfinite(tuner.best_score_)
 
 
+def test_regressor_takes_1d_y_like_a_column():
+    """A 1-D y, as scikit-learn regressors take it, gives the same search and refit as
+    the (n, 1) column an (n, 1)-output net wants: the refit used to hand skorch the 1-D
+    y, whose loss broadcast to (n, n) and trained the net to the mean (R^2 about 0)."""
+    X, y = make_regression(n_samples=80, n_features=6, noise=0.1, random_state=0)
+    X, y = X.astype(np.float32), (y / y.std()).astype(np.float32)
+    net = NeuralNetRegressor(TinyMLP, module__n_in=6, module__n_out=1, lr=0.05,
+                             max_epochs=20, batch_size=16, train_split=None, verbose=0)
+    flat = tiny_tuner(net, cv=KFold(2)).fit(X, y)
+    column = tiny_tuner(net, cv=KFold(2)).fit(X, y[:, None])
+    np.testing.assert_array_equal(flat.predict(X), column.predict(X))
+    assert flat.best_score_ == column.best_score_ and flat.score(X, y) > 0.5
+
+
 def test_same_random_state_same_scores_and_different_differs(digits4):
     X, y = digits4
     a = tiny_tuner(refit=False, temperature=1e-2).fit(X, y).cv_results_["mean_test_score"]
