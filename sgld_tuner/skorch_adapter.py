@@ -452,7 +452,9 @@ class NetProblem:
         return self.net.module_
 
     def _as_x(self, X):
-        return torch.as_tensor(np.asarray(X), device=self.device).to(self.dtype)
+        X = torch.as_tensor(np.asarray(X), device=self.device)
+        # integer rows are ids for an embedding (skorch passes them as they are)
+        return X.to(self.dtype) if X.is_floating_point() else X
 
     def _as_y(self, y):
         y = torch.as_tensor(np.asarray(y), device=self.device)

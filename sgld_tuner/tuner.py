@@ -339,6 +339,17 @@ def _module_rng_states(problem):
     return getattr(getattr(problem, "module_rng", None), "states", None)
 
 
+def _embeds_indices(net) -> bool:
+    """Whether the net's module has an embedding layer, i.e. takes integer ids. Builds
+    the module on a copy (its own RNG: the caller's stream is left alone)."""
+    module = net.module
+    if isinstance(module, type):
+        with torch.random.fork_rng(devices=[]):
+            module = clone(net).initialize().module_
+    return any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+               for m in module.modules())
+
+
 def _net_input(X) -> np.ndarray:
     """A Pipeline's transformed rows as the net takes them: dense float32."""
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
@@ -848,6 +859,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                              multi_output=not self._is_classifier,
                              y_numeric=is_regressor(self.estimator),
                              ensure_all_finite=not self._is_pipeline)
+        self._index_input = (not self._is_pipeline and np.issubdtype(X.dtype, np.integer)
+                             and _embeds_indices(self._net()))
         X = self._rows_for_estimator(given, X)
         if self._is_classifier:
             check_classification_targets(y)
@@ -1583,13 +1596,15 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     def _rows_for_estimator(self, given, X):
         """``X`` (validated) as the estimator takes it.
 
-        A net computes in float32 (skorch's default): float64 input is cast, by design. A
-        ``Pipeline``'s steps get the rows as given (a DataFrame keeps its columns; NaN
-        is left to an imputer), and the net gets float32 after them.
+        A net computes in float32 (skorch's default): float64 and integer input is cast,
+        by design, except integer rows for a module with an embedding layer (token ids,
+        kept as int64). A ``Pipeline``'s steps get the rows as given (a DataFrame keeps
+        its columns; NaN is left to an imputer), and the net gets float32 after them.
         """
         if self._is_pipeline:
             return given if hasattr(given, "iloc") else X
-        X = np.asarray(X, dtype=np.float32)
+        index = getattr(self, "_index_input", False) and np.issubdtype(X.dtype, np.integer)
+        X = np.asarray(X, dtype=np.int64 if index else np.float32)
         if not X.flags.writeable:  # torch warns on read-only arrays (e.g. from DataFrames)
             X = X.copy()
         return X

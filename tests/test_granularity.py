@@ -167,6 +167,14 @@ def test_auto_granularity_is_per_feature_on_a_linear_first_layer_else_per_weight
     conv = kind(init=0.1, params="conv.weight").bind(module, n_train=5, n_classes=2,
                                                     input_shape=(1, 3, 3))
     assert conv.granularity == "weight"
+    # An embedding's weight is 2-D too, but its columns are embedding dimensions, not
+    # input features (it used to get "feature", which then left every later layer alone).
+    text = torch.nn.Sequential(torch.nn.Embedding(7, 4), torch.nn.Flatten(),
+                               torch.nn.Linear(8, 2))
+    embedding = kind(init=0.1).bind(text, n_train=5, n_classes=2, input_shape=(2,))
+    assert embedding.granularity == "weight"
+    assert sorted(embedding.to_public(embedding.init_raw("cpu", torch.float32))) == [
+        "0.weight", "2.weight"]
 
 
 # -- feature relevance -----------------------------------------------------------------

@@ -183,6 +183,48 @@ def test_batch_norm_module_is_searched_and_refit(digits4):
     assert tuner.predict(X).shape == (len(X),) and np.isfinite(tuner.best_score_)
 
 
+class TokenBag(torch.nn.Module):
+    """Token ids in, class scores out: the first layer is an embedding."""
+
+    def __init__(self, bag=False):
+        super().__init__()
+        self.embed = torch.nn.EmbeddingBag(20, 4) if bag else torch.nn.Embedding(20, 4)
+        self.out = torch.nn.Linear(4, 2)
+        self.bag = bag
+
+    def forward(self, X):
+        assert X.dtype == torch.int64, "token ids must reach the module as integers"
+        return self.out(self.embed(X) if self.bag else self.embed(X).mean(1))
+
+
+def _tokens():
+    rng = np.random.RandomState(0)
+    X = rng.randint(0, 20, size=(60, 5))
+    return X, (X < 10).sum(1) % 2
+
+
+def test_token_ids_reach_an_embedding_as_integers_and_other_nets_get_floats(digits4):
+    X, y = _tokens()
+    net = NeuralNetClassifier(TokenBag, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
+                              max_epochs=2, batch_size=16, train_split=None, verbose=0)
+    tuner = tiny_tuner(net).fit(X, y)  # the module asserts integer ids, chains and refit
+    assert tuner.predict(X).shape == (60,) and np.isfinite(tuner.best_score_)
+    assert set(tuner.best_params_["l1"]) == {"embed.weight", "out.weight"}  # per weight
+    # integer features into a Linear net are cast to float32, in fit and in predict
+    Xd, yd = digits4
+    counts = tiny_tuner().fit((Xd * 16).astype(np.int64), yd)
+    assert counts.predict((Xd * 16).astype(np.int64)).shape == (len(yd),)
+
+
+def test_a_layer_without_second_derivatives_names_the_way_out():
+    X, y = _tokens()
+    net = NeuralNetClassifier(TokenBag, module__bag=True, criterion=torch.nn.CrossEntropyLoss,
+                              lr=0.1, max_epochs=2, batch_size=16, train_split=None, verbose=0)
+    with pytest.raises(NotImplementedError, match="nn.Embedding and pool.*recursion='gibbs'"):
+        tiny_tuner(net).fit(X, y)
+    assert tiny_tuner(net, recursion="gibbs").fit(X, y).predict(X).shape == (60,)
+
+
 def test_float64_input_is_accepted(digits4):
     X, y = digits4
     tuner = tiny_tuner(n_outer=1).fit(X.astype(np.float64), y)

@@ -89,7 +89,15 @@ def _inner_products(problem, lam, theta, grad_graph, u, need_hessian, need_mixed
     targets = ([] if closed or not need_mixed else lam) + (theta if need_hessian else [])
     prods = []
     if targets:
-        prods = torch.autograd.grad(grad_graph, targets, grad_outputs=u, allow_unused=True)
+        try:
+            prods = torch.autograd.grad(grad_graph, targets, grad_outputs=u,
+                                        allow_unused=True)
+        except NotImplementedError as exc:
+            raise NotImplementedError(
+                f"{exc} The hypergradient differentiates the training gradient once more "
+                "(Hessian- and mixed-vector products), which this layer does not support "
+                "in torch (e.g. nn.EmbeddingBag: use nn.Embedding and pool). "
+                "recursion='gibbs' needs no second derivatives") from exc
     if not need_mixed:
         mixed = None
     elif closed:

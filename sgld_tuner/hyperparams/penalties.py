@@ -56,6 +56,13 @@ def strength_shapes(shape: tuple, granularity: str) -> tuple[tuple, tuple]:
     return (), ()   # tensor (and each tensor's share of "global")
 
 
+def _is_linear_weight(module, name: str) -> bool:
+    """Whether parameter ``name`` of ``module`` is the weight of a ``torch.nn.Linear``
+    (whose columns are input features; an embedding's 2-D weight has rows of ids)."""
+    owner, _, leaf = name.rpartition(".")
+    return leaf == "weight" and isinstance(module.get_submodule(owner), torch.nn.Linear)
+
+
 class _GranularPenalty(Hyperparameter):
     """Specification shared by the separable penalties: validation and binding."""
 
@@ -74,7 +81,7 @@ class _GranularPenalty(Hyperparameter):
             # Measured (benchmarks/search_effect.py): one strength per input feature is
             # what a search on tabular MLPs can learn from a small validation fold; a
             # first layer that is not a Linear weight (conv, embedding) gets per weight.
-            granularity = "feature" if len(shapes[names[0]]) == 2 else "weight"
+            granularity = "feature" if _is_linear_weight(module, names[0]) else "weight"
         if granularity == "feature":
             # Feature relevance lives in the first layer's columns: later layers' columns
             # are hidden units, not input features.
@@ -293,9 +300,9 @@ class _BoundWeightDecay(_BoundGranularPenalty):
 
 _GRANULARITY_DOC = """granularity : {"auto", "weight", "unit", "feature", "tensor", "global"}, default="auto"
         Which weights share one strength. ``"auto"``: ``"feature"`` when the first
-        matched tensor is 2-D (a Linear layer: an MLP on tabular data, where per-feature
-        strengths learn relevance), else ``"weight"``. Otherwise: each weight its own; one per output unit (row,
-        dim 0, of each matched tensor; per output channel for a conv weight); one per input
+        matched tensor is a ``torch.nn.Linear`` weight (an MLP on tabular data, where
+        per-feature strengths learn relevance), else ``"weight"`` (conv, embedding).
+        Otherwise: each weight its own; one per output unit (row, dim 0, of each matched tensor; per output channel for a conv weight); one per input
         feature (column of the first matched tensor in module order, which must be 2-D:
         the other matched tensors are then not penalised); one per matched tensor; one
         shared scalar."""
