@@ -303,9 +303,9 @@ _GRANULARITY_DOC = """granularity : {"auto", "weight", "unit", "feature", "tenso
         matched tensor is a ``torch.nn.Linear`` weight (an MLP on tabular data, where
         per-feature strengths learn relevance), else ``"weight"`` (conv, embedding).
         Otherwise: each weight its own; one per output unit (row, dim 0, of each matched
-        tensor; per output channel for a conv weight); one per input feature (column of the first matched tensor in module order, which must be 2-D:
-        the other matched tensors are then not penalised); one per matched tensor; one
-        shared scalar."""
+        tensor; per output channel for a conv weight); one per input feature (column of
+        the first matched tensor in module order, which must be 2-D: the other matched
+        tensors are then not penalised); one per matched tensor; one shared scalar."""
 
 
 class PerWeightL1(_GranularPenalty):
