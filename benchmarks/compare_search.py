@@ -255,6 +255,29 @@ def m_sgld_control(ctx):
     return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
 
 
+def m_sgld_n_outer_default(ctx):
+    """The tuner at its default ``n_outer=50``: chains of about 1.7 training runs."""
+    tuner = ctx.tuner(50)
+    return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
+
+
+def _own_cv(ctx, n_outer):
+    """The tuner with its default ``cv=5`` over the training+validation rows instead
+    of the shared split (its net's epochs set for a fold's 4/5 of the rows)."""
+    n_rows = len(ctx.y) * 4 // 5
+    tuner = SGLDHyperTuner(ctx.net(n_rows=n_rows), {"l1": PerWeightL1()}, n_outer=n_outer,
+                           cv=5, eval_every=max(1, n_outer // 10), random_state=ctx.seed)
+    return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), 6, None
+
+
+def m_sgld_own_cv(ctx):
+    return _own_cv(ctx, max(2, math.ceil(STEPS / 10)))
+
+
+def m_sgld_own_cv_control(ctx):
+    return _own_cv(ctx, 1)
+
+
 def m_hybrid(ctx):
     """What most users will run: GridSearchCV over the net's lr around the tuner."""
     hybrid = GridSearchCV(ctx.tuner(None, cv=3), {"estimator__lr": LRS}, cv=ctx.cv,
@@ -292,7 +315,13 @@ def m_l1_logreg(ctx):
 
 
 #: methods run only when named in --methods (one-off ablations, results files of their own)
-ABLATIONS = ("SGLDHyperTuner outer_warmup=n_outer/2",)
+ABLATIONS = ("SGLDHyperTuner outer_warmup=n_outer/2", "SGLDHyperTuner n_outer=50",
+             "SGLDHyperTuner cv=5", "SGLDHyperTuner cv=5 control (n_outer=1)")
+#: each tuner row's no-search control (same settings, n_outer=1); "SGLDHyperTuner n_outer=50"
+#: shares the default's, which is the same run
+CONTROLS = {"SGLDHyperTuner": "SGLDHyperTuner control (n_outer=1)",
+            "SGLDHyperTuner n_outer=50": "SGLDHyperTuner control (n_outer=1)",
+            "SGLDHyperTuner cv=5": "SGLDHyperTuner cv=5 control (n_outer=1)"}
 METHODS = {
     "untuned": m_untuned,
     "GridSearchCV (L1)": m_grid_l1,
@@ -304,6 +333,9 @@ METHODS = {
     "SGLDHyperTuner control (n_outer=1)": m_sgld_control,
     "SGLDHyperTuner warm_up=epochs": m_sgld_warm_up,
     "SGLDHyperTuner outer_warmup=n_outer/2": m_sgld_half_ramp,
+    "SGLDHyperTuner n_outer=50": m_sgld_n_outer_default,
+    "SGLDHyperTuner cv=5": m_sgld_own_cv,
+    "SGLDHyperTuner cv=5 control (n_outer=1)": m_sgld_own_cv_control,
     "hybrid: GridSearchCV(lr) x SGLDHyperTuner": m_hybrid,
     "hybrid: GridSearchCV(lr) x SGLDHyperTuner (half chains)": m_hybrid_half,
     "hybrid: GridSearchCV(lr) x SGLDHyperTuner (half chains; cv=2)": m_hybrid_lean,
@@ -370,12 +402,19 @@ def summarise(df):
 
 
 def gains_over_control(df):
-    """Per (dataset, regime): the tuner's test score minus its no-search control, per seed."""
-    tuned = df[df.method == "SGLDHyperTuner"].set_index(["dataset", "regime", "seed"])
-    ctrl = df[df.method == "SGLDHyperTuner control (n_outer=1)"].set_index(
-        ["dataset", "regime", "seed"])
-    gain = (tuned.test_score - ctrl.test_score).dropna()
-    return gain.groupby(level=["dataset", "regime"], sort=False).agg(
+    """Per (dataset, regime, tuner row of ``CONTROLS`` that ran with its control): the
+    test score minus the control's on the same seed; mean, std, seeds won."""
+    keys = ["dataset", "regime", "seed"]
+    parts = []
+    for tuned_name, control_name in CONTROLS.items():
+        tuned = df[df.method == tuned_name].set_index(keys)
+        ctrl = df[df.method == control_name].set_index(keys)
+        if len(tuned) and len(ctrl):
+            gain = (tuned.test_score - ctrl.test_score).dropna().rename("gain").reset_index()
+            parts.append(gain.assign(method=tuned_name))
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat(parts).groupby(["dataset", "regime", "method"], sort=False).gain.agg(
         ["mean", "std", lambda g: f"{int((g > 0).sum())}/{len(g)}"])
 
 
@@ -388,12 +427,12 @@ def to_markdown(summary, gains=None):
                      f"{r.cpu_s:.1f} | {r.wall_s:.1f} | {r.model_fits:.1f} | {r.n_hyperparams} "
                      f"| {r.seeds} |")
     if gains is not None and len(gains):
-        lines += ["", "What the search adds: SGLDHyperTuner minus its no-search control "
+        lines += ["", "What the search adds: each tuner row minus its no-search control "
                   "(same seeds), mean ± std over seeds, seeds won:", "",
-                  "| dataset | regime | gain | seeds won |", "|---|---|---|---|"]
-        for (dataset, regime), r in gains.iterrows():
-            lines.append(f"| {dataset} | {regime} | {r.iloc[0]:+.4f} ± {r.iloc[1]:.4f} | "
-                         f"{r.iloc[2]} |")
+                  "| dataset | regime | tuner | gain | seeds won |", "|---|---|---|---|---|"]
+        for (dataset, regime, method), r in gains.iterrows():
+            lines.append(f"| {dataset} | {regime} | {method} | {r.iloc[0]:+.4f} ± "
+                         f"{r.iloc[1]:.4f} | {r.iloc[2]} |")
     return "\n".join(lines)
 
 
