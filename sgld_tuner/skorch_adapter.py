@@ -227,6 +227,17 @@ def _probe(module, *args, **kwargs):
         module.train(training)
 
 
+def takes_ids(module) -> bool:
+    """Whether ``module`` has an embedding layer, i.e. takes integer ids as input.
+
+    One rule for integer input everywhere (the tuner's rows, the chains, the learned net's
+    forward): ids stay int64 for such a module, any other gets them cast to its float
+    dtype, as float64 rows are.
+    """
+    return any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+               for m in module.modules())
+
+
 def _module_device(module):
     for p in module.parameters():
         return p.device
@@ -453,8 +464,7 @@ class NetProblem:
 
     def _as_x(self, X):
         X = torch.as_tensor(np.asarray(X), device=self.device)
-        # integer rows are ids for an embedding (skorch passes them as they are)
-        return X.to(self.dtype) if X.is_floating_point() else X
+        return X if not X.is_floating_point() and takes_ids(self.module) else X.to(self.dtype)
 
     def _as_y(self, y):
         y = torch.as_tensor(np.asarray(y), device=self.device)
@@ -807,8 +817,9 @@ class _LearnedMixin:
         training = self.module_.training
         self.hp_rows_ = rows if training else None
         x = to_tensor(x, device=self.device)
-        if torch.is_tensor(x) and x.is_floating_point():
-            # e.g. float64 rows from a Pipeline's preprocessing: the module's dtype
+        if torch.is_tensor(x) and (x.is_floating_point() or not takes_ids(self.module_)):
+            # e.g. float64 or integer rows from a Pipeline's preprocessing: the module's
+            # dtype (token ids for an embedding stay integers)
             x = x.to(_module_dtype(self.module_))
         # getattr: a net pickled before ``tta`` existed has no such attribute.
         tta = getattr(self, "tta", 0)

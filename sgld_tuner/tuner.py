@@ -67,7 +67,7 @@ from .fold_batch import AUTO_MAX_WEIGHTS, FoldBatch
 from .hyperparams import Hyperparameter
 from .optimizers import chain_dynamics, net_weight_decay
 from .results import build_cv_results, build_history
-from .skorch_adapter import ModuleRNG, NetProblem, make_learned_net
+from .skorch_adapter import ModuleRNG, NetProblem, make_learned_net, takes_ids
 
 
 class SearchInterrupted(RuntimeWarning):
@@ -339,21 +339,23 @@ def _module_rng_states(problem):
     return getattr(getattr(problem, "module_rng", None), "states", None)
 
 
-def _embeds_indices(net) -> bool:
-    """Whether the net's module has an embedding layer, i.e. takes integer ids. Builds
-    the module on a copy (its own RNG: the caller's stream is left alone)."""
+def _net_takes_ids(net) -> bool:
+    """:func:`~sgld_tuner.skorch_adapter.takes_ids` for a net whose ``module`` may be a
+    class or a factory: then the module alone is built as skorch builds it (with the
+    net's ``module__`` parameters, on the CPU), with an RNG of its own (the caller's
+    stream is left alone)."""
     module = net.module
-    if isinstance(module, type):
+    if not isinstance(module, torch.nn.Module):
         with torch.random.fork_rng(devices=[]):
-            module = clone(net).initialize().module_
-    return any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
-               for m in module.modules())
+            module = net.initialized_instance(module, net.get_params_for("module"))
+    return takes_ids(module)
 
 
-def _net_input(X) -> np.ndarray:
-    """A Pipeline's transformed rows as the net takes them: dense float32."""
+def _net_input(X, ids: bool = False) -> np.ndarray:
+    """A Pipeline's transformed rows as the net takes them: dense float32 (int64 when
+    they are token ids for a module with an embedding)."""
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
-    return np.ascontiguousarray(X, dtype=np.float32)
+    return np.ascontiguousarray(X, dtype=np.int64 if ids else np.float32)
 
 
 class _FoldOracle:
@@ -859,8 +861,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                              multi_output=not self._is_classifier,
                              y_numeric=is_regressor(self.estimator),
                              ensure_all_finite=not self._is_pipeline)
-        self._index_input = (not self._is_pipeline and np.issubdtype(X.dtype, np.integer)
-                             and _embeds_indices(self._net()))
+        self._ids_input = None  # asked of the net when integer rows first reach it
         X = self._rows_for_estimator(given, X)
         if self._is_classifier:
             check_classification_targets(y)
@@ -946,7 +947,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                       and folds[0].problem.output_shape == (1,))
             self._refit(X, y[:, None] if column else y, state.refit_seed,
                         oracle.settings.inner_lr, fit_params)
-            self._warn_if_refit_undertrained(X, y, {best_key: scorers[best_key]}, oracle.folds)
+            self._warn_if_refit_undertrained(X, y, {best_key: scorers[best_key]}, oracle.folds,
+                                             oracle.settings.steps)
         return self
 
     def _callback_failure(self, engine):
@@ -1165,14 +1167,22 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     # the rows it fit as the chains did on held-out rows.
     _UNDERTRAINED_GAP = 0.05
 
-    def _warn_if_refit_undertrained(self, X, codes, scorer: dict, folds):
+    def _warn_if_refit_undertrained(self, X, codes, scorer: dict, folds, steps: int):
         """Warn when the refit, trained for the net's own budget, scores below the chains
-        on its own training rows while the chains trained longer than that budget: then
-        the net is undertrained (its ``max_epochs`` or ``lr``), ``best_score_`` scores
-        longer-trained nets than ``best_estimator_``, and no penalty the search can learn
-        makes up for it (a grid over ``lr`` can). One prediction pass over ``X``."""
+        on its own training rows while the chains of the best point had trained longer
+        than that budget: then the net is undertrained (its ``max_epochs`` or ``lr``),
+        ``best_score_`` scores longer-trained nets than ``best_estimator_``, and no
+        penalty the search can learn makes up for it (a grid over ``lr`` can). One
+        prediction pass over ``X``; ``steps``: chain steps per outer iteration."""
         best = getattr(self, "best_score_", math.nan)
-        chain_steps = max(fold.state.n_steps for fold in folds)
+        if self.refit == "ensemble":  # predictions come from a chain run after the refit
+            return
+        # The best point's chains: a persistent chain has run its warm-up and every
+        # iteration up to the point; a restarted one, one iteration's steps.
+        chain_steps = steps
+        if self.chain == "persistent":
+            iteration = int(self.cv_results_["iteration"][self.best_index_])
+            chain_steps = max(f.warm_up_steps for f in folds) + (iteration + 1) * steps
         budget = max(fold.budget_steps for fold in folds)
         if not math.isfinite(best) or chain_steps <= budget or "refit interrupted" in (
                 self.stop_reason_ or ""):
@@ -1187,7 +1197,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         warn_at_caller(
             f"best_estimator_ scores {train:.4g} on its own training rows, below the "
             f"{best:.4g} (best_score_) that the search's chains scored on held-out rows "
-            f"after up to {chain_steps} steps; the net's own budget (max_epochs="
+            f"after about {chain_steps} steps; the net's own budget (max_epochs="
             f"{net.max_epochs}, lr={net.lr:g}) is about {budget} steps per fold. The net "
             "is undertrained: best_score_ overstates best_estimator_, and the values were "
             "learned on longer-trained nets. Raise the net's max_epochs or lr (e.g. "
@@ -1334,8 +1344,10 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         if not self._is_pipeline:
             return X_train, X_val, X_train, X_val, net
         preprocess = clone(self.estimator[:-1])
-        net_train = _net_input(preprocess.fit_transform(X_train, self._labels(y[train])))
-        net_val = _net_input(preprocess.transform(X_val))
+        net_train = preprocess.fit_transform(X_train, self._labels(y[train]))
+        net_val = preprocess.transform(X_val)
+        net_train = _net_input(net_train, self._keeps_ids(net_train))
+        net_val = _net_input(net_val, self._keeps_ids(net_val))
         scored = Pipeline([*preprocess.steps, (self.estimator.steps[-1][0], net)])
         return X_train, X_val, net_train, net_val, scored
 
@@ -1515,6 +1527,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             if not 0 <= index < len(self.cv_results_["params"]):
                 raise IndexError("best_index_ index out of range")
             self.best_index_ = int(index)
+            # as GridSearchCV: no best_score_ with a callable refit (nor one left by an
+            # earlier fit)
+            self.__dict__.pop("best_score_", None)
         else:
             self.best_index_ = int(np.argmin(self.cv_results_[f"rank_test_{key}"]))
             self.best_score_ = float(self.cv_results_[f"mean_test_{key}"][self.best_index_])
@@ -1593,6 +1608,15 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                           ensure_all_finite=not self._is_pipeline)
         return self._rows_for_estimator(given, X)
 
+    def _keeps_ids(self, X) -> bool:
+        """Whether integer rows ``X`` stay integers: token ids for a net whose module has
+        an embedding (asked once per fit)."""
+        if not np.issubdtype(np.asarray(X).dtype, np.integer):
+            return False
+        if getattr(self, "_ids_input", None) is None:
+            self._ids_input = _net_takes_ids(self._net())
+        return self._ids_input
+
     def _rows_for_estimator(self, given, X):
         """``X`` (validated) as the estimator takes it.
 
@@ -1603,8 +1627,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         """
         if self._is_pipeline:
             return given if hasattr(given, "iloc") else X
-        index = getattr(self, "_index_input", False) and np.issubdtype(X.dtype, np.integer)
-        X = np.asarray(X, dtype=np.int64 if index else np.float32)
+        X = np.asarray(X, dtype=np.int64 if self._keeps_ids(X) else np.float32)
         if not X.flags.writeable:  # torch warns on read-only arrays (e.g. from DataFrames)
             X = X.copy()
         return X

@@ -175,6 +175,11 @@ def test_auto_granularity_is_per_feature_on_a_linear_first_layer_else_per_weight
     assert embedding.granularity == "weight"
     assert sorted(embedding.to_public(embedding.init_raw("cpu", torch.float32))) == [
         "0.weight", "2.weight"]
+    # a raw matrix for F.linear is a Linear layer's weight by another name
+    raw = torch.nn.Module()
+    raw.w = torch.nn.Parameter(torch.zeros(2, 3))
+    assert kind(init=0.1, params="w").bind(raw, n_train=5, n_classes=2,
+                                          input_shape=(3,)).granularity == "feature"
 
 
 # -- feature relevance -----------------------------------------------------------------

@@ -322,6 +322,26 @@ def test_binary_classifier_losses_are_skorchs_bce(column):
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_integer_rows_are_cast_for_a_linear_module_and_kept_for_an_embedding():
+    """NetProblem takes integer rows as its module does: floats for a Linear layer (as
+    float64 rows are cast), int64 ids for an embedding."""
+    X, y = _data()
+    counts = np.rint(X * 4).astype(np.int64)
+    linear = _nets()["ce_logits"].initialize()
+    problem = NetProblem(linear, {}, counts, y, counts[:20], y[:20],
+                         generator=torch.Generator())
+    assert problem.X_train.dtype == torch.float32
+    assert torch.equal(problem.X_train, torch.as_tensor(counts, dtype=torch.float32))
+    embedding = NeuralNetClassifier(
+        torch.nn.Sequential(torch.nn.Embedding(40, 3), torch.nn.Flatten(),
+                            torch.nn.Linear(48, 3)),
+        criterion=torch.nn.CrossEntropyLoss, max_epochs=2, train_split=None,
+        verbose=0).initialize()
+    ids = counts - counts.min()
+    problem = NetProblem(embedding, {}, ids, y, ids[:20], y[:20], generator=torch.Generator())
+    assert problem.X_train.dtype == torch.int64
+
+
 def test_the_output_probe_leaves_batch_norm_and_the_mode_alone():
     """The one forward that reads the output layout runs in eval mode: batch norm takes
     the single row a refit probes with, its running statistics stay where they were, and

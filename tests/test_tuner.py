@@ -137,6 +137,9 @@ def test_refit_callable_and_refit_false(digits4):
     X, y = digits4
     tuner = tiny_tuner(refit=lambda res: 0).fit(X, y)
     assert tuner.best_index_ == 0 and not hasattr(tuner, "best_score_")
+    # nor one left by an earlier fit with refit=True
+    refitted = tiny_tuner().fit(X, y).set_params(refit=lambda res: 0).fit(X, y)
+    assert not hasattr(refitted, "best_score_")
     no_refit = tiny_tuner(refit=False).fit(X, y)
     assert not hasattr(no_refit, "best_estimator_") and not hasattr(no_refit, "predict")
 
@@ -181,6 +184,7 @@ def test_batch_norm_module_is_searched_and_refit(digits4):
                               max_epochs=2, batch_size=32, train_split=None, verbose=0)
     tuner = tiny_tuner(net).fit(X, y)
     assert tuner.predict(X).shape == (len(X),) and np.isfinite(tuner.best_score_)
+    assert tuner.score(X, y) > 0.5  # 4 classes: the refit trained
 
 
 class TokenBag(torch.nn.Module):
@@ -203,17 +207,36 @@ def _tokens():
     return X, (X < 10).sum(1) % 2
 
 
-def test_token_ids_reach_an_embedding_as_integers_and_other_nets_get_floats(digits4):
+@pytest.mark.parametrize("in_pipeline", [False, True], ids=["net", "pipeline"])
+def test_token_ids_reach_an_embedding_as_integers_and_other_nets_get_floats(
+        digits4, in_pipeline):
+    """One rule for integer rows, bare net or after a Pipeline's steps: ids for a module
+    with an embedding stay int64 (the module asserts it, in the chains, the scoring, the
+    refit and predict); any other module gets them as float32, its module given as a
+    class or as a factory (a factory failed: it was taken for a built module)."""
+    from functools import partial
+
+    from sklearn.preprocessing import FunctionTransformer
+
+    def wrap(net):
+        return make_pipeline(FunctionTransformer(), net) if in_pipeline else net
+
     X, y = _tokens()
     net = NeuralNetClassifier(TokenBag, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
                               max_epochs=2, batch_size=16, train_split=None, verbose=0)
-    tuner = tiny_tuner(net).fit(X, y)  # the module asserts integer ids, chains and refit
+    tuner = tiny_tuner(wrap(net)).fit(X, y)
     assert tuner.predict(X).shape == (60,) and np.isfinite(tuner.best_score_)
     assert set(tuner.best_params_["l1"]) == {"embed.weight", "out.weight"}  # per weight
-    # integer features into a Linear net are cast to float32, in fit and in predict
     Xd, yd = digits4
-    counts = tiny_tuner().fit((Xd * 16).astype(np.int64), yd)
-    assert counts.predict((Xd * 16).astype(np.int64)).shape == (len(yd),)
+    counts = (Xd * 16).astype(np.int64)
+    floats = tiny_tuner(wrap(tiny_classifier())).fit(counts.astype(np.float32), yd)
+    for module in (TinyMLP, partial(TinyMLP, n_in=64)):
+        fitted = tiny_tuner(wrap(tiny_classifier(module))).fit(counts, yd)
+        # the same search and refit as on the counts given as floats
+        np.testing.assert_array_equal(fitted.cv_results_["mean_test_score"],
+                                      floats.cv_results_["mean_test_score"])
+        np.testing.assert_array_equal(fitted.predict(counts),
+                                      floats.predict(counts.astype(np.float32)))
 
 
 def test_a_layer_without_second_derivatives_names_the_way_out():

@@ -56,11 +56,13 @@ def strength_shapes(shape: tuple, granularity: str) -> tuple[tuple, tuple]:
     return (), ()   # tensor (and each tensor's share of "global")
 
 
-def _is_linear_weight(module, name: str) -> bool:
-    """Whether parameter ``name`` of ``module`` is the weight of a ``torch.nn.Linear``
-    (whose columns are input features; an embedding's 2-D weight has rows of ids)."""
-    owner, _, leaf = name.rpartition(".")
-    return leaf == "weight" and isinstance(module.get_submodule(owner), torch.nn.Linear)
+def _feature_columns(module, name: str, shape: tuple) -> bool:
+    """Whether the columns of parameter ``name`` are input features: a 2-D weight (a
+    Linear layer's, or a raw matrix for ``F.linear``), but not an embedding's, whose
+    columns are embedding dimensions."""
+    owner = module.get_submodule(name.rpartition(".")[0])
+    return len(shape) == 2 and not isinstance(owner, (torch.nn.Embedding,
+                                                      torch.nn.EmbeddingBag))
 
 
 class _GranularPenalty(Hyperparameter):
@@ -81,7 +83,9 @@ class _GranularPenalty(Hyperparameter):
             # Measured (benchmarks/search_effect.py): one strength per input feature is
             # what a search on tabular MLPs can learn from a small validation fold; a
             # first layer that is not a Linear weight (conv, embedding) gets per weight.
-            granularity = "feature" if _is_linear_weight(module, names[0]) else "weight"
+            first = names[0]
+            granularity = "feature" if _feature_columns(module, first, shapes[first]) \
+                else "weight"
         if granularity == "feature":
             # Feature relevance lives in the first layer's columns: later layers' columns
             # are hidden units, not input features.
@@ -300,8 +304,9 @@ class _BoundWeightDecay(_BoundGranularPenalty):
 
 _GRANULARITY_DOC = """granularity : {"auto", "weight", "unit", "feature", "tensor", "global"}, default="auto"
         Which weights share one strength. ``"auto"``: ``"feature"`` when the first
-        matched tensor is a ``torch.nn.Linear`` weight (an MLP on tabular data, where
-        per-feature strengths learn relevance), else ``"weight"`` (conv, embedding).
+        matched tensor is 2-D and not an embedding's (a Linear layer: an MLP on tabular
+        data, where per-feature strengths learn relevance), else ``"weight"`` (conv,
+        embedding).
         Otherwise: each weight its own; one per output unit (row, dim 0, of each matched
         tensor; per output channel for a conv weight); one per input feature (column of
         the first matched tensor in module order, which must be 2-D: the other matched
