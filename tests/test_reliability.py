@@ -287,15 +287,17 @@ def test_overfitting_chains_get_advice_of_their_own(data):
     assert "overfit" in message and "training loss fell" in message
 
 
-@pytest.mark.parametrize("max_epochs, warns", [(1, True), (40, False)])
-def test_an_undertrained_refit_is_flagged(data, max_epochs, warns):
+@pytest.mark.parametrize("max_epochs, refit, warns", [(1, True, True), (40, True, False),
+                                                     (1, "ensemble", False)])
+def test_an_undertrained_refit_is_flagged(data, max_epochs, refit, warns):
     """The chains train 100 steps; a net whose own budget is one epoch (2 steps) refits
     to a net that scores below the chains on its own training rows. The search cannot
     learn its way out of that (the net's lr or max_epochs can), and best_score_ then
     overstates best_estimator_: say so. Given 40 epochs the refit fits its rows and
-    nothing is said."""
+    nothing is said; nor with refit="ensemble", whose predictions come from a chain run
+    on after the refit."""
     net = tiny_classifier(lr=0.05, max_epochs=max_epochs, batch_size=64)
-    tuner = tiny_tuner(net, n_outer=10, burn_in=5, n_samples=5, eval_every=5)
+    tuner = tiny_tuner(net, n_outer=10, burn_in=5, n_samples=5, eval_every=5, refit=refit)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tuner.fit(*data)
