@@ -10,10 +10,17 @@ import sgld_tuner.core as core
 import sgld_tuner.ensemble as ensemble
 import sgld_tuner.hyperparams as hyperparams
 import sgld_tuner.problems as problems
+import sgld_tuner.optimizers as optimizers
+import sgld_tuner.tuner as tuner
 from sgld_tuner import SGLDHyperTuner
 
 SECTIONS = [
     ("sgld_tuner", [SGLDHyperTuner]),
+    # the warnings fit gives, by class (to filter them)
+    ("sgld_tuner.tuner", [getattr(tuner, n) for n in (
+        "UndertrainedWarning", "OverfittingWarning", "DivergenceWarning",
+        "UnmovedSearchWarning", "SearchInterrupted")]),
+    ("sgld_tuner.optimizers", [optimizers.OptimizerFollowingWarning]),
     ("sgld_tuner.hyperparams", [getattr(hyperparams, n) for n in
                                 ("PerWeightL1", "WeightDecay", "LossWeights", "TaylorLoss",
                                  "AffineAugmentation", "SampleWeights", "Hyperparameter",
