@@ -215,6 +215,13 @@ def _score_fold(fold: _FoldChain, scorers: dict, error_score):
     return test, train, score_time
 
 
+def _score_fold_rows(fold: _FoldChain, X, y, scorers: dict) -> dict:
+    """Scores of the fold's chain, where it is now, on rows ``X, y`` (NaN on failure)."""
+    leaves = fold.state.theta if fold.state.theta is not None else fold.bilevel.theta0_leaves
+    fold.problem.load_theta(_tree.unflatten(leaves, fold.bilevel.theta_spec))
+    return _scores_on(fold.scored, X, y, scorers, np.nan)
+
+
 def _scores_on(estimator, X, y, scorers: dict, error_score) -> dict:
     """Every metric of ``scorers`` for ``estimator`` on ``X, y``; a failing or non-finite
     score is ``error_score`` (with a warning), or raises with ``"raise"``."""
@@ -948,7 +955,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             self._refit(X, y[:, None] if column else y, state.refit_seed,
                         oracle.settings.inner_lr, fit_params)
             self._warn_if_refit_undertrained(X, y, {best_key: scorers[best_key]}, oracle.folds,
-                                             oracle.settings.steps)
+                                             oracle.settings.steps, state.splits)
         return self
 
     def _callback_failure(self, engine):
@@ -1167,13 +1174,16 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     # the rows it fit as the chains did on held-out rows.
     _UNDERTRAINED_GAP = 0.05
 
-    def _warn_if_refit_undertrained(self, X, codes, scorer: dict, folds, steps: int):
-        """Warn when the refit, trained for the net's own budget, scores below the chains
-        on its own training rows while the chains of the best point had trained longer
-        than that budget: then the net is undertrained (its ``max_epochs`` or ``lr``),
-        ``best_score_`` scores longer-trained nets than ``best_estimator_``, and no
-        penalty the search can learn makes up for it (a grid over ``lr`` can). One
-        prediction pass over ``X``; ``steps``: chain steps per outer iteration."""
+    def _warn_if_refit_undertrained(self, X, codes, scorer: dict, folds, steps: int,
+                                    splits):
+        """Warn when the refit, trained for the net's own budget, scores on its own
+        training rows below ``best_score_`` and below the chains on theirs, while the
+        chains of the best point had trained longer than that budget: then the net is
+        undertrained (its ``max_epochs`` or ``lr``), ``best_score_`` scores longer-trained
+        nets than ``best_estimator_``, and no penalty the search can learn makes up for it
+        (a grid over ``lr`` can). One prediction pass over ``X``, and one per fold's
+        training rows when the first comparison fails; ``steps``: chain steps per outer
+        iteration."""
         best = getattr(self, "best_score_", math.nan)
         if self.refit == "ensemble":  # predictions come from a chain run after the refit
             return
@@ -1193,11 +1203,22 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                                          np.nan).values()))
         if not train < best - self._UNDERTRAINED_GAP * max(abs(best), abs(train)):
             return
+        # Like with like: the chains on their own training rows. Rows that cannot be fit
+        # (noisy labels validated on clean rows) keep both low; an undertrained refit
+        # falls short of chains that fit theirs.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            chains = float(np.mean([next(iter(_score_fold_rows(
+                fold, _safe_indexing(X, train_rows), self._labels(codes[train_rows]),
+                scorer).values())) for fold, (train_rows, _) in zip(folds, splits)]))
+        if not train < chains - self._UNDERTRAINED_GAP * max(abs(chains), abs(train)):
+            return
         net = self._net()
         warn_at_caller(
             f"best_estimator_ scores {train:.4g} on its own training rows, below the "
             f"{best:.4g} (best_score_) that the search's chains scored on held-out rows "
-            f"after about {chain_steps} steps; the net's own budget (max_epochs="
+            f"after about {chain_steps} steps (and the {chains:.4g} they score on their own "
+            f"training rows); the net's own budget (max_epochs="
             f"{net.max_epochs}, lr={net.lr:g}) is about {budget} steps per fold. The net "
             "is undertrained: best_score_ overstates best_estimator_, and the values were "
             "learned on longer-trained nets. Raise the net's max_epochs or lr (e.g. "

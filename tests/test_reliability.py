@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import skorch
 import torch
 from sklearn.datasets import load_digits
+from sklearn.model_selection import PredefinedSplit
 from test_tuner import TinyMLP, tiny_classifier, tiny_tuner
 
 from sgld_tuner import SGLDHyperTuner
@@ -309,6 +310,29 @@ def test_an_undertrained_refit_is_flagged(data, max_epochs, refit, warns):
         assert train < tuner.best_score_
         assert f"{train:.4g} on its own training rows" in found[0]
         assert "max_epochs=1" in found[0] and "undertrained" in found[0]
+
+
+def test_noisy_training_labels_validated_on_clean_rows_are_not_undertraining(data):
+    """Half the training labels flipped, validation on clean rows (the noisy-labels
+    set-up of SampleWeights): a well-trained refit then scores far below best_score_ on
+    its own rows, but so do the chains on theirs. That is the labels, not the budget,
+    and no UndertrainedWarning is given."""
+    X, y = data
+    rng = np.random.RandomState(0)
+    y = y.copy()
+    flipped = rng.rand(80) < 0.5
+    y[:80][flipped] = (y[:80][flipped] + rng.randint(1, 4, flipped.sum())) % 4
+    cv = PredefinedSplit(np.r_[np.full(80, -1), np.zeros(40)])
+    net = tiny_classifier(lr=0.1, max_epochs=40, batch_size=32, module__hidden=32)  # 160 steps
+    tuner = tiny_tuner(net, n_outer=20, burn_in=5, n_samples=5, eval_every=5, cv=cv,
+                       warm_up="epochs")  # every scored chain older than the budget
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuner.fit(X, y)
+    # the first comparison alone would warn: the refit is well below best_score_
+    train, best = tuner.best_estimator_.score(X, y), tuner.best_score_
+    assert train < best - tuner._UNDERTRAINED_GAP * best
+    assert not [w for w in caught if type(w.message) is UndertrainedWarning]
 
 
 # ---------------------------------------------------------------------------------------
