@@ -169,11 +169,10 @@ def to_markdown(df: pd.DataFrame, command: str, seeds: list, cpu_total: float) -
 
 def main(argv=None):
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
-    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=1 if is_smoke() else 5)
     args = parse_args(parser, argv)
+    smoke, seeds = is_smoke(), list(range(args.seeds))
     torch.set_num_threads(1)
-    smoke = is_smoke()
-    seeds = list(range(args.seeds if args.seeds else (1 if smoke else 5)))
     names = ["iris"] if smoke else ["make_classification", "make_regression", "wine", "iris"]
     trainings = ["sgd"] if smoke else list(TRAININGS)
     cpu_started = time.process_time()
