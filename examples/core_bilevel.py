@@ -29,9 +29,12 @@ def outer(lam, theta):   # validation loss
 
 
 lam0 = torch.full((20,), -2.0, dtype=torch.float64)
+# bounds: a penalty exp(lam) above about 15 makes an inner step of 0.05 unstable (the
+# chain then blows up, which minimize stops at); log-strengths up to 2 stay well inside.
 res = minimize(outer, inner, lam0, torch.zeros(20, dtype=torch.float64), method="sgld",
                n_outer=5 if SMOKE else 300, outer_lr=0.05, outer_optimizer="adam",
-               inner_lr=0.05, burn_in=10, n_samples=10, temperature=1e-4, random_state=0)
+               inner_lr=0.05, burn_in=10, n_samples=10, temperature=1e-4, random_state=0,
+               bounds=(-10.0, 2.0))
 print("validation MSE, first / last outer iteration:",
       f"{res.history['outer_loss'].iloc[0]:.3f} / {res.history['outer_loss'].iloc[-1]:.3f}")
 print("learned log-penalties, true features:", res.lam[:3].numpy().round(2))

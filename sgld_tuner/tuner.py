@@ -51,6 +51,7 @@ from .core import (
     make_outer_optimizer,
 )
 from .core.engine import (
+    BLOWUP_FACTOR,
     Callbacks,
     Listener,
     OracleResult,
@@ -59,6 +60,7 @@ from .core.engine import (
     RollbackOnNonFinite,
     Timeout,
     all_finite,
+    blowup_limit,
     warn_at_caller,
 )
 from .core.hypergrad import advance_chain
@@ -371,19 +373,16 @@ class _FoldOracle:
     inner settings (replaced when a rollback shrinks the inner step).
 
     A chain can blow up without a NaN (a step far too large: losses of 1e20 and more).
-    An outer loss above ``BLOWUP`` times the folds' validation loss at the initial
-    weights counts as not finite, so the engine's policy rolls it back like a NaN.
+    An outer loss above :func:`~sgld_tuner.core.engine.blowup_limit` of the folds'
+    validation loss at the initial weights counts as not finite, so the engine's policy
+    rolls it back like a NaN.
     """
-
-    BLOWUP = 1e3
 
     def __init__(self, folds: list, settings: InnerSettings, parallel: Parallel,
                  batch: FoldBatch | None = None):
         self.folds, self.settings, self.parallel = folds, settings, parallel
         self.batch = batch
-        start = float(np.mean([f.start_loss for f in folds]))
-        # The + 1e-3 keeps a start loss near 0 from flagging ordinary noise.
-        self.limit = self.BLOWUP * (abs(start) + 1e-3) if math.isfinite(start) else math.inf
+        self.limit = blowup_limit(float(np.mean([f.start_loss for f in folds])))
         self.warned = False
 
     def _blown_up(self, outer_loss: float) -> bool:
@@ -392,7 +391,7 @@ class _FoldOracle:
             return False
         if not self.warned:
             warn_at_caller(
-                f"the outer loss reached {outer_loss:.3g}, more than {self.BLOWUP:g} times "
+                f"the outer loss reached {outer_loss:.3g}, more than {BLOWUP_FACTOR:g} times "
                 "the validation loss at the initial weights: treated as a divergence (a "
                 "step too large for the net, e.g. its lr or the tuner's inner_lr)",
                 DivergenceWarning)

@@ -270,6 +270,28 @@ def test_non_finite_loss_keeps_last_finite_lam():
     assert res.n_iter >= 1
 
 
+def test_a_chain_that_blows_up_without_nan_stops_like_one():
+    """Inner curvature exp(lam) grows with lam; past exp(lam) = 1/inner_lr (lam = 0 here)
+    gradient descent on it multiplies (t - lam) by |1 - 2 exp(lam) inner_lr| > 1 every
+    step: the outer loss climbs by orders of magnitude while staying finite. The run
+    stops there like at a NaN (it ran on to 1e32 and beyond before)."""
+    def inner(lam, t):
+        return torch.exp(lam) * (t - lam) ** 2
+
+    seen = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = minimize(lambda l, t: (t - 3.0) ** 2, inner, torch.tensor(-1.0),
+                       torch.tensor(0.0), n_outer=60, outer_lr=0.3, outer_optimizer="sgd",
+                       burn_in=10, n_samples=10, inner_lr=1.0, temperature=0.0,
+                       callback=lambda r: seen.append(r["outer_loss"]))
+    assert any(issubclass(w.category, NonFiniteWarning) and "blown up" in str(w.message)
+               for w in caught)
+    assert not res.success and 0 < res.n_iter < 60
+    assert max(seen) < 1e3 * (9.0 + 1e-3)  # no accepted iteration past the limit
+    assert math.isfinite(float(res.lam))
+
+
 @pytest.mark.parametrize("bad", [{"method": "adam"}, {"temperature": -1.0}, {"n_samples": 0},
                                  {"burn_in": -1}, {"chain": "forever"}, {"n_outer": 0}])
 def test_invalid_knobs_raise(bad):

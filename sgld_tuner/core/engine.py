@@ -17,6 +17,7 @@ The engine is pure torch (no scikit-learn, no skorch).
 from __future__ import annotations
 
 import copy
+import math
 import os
 import signal
 import sys
@@ -27,6 +28,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+
+#: An outer loss above this many times its value at the start (plus 1e-3, so that a start
+#: near 0 does not flag ordinary noise) is a divergence, NaN or not: a step too large for
+#: the inner problem can reach losses of 1e20 and more without ever overflowing.
+BLOWUP_FACTOR = 1e3
+
+
+def blowup_limit(start_loss: float) -> float:
+    """The outer loss above which a run counts as diverged (``inf`` for a non-finite
+    ``start_loss``): :data:`BLOWUP_FACTOR` times ``|start_loss| + 1e-3``."""
+    return BLOWUP_FACTOR * (abs(start_loss) + 1e-3) if math.isfinite(start_loss) else math.inf
 
 
 @dataclass
@@ -177,7 +190,8 @@ class StopOnNonFinite(NonFinitePolicy):
         k = engine.iteration
         if stage == "oracle":
             reason = (f"non-finite loss or hypergradient at outer iteration {k} "
-                      f"(outer={result.outer_loss}, inner={result.inner_loss}); "
+                      f"(outer={result.outer_loss:.4g}, inner={result.inner_loss:.4g}: a NaN, "
+                      f"an inf or an outer loss blown up past {BLOWUP_FACTOR:g}x its start); "
                       "kept the last finite lam")
         else:
             reason = f"lam became non-finite after outer iteration {k}; kept the last finite lam"

@@ -11,7 +11,7 @@ import torch
 
 from . import _tree
 from .engine import (Callbacks, Listener, OracleResult, OuterLoop, StopOnNonFinite, TailAverage,
-                     all_finite, make_outer_optimizer)
+                     all_finite, blowup_limit, make_outer_optimizer)
 from .hypergrad import hypergradient
 from .problem import METHODS, BilevelProblem, ChainState, Hypergradient, InnerSettings
 from .sgld import make_generator
@@ -203,13 +203,18 @@ def _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer, *
     after each step, stop (keeping the last finite ``lam``) at a non-finite value; and
     the tail-average listener (``None`` unless ``average`` is set)."""
 
+    # A chain can blow up without a NaN: an outer loss far above its value at the start
+    # stops the run like one (the same rule as the tuner's).
+    with torch.no_grad():
+        limit = blowup_limit(float(problem.outer(lam, problem.start(lam))))
+
     def oracle(leaves):
         try:
             result = hypergradient(problem, leaves, state, settings, generator)
         except (ValueError, TypeError, RuntimeError) as exc:
             raise _at_iteration(engine.iteration, exc) from exc
         return OracleResult(result.grad, result.outer_loss, result.inner_loss,
-                            _is_finite(result))
+                            _is_finite(result) and not result.outer_loss > limit)
 
     def constrain(leaves):
         project(leaves, bounds)
