@@ -18,7 +18,9 @@ from .sgld import make_generator
 
 
 class NonFiniteWarning(RuntimeWarning):
-    """A loss or hypergradient became NaN/inf; the last finite ``lam`` was kept."""
+    """A loss or hypergradient became NaN/inf, or the outer loss blew up past
+    :func:`~sgld_tuner.core.engine.blowup_limit` of its start; the last finite ``lam`` was
+    kept."""
 
 
 class UnusedHyperparameterWarning(UserWarning):
@@ -42,7 +44,7 @@ class BilevelResult:
     n_iter : int
         Outer iterations completed.
     success : bool
-        False when the run stopped on a non-finite value.
+        False when the run stopped on a non-finite value (or a blown-up outer loss).
     message : str
         Why the loop ended.
     """
