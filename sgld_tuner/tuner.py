@@ -206,9 +206,7 @@ def _score_fold(fold: _FoldChain, scorers: dict, error_score):
     test_scores, train_scores or None, score_time
     """
     started = time.perf_counter()
-    # A chain that never completed a step (e.g. rolled back at once) sits at theta0.
-    leaves = fold.state.theta if fold.state.theta is not None else fold.bilevel.theta0_leaves
-    fold.problem.load_theta(_tree.unflatten(leaves, fold.bilevel.theta_spec))
+    _load_chain(fold)
     test = _scores_on(fold.scored, fold.X_val, fold.y_val, scorers, error_score)
     score_time = time.perf_counter() - started
     train = None
@@ -217,10 +215,16 @@ def _score_fold(fold: _FoldChain, scorers: dict, error_score):
     return test, train, score_time
 
 
-def _score_fold_rows(fold: _FoldChain, X, y, scorers: dict) -> dict:
-    """Scores of the fold's chain, where it is now, on rows ``X, y`` (NaN on failure)."""
+def _load_chain(fold: _FoldChain) -> None:
+    """Put the fold's chain position into its net, for scoring. A chain that never
+    completed a step (e.g. rolled back at once) sits at theta0."""
     leaves = fold.state.theta if fold.state.theta is not None else fold.bilevel.theta0_leaves
     fold.problem.load_theta(_tree.unflatten(leaves, fold.bilevel.theta_spec))
+
+
+def _score_fold_rows(fold: _FoldChain, X, y, scorers: dict) -> dict:
+    """Scores of the fold's chain, where it is now, on rows ``X, y`` (NaN on failure)."""
+    _load_chain(fold)
     return _scores_on(fold.scored, X, y, scorers, np.nan)
 
 
