@@ -17,7 +17,8 @@ half the rows for training, half for the test, in ``Pipeline(StandardScaler, net
 
 Methods, per seed: the tuner with its defaults (``PerWeightL1()``, ``cv=5``); its no-search
 control (``n_outer=1``, same seed); ``GridSearchCV`` over the net's lr x weight decay (3 x 3,
-lr around the net's own, ``cv=5``); the plain net. CPU seconds (this process, one torch
+lr around the net's own, ``cv=5``); the lean hybrid, ``GridSearchCV(cv=2)`` over the same 3
+lrs around a tuner of half the default search (``n_outer=25, cv=2``); the plain net. CPU seconds (this process, one torch
 thread) and wall seconds per search; whether the tuner warned ``UndertrainedWarning``.
 
     python benchmarks/unseen_data.py             # 5 seeds (about 5 minutes on 2 cores)
@@ -116,6 +117,11 @@ def run_one(name: str, training: str, seed: int, smoke: bool) -> list[dict]:
         "GridSearchCV (lr x wd)": GridSearchCV(make(), {
             f"{net_step}__lr": [lr * f for f in LR_FACTORS][: 2 if smoke else None],
             f"{net_step}__optimizer__weight_decay": list(WDS)[: 2 if smoke else None]}),
+        "hybrid: GridSearchCV(lr) x tuner": GridSearchCV(
+            SGLDHyperTuner(make(), {"l1": PerWeightL1()}, random_state=seed,
+                           **{"n_outer": 25, "cv": 2, **small}),
+            {f"estimator__{net_step}__lr": [lr * f for f in LR_FACTORS][: 2 if smoke else None]},
+            cv=2),
         "plain net": make(),
     }
     records = []
@@ -140,18 +146,22 @@ def to_markdown(df: pd.DataFrame, command: str, seeds: list, cpu_total: float) -
     warned = df[df.method == "SGLDHyperTuner"].set_index(keys).undertrained_warning
     gain = score["SGLDHyperTuner"] - score["control (n_outer=1)"]
     vs_grid = score["SGLDHyperTuner"] - score["GridSearchCV (lr x wd)"]
+    hybrid = "hybrid: GridSearchCV(lr) x tuner"
+    hybrid_vs_grid = score[hybrid] - score["GridSearchCV (lr x wd)"]
     lines = [
         "# The tuner's defaults on data and nets no default was tuned on", "",
         f"`{command}`: {len(seeds)} seed(s), {cpu_total:.0f} s CPU in all. Test score: "
         "accuracy, or R^2 for make_regression. gain: the tuner minus its no-search control "
         "on the same seed (mean ± std, seeds won); vs grid: the tuner minus GridSearchCV "
-        "(lr x wd, 9 points); CPU: seconds per search, one torch thread; undertrained: "
-        "seeds on which the tuner warned UndertrainedWarning.", "",
-        "| data | training | tuner | control | grid | plain net | gain | vs grid "
-        "| CPU tuner / grid | undertrained |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "(lr x wd, 9 points); hybrid: GridSearchCV over 3 lrs around the tuner (n_outer=25, "
+        "cv=2 inside, cv=2 outside), and its lead over the grid; CPU: seconds per search, one "
+        "torch thread; undertrained: seeds on which the tuner warned UndertrainedWarning.", "",
+        "| data | training | tuner | control | grid | hybrid | plain net | gain | vs grid "
+        "| hybrid vs grid | CPU tuner / hybrid / grid | undertrained |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (data, training), rows in score.groupby(level=["data", "training"], sort=False):
         g, v = gain.loc[(data, training)], vs_grid.loc[(data, training)]
+        h = hybrid_vs_grid.loc[(data, training)]
         c = cpu.loc[(data, training)].mean()
 
         def cell(method, rows=rows):
@@ -159,10 +169,11 @@ def to_markdown(df: pd.DataFrame, command: str, seeds: list, cpu_total: float) -
 
         lines.append(
             f"| {data} | {training} | {cell('SGLDHyperTuner')} | {cell('control (n_outer=1)')} "
-            f"| {cell('GridSearchCV (lr x wd)')} | {cell('plain net')} "
+            f"| {cell('GridSearchCV (lr x wd)')} | {cell(hybrid)} | {cell('plain net')} "
             f"| {g.mean():+.3f} ± {g.std(ddof=1):.3f} ({int((g > 0).sum())}/{len(g)}) "
             f"| {v.mean():+.3f} ({int((v > 0).sum())}/{len(v)}) "
-            f"| {c['SGLDHyperTuner']:.2f} / {c['GridSearchCV (lr x wd)']:.2f} "
+            f"| {h.mean():+.3f} ({int((h > 0).sum())}/{len(h)}) "
+            f"| {c['SGLDHyperTuner']:.2f} / {c[hybrid]:.2f} / {c['GridSearchCV (lr x wd)']:.2f} "
             f"| {int(warned.loc[(data, training)].sum())}/{len(g)} |")
     return "\n".join(lines)
 
