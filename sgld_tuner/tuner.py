@@ -955,10 +955,12 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             # (n, n) loss; the chains take y as a column there, and so does the refit.
             column = (not self._is_classifier and y.ndim == 1
                       and folds[0].problem.output_shape == (1,))
-            self._refit(X, y[:, None] if column else y, state.refit_seed,
-                        oracle.settings.inner_lr, fit_params)
-            self._warn_if_refit_undertrained(X, y, {best_key: scorers[best_key]}, oracle.folds,
-                                             oracle.settings.steps, state.splits)
+            trained = self._refit(X, y[:, None] if column else y, state.refit_seed,
+                                  oracle.settings.inner_lr, fit_params)
+            if trained:  # an interrupted refit is reported as such already
+                self._warn_if_refit_undertrained(X, y, {best_key: scorers[best_key]},
+                                                 oracle.folds, oracle.settings.steps,
+                                                 state.splits)
         return self
 
     def _callback_failure(self, engine):
@@ -1089,8 +1091,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                                  "or pass error_score='raise' to see the first error")
         self._select_best(snapshots, metric_names, multimetric)
 
-    def _refit(self, X, y, seed, inner_lr, fit_params):
-        """Train ``best_estimator_`` on all rows at the best values (and the ensemble).
+    def _refit(self, X, y, seed, inner_lr, fit_params) -> bool:
+        """Train ``best_estimator_`` on all rows at the best values (and the ensemble);
+        False when a Ctrl-C cut the training short (reported as such).
 
         The refit net is the user's net class with the learned values built in; a
         classifier gets ``classes=classes_`` and the original labels, so it is a drop-in
@@ -1125,6 +1128,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
                 noise_scale=self.noise_scale, batch_size=self.batch_size,
                 random_state=seed)
         self.refit_time_ = time.perf_counter() - refit_started
+        return not interrupted
 
     def _report_refit_interrupted(self, net):
         """skorch's fit ends quietly on Ctrl-C: say that the refit net is undertrained."""
@@ -1187,9 +1191,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         (a grid over ``lr`` can). One prediction pass over ``X``, and one per fold's
         training rows when the first comparison fails; ``steps``: chain steps per outer
         iteration."""
-        best = getattr(self, "best_score_", math.nan)
         if self.refit == "ensemble":  # predictions come from a chain run after the refit
             return
+        best = getattr(self, "best_score_", math.nan)
         # The best point's chains: a persistent chain has run its warm-up and every
         # iteration up to the point; a restarted one, one iteration's steps.
         chain_steps = steps
@@ -1197,8 +1201,7 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
             iteration = int(self.cv_results_["iteration"][self.best_index_])
             chain_steps = max(f.warm_up_steps for f in folds) + (iteration + 1) * steps
         budget = max(fold.budget_steps for fold in folds)
-        if not math.isfinite(best) or chain_steps <= budget or "refit interrupted" in (
-                self.stop_reason_ or ""):
+        if not math.isfinite(best) or chain_steps <= budget:
             return
         with warnings.catch_warnings():  # a scorer failing here only skips the check
             warnings.simplefilter("ignore")
