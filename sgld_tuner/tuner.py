@@ -662,6 +662,9 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
     folds_stacked_ : bool
         Whether the search ran the folds' chains stacked into one computation
         (``batch_folds``).
+    granularities_ : dict of str -> str
+        The granularity each penalty kind was bound with (``"auto"`` resolved), e.g.
+        ``{"l1": "feature"}``; kinds without one are left out.
     recursion_ : str
         The hypergradient strategy the chains used (``recursion``, with ``"auto"``
         resolved), or the baseline's name for another ``method``.
@@ -1068,6 +1071,8 @@ class SGLDHyperTuner(MetaEstimatorMixin, BaseEstimator):
         # tuner and its pickle stay small.
         self._search_state = state if (self.warm_start or engine.stop_reason) else None
         self._bound = folds[0].problem.bound
+        self.granularities_ = {name: b.granularity for name, b in self._bound.items()
+                               if getattr(b, "granularity", None) is not None}
 
     def _format_results(self, state, folds, lam, scorers, best_key):
         """``cv_results_``, ``history_``, ``hyperparams_`` and the best point."""
