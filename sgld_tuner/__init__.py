@@ -4,7 +4,7 @@
 never pulls in scikit-learn or skorch.
 """
 __version__ = "0.1.0"
-__all__ = ["SGLDHyperTuner", "minimize"]
+__all__ = ["SGLDHyperTuner", "SamplerSettings", "OuterSettings", "minimize"]
 
 
 def __getattr__(name):
@@ -12,6 +12,10 @@ def __getattr__(name):
         from .tuner import SGLDHyperTuner
 
         return SGLDHyperTuner
+    if name in ("SamplerSettings", "OuterSettings"):
+        from . import search
+
+        return getattr(search, name)
     if name == "minimize":
         from .core import minimize
 

@@ -2,7 +2,8 @@
 
 Install with ``pip install sgld-tuner[plot]``. Every function draws on ``ax`` when given
 (else on a new figure) and returns that Axes. The tuner is read by duck typing
-(``cv_results_``, ``history_``, ``hyperparams_``, ``hyperparams``, ``best_index_``).
+(``cv_results_``, ``history_``, ``hyperparams_``, ``hyperparams``, ``granularities_``,
+``best_index_``, ``best_estimator_``, ``scorer_``).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .relevance import feature_relevance, learned_values
+from .relevance import feature_relevance, feature_strengths, learned_values
 
 __all__ = ["plot_trajectory", "plot_learned_values", "plot_feature_relevance"]
 
@@ -53,9 +54,53 @@ def _summaries(tuner, results: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]
             {c[len("param_"):]: np.ma.filled(results[c], np.nan).astype(float) for c in cols})
 
 
-def plot_trajectory(tuner: Any, control: Any = None, ax=None,
-                    control_label: str = "control (no search)"):
+def _metric_scorer(tuner, metric: str):
+    """The tuner's scorer of ``metric`` (its refit metric when multi-metric)."""
+    scorer = getattr(tuner, "scorer_", None)
+    if isinstance(scorer, dict):
+        scorer = scorer.get(metric, scorer.get(getattr(tuner, "refit", None)))
+    return scorer
+
+
+def _test_score(scorer, metric: str, estimator, X_test, y_test) -> float:
+    """``estimator`` scored on the test rows by ``scorer`` (else its own ``score``)."""
+    if scorer is None:
+        return float(estimator.score(X_test, y_test))
+    value = scorer(estimator, X_test, y_test)
+    return float(value[metric] if isinstance(value, dict) else value)
+
+
+def _control_label(control) -> str:
+    n_outer = getattr(control, "n_outer", None)
+    if n_outer is not None:
+        return f"control (n_outer={n_outer})"
+    return "control" if np.isscalar(control) else type(control).__name__
+
+
+def plot_trajectory(tuner: Any, control: Any = None, ax=None, control_label: str | None = None,
+                    X_test=None, y_test=None):
     """Cross-validated score and hyperparameter summaries along the search.
+
+    A point's cv score depends on how long its chains have trained: the chains persist
+    across outer iterations, so a later point scores nets trained for longer, whatever
+    the hyperparameters did. The control is therefore drawn like with like, never as
+    one horizontal line across the search (its ``best_score_``, the cv score of a short
+    chain, is not comparable with the later points of a longer search):
+
+    * a control with its own trajectory (``cv_results_["iteration"]``, e.g. the same
+      tuner with ``n_outer=1``, the no-search control) is drawn as its cv scores at its
+      own outer iterations, labelled ``"<control_label> cv score"``: compare it with the
+      tuner's point at the same iteration (chains of the same length);
+    * with ``X_test`` and ``y_test``, the outcome is compared instead: the tuner's refit
+      (``best_estimator_``) and the control's refit (or the control itself), both
+      trained on all training rows the same way, scored on the test rows by the tuner's
+      scorer (``scorer_``, the refit metric), drawn as horizontal lines labelled
+      ``"SGLDHyperTuner refit test score"`` and ``"<control_label> refit test score"``;
+    * another search (``GridSearchCV``: a ``best_score_`` but no ``"iteration"``) without
+      test data: its ``best_score_`` as a horizontal line labelled
+      ``"<control_label> best cv score"``, comparable with the tuner's ``selected`` point
+      (each the best of its own candidates), not with the trajectory;
+    * a number: a horizontal line labelled ``"<control_label> <value>"``, as given.
 
     Parameters
     ----------
@@ -64,20 +109,32 @@ def plot_trajectory(tuner: Any, control: Any = None, ax=None,
         band across splits, and the selected point marked) and ``history_`` (the
         ``param_<name>`` summaries at every outer iteration).
     control : float or fitted estimator, optional
-        Score of a no-search control (e.g. the same tuner with ``n_outer=1``), drawn as a
-        horizontal line; an object with ``best_score_`` is read through it.
+        The reference to compare with (see above), e.g. the same tuner fitted with
+        ``n_outer=1``.
     ax : matplotlib Axes, optional
         Where to draw the scores; the summaries go on a twin Axes sharing its x-axis,
         on a log scale (symlog when a summary is not positive).
-    control_label : str, default="control (no search)"
-        Legend text of the control line (e.g. "GridSearchCV best cv").
+    control_label : str, optional
+        Legend text of the control (e.g. "GridSearchCV"). Default:
+        ``"control (n_outer=<k>)"`` for an object with ``n_outer``, else its class name,
+        or ``"control"`` for a number.
+    X_test, y_test : array-like, optional
+        Held-out rows: the tuner's and the control's refits are scored on them (both
+        needed; the tuner must have been fit with ``refit``).
 
     Returns
     -------
     matplotlib.axes.Axes
-        The scores' Axes; its legend lists the score, selected point, control and every
-        hyperparameter summary.
+        The scores' Axes; its legend lists the cv score, the selected point, the
+        control's entry, the test scores and every hyperparameter summary.
+
+    Raises
+    ------
+    ValueError
+        If only one of ``X_test`` and ``y_test`` is given.
     """
+    if (X_test is None) != (y_test is None):
+        raise ValueError("pass both X_test and y_test, or neither")
     ax = _axes(ax)
     results = tuner.cv_results_
     key = _score_key(tuner, results)
@@ -91,11 +148,32 @@ def plot_trajectory(tuner: Any, control: Any = None, ax=None,
     if best is not None:
         ax.plot([it[best]], [mean[best]], linestyle="none", marker="*", markersize=14,
                 color="C3", label="selected")
-    if control is not None:
-        value = float(getattr(control, "best_score_", control))
-        ax.axhline(value, color="k", linestyle=":", label=f"{control_label} {value:.3f}")
+    label = control_label if control_label is not None else (
+        None if control is None else _control_label(control))
+    if X_test is not None:
+        scorer = _metric_scorer(tuner, metric)
+        value = float(tuner.score(X_test, y_test))
+        ax.axhline(value, color="C0", linestyle="--",
+                   label=f"{type(tuner).__name__} refit test score {value:.3f}")
+        if control is not None and not np.isscalar(control):
+            value = _test_score(scorer, metric, control, X_test, y_test)
+            ax.axhline(value, color="k", linestyle="--",
+                       label=f"{label} refit test score {value:.3f}")
+    if control is not None and np.isscalar(control):
+        value = float(control)
+        ax.axhline(value, color="k", linestyle=":", label=f"{label} {value:.3f}")
+    elif control is not None and X_test is None:
+        own = getattr(control, "cv_results_", None)
+        if own is not None and "iteration" in own:
+            own_key = key if key in own else _score_key(control, own)
+            ax.plot(np.asarray(own["iteration"]), np.asarray(own[own_key], dtype=float),
+                    marker="s", linestyle=":", color="k", label=f"{label} cv score")
+        else:
+            value = float(control.best_score_)
+            ax.axhline(value, color="k", linestyle=":",
+                       label=f"{label} best cv score {value:.3f}")
     ax.set_xlabel("outer iteration")
-    ax.set_ylabel(f"cv {metric}")
+    ax.set_ylabel(f"cv {metric}" if X_test is None else f"{metric} (cv; test)")
 
     twin = ax.twinx()
     iterations, summaries = _summaries(tuner, results)
@@ -162,7 +240,7 @@ def plot_learned_values(tuner_or_values: Any, name: str, ax=None, bins: int = 30
     return ax
 
 
-def plot_feature_relevance(tuner_or_values: Any, name: str,
+def plot_feature_relevance(tuner_or_values: Any, name: str | None = None,
                            feature_names: Sequence[str] | None = None, top: int = 20, ax=None):
     """Bar chart of the ``top`` most relevant features by learned per-feature strength.
 
@@ -170,11 +248,15 @@ def plot_feature_relevance(tuner_or_values: Any, name: str,
     ----------
     tuner_or_values : fitted tuner, dict or public value
         As for :func:`sgld_tuner.relevance.feature_relevance`; the hyperparameter must
-        have ``granularity="feature"``.
-    name : str
-        The hyperparameter's name.
+        be per input feature (``granularity="feature"``, or ``"auto"`` resolved to it).
+    name : str, optional
+        The hyperparameter's name; for a tuner, ``None`` picks its only per-feature kind
+        (see :func:`sgld_tuner.relevance.learned_values`). Also the title (the Series
+        name when not given).
     feature_names : sequence of str, optional
-        Defaults to the tuner's ``feature_names_in_``, else ``x0, x1, ...``.
+        Defaults as in :func:`sgld_tuner.relevance.feature_strengths`: for a tuner over a
+        ``Pipeline``, the names its fitted preprocessing gives (e.g. one per one-hot
+        column); else the tuner's ``feature_names_in_``; else ``x0, x1, ...``.
     top : int, default=20
         How many features to show, most relevant (smallest strength) at the top.
     ax : matplotlib Axes, optional
@@ -186,7 +268,9 @@ def plot_feature_relevance(tuner_or_values: Any, name: str,
         ``log10(median strength / strength)``: decades of penalty below the median over
         all features (positive = more relevant than the typical feature).
     """
-    table = feature_relevance(tuner_or_values, feature_names, name=name)
+    strengths = feature_strengths(tuner_or_values, feature_names, name=name)
+    name = strengths.name
+    table = feature_relevance(strengths.to_numpy(), list(strengths.index))
     shown = table.head(int(top))
     ax = _axes(ax)
     median = float(table["strength"].median())

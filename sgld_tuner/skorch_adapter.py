@@ -1,217 +1,34 @@
-"""From a skorch net to functional bilevel losses, and back to a net that trains with
-learned hyperparameters.
+"""From a skorch net to the functional bilevel losses the core solver needs.
 
 :class:`NetProblem` evaluates one initialized skorch net at arbitrary parameters with
 ``torch.func.functional_call`` (the net is never trained in place), giving the inner
-(training) and outer (validation) losses the core solver needs.
+(training) and outer (validation) losses of :class:`~sgld_tuner.objective.Objective`.
+The way back, a net that trains with learned values, is :mod:`sgld_tuner.learned_net`.
 
-:func:`make_learned_net` returns a fresh skorch net (:class:`LearnedNet`,
-:class:`LearnedNetClassifier` or :class:`LearnedNetRegressor`) whose ``get_loss`` and
-training-time forward apply the learned values, so ``fit`` retrains with them and
-``sklearn.base.clone`` keeps them.
-
-Both share :func:`_training_loss`, so tuning and refitting optimise the same objective:
-
-    mean_i [ w_i * l_i ] + sum(inner penalties)
-
-where ``l_i`` is the per-sample training loss and ``w_i`` the product of class weights
-(``class_weights`` hooks, e.g. :class:`~sgld_tuner.hyperparams.LossWeights`) and row
-weights (``sample_weights`` hooks, e.g. :class:`~sgld_tuner.hyperparams.SampleWeights`).
-``l_i`` starts as the net's criterion per sample; every kind with ``modifies_loss``
-rewrites it with its ``per_sample_loss`` hook, in the order of the ``hyperparams`` dict,
-each receiving the previous result (the learned
-:class:`~sgld_tuner.hyperparams.TaylorLoss` ignores it: it replaces the loss so far).
-Without per-sample features the criterion is used unchanged (same reduction as the
-plain net). The adapter asks kinds what they do through capability flags, never by type.
 """
 from __future__ import annotations
 
-import copy
 import threading
-import warnings
-from collections.abc import Mapping
-from numbers import Integral
 from contextlib import contextmanager
 
 import numpy as np
 import torch
-from sklearn.base import clone
-from sklearn.utils.metaestimators import available_if
-from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
-from skorch.dataset import get_len
-from skorch.utils import to_tensor
+from skorch import NeuralNet
 from torch.func import functional_call
 
 from .core import _tree
 from .core.problem import BilevelProblem, SeparablePenalty
 from .hyperparams.base import BoundHyperparameter, Hyperparameter
+from .objective import (Criterion, Objective, average_replicas, bind_all, first_output,
+                        module_device, module_dtype)
 from .optimizers import with_weight_decay
 
-__all__ = [
-    "LearnedNet",
-    "LearnedNetClassifier",
-    "LearnedNetRegressor",
-    "ModuleRNG",
-    "NetProblem",
-    "make_learned_net",
-]
+__all__ = ["ModuleRNG", "NetProblem", "takes_ids"]
 
 # Keys of the dict that LearnedNet.partial_fit wraps X in when row weights are learned:
-# skorch's Dataset slices every value of a dict X with the batch indices, so the row
-# index travels with its row through any train_split and shuffling.
-ROW_KEY = "__sgld_row__"
-WRAP_KEY = "__sgld_X__"
-OUTER_BATCH = 1024
-
-
-# ----------------------------------------------------------------------------------------
-# loss plumbing shared by NetProblem and LearnedNet
-# ----------------------------------------------------------------------------------------
-
-class _Criterion:
-    """The net's criterion as a batch-mean and as a per-sample function.
-
-    Mirrors ``NeuralNetClassifier.get_loss``: with ``NLLLoss`` the module outputs
-    probabilities and skorch takes ``log(p + eps)`` first.
-    """
-
-    def __init__(self, net):
-        self.criterion = net.criterion_
-        # A plain NeuralNet with a classification criterion is a classifier too (class
-        # weights and TaylorLoss apply), but only NeuralNetClassifier logs probabilities.
-        self.is_classifier = isinstance(net, NeuralNetClassifier) or isinstance(
-            self.criterion, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss))
-        self.log_proba = isinstance(net, NeuralNetClassifier) and isinstance(
-            self.criterion, torch.nn.NLLLoss)
-        # skorch's NeuralNetBinaryClassifier: one logit (or probability) per row and
-        # float 0/1 targets, whatever dtype the labels came in.
-        self.binary = isinstance(self.criterion, (torch.nn.BCEWithLogitsLoss,
-                                                  torch.nn.BCELoss))
-        self._per_sample = None
-
-    def _prep(self, y_pred):
-        if self.log_proba:
-            return torch.log(y_pred + torch.finfo(y_pred.dtype).eps)
-        return y_pred
-
-    def mean(self, y_pred, y_true):
-        return self.criterion(self._prep(y_pred), y_true)
-
-    def probabilities(self, y_pred):
-        """Class probabilities from the module output (for TaylorLoss)."""
-        return y_pred if self.log_proba else torch.softmax(y_pred, dim=-1)
-
-    def per_sample(self, y_pred, y_true):
-        if self._per_sample is None:
-            if not hasattr(self.criterion, "reduction"):
-                raise TypeError(
-                    f"criterion {type(self.criterion).__name__} has no 'reduction' attribute; "
-                    "class/sample weights and learned losses need a per-sample loss "
-                    "(a torch.nn loss with reduction='none')")
-            crit = copy.copy(self.criterion)
-            crit.reduction = "none"
-            self._per_sample = crit
-        out = self._per_sample(self._prep(y_pred), y_true)
-        # Multi-output regression gives (n, d): one number per row is the mean over outputs,
-        # which keeps mean-reduction semantics of the plain criterion.
-        return out.reshape(out.shape[0], -1).mean(dim=1) if out.dim() > 1 else out
-
-
-def _training_loss(crit: _Criterion, bound: dict[str, BoundHyperparameter], raws: dict,
-                   y_pred, y_true, rows, theta, without=()) -> torch.Tensor:
-    """``mean_i w_i l_i + sum_k penalty_k`` (see module docstring), leaving out the
-    penalties of the kinds named in ``without``."""
-    per = None
-    weights = None
-    for name, b in bound.items():
-        r = raws[name]
-        if b.modifies_loss:
-            # composition: each loss hook rewrites the per-sample loss left by the previous
-            per = b.per_sample_loss(r, y_pred, y_true,
-                                    crit.per_sample(y_pred, y_true) if per is None else per)
-        cw = b.class_weights(r)
-        if cw is not None:
-            w = cw[y_true.long()]
-            weights = w if weights is None else weights * w
-        if rows is not None:
-            sw = b.sample_weights(r, rows)
-            if sw is not None:
-                weights = sw if weights is None else weights * sw
-    if per is None and weights is None:
-        loss = crit.mean(y_pred, y_true)
-    else:
-        per = per if per is not None else crit.per_sample(y_pred, y_true)
-        loss = (per * weights).mean() if weights is not None else per.mean()
-    for name, b in bound.items():
-        pen = None if name in without else b.inner_penalty(raws[name], theta)
-        if pen is not None:
-            loss = loss + pen
-    return loss
-
-
-class _ClosedFormPenalties(SeparablePenalty):
-    """The inner penalties of the kinds with ``closed_form_penalty``, as one
-    :class:`~sgld_tuner.core.problem.SeparablePenalty` over ``{name: raw}`` and the
-    module's ``{parameter name: tensor}``."""
-
-    def __init__(self, bound: dict[str, BoundHyperparameter]):
-        self.bound = bound
-
-    def value(self, lam, theta):
-        return sum(b.inner_penalty(lam[name], theta) for name, b in self.bound.items())
-
-    def grad_theta(self, lam, theta):
-        return self._sum_over_kinds(b.penalty_grad(lam[name], theta)
-                                    for name, b in self.bound.items())
-
-    def hvp(self, lam, theta, u):
-        return self._sum_over_kinds(b.penalty_hvp(lam[name], theta, u)
-                                    for name, b in self.bound.items())
-
-    def mixed(self, lam, theta, u):
-        return {name: b.mixed_vjp(lam[name], theta, u) for name, b in self.bound.items()}
-
-    def grad_lam(self, lam, theta):
-        return {name: b.penalty_grad_raw(lam[name], theta) for name, b in self.bound.items()}
-
-    @staticmethod
-    def _sum_over_kinds(per_kind) -> dict | None:
-        """Per-parameter sum of the kinds' dicts (two kinds may penalise one tensor)."""
-        total = {}
-        for part in per_kind:
-            for n, t in (part or {}).items():
-                total[n] = total[n] + t if n in total else t
-        return total or None
-
-
-def _bind_all(hyperparams: dict[str, Hyperparameter], module, crit: _Criterion, *,
-              n_train: int, n_classes, input_shape: tuple) -> dict[str, BoundHyperparameter]:
-    """Bind every kind to ``module`` and tell each how the module outputs probabilities."""
-    bound = {name: hp.bind(module, n_train=n_train, n_classes=n_classes,
-                           input_shape=input_shape)
-             for name, hp in hyperparams.items()}
-    for b in bound.values():
-        b.set_output_kind(crit.probabilities)
-    return bound
-
-
-def _transform(bound, raws, X, generator):
-    for name, b in bound.items():
-        X = b.transform_inputs(raws[name], X, generator)
-    return X
-
-
-def _average_replicas(out, n_rows):
-    """Average module outputs over replicas stacked replica-major (MC average of g(Tx))."""
-    if out.shape[0] == n_rows:
-        return out
-    k = out.shape[0] // n_rows
-    return out.reshape(k, n_rows, *out.shape[1:]).mean(dim=0)
-
-
-def _first_output(out):
-    # skorch convention: with several module outputs the first one is the prediction
-    return out[0] if isinstance(out, (tuple, list)) else out
+#: validation rows per forward pass of the outer loss (the loss is their size-weighted
+#: mean); distinct from ``outer_batch_size``, how many rows one evaluation draws
+OUTER_CHUNK = 1024
 
 
 def _probe(module, *args, **kwargs):
@@ -222,7 +39,7 @@ def _probe(module, *args, **kwargs):
     module.eval()
     try:
         with torch.no_grad():
-            return _first_output(module(*args, **kwargs))
+            return first_output(module(*args, **kwargs))
     finally:
         module.train(training)
 
@@ -236,19 +53,6 @@ def takes_ids(module) -> bool:
     """
     return any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
                for m in module.modules())
-
-
-def _module_device(module):
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _module_dtype(module):
-    for p in module.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.get_default_dtype()
 
 
 class ModuleRNG:
@@ -387,13 +191,13 @@ class NetProblem:
             raise ValueError("NetProblem needs an initialized net (call net.initialize())")
         self.net = net
         # where the parameters actually are (net.device may be None: "leave as is")
-        self.device = _module_device(self.module)
-        self.dtype = _module_dtype(self.module)
+        self.device = module_device(self.module)
+        self.dtype = module_dtype(self.module)
         self.generator = generator
         self.outer_generator = generator if outer_generator is None else outer_generator
         self.augment_outer = augment_outer
         self.module_rng = module_rng
-        self.crit = _Criterion(net)
+        self.crit = Criterion(net)
         self._tied = _has_shared_parameters(self.module)
 
         self.X_train = self._as_x(X_train)
@@ -433,9 +237,10 @@ class NetProblem:
         if n_train_total is None:
             n_train_total = int(train_rows.max()) + 1 if n else 0
         self.hyperparams = dict(hyperparams)
-        self.bound: dict[str, BoundHyperparameter] = _bind_all(
+        self.bound: dict[str, BoundHyperparameter] = bind_all(
             self.hyperparams, self.module, self.crit, n_train=n_train_total,
             n_classes=n_classes, input_shape=tuple(self.X_train.shape[1:]))
+        self.objective = Objective(self.crit, self.bound)
         self._calibrate()
 
     def _calibrate(self):
@@ -495,12 +300,13 @@ class NetProblem:
     def _forward(self, lam, theta, X, transform: bool, generator=None):
         n = X.shape[0]
         if transform:
-            X = _transform(self.bound, lam, X, self.generator if generator is None else generator)
+            X = self.objective.transform(lam, X,
+                                         self.generator if generator is None else generator)
         # Untying shared parameters costs a walk over the module per call: only pay it
         # when the module has any (decided once, in __init__).
-        out = _first_output(functional_call(self.module, theta, (X,),
+        out = first_output(functional_call(self.module, theta, (X,),
                                             tie_weights=self._tied))
-        return _average_replicas(out, n)
+        return average_replicas(out, n)
 
     def _set_mode(self, training: bool):
         """Put the module in train/eval mode, only when it is not in it already.
@@ -521,22 +327,35 @@ class NetProblem:
         perm = torch.randperm(n, generator=generator, device=generator.device)
         return perm[:size].to(self.device)
 
+    def training_batch(self):
+        """One minibatch of training rows ``(X, y, rows)`` (``rows``: their indices into
+        the whole training set), drawn with the chain's generator."""
+        idx = self._draw_rows()
+        if idx is None:
+            return self.X_train, self.y_train, self.train_rows
+        return self.X_train[idx], self.y_train[idx], self.train_rows[idx]
+
+    def validation_batch(self):
+        """The validation rows one outer-loss evaluation uses ``(X, y)``: all of them,
+        or ``outer_batch_size`` drawn with the outer generator."""
+        if self.outer_batch_size is None:
+            return self.X_val, self.y_val
+        idx = self._draw_rows(self.X_val.shape[0], self.outer_batch_size,
+                              self.outer_generator)
+        return self.X_val[idx], self.y_val[idx]
+
     def inner_loss(self, lam, theta, without=()) -> torch.Tensor:
         """Training loss on one minibatch (module in train mode): learned transforms,
         learned loss, class/sample weights and inner penalties applied (but those of the
         kinds named in ``without``)."""
-        idx = self._draw_rows()
-        if idx is None:
-            X, y, rows = self.X_train, self.y_train, self.train_rows
-        else:
-            X, y, rows = self.X_train[idx], self.y_train[idx], self.train_rows[idx]
+        X, y, rows = self.training_batch()
         self._set_mode(True)
         if self.module_rng is None:
             y_pred = self._forward(lam, theta, X, transform=True)
         else:
             with self.module_rng.active():
                 y_pred = self._forward(lam, theta, X, transform=True)
-        return _training_loss(self.crit, self.bound, lam, y_pred, y, rows, theta, without)
+        return self.objective.training_loss(lam, y_pred, y, rows, theta, without)
 
     def inner_data_loss(self, lam, theta) -> torch.Tensor:
         """:meth:`inner_loss` without the penalties that :meth:`separable_penalty` gives."""
@@ -544,12 +363,11 @@ class NetProblem:
 
     @property
     def _closed_form_names(self) -> tuple:
-        return tuple(n for n, b in self.bound.items() if b.closed_form_penalty)
+        return self.objective.closed_form_names
 
     def separable_penalty(self) -> SeparablePenalty | None:
         """The penalties with closed-form derivatives, or ``None`` if no kind has one."""
-        names = self._closed_form_names
-        return _ClosedFormPenalties({n: self.bound[n] for n in names}) if names else None
+        return self.objective.separable_penalty()
 
     def bilevel(self, weight_decay: float = 0.0) -> BilevelProblem:
         """This split as the core's :class:`~sgld_tuner.core.problem.BilevelProblem`.
@@ -569,38 +387,29 @@ class NetProblem:
     def _outer_depends_on_lam(self, lam) -> bool:
         """Whether :meth:`outer_loss` reads ``lam``: through warped validation inputs or
         a kind's outer penalty."""
-        return self.augment_outer or any(b.outer_penalty(lam[name]) is not None
-                                         for name, b in self.bound.items())
+        return self.augment_outer or bool(self.objective.outer_penalties(lam))
 
     def outer_loss(self, lam, theta) -> torch.Tensor:
         """The net's own criterion on the validation split (module in eval mode), over
         chunks of at most 1024 rows weighted by size, plus outer penalties."""
         self._set_mode(False)
-        X_val, y_val = self.X_val, self.y_val
-        if self.outer_batch_size is not None:
-            idx = self._draw_rows(X_val.shape[0], self.outer_batch_size,
-                                  self.outer_generator)
-            X_val, y_val = X_val[idx], y_val[idx]
+        X_val, y_val = self.validation_batch()
         # Validation warps draw from the outer stream, like the validation rows: how
         # often the chain evaluates its outer loss never moves the chain's own stream.
         total = self._criterion_on(lam, theta, X_val, y_val, self.augment_outer,
                                    self.outer_generator)
-        for name, b in self.bound.items():
-            pen = b.outer_penalty(lam[name])
-            if pen is not None:
-                total = total + pen
-        return total
+        return self.objective.validation_objective(total, lam)
 
     def _criterion_on(self, lam, theta, X_val, y_val, transform: bool,
                       generator=None) -> torch.Tensor:
         """The criterion's mean over ``X_val`` in chunks of at most 1024 rows."""
         n = X_val.shape[0]
         total = None
-        for start in range(0, n, OUTER_BATCH):
-            X = X_val[start:start + OUTER_BATCH]
-            y = y_val[start:start + OUTER_BATCH]
+        for start in range(0, n, OUTER_CHUNK):
+            X = X_val[start:start + OUTER_CHUNK]
+            y = y_val[start:start + OUTER_CHUNK]
             y_pred = self._forward(lam, theta, X, transform=transform, generator=generator)
-            term = self.crit.mean(y_pred, y) * (X.shape[0] / n)
+            term = self.objective.validation_loss(y_pred, y) * (X.shape[0] / n)
             total = term if total is None else total + term
         return total
 
@@ -676,389 +485,3 @@ def _detach_tree(x):
     return x.detach()
 
 
-# ----------------------------------------------------------------------------------------
-# Learned nets
-# ----------------------------------------------------------------------------------------
-
-class _LearnedMixin:
-    """Training with learned hyperparameter values; see :func:`make_learned_net`."""
-
-    def __init__(self, module, *args, hyperparams=None, learned_values=None, tta=0, **kwargs):
-        super().__init__(module, *args, **kwargs)
-        self.hyperparams = hyperparams
-        self.learned_values = learned_values
-        self.tta = tta
-
-    # transient state, rebuilt lazily (e.g. after unpickling or set_params)
-    _HP_STATE = ("hp_bound_", "hp_raw_", "hp_generator_", "hp_rows_", "hp_crit_")
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        for key in self._HP_STATE:
-            state.pop(key, None)
-        return state
-
-    def __reduce_ex__(self, protocol):
-        # A class made by learned_class() cannot be found by name: rebuild it from the
-        # user's class (found by name) instead.
-        if type(self) not in (LearnedNet, LearnedNetClassifier, LearnedNetRegressor) \
-                and _LEARNED_CLASSES.get(_user_class(type(self))) is type(self):
-            return _rebuild_learned, (_user_class(type(self)),), self.__getstate__()
-        return super().__reduce_ex__(protocol)
-
-    def set_params(self, **kwargs):
-        out = super().set_params(**kwargs)
-        self._hp_reset()
-        return out
-
-    # -- classifiers: labels as given in ``classes``, one probability column per class ----
-    def _n_label_classes(self):
-        """``len(classes)`` for a classifier given ``classes``, else None."""
-        if not isinstance(self, NeuralNetClassifier) or self.classes is None:
-            return None
-        return len(self.classes)
-
-    def _encode_labels(self, y):
-        """Codes ``0..C-1`` of the labels ``y`` in ``classes`` (any label type).
-
-        Integer ``y`` that are not all labels in ``classes`` but lie in ``0..C-1`` are
-        taken as codes already (skorch's own convention for ``classes``).
-        """
-        if self._n_label_classes() is None or y is None or torch.is_tensor(y):
-            return y
-        y = np.asarray(y)
-        if y.ndim != 1:
-            return y
-        classes = np.asarray(self.classes)
-        order = np.argsort(classes, kind="stable")
-        pos = np.clip(np.searchsorted(classes, y, sorter=order), 0, len(classes) - 1)
-        codes = order[pos]
-        unknown = classes[codes] != y
-        if unknown.any() and y.dtype.kind in "iu" and y.min() >= 0 and y.max() < len(classes):
-            return y  # skorch's own convention: integer codes into classes
-        if unknown.any():
-            raise ValueError(f"y holds labels not in classes={classes.tolist()}: "
-                             f"{sorted(set(y[unknown].tolist()))[:5]}")
-        return codes.astype(np.int64)
-
-    @available_if(lambda self: _user_class_has(self, "predict_proba"))
-    def predict_proba(self, X):
-        """As skorch's, restricted to (and renormalised over) the first ``len(classes)``
-        columns when the module has more outputs than classes."""
-        proba = super().predict_proba(X)
-        n_classes = self._n_label_classes()
-        if n_classes is not None and proba.ndim == 2 and proba.shape[1] > n_classes:
-            proba = proba[:, :n_classes]
-            proba = proba / proba.sum(axis=1, keepdims=True)
-        return proba
-
-    def predict(self, X):
-        """As skorch's; a classifier given ``classes`` returns those labels (not codes)."""
-        if self._n_label_classes() is None or \
-                getattr(_user_class(type(self)), "predict") is not NeuralNetClassifier.predict:
-            return super().predict(X)
-        return np.asarray(self.classes)[self.predict_proba(X).argmax(axis=1)]
-
-    def _hp_reset(self):
-        for key in self._HP_STATE:
-            self.__dict__.pop(key, None)
-
-    def initialize(self):
-        self._hp_reset()
-        return super().initialize()
-
-    def _hp_ensure(self, x_batch: torch.Tensor):
-        """Bind the hyperparameters to ``module_`` once, at the first training batch."""
-        if getattr(self, "hp_bound_", None) is not None:
-            return
-        hps = self.hyperparams or {}
-        values = self.learned_values or {}
-        missing = [k for k in hps if k not in values]
-        if missing:
-            raise ValueError(f"learned_values lacks values for hyperparameters {missing}")
-        crit = _Criterion(self)
-        dtype = _module_dtype(self.module_)
-        device = _module_device(self.module_)
-        n_classes = None
-        if crit.is_classifier:
-            probe = (_probe(self.module_, **{k: v[:1] for k, v in x_batch.items()})
-                     if isinstance(x_batch, Mapping) else _probe(self.module_, x_batch[:1]))
-            n_classes = int(probe.shape[-1])
-        input_shape = () if isinstance(x_batch, Mapping) else tuple(x_batch.shape[1:])
-        n_train = getattr(self, "hp_n_train_", None)
-        if n_train is None:
-            n_train = 0
-        bound = _bind_all(hps, self.module_, crit, n_train=n_train, n_classes=n_classes,
-                          input_shape=input_shape)
-        self.hp_crit_ = crit
-        self.hp_raw_ = {name: b.from_public(values[name], device, dtype)
-                        for name, b in bound.items()}
-        self.hp_bound_ = bound
-        gen = torch.Generator(device=device)
-        # seeded from torch's global RNG so torch.manual_seed makes refits reproducible
-        gen.manual_seed(int(torch.randint(0, 2**62, (1,))))
-        self.hp_generator_ = gen
-
-    def partial_fit(self, X, y=None, classes=None, **fit_params):
-        y = self._encode_labels(y)
-        n_train = int(get_len(X)) if not _is_wrapped(X) else int(get_len(X[ROW_KEY]))
-        if n_train != getattr(self, "hp_n_train_", None):
-            self._hp_reset()   # row weights are bound to the number of rows
-        self.hp_n_train_ = n_train
-        if self.hyperparams and not _is_wrapped(X) and any(
-                hp.needs_row_indices for hp in self.hyperparams.values()):
-            X = _wrap_rows(X)
-        return super().partial_fit(X, y, classes=classes, **fit_params)
-
-    def infer(self, x, **fit_params):
-        x, rows = _unwrap(x)
-        if rows is not None:
-            rows = to_tensor(rows, device=self.device).long()
-        training = self.module_.training
-        self.hp_rows_ = rows if training else None
-        x = to_tensor(x, device=self.device)
-        if torch.is_tensor(x) and (x.is_floating_point() or not takes_ids(self.module_)):
-            # e.g. float64 or integer rows from a Pipeline's preprocessing: the module's
-            # dtype (token ids for an embedding stay integers)
-            x = x.to(_module_dtype(self.module_))
-        # getattr: a net pickled before ``tta`` existed has no such attribute.
-        tta = getattr(self, "tta", 0)
-        if not training and tta:
-            if isinstance(tta, bool) or not isinstance(tta, Integral) or tta < 0:
-                raise ValueError(f"tta must be a non-negative int, got {tta!r}")
-            if self._transforms_inputs() and torch.is_tensor(x):
-                return self._test_time_average(x, int(tta), **fit_params)
-        if not training or not self.hyperparams:
-            return super().infer(x, **fit_params)
-        if isinstance(x, Mapping):
-            transforming = [type(hp).__name__ for hp in self.hyperparams.values()
-                            if hp.transforms_inputs]
-            if transforming:
-                raise TypeError(f"{transforming}: kinds that transform the inputs need "
-                                "array inputs, not a dict X")
-            self._hp_ensure(x)
-            return super().infer(x, **fit_params)
-        self._hp_ensure(x)
-        n = x.shape[0]
-        x = _transform(self.hp_bound_, self.hp_raw_, x, self.hp_generator_)
-        return _average_replicas(_first_output(self.module_(x, **fit_params)), n)
-
-    def _transforms_inputs(self) -> bool:
-        return any(hp.transforms_inputs for hp in (self.hyperparams or {}).values())
-
-    def _test_time_average(self, x, draws: int, **fit_params):
-        """The module's output averaged over ``x`` itself and ``draws`` draws of the
-        learned input transforms (test-time augmentation); outputs (logits or
-        probabilities, whatever the module returns) are averaged.
-
-        The draws come from a generator seeded the same on every call (every batch), so
-        predicting the same batch twice gives the same result; a row's warps depend on
-        its position in its batch, so predictions depend (slightly) on how rows are
-        batched (``batch_size``)."""
-        self._hp_ensure(x)
-        n = x.shape[0]
-        generator = torch.Generator(device=x.device).manual_seed(0)
-        total = _first_output(self.module_(x, **fit_params))
-        for _ in range(draws):
-            warped = _transform(self.hp_bound_, self.hp_raw_, x, generator)
-            total = total + _average_replicas(_first_output(self.module_(warped, **fit_params)),
-                                              n)
-        return total / (draws + 1)
-
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        """Training loss with the learned values when ``training``, else the plain criterion.
-
-        The validation loss that skorch reports stays the net's own criterion, the same
-        quantity the tuner's outer loss optimised.
-        """
-        if not training or not self.hyperparams:
-            return super().get_loss(y_pred, y_true, X=X, training=training)
-        if getattr(self, "hp_bound_", None) is None:
-            self._hp_ensure(to_tensor(_unwrap(X)[0], device=self.device))
-        y_true = to_tensor(y_true, device=self.device)
-        if self.hp_crit_.is_classifier:
-            y_true = y_true.long()
-        elif self.hp_crit_.binary:
-            # as NeuralNetBinaryClassifier.infer, which the learned forward bypasses
-            if y_pred.dim() == 2 and y_pred.shape[1] == 1 and y_true.dim() == 1:
-                y_pred = y_pred.reshape(-1)
-            y_true = y_true.to(y_pred.dtype)
-        theta = dict(self.module_.named_parameters())
-        return _training_loss(self.hp_crit_, self.hp_bound_, self.hp_raw_, y_pred, y_true,
-                              getattr(self, "hp_rows_", None), theta)
-
-
-def _user_class(cls: type) -> type:
-    """The class right after ``_LearnedMixin`` in ``cls``'s MRO (the user's net class)."""
-    mro = cls.__mro__
-    return mro[mro.index(_LearnedMixin) + 1]
-
-
-def _user_class_has(net, name: str) -> bool:
-    """Whether the user's class offers ``name`` on ``net`` (a subclass may hide a method
-    of skorch's, e.g. ``predict_proba``; the learned net must not bring it back)."""
-    return hasattr(super(_LearnedMixin, net), name)
-
-
-def _skorch_base(cls: type) -> type:
-    """skorch's own class that ``cls`` derives from."""
-    for base in (NeuralNetClassifier, NeuralNetBinaryClassifier, NeuralNetRegressor, NeuralNet):
-        if issubclass(cls, base):
-            return base
-    raise TypeError(f"expected a skorch NeuralNet class, got {cls.__name__}")
-
-
-def _unwrap(X):
-    """``(X as the user gave it, row indices or None)`` from a possibly wrapped batch."""
-    if isinstance(X, Mapping) and ROW_KEY in X:
-        x = {k: v for k, v in X.items() if k != ROW_KEY}
-        if set(x) == {WRAP_KEY}:
-            x = x[WRAP_KEY]
-        return x, X[ROW_KEY]
-    return X, None
-
-
-def _is_wrapped(X) -> bool:
-    return isinstance(X, Mapping) and ROW_KEY in X
-
-
-def _wrap_rows(X):
-    rows = np.arange(get_len(X), dtype=np.int64)
-    if isinstance(X, Mapping):
-        out = dict(X)
-        out[ROW_KEY] = rows
-        return out
-    return {WRAP_KEY: X, ROW_KEY: rows}
-
-
-class LearnedNet(_LearnedMixin, NeuralNet):
-    """``skorch.NeuralNet`` that trains with learned hyperparameter values.
-
-    Parameters
-    ----------
-    module, *args, **kwargs
-        As for :class:`skorch.NeuralNet`.
-    hyperparams : dict of str -> Hyperparameter
-        The kinds that were tuned.
-    learned_values : dict of str -> value
-        Their learned values in public form (``BoundHyperparameter.to_public``).
-    tta : int, default=0
-        Test-time augmentation with learned input transforms (``AffineAugmentation``):
-        in evaluation, average the module's output over the input and ``tta`` warps
-        drawn from the learned ranges (seeded the same for every batch, so a batch
-        predicted twice gives the same result; a row's warps depend on its position in
-        its batch). 0: off. Set it on a tuner's refit net with
-        ``tuner.best_estimator_.set_params(tta=8)``, or ``<step>__tta=8`` when the
-        estimator is a ``Pipeline``.
-
-    Notes
-    -----
-    During training (``module_.training``) the forward applies learned input transforms
-    and ``get_loss`` returns ``mean_i w_i l_i + penalties`` (see the module docstring);
-    in evaluation (validation, ``predict``) the net behaves like the plain one (but for
-    ``tta``). Floating
-    array inputs are cast to the module's dtype first (a ``Pipeline``'s preprocessing
-    may hand over float64 rows).
-
-    :class:`~sgld_tuner.hyperparams.SampleWeights` are indexed by row position: weight
-    ``k`` belongs to row ``k`` of the ``X`` passed to ``fit`` (the full training set, in
-    order). ``fit`` therefore wraps ``X`` in a dict ``{"__sgld_X__": X, "__sgld_row__":
-    arange(n)}`` (or adds the row key to a dict ``X``); skorch slices it with every batch and
-    ``infer`` unwraps it before calling the module, so internal ``train_split`` and
-    shuffling keep rows and weights aligned. ``len(X)`` must equal the number of learned
-    weights.
-    """
-
-
-class LearnedNetClassifier(_LearnedMixin, NeuralNetClassifier):
-    """``skorch.NeuralNetClassifier`` that trains with learned hyperparameter values.
-
-    See :class:`LearnedNet` for the parameters and the training-time behaviour.
-    """
-
-
-class LearnedNetRegressor(_LearnedMixin, NeuralNetRegressor):
-    """``skorch.NeuralNetRegressor`` that trains with learned hyperparameter values.
-
-    See :class:`LearnedNet` for the parameters and the training-time behaviour.
-    """
-
-
-_LEARNED_CLASSES: dict[type, type] = {NeuralNet: LearnedNet,
-                                       NeuralNetClassifier: LearnedNetClassifier,
-                                       NeuralNetRegressor: LearnedNetRegressor}
-
-
-def learned_class(net_class: type) -> type:
-    """The class of a net of class ``net_class`` that trains with learned values.
-
-    Parameters
-    ----------
-    net_class : type
-        A skorch ``NeuralNet`` class, possibly the user's own subclass.
-
-    Returns
-    -------
-    type
-        ``LearnedNet``/``LearnedNetClassifier``/``LearnedNetRegressor`` for skorch's own
-        classes, ``net_class`` itself when it already trains with learned values, else a
-        subclass ``Learned<Name>(_LearnedMixin, net_class)`` created once and cached, so
-        that the user's own methods (e.g. ``score_samples``) and ``isinstance`` checks
-        carry over. Such instances pickle by rebuilding the class from ``net_class``,
-        which must therefore be importable.
-    """
-    if issubclass(net_class, _LearnedMixin):
-        return net_class
-    cls = _LEARNED_CLASSES.get(net_class)
-    if cls is None:
-        name = f"Learned{net_class.__name__}"
-        cls = type(name, (_LearnedMixin, net_class), {
-            "__module__": __name__, "__qualname__": name,
-            "__doc__": f"``{net_class.__name__}`` that trains with learned hyperparameter "
-                       "values (see :class:`LearnedNet`)."})
-        _LEARNED_CLASSES[net_class] = cls
-    return cls
-
-
-def _rebuild_learned(net_class: type):
-    """Unpickling helper: an empty instance of ``learned_class(net_class)``."""
-    cls = learned_class(net_class)
-    return cls.__new__(cls)
-
-
-def make_learned_net(estimator, hyperparams: dict[str, Hyperparameter], values: dict[str, object]):
-    """Fresh unfitted clone of the user's net whose training uses the learned values.
-
-    Parameters
-    ----------
-    estimator : skorch.NeuralNet
-        The user's net (fitted or not; only its parameters are read).
-    hyperparams : dict of str -> Hyperparameter
-        The tuned kinds (cloned into the new net).
-    values : dict of str -> object
-        Learned values in public form (``to_public``); deep-copied.
-
-    Returns
-    -------
-    skorch.NeuralNet
-        An instance of ``learned_class(type(estimator))``: a subclass of the user's own
-        class, so its methods and ``isinstance`` checks carry over. During training the
-        learned ``get_loss`` and ``infer`` take precedence over the user's overrides of
-        those two; a warning says so when the class has them.
-    """
-    if not isinstance(estimator, NeuralNet):
-        raise TypeError(f"expected a skorch NeuralNet, got {type(estimator).__name__}")
-    cls = learned_class(type(estimator))
-    overridden = [name for name in ("get_loss", "infer")
-                  if getattr(type(estimator), name) is not getattr(_skorch_base(cls), name)
-                  and not issubclass(type(estimator), _LearnedMixin)]
-    if overridden and hyperparams:
-        warnings.warn(
-            f"{type(estimator).__name__} overrides {overridden}; while training, the learned "
-            f"net's own {overridden} apply the learned values instead", UserWarning,
-            stacklevel=2)
-    params = {k: v for k, v in estimator.get_params(deep=False).items()
-              if not k.startswith("_") and k not in ("hyperparams", "learned_values")}
-    params = {k: clone(v, safe=False) for k, v in params.items()}
-    return cls(hyperparams={k: clone(v) for k, v in hyperparams.items()},
-               learned_values=copy.deepcopy(dict(values)), **params)

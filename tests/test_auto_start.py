@@ -79,8 +79,10 @@ def _tuner(hp, **kwargs):
     net = NeuralNetClassifier(TwoLayer, module__n_in=64, module__hidden=8, module__n_out=4,
                               criterion=torch.nn.CrossEntropyLoss, lr=0.1, max_epochs=2,
                               batch_size=32, train_split=None, verbose=0)
-    params = dict(n_outer=6, burn_in=1, n_samples=1, cv=2, random_state=0)
-    params.update(kwargs)
+    from test_tuner import grouped
+
+    params = grouped({"n_outer": 6, "cv": 2, "random_state": 0, **kwargs},
+                     sampler={"burn_in": 1, "n_samples": 1})
     return SGLDHyperTuner(net, {"l1": hp}, **params)
 
 
@@ -88,7 +90,7 @@ def test_a_search_that_never_moves_says_so():
     from sgld_tuner.tuner import UnmovedSearchWarning
 
     with pytest.warns(UnmovedSearchWarning, match="did not change the model"):
-        _tuner(PerWeightL1(init=1e-3), outer_lr=1e-7).fit(*_digits4())
+        _tuner(PerWeightL1(init=1e-3), outer=dict(lr=1e-7)).fit(*_digits4())
 
 
 def test_a_search_with_defaults_moves_its_strengths_and_does_not_warn():

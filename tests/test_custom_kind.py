@@ -18,7 +18,8 @@ from sgld_tuner.hyperparams import (BoundHyperparameter, Hyperparameter, LossWei
                                     PerWeightL1, TaylorLoss, WeightDecay,
                                     check_hyperparameter)
 from sgld_tuner.hyperparams.checks import _check_one_step_hypergradient
-from sgld_tuner.skorch_adapter import NetProblem, make_learned_net
+from sgld_tuner.learned_net import make_learned_net
+from sgld_tuner.skorch_adapter import NetProblem
 
 
 def _example_kind():

@@ -11,10 +11,11 @@ from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.datasets import load_digits
 
 from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import SamplerSettings, OuterSettings
 from sgld_tuner.calibration import calibration_report, expected_calibration_error
 from sgld_tuner.ensemble import PosteriorEnsemble, collect_posterior_samples
 from sgld_tuner.hyperparams import PerWeightL1
-from sgld_tuner.skorch_adapter import make_learned_net
+from sgld_tuner.learned_net import make_learned_net
 
 HP = {"l1": PerWeightL1(init=1e-3)}
 VALUES = {"l1": 1e-3}
@@ -251,8 +252,9 @@ def test_calibration_report_on_models_and_on_a_tuner(fitted_net, digits4):
     # a tuner: its nets train on encoded labels but (since best_estimator_ keeps the user's
     # classes_) predict the user's labels, here 10..13; the report maps them to columns
     labels = y + 10
-    tuner = SGLDHyperTuner(tiny_net(max_epochs=2), HP, n_outer=2, burn_in=1, n_samples=1,
-                           cv=2, eval_every=1, random_state=0).fit(X, labels)
+    tuner = SGLDHyperTuner(tiny_net(max_epochs=2), HP, n_outer=2, cv=2, random_state=0,
+                           sampler=SamplerSettings(burn_in=1, n_samples=1),
+                           outer=OuterSettings(eval_every=1)).fit(X, labels)
     tuner.ensemble_ = collect_posterior_samples(
         tuner.best_estimator_, tuner.hyperparams, tuner.best_params_, X,
         np.searchsorted(tuner.classes_, labels), n_samples=2, burn_in=1, thin=1,
@@ -282,8 +284,10 @@ def test_chain_runs_on_the_nets_device(digits4):
 def test_tuner_refit_ensemble_hook(digits4):
     X, y = digits4
     labels = y + 10  # original labels differ from the encoded ones the nets see
-    tuner = SGLDHyperTuner(tiny_net(max_epochs=2), HP, n_outer=2, burn_in=1, n_samples=1,
-                           cv=2, eval_every=1, random_state=0, refit="ensemble").fit(X, labels)
+    tuner = SGLDHyperTuner(tiny_net(max_epochs=2), HP, n_outer=2, cv=2, random_state=0,
+                           refit="ensemble",
+                           sampler=SamplerSettings(burn_in=1, n_samples=1),
+                           outer=OuterSettings(eval_every=1)).fit(X, labels)
     if getattr(tuner, "ensemble_", None) is None:
         pytest.skip("SGLDHyperTuner has no refit='ensemble' hook yet")
     assert isinstance(tuner.ensemble_, PosteriorEnsemble) and tuner.ensemble_.n_members_ >= 1
@@ -294,8 +298,10 @@ def test_tuner_refit_ensemble_hook(digits4):
     assert tuner.score(X, labels) == pytest.approx(
         np.mean(tuner.predict(X) == labels))
     assert not isinstance(tuner.best_estimator_, PosteriorEnsemble)
-    again = SGLDHyperTuner(tiny_net(max_epochs=2), HP, n_outer=2, burn_in=1, n_samples=1,
-                           cv=2, eval_every=1, random_state=0, refit="ensemble").fit(X, labels)
+    again = SGLDHyperTuner(tiny_net(max_epochs=2), HP, n_outer=2, cv=2, random_state=0,
+                           refit="ensemble",
+                           sampler=SamplerSettings(burn_in=1, n_samples=1),
+                           outer=OuterSettings(eval_every=1)).fit(X, labels)
     assert same_samples(tuner.ensemble_.samples, again.ensemble_.samples)
     # refitting with refit=True drops the ensemble of the earlier fit
     tuner.set_params(refit=True).fit(X, labels)
@@ -305,7 +311,8 @@ def test_tuner_refit_ensemble_hook(digits4):
 
 def test_calibration_report_needs_a_refit_tuner(digits4):
     X, y = digits4
-    tuner = SGLDHyperTuner(tiny_net(max_epochs=1), HP, n_outer=1, burn_in=1, n_samples=1,
-                           cv=2, eval_every=1, random_state=0, refit=False).fit(X, y)
+    tuner = SGLDHyperTuner(tiny_net(max_epochs=1), HP, n_outer=1, cv=2, random_state=0,
+                           refit=False, sampler=SamplerSettings(burn_in=1, n_samples=1),
+                           outer=OuterSettings(eval_every=1)).fit(X, y)
     with pytest.raises(ValueError, match="no refit net"):
         calibration_report(tuner, X, y)

@@ -7,6 +7,7 @@ from skorch import NeuralNetClassifier
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import SamplerSettings, OuterSettings
 from sgld_tuner.hyperparams import PerWeightL1
 
 
@@ -25,8 +26,9 @@ class LazyMLP(torch.nn.Module):
 def make_tuner():
     net = NeuralNetClassifier(LazyMLP, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
                               max_epochs=20, batch_size=32, train_split=None, verbose=0)
-    return SGLDHyperTuner(net, {"l1": PerWeightL1(init=1e-3)}, n_outer=1, burn_in=1,
-                          n_samples=1, cv=2, eval_every=1, random_state=0)
+    return SGLDHyperTuner(net, {"l1": PerWeightL1(init=1e-3)}, n_outer=1, cv=2,
+                          random_state=0, sampler=SamplerSettings(burn_in=1, n_samples=1),
+                          outer=OuterSettings(eval_every=1))
 
 
 FIXED_OUTPUT = ("the check's data has 4 classes and the skorch module was built with 3 outputs; "

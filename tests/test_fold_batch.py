@@ -7,10 +7,12 @@ import torch
 from skorch import NeuralNetClassifier
 
 from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import SamplerSettings, OuterSettings
 from sgld_tuner.core import ChainState, InnerSettings, SliceGenerators, sgld_hypergrad
 from sgld_tuner.core import _tree
 from sgld_tuner.core.sgld import standard_normal
-from sgld_tuner.fold_batch import FoldBatch
+from sgld_tuner.search.stacked import FoldBatch
+from test_tuner import grouped
 from sgld_tuner.hyperparams import (AffineAugmentation, LossWeights, PerWeightL1, SampleWeights,
                                     TaylorLoss, WeightDecay)
 from sgld_tuner.skorch_adapter import NetProblem
@@ -206,8 +208,10 @@ def test_slice_generators_draw_what_each_generator_draws_alone():
 def _tuner(**kw):
     net = NeuralNetClassifier(MLP, criterion=torch.nn.CrossEntropyLoss, lr=0.1, batch_size=16,
                               max_epochs=3, train_split=None, verbose=0)
-    return SGLDHyperTuner(net, {"l1": PerWeightL1(), "cw": LossWeights()}, n_outer=4,
-                          burn_in=2, n_samples=2, cv=3, eval_every=2, random_state=0, **kw)
+    return SGLDHyperTuner(net, {"l1": PerWeightL1(), "cw": LossWeights()},
+                          **grouped({"n_outer": 4, "cv": 3, "random_state": 0, **kw},
+                                    sampler={"burn_in": 2, "n_samples": 2},
+                                    outer={"eval_every": 2}))
 
 
 def _values(params: dict) -> np.ndarray:
@@ -222,8 +226,8 @@ def _values(params: dict) -> np.ndarray:
 def test_tuner_search_is_the_same_stacked_or_not(warm_up):
     """With and without a warm-up of the chains (stacked as well)."""
     X, y = _data()
-    apart = _tuner(batch_folds=False, warm_up=warm_up).fit(X, y)
-    stacked = _tuner(batch_folds=True, warm_up=warm_up).fit(X, y)
+    apart = _tuner(sampler=dict(batch_folds=False, warm_up=warm_up)).fit(X, y)
+    stacked = _tuner(sampler=dict(batch_folds=True, warm_up=warm_up)).fit(X, y)
     assert not apart.folds_stacked_ and stacked.folds_stacked_
     np.testing.assert_allclose(stacked.cv_results_["mean_test_score"],
                                apart.cv_results_["mean_test_score"], atol=1e-12)
@@ -237,7 +241,7 @@ def test_tuner_search_is_the_same_stacked_or_not(warm_up):
 def test_batch_folds_is_validated():
     X, y = _data()
     with pytest.raises(ValueError, match="batch_folds"):
-        _tuner(batch_folds="always").fit(X, y)
+        _tuner(sampler=dict(batch_folds="always")).fit(X, y)
 
 
 def test_stacked_chain_follows_generators_replaced_by_a_rollback():

@@ -3,6 +3,7 @@
 Skipped without a GPU (CI has none); run with ``python -m pytest -m gpu`` on a GPU machine.
 """
 import numpy as np
+from sgld_tuner import SamplerSettings, OuterSettings
 import pytest
 import torch
 
@@ -34,7 +35,9 @@ def test_tuner_on_cuda_keeps_everything_on_the_device():
     tuner = SGLDHyperTuner(tiny_classifier(device="cuda"),
                            {"l1": PerWeightL1(init=1e-3),
                             "aug": AffineAugmentation(init=0.05, image_shape=(8, 8))},
-                           n_outer=2, burn_in=1, n_samples=1, cv=2, eval_every=1, random_state=0)
+                           n_outer=2, cv=2, random_state=0,
+                           sampler=SamplerSettings(burn_in=1, n_samples=1),
+                           outer=OuterSettings(eval_every=1))
     tuner.fit(X, y)
     assert next(tuner.best_estimator_.module_.parameters()).device.type == "cuda"
     assert np.isfinite(tuner.best_score_) and tuner.predict(X).shape == (120,)
@@ -55,9 +58,10 @@ def test_stacked_folds_on_cuda_match_the_folds_one_by_one():
     scores = {}
     for stacked in (False, True):
         tuner = SGLDHyperTuner(tiny_classifier(device="cuda"),
-                               {"l1": PerWeightL1(), "cw": LossWeights()}, n_outer=3,
-                               burn_in=2, n_samples=2, cv=3, eval_every=1, random_state=0,
-                               batch_folds=stacked)
+                               {"l1": PerWeightL1(), "cw": LossWeights()}, n_outer=3, cv=3,
+                               random_state=0,
+                               sampler=SamplerSettings(burn_in=2, n_samples=2, batch_folds=stacked),
+                               outer=OuterSettings(eval_every=1))
         tuner.fit(X, y)
         assert tuner.folds_stacked_ == stacked
         scores[stacked] = tuner.cv_results_["mean_test_score"]

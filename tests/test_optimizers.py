@@ -5,6 +5,7 @@ import torch
 from skorch import NeuralNetClassifier
 
 from sgld_tuner.optimizers import OptimizerFollowingWarning, chain_dynamics, with_weight_decay
+from sgld_tuner import SamplerSettings, OuterSettings
 
 
 class Tiny(torch.nn.Module):
@@ -64,8 +65,10 @@ def _trajectory_end(net, **method_options):
     from sgld_tuner import SGLDHyperTuner
     from sgld_tuner.hyperparams import PerWeightL1
 
-    tuner = SGLDHyperTuner(net, {"l1": PerWeightL1()}, n_outer=12, cv=2, eval_every=4,
-                           refit=False, random_state=0, method_options=method_options or None)
+    tuner = SGLDHyperTuner(net, {"l1": PerWeightL1()}, n_outer=12, cv=2, refit=False,
+                           random_state=0,
+                           sampler=SamplerSettings(options=method_options or None),
+                           outer=OuterSettings(eval_every=4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tuner.fit(*_digits4())

@@ -1,5 +1,6 @@
 """sgld_tuner.plotting draws what a fitted tuner holds (Agg backend, one tiny fit)."""
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,15 +31,29 @@ class TinyMLP(torch.nn.Module):
         return self.out(torch.tanh(self.hidden(X)))
 
 
+def digits():
+    X, y = load_digits(n_class=4, return_X_y=True)
+    return (X / 16.0).astype(np.float32), y
+
+
+def tuner_of(n_outer):
+    net = NeuralNetClassifier(TinyMLP, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
+                              max_epochs=10, batch_size=32, train_split=None, verbose=0)
+    return SGLDHyperTuner(net, {"l1": PerWeightL1(init=1e-3, granularity="feature")},
+                          n_outer=n_outer, cv=2, random_state=0)
+
+
 @pytest.fixture(scope="module")
 def fitted():
-    X, y = load_digits(n_class=4, return_X_y=True)
-    net = NeuralNetClassifier(TinyMLP, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
-                              max_epochs=2, batch_size=32, train_split=None, verbose=0)
-    tuner = SGLDHyperTuner(net, {"l1": PerWeightL1(init=1e-3, granularity="feature")},
-                           n_outer=3, burn_in=1, n_samples=1, cv=2, eval_every=1,
-                           random_state=0, verbose=0)
-    return tuner.fit((X[:80] / 16.0).astype(np.float32), y[:80])
+    X, y = digits()
+    return tuner_of(3).fit(X[:80], y[:80])
+
+
+@pytest.fixture(scope="module")
+def control():
+    """The no-search control: the same tuner with n_outer=1."""
+    X, y = digits()
+    return tuner_of(1).fit(X[:80], y[:80])
 
 
 @pytest.fixture(autouse=True)
@@ -63,14 +78,46 @@ def test_trajectory_shows_scores_control_and_summaries(fitted):
     assert len(summary.get_xdata()) == fitted.n_outer
     assert twin.get_yscale() == "log"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["cv score", "selected", "control (no search) 0.500", "l1"]
+    assert labels == ["cv score", "selected", "control 0.500", "l1"]
 
 
-def test_trajectory_reads_control_from_an_estimator_and_draws_on_given_axes(fitted):
+def test_a_no_search_control_is_drawn_at_its_own_iteration(fitted, control):
+    """Item 8: the control's cv score is that of a chain of its own length: drawn at its
+    own outer iteration(s), not as a line across the whole search at its best_score_."""
     _, given = plt.subplots()
-    ax = plot_trajectory(fitted, control=fitted, ax=given)
+    ax = plot_trajectory(fitted, control=control, ax=given)
     assert ax is given
-    np.testing.assert_allclose(ax.lines[-1].get_ydata(), [fitted.best_score_] * 2)
+    line = ax.lines[-1]
+    assert line.get_label() == "control (n_outer=1) cv score"
+    np.testing.assert_allclose(line.get_xdata(), control.cv_results_["iteration"])
+    np.testing.assert_allclose(line.get_ydata(), control.cv_results_["mean_test_score"])
+    assert list(line.get_xdata()) == [0]   # one outer iteration: a short chain
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["cv score", "selected", "control (n_outer=1) cv score", "l1"]
+
+
+def test_with_test_data_the_refits_are_compared_on_it(fitted, control):
+    X, y = digits()
+    X_test, y_test = X[200:320], y[200:320]
+    ax = plot_trajectory(fitted, control=control, X_test=X_test, y_test=y_test)
+    mine, theirs = ax.lines[-2:]
+    assert np.all(np.asarray(mine.get_ydata()) == fitted.score(X_test, y_test))
+    assert np.all(np.asarray(theirs.get_ydata()) == control.score(X_test, y_test))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[2] == f"SGLDHyperTuner refit test score {fitted.score(X_test, y_test):.3f}"
+    assert labels[3] == (f"control (n_outer=1) refit test score "
+                         f"{control.score(X_test, y_test):.3f}")
+    assert "cv score" not in " ".join(labels[2:])   # no cv line of the control beside them
+    assert ax.get_ylabel() == "score (cv; test)"
+    with pytest.raises(ValueError, match="both X_test and y_test"):
+        plot_trajectory(fitted, control=control, X_test=X_test)
+
+
+def test_another_search_is_its_best_cv_score_labelled_as_such(fitted):
+    grid = SimpleNamespace(best_score_=0.75)   # what GridSearchCV offers
+    ax = plot_trajectory(fitted, control=grid, control_label="GridSearchCV")
+    np.testing.assert_allclose(ax.lines[-1].get_ydata(), [0.75, 0.75])
+    assert ax.lines[-1].get_label() == "GridSearchCV best cv score 0.750"
 
 
 def test_learned_values_histogram_counts_every_strength(fitted):
@@ -87,6 +134,18 @@ def test_learned_values_histogram_counts_every_strength(fitted):
     assert [p.get_height() for p in again.patches] == heights
     with pytest.raises(ValueError, match="no positive"):
         plot_learned_values({"w": np.zeros(3)}, "w")
+
+
+def test_feature_relevance_needs_no_name_for_an_auto_granularity():
+    """Item 7a: PerWeightL1() (granularity='auto') resolved per feature in fit."""
+    X, y = digits()
+    net = NeuralNetClassifier(TinyMLP, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
+                              max_epochs=2, batch_size=32, train_split=None, verbose=0)
+    tuner = SGLDHyperTuner(net, {"l1": PerWeightL1()}, n_outer=1, cv=2, random_state=0,
+                           refit=False).fit(X[:60], y[:60])
+    ax = plot_feature_relevance(tuner, top=3)
+    assert len(ax.patches) == 3
+    assert ax.get_title() == f"l1: 3 most relevant of {N_FEATURES} features"
 
 
 def test_feature_relevance_bars_are_the_top_of_the_table(fitted):

@@ -9,7 +9,7 @@ import torch
 from sgld_tuner.core import BilevelProblem, ChainState, InnerSettings, hypergradient
 from sgld_tuner.core.recursions import RECURSIONS, StepProducts, make_recursion
 from sgld_tuner.problems import RidgePerFeature
-from sgld_tuner.tuner import SGLDHyperTuner
+from sgld_tuner.search.chains import FoldChain, FoldChains
 
 from _ridge import warm_chain_relative_error
 
@@ -55,14 +55,15 @@ def test_tuner_rollback_restores_the_tracked_adjoint():
     gen = torch.Generator().manual_seed(0)
     state = ChainState()
     hypergradient(problem, lam, state, settings, gen)
-    fold = SimpleNamespace(state=state, generator=gen, net=None,
-                           problem=SimpleNamespace(outer_generator=torch.Generator()),
-                           bilevel=problem, X_val=None, y_val=None, fit_time=0.0)
-    checkpoint = SGLDHyperTuner._checkpoint(lam, [fold])
+    fold = FoldChain(net=None, problem=SimpleNamespace(outer_generator=torch.Generator()),
+                     bilevel=problem, state=state, generator=gen, X_val=None, y_val=None)
+    chains = FoldChains([fold])
+    checkpoint = chains.checkpoint()
     adjoint = [t.clone() for t in state.recursion.tensors["w"]]
     hypergradient(problem, lam, state, settings, gen)  # the step that gets rolled back
     assert not torch.equal(state.recursion.tensors["w"][0], adjoint[0])
-    (restored,) = SGLDHyperTuner._restore(checkpoint, lam, [fold])
+    chains.restore(checkpoint)
+    (restored,) = chains.folds
     torch.testing.assert_close(restored.state.recursion.tensors["w"][0], adjoint[0],
                                rtol=0, atol=0)
 

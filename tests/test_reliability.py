@@ -16,6 +16,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import PredefinedSplit
 from test_tuner import TinyMLP, tiny_classifier, tiny_tuner
 
+from sgld_tuner.search.diagnostics import UNDERTRAINED_GAP
+from sgld_tuner.search.state import SAVE_HEADER
 from sgld_tuner import SGLDHyperTuner
 from sgld_tuner.hyperparams import PerWeightL1
 from sgld_tuner.tuner import (DivergenceWarning, OverfittingWarning, SearchInterrupted,
@@ -62,7 +64,8 @@ def assert_no_nan(tuner):
 
 def test_transient_divergence_rolls_back_shrinks_and_continues(data):
     FlakyMLP.calls, FlakyMLP.nan_calls = 0, range(30, 34)
-    tuner = tiny_tuner(tiny_classifier(module=FlakyMLP), n_outer=6, eval_every=2)
+    tuner = tiny_tuner(tiny_classifier(module=FlakyMLP), n_outer=6,
+                       outer=dict(eval_every=2))
     with pytest.warns(DivergenceWarning, match="rolled"):
         tuner.fit(*data)
     hist = tuner.history_
@@ -73,7 +76,8 @@ def test_transient_divergence_rolls_back_shrinks_and_continues(data):
 
 def test_persistent_divergence_stops_with_best_so_far(data):
     FlakyMLP.calls, FlakyMLP.nan_calls = 0, range(45, 10**9)
-    tuner = tiny_tuner(tiny_classifier(module=FlakyMLP), n_outer=10, eval_every=1)
+    tuner = tiny_tuner(tiny_classifier(module=FlakyMLP), n_outer=10,
+                       outer=dict(eval_every=1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tuner.fit(*data)
@@ -103,7 +107,8 @@ def test_diverging_from_the_start_keeps_the_initial_values(data):
 
 def test_ctrl_c_mid_step_keeps_results_and_refits(data):
     InterruptingMLP.calls, InterruptingMLP.interrupt_at = 0, 25
-    tuner = tiny_tuner(tiny_classifier(module=InterruptingMLP), n_outer=20, eval_every=1)
+    tuner = tiny_tuner(tiny_classifier(module=InterruptingMLP), n_outer=20,
+                       outer=dict(eval_every=1))
     with pytest.warns(SearchInterrupted, match="KeyboardInterrupt"):
         tuner.fit(*data)
     assert 0 < len(tuner.history_) < 20
@@ -123,7 +128,7 @@ def test_ctrl_c_from_a_callback(data):
 
 
 def test_timeout_ends_the_search_cleanly(data):
-    tuner = tiny_tuner(n_outer=50, timeout=1e-6)
+    tuner = tiny_tuner(n_outer=50, outer=dict(timeout=1e-6))
     with pytest.warns(SearchInterrupted, match="timeout"):
         tuner.fit(*data)
     assert len(tuner.history_) == 1 and len(tuner.cv_results_["params"]) == 1
@@ -135,10 +140,10 @@ def stop_after_second_iteration(record):
 
 
 def test_interrupted_then_resumed_ends_where_uninterrupted_ends(data, tmp_path):
-    full = tiny_tuner(n_outer=4, eval_every=1, temperature=1e-2).fit(*data)
+    full = tiny_tuner(n_outer=4, sampler=dict(temperature=1e-2), outer=dict(eval_every=1)).fit(*data)
 
-    stopper = tiny_tuner(n_outer=4, eval_every=1, temperature=1e-2,
-                         callbacks=[stop_after_second_iteration])
+    stopper = tiny_tuner(n_outer=4, callbacks=[stop_after_second_iteration],
+                         sampler=dict(temperature=1e-2), outer=dict(eval_every=1))
     with pytest.warns(SearchInterrupted):
         stopper.fit(*data)
     path = tmp_path / "search.joblib"
@@ -155,7 +160,7 @@ def test_interrupted_then_resumed_ends_where_uninterrupted_ends(data, tmp_path):
 
 
 def test_warm_start_with_more_outer_iterations_continues(data):
-    tuner = tiny_tuner(n_outer=2, eval_every=1, warm_start=True).fit(*data)
+    tuner = tiny_tuner(n_outer=2, warm_start=True, outer=dict(eval_every=1)).fit(*data)
     tuner.set_params(n_outer=3).fit(*data)
     assert list(tuner.cv_results_["iteration"]) == [0, 1, 2]
     with pytest.raises(ValueError, match="same X and y"):
@@ -190,7 +195,7 @@ def test_load_refuses_other_objects(tmp_path):
     import joblib
 
     with open(tmp_path / "x.joblib", "wb") as fh:
-        fh.write(SGLDHyperTuner._SAVE_HEADER)
+        fh.write(SAVE_HEADER)
         joblib.dump({"not": "a tuner"}, fh)
     with pytest.raises(TypeError, match="not a SGLDHyperTuner"):
         SGLDHyperTuner.load(tmp_path / "x.joblib", trusted=True)
@@ -199,8 +204,9 @@ def test_load_refuses_other_objects(tmp_path):
 def test_parallel_folds_give_the_sequential_result(data):
     # batch_folds=False: the same per-fold computation as n_jobs=2 (stacked folds are
     # equal to it only up to rounding).
-    one = tiny_tuner(n_jobs=1, refit=False, temperature=1e-2, batch_folds=False).fit(*data)
-    two = tiny_tuner(n_jobs=2, refit=False, temperature=1e-2).fit(*data)
+    one = tiny_tuner(n_jobs=1, refit=False,
+                     sampler=dict(temperature=1e-2, batch_folds=False)).fit(*data)
+    two = tiny_tuner(n_jobs=2, refit=False, sampler=dict(temperature=1e-2)).fit(*data)
     np.testing.assert_array_equal(one.cv_results_["mean_test_score"],
                                   two.cv_results_["mean_test_score"])
 
@@ -247,19 +253,19 @@ def test_dask_backend_spreads_folds_and_matches_sequential(data):
 
     # batch_folds=False: the same per-fold computation as the spread run, so that the
     # scores can be equal bit for bit (stacked folds are equal only up to rounding).
-    sequential = tiny_tuner(refit=False, temperature=1e-2, batch_folds=False).fit(*data)
+    sequential = tiny_tuner(refit=False, sampler=dict(temperature=1e-2, batch_folds=False)).fit(*data)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address=None) as cluster, \
             distributed.Client(cluster):
         with joblib.parallel_config(backend="dask"):
-            spread = tiny_tuner(n_jobs=2, refit=False, temperature=1e-2).fit(*data)
+            spread = tiny_tuner(n_jobs=2, refit=False, sampler=dict(temperature=1e-2)).fit(*data)
     np.testing.assert_array_equal(spread.cv_results_["mean_test_score"],
                                   sequential.cv_results_["mean_test_score"])
 
 
 def test_chains_that_degrade_without_nan_are_flagged(data):
     # Far too much Langevin noise: the weights random-walk and validation loss climbs.
-    tuner = tiny_tuner(n_outer=6, temperature=50.0, refit=False)
+    tuner = tiny_tuner(n_outer=6, refit=False, sampler=dict(temperature=50.0))
     with pytest.warns(DivergenceWarning, match="validation loss rose"):
         tuner.fit(*data)
 
@@ -277,8 +283,8 @@ def test_overfitting_chains_get_advice_of_their_own(data):
     the advice says so (it used to say: lower temperature, noise or inner_lr)."""
     X, _ = data
     y = np.random.RandomState(0).randint(0, 4, len(X))
-    tuner = tiny_tuner(tiny_classifier(lr=0.3), n_outer=8, burn_in=5, n_samples=5,
-                       temperature=1e-4, refit=False)
+    tuner = tiny_tuner(tiny_classifier(lr=0.3), n_outer=8, refit=False,
+                       sampler=dict(burn_in=5, n_samples=5, temperature=1e-4))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tuner.fit(X[:60], y[:60])
@@ -298,7 +304,8 @@ def test_an_undertrained_refit_is_flagged(data, max_epochs, refit, warns):
     nothing is said; nor with refit="ensemble", whose predictions come from a chain run
     on after the refit."""
     net = tiny_classifier(lr=0.05, max_epochs=max_epochs, batch_size=64)
-    tuner = tiny_tuner(net, n_outer=10, burn_in=5, n_samples=5, eval_every=5, refit=refit)
+    tuner = tiny_tuner(net, n_outer=10, refit=refit, sampler=dict(burn_in=5, n_samples=5),
+                       outer=dict(eval_every=5))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tuner.fit(*data)
@@ -324,14 +331,15 @@ def test_noisy_training_labels_validated_on_clean_rows_are_not_undertraining(dat
     y[:80][flipped] = (y[:80][flipped] + rng.randint(1, 4, flipped.sum())) % 4
     cv = PredefinedSplit(np.r_[np.full(80, -1), np.zeros(40)])
     net = tiny_classifier(lr=0.1, max_epochs=40, batch_size=32, module__hidden=32)  # 160 steps
-    tuner = tiny_tuner(net, n_outer=20, burn_in=5, n_samples=5, eval_every=5, cv=cv,
-                       warm_up="epochs")  # every scored chain older than the budget
+    tuner = tiny_tuner(net, n_outer=20, cv=cv,
+                       sampler=dict(burn_in=5, n_samples=5, warm_up="epochs"),
+                       outer=dict(eval_every=5))  # every scored chain older than the budget
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tuner.fit(X, y)
     # the first comparison alone would warn: the refit is well below best_score_
     train, best = tuner.best_estimator_.score(X, y), tuner.best_score_
-    assert train < best - tuner._UNDERTRAINED_GAP * best
+    assert train < best - UNDERTRAINED_GAP * best
     assert not [w for w in caught if type(w.message) is UndertrainedWarning]
 
 
@@ -360,7 +368,7 @@ def _fails_before_training(tuner, X, y, match):
 def test_batch_size_zero_is_refused_naming_the_parameter(data, where):
     X, y = data
     net = tiny_classifier(module=CountingMLP, batch_size=0 if where == "net" else 32)
-    tuner = tiny_tuner(net, batch_size=0 if where == "tuner" else None)
+    tuner = tiny_tuner(net, sampler=dict(batch_size=0 if where == "tuner" else None))
     _fails_before_training(tuner, X, y, "batch_size")
 
 
@@ -403,7 +411,7 @@ class DropoutMLP(TinyMLP):
 
 
 def _dropout_fit(data, **kwargs):
-    params = dict(n_outer=3, refit=False, temperature=1e-2)
+    params = dict(n_outer=3, refit=False, sampler=dict(temperature=1e-2))
     params.update(kwargs)
     net = tiny_classifier(module=DropoutMLP, module__p=params.pop("p", 0.5))
     tuner = tiny_tuner(net, **params).fit(*data)
@@ -439,7 +447,7 @@ def test_dropout_stream_is_resumed_with_the_chains(data):
         return record["iteration"] == 1
 
     stopped = tiny_tuner(tiny_classifier(module=DropoutMLP), n_outer=4, refit=False,
-                         temperature=1e-2, callbacks=[stop_after_one])
+                         callbacks=[stop_after_one], sampler=dict(temperature=1e-2))
     with pytest.warns(SearchInterrupted):
         stopped.fit(*data)
     resumed = stopped.set_params(callbacks=None, warm_start=True).fit(*data)
@@ -565,16 +573,18 @@ def _assert_resumed_equals(resumed, full, X):
 
 def _bookkeeping_interrupt(monkeypatch, at_call):
     """A KeyboardInterrupt in the bookkeeping after scoring (keeping the point's values)."""
-    keep = SGLDHyperTuner._keep_snapshot
+    from sgld_tuner.search import lane
+
+    keep = lane._keep_snapshot
     calls = []
 
-    def interrupting(self, *args, **kwargs):
+    def interrupting(*args, **kwargs):
         calls.append(1)
         if len(calls) == at_call:
             raise KeyboardInterrupt
-        return keep(self, *args, **kwargs)
+        return keep(*args, **kwargs)
 
-    monkeypatch.setattr(SGLDHyperTuner, "_keep_snapshot", interrupting)
+    monkeypatch.setattr(lane, "_keep_snapshot", interrupting)
 
 
 @pytest.mark.parametrize("where,kept", [("scoring", 3), ("bookkeeping", 3), ("after", 4)])
@@ -584,7 +594,7 @@ def test_ctrl_c_in_scoring_or_bookkeeping_is_atomic_and_resumes_exactly(
     bookkeeping after it, or after the iteration's commit (a callback): the iteration is
     rolled back whole (3 kept) or kept whole (4), the results so far and the refit are
     there, and a resume from ``save``/``load`` ends where the uninterrupted run ends."""
-    params = dict(n_outer=6, eval_every=2, temperature=1e-2)
+    params = dict(n_outer=6, outer=dict(eval_every=2), sampler=dict(temperature=1e-2))
     full = tiny_tuner(scoring=InterruptingAccuracy(), **params).fit(*data)
 
     # Call 1 is the probe at fit start, 2-3 score iteration 1, 4-5 iteration 3.

@@ -11,8 +11,9 @@ from skorch.utils import to_tensor
 from sgld_tuner.core import _tree
 from sgld_tuner.hyperparams import (AffineAugmentation, LossWeights, PerWeightL1, SampleWeights,
                                     TaylorLoss, WeightDecay)
-from sgld_tuner.skorch_adapter import (ROW_KEY, WRAP_KEY, LearnedNet, LearnedNetClassifier,
-                                       LearnedNetRegressor, NetProblem, make_learned_net)
+from sgld_tuner.learned_net import (ROW_KEY, WRAP_KEY, LearnedNet, LearnedNetClassifier,
+                                    LearnedNetRegressor, make_learned_net)
+from sgld_tuner.skorch_adapter import NetProblem
 
 
 class Classifier(torch.nn.Module):

@@ -6,7 +6,9 @@ from sklearn.datasets import load_digits
 from skorch import NeuralNetClassifier
 
 from sgld_tuner.hyperparams import AffineAugmentation, PerWeightL1
-from sgld_tuner.skorch_adapter import _first_output, _transform, make_learned_net
+from sgld_tuner.learned_net import make_learned_net
+from sgld_tuner.objective import first_output as _first_output
+from sgld_tuner.objective import transform_inputs as _transform
 
 
 class _ImageMLP(torch.nn.Module):

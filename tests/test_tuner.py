@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
 
-from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import OuterSettings, SamplerSettings, SGLDHyperTuner
 from sgld_tuner.hyperparams import PerWeightL1, TaylorLoss, WeightDecay
 
 
@@ -35,9 +35,20 @@ def tiny_classifier(module=TinyMLP, **kwargs):
     return NeuralNetClassifier(module, **params)
 
 
+def grouped(kwargs: dict, sampler: dict = None, outer: dict = None) -> dict:
+    """``kwargs`` for ``SGLDHyperTuner`` with its ``sampler`` / ``outer`` dicts merged over
+    the given defaults into the settings groups."""
+    kwargs = dict(kwargs)
+    kwargs["sampler"] = SamplerSettings(**{**(sampler or {}), **kwargs.pop("sampler", {})})
+    kwargs["outer"] = OuterSettings(**{**(outer or {}), **kwargs.pop("outer", {})})
+    return kwargs
+
+
 def tiny_tuner(net=None, **kwargs):
-    params = dict(n_outer=2, burn_in=1, n_samples=1, cv=2, eval_every=1, random_state=0)
-    params.update(kwargs)
+    """A tiny search (2 outer iterations of 1 + 1 steps, cv=2); ``sampler=`` and
+    ``outer=`` take dicts of settings over those defaults."""
+    params = grouped({"n_outer": 2, "cv": 2, "random_state": 0, **kwargs},
+                     sampler={"burn_in": 1, "n_samples": 1}, outer={"eval_every": 1})
     return SGLDHyperTuner(net if net is not None else tiny_classifier(),
                           {"l1": PerWeightL1(init=1e-3)}, **params)
 
@@ -86,11 +97,46 @@ def test_clone_and_deep_params_route_to_the_net():
     tuner = tiny_tuner()
     params = tuner.get_params(deep=True)
     assert params["estimator__lr"] == 0.1
-    tuner.set_params(estimator__lr=0.05, estimator__module__hidden=5, temperature=1e-3)
+    assert params["sampler__burn_in"] == 1 and params["outer__eval_every"] == 1
+    assert params["hyperparams__l1__init"] == 1e-3
+    tuner.set_params(estimator__lr=0.05, estimator__module__hidden=5,
+                     sampler__temperature=1e-3, outer__lr=0.1, hyperparams__l1__init=1e-2)
     assert tuner.estimator.lr == 0.05 and tuner.estimator.module__hidden == 5
+    assert tuner.sampler.temperature == 1e-3 and tuner.outer.lr == 0.1
+    assert tuner.hyperparams["l1"].init == 1e-2
     cloned = clone(tuner)
     assert cloned.get_params()["estimator__module__hidden"] == 5
+    assert cloned.get_params()["sampler__temperature"] == 1e-3
     assert cloned.hyperparams["l1"] is not tuner.hyperparams["l1"]
+    assert cloned.sampler is not tuner.sampler
+
+
+def test_grouped_settings_default_to_none_and_still_take_set_params():
+    tuner = SGLDHyperTuner(tiny_classifier(), {"l1": PerWeightL1()})
+    assert tuner.sampler is None and tuner.outer is None
+    tuner.set_params(sampler__burn_in=2, outer__eval_every=3)
+    assert tuner.sampler.burn_in == 2 and tuner.sampler.n_samples == 5
+    assert tuner.outer.eval_every == 3 and tuner.outer.lr == 0.05
+
+
+def test_old_parameter_names_say_where_they_moved():
+    with pytest.raises(TypeError, match=r"temperature -> sampler=SamplerSettings\(temperature"):
+        SGLDHyperTuner(tiny_classifier(), {"l1": PerWeightL1()}, temperature=1e-3)
+    with pytest.raises(ValueError, match=r"outer_lr -> outer=OuterSettings\(lr"):
+        tiny_tuner().set_params(outer_lr=0.1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        SGLDHyperTuner(tiny_classifier(), {"l1": PerWeightL1()}, colour=1)
+
+
+def test_a_kind_parameter_in_a_grid_search(digits4):
+    """``hyperparams__<name>__<param>`` is a parameter GridSearchCV can search over (it
+    used to fail with "'dict' object has no attribute 'set_params'")."""
+    X, y = digits4
+    grid = GridSearchCV(tiny_tuner(n_outer=1), {"hyperparams__l1__init": [1e-4, 1e-2]},
+                        cv=2).fit(X, y)
+    assert grid.best_params_["hyperparams__l1__init"] in (1e-4, 1e-2)
+    with pytest.raises(ValueError, match="no hyperparameter 'l2'"):
+        tiny_tuner().set_params(hyperparams__l2__init=1.0)
 
 
 def test_pickle_round_trip_predicts_the_same(fitted, digits4):
@@ -117,7 +163,7 @@ def test_inside_pipeline_and_cross_val_score(digits4):
 def test_gridsearchcv_around_the_tuner_over_discrete_knobs(digits4):
     X, y = digits4
     grid = GridSearchCV(tiny_tuner(n_outer=1),
-                        {"estimator__module__hidden": [4, 8], "temperature": [1e-4, 1e-2]}, cv=2)
+                        {"estimator__module__hidden": [4, 8], "sampler__temperature": [1e-4, 1e-2]}, cv=2)
     grid.fit(X, y)
     assert len(grid.cv_results_["params"]) == 4
     assert grid.best_estimator_.best_params_.keys() == {"l1"}
@@ -245,7 +291,7 @@ def test_a_layer_without_second_derivatives_names_the_way_out():
                               lr=0.1, max_epochs=2, batch_size=16, train_split=None, verbose=0)
     with pytest.raises(NotImplementedError, match="nn.Embedding and pool.*recursion='gibbs'"):
         tiny_tuner(net).fit(X, y)
-    assert tiny_tuner(net, recursion="gibbs").fit(X, y).predict(X).shape == (60,)
+    assert tiny_tuner(net, sampler=dict(recursion="gibbs")).fit(X, y).predict(X).shape == (60,)
 
 
 def test_float64_input_is_accepted(digits4):
@@ -259,8 +305,10 @@ def test_regressor_with_weight_decay():
     X, y = X.astype(np.float32), (y / y.std()).astype(np.float32).reshape(-1, 1)
     net = NeuralNetRegressor(TinyMLP, module__n_in=6, module__n_out=1, lr=0.05, max_epochs=2,
                              batch_size=16, train_split=None, verbose=0)
-    tuner = SGLDHyperTuner(net, {"wd": WeightDecay(init=1e-3, granularity="tensor")}, n_outer=2,
-                           burn_in=1, n_samples=1, cv=KFold(2), eval_every=1, random_state=0)
+    tuner = SGLDHyperTuner(net, {"wd": WeightDecay(init=1e-3, granularity="tensor")},
+                           n_outer=2, cv=KFold(2), random_state=0,
+                           sampler=SamplerSettings(burn_in=1, n_samples=1),
+                           outer=OuterSettings(eval_every=1))
     tuner.fit(X, y)
     assert is_regressor(tuner) and tuner.predict(X).shape[0] == 80
     assert np.isfinite(tuner.best_score_)
@@ -282,10 +330,10 @@ def test_regressor_takes_1d_y_like_a_column():
 
 def test_same_random_state_same_scores_and_different_differs(digits4):
     X, y = digits4
-    a = tiny_tuner(refit=False, temperature=1e-2).fit(X, y).cv_results_["mean_test_score"]
-    b = tiny_tuner(refit=False, temperature=1e-2).fit(X, y).cv_results_["mean_test_score"]
+    a = tiny_tuner(refit=False, sampler=dict(temperature=1e-2)).fit(X, y).cv_results_["mean_test_score"]
+    b = tiny_tuner(refit=False, sampler=dict(temperature=1e-2)).fit(X, y).cv_results_["mean_test_score"]
     np.testing.assert_array_equal(a, b)
-    losses = [tiny_tuner(refit=False, random_state=s, temperature=1e-2).fit(X, y).history_["outer_loss"].iloc[-1]
+    losses = [tiny_tuner(refit=False, random_state=s, sampler=dict(temperature=1e-2)).fit(X, y).history_["outer_loss"].iloc[-1]
               for s in (0, 1)]
     assert losses[0] != losses[1]
 
@@ -302,12 +350,13 @@ def test_callbacks_can_stop_and_verbose_shows_progress(digits4, capsys):
 
 
 @pytest.mark.parametrize("kwargs,error", [
-    ({"temperature": -1.0}, InvalidParameterError),
+    ({"sampler": {"temperature": -1.0}}, InvalidParameterError),
     ({"n_outer": 0}, InvalidParameterError),
-    ({"burn_in": -1}, InvalidParameterError),
-    ({"n_samples": 0}, InvalidParameterError),
+    ({"sampler": {"burn_in": -1}}, InvalidParameterError),
+    ({"sampler": {"n_samples": 0}}, InvalidParameterError),
     ({"cv": "five"}, InvalidParameterError),
-    ({"method": "grid"}, InvalidParameterError),
+    ({"sampler": {"method": "grid"}}, InvalidParameterError),
+    ({"outer": {"lr": 0.0}}, InvalidParameterError),
 ])
 def test_invalid_knobs_raise_sklearn_errors(digits4, kwargs, error):
     with pytest.raises(error):
@@ -353,8 +402,9 @@ def _one_step(digits4, init, method, options):
     anywhere): the step is minus the fold-mean hypergradient on the raw scale."""
     tuner = SGLDHyperTuner(tiny_classifier(batch_size=-1),
                            {"l1": PerWeightL1(init=init, granularity="global")}, n_outer=1,
-                           cv=2, random_state=0, refit=False, method=method,
-                           method_options=options, outer_optimizer="sgd", outer_lr=1.0)
+                           cv=2, random_state=0, refit=False,
+                           sampler=SamplerSettings(method=method, options=options),
+                           outer=OuterSettings(optimizer="sgd", lr=1.0))
     return tuner.fit(*digits4)
 
 
@@ -384,24 +434,24 @@ def test_unrolled_baselines_through_the_tuner_equal_finite_differences(digits4, 
 def test_implicit_baselines_run_through_the_tuner(digits4, method, options):
     # No exact truth at a non-stationary iterate: the IFT answer assumes one. Checked
     # against closed forms in tests/test_core.py; here the plumbing and that lam moved.
-    tuner = tiny_tuner(method=method, method_options=options, refit=False).fit(*digits4)
+    tuner = tiny_tuner(refit=False, sampler=dict(method=method, options=options)).fit(*digits4)
     assert np.isfinite(tuner.cv_results_["mean_test_score"]).all()
     assert (tuner.history_["hypergrad_norm"] > 0).all()
 
 
 def test_unknown_method_option_is_refused(digits4):
     with pytest.raises(ValueError, match="unknown method_options"):
-        tiny_tuner(method_options={"cg_steps": 3}).fit(*digits4)
+        tiny_tuner(sampler=dict(options={"cg_steps": 3})).fit(*digits4)
 
 
 def test_outer_minibatch_as_large_as_the_split_is_the_full_split_and_smaller_differs(digits4):
     """A batch of at least the validation rows is the whole split, exactly; a smaller one
     draws rows (from the fold's generator) and so gives another search."""
     full = tiny_tuner(refit=False).fit(*digits4)
-    whole = tiny_tuner(refit=False, outer_batch_size=len(digits4[0])).fit(*digits4)
+    whole = tiny_tuner(refit=False, sampler=dict(outer_batch_size=len(digits4[0]))).fit(*digits4)
     pd.testing.assert_frame_equal(whole.history_.drop(columns="time_s"),
                                   full.history_.drop(columns="time_s"))
-    mini = tiny_tuner(refit=False, outer_batch_size=16).fit(*digits4)
+    mini = tiny_tuner(refit=False, sampler=dict(outer_batch_size=16)).fit(*digits4)
     assert mini.history_["outer_loss"].iloc[-1] != full.history_["outer_loss"].iloc[-1]
 
 
@@ -551,7 +601,7 @@ class OwnLossNet(NeuralNetClassifier):
 def test_learned_net_says_when_it_takes_over_the_users_get_loss():
     """Issue 12 #3: the refit net keeps the user's class; where its own get_loss replaces
     the user's during training, a warning says so (none for a class without overrides)."""
-    from sgld_tuner.skorch_adapter import make_learned_net
+    from sgld_tuner.learned_net import make_learned_net
 
     with pytest.warns(UserWarning, match="overrides \\['get_loss'\\]"):
         learned = make_learned_net(OwnLossNet(TinyMLP), {"l1": PerWeightL1()}, {"l1": 0.0})
@@ -566,8 +616,8 @@ def test_each_kind_steps_at_outer_lr_times_its_natural_scale(digits4):
     at 10x, a log-scale penalty at 1x (the groups the outer optimizer steps with)."""
     from sgld_tuner.hyperparams import TaylorLoss
 
-    tuner = tiny_tuner(n_outer=1, refit=False, outer_optimizer="sgd", outer_lr=0.01,
-                       warm_start=True)
+    tuner = tiny_tuner(n_outer=1, refit=False, warm_start=True,
+                       outer=dict(optimizer="sgd", lr=0.01))
     tuner.hyperparams = {"l1": PerWeightL1(init=1e-3), "loss": TaylorLoss()}
     tuner.fit(*digits4)
     groups = tuner._search_state.optimizer_state["param_groups"]
@@ -577,9 +627,9 @@ def test_each_kind_steps_at_outer_lr_times_its_natural_scale(digits4):
 
 
 def test_a_search_saved_in_the_previous_format_resumes(digits4):
-    """A tuner pickled before warm_up, per-kind optimizer groups and the outer rows'
-    generator existed (no warm_up attribute, one optimizer group, one generator state per
-    fold) continues its search."""
+    """A tuner pickled before the settings were grouped, warm_up, per-kind optimizer
+    groups and the outer rows' generator existed (flat settings, no warm_up, one
+    optimizer group, one generator state per fold) continues its search."""
     import pickle
 
     from sgld_tuner.hyperparams import TaylorLoss
@@ -593,9 +643,13 @@ def test_a_search_saved_in_the_previous_format_resumes(digits4):
         {**saved["param_groups"][0],
          "params": [i for g in saved["param_groups"] for i in g["params"]]}]}
     state.generator_states = [chain for chain, _ in state.generator_states]
-    del tuner.__dict__["warm_up"]
+    flat = tuner.__dict__
+    for group in ("sampler", "outer", "schedule"):
+        del flat[group]
+    flat.update(burn_in=1, n_samples=1, temperature=1e-4, eval_every=1, outer_lr=0.05)
     old = pickle.loads(pickle.dumps(tuner))
-    assert old.warm_up == 0
+    assert old.sampler.burn_in == 1 and old.sampler.warm_up == 0
+    assert old.outer.eval_every == 1 and old.outer.lr_ramp == 0  # as it was fitted
     old.set_params(n_outer=3).fit(*digits4)
     assert list(old.history_["iteration"]) == [0, 1, 2]
     assert len(old._search_state.optimizer_state["param_groups"]) == 2
@@ -607,16 +661,17 @@ def test_outer_warmup_auto_ramps_the_first_steps_over_one_training_budget(digits
     the unramped one (the same first hypergradient: same seeds, same start)."""
     def first_move(outer_warmup):
         # n_outer=2 (the ramp is capped at n_outer); a callback stops after the first step
-        tuner = tiny_tuner(n_outer=2, refit=False, outer_optimizer="sgd", outer_lr=100.0,
-                           outer_warmup=outer_warmup, warm_start=True,
-                           callbacks=[lambda record: True])
+        tuner = tiny_tuner(n_outer=2, refit=False, warm_start=True,
+                           callbacks=[lambda record: True],
+                           outer=dict(optimizer="sgd", lr=100.0, lr_ramp=outer_warmup))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the callback's early stop
             tuner.fit(*digits4)
         assert len(tuner.history_) == 1
-        start = tuner._bound["l1"].from_public(1e-3, "cpu", torch.float32)
-        end = tuner._search_state.lam[0]
-        return (end - next(iter(start.values())).reshape(end.shape)).double()
+        from sgld_tuner.hyperparams.base import inv_softplus
+
+        end = tuner._search_state.lam[0]  # the first layer's raw strengths (softplus^-1)
+        return (end - inv_softplus(torch.tensor(1e-3)).expand(end.shape)).double()
 
     full, ramped = first_move(0), first_move("auto")
     assert full.abs().max() > 0
@@ -631,6 +686,8 @@ def test_outer_warmup_auto_ramps_the_first_steps_over_one_training_budget(digits
     ({"l1": PerWeightL1(init=1e-3)}, {"method": "rmd"}, "rmd")])
 def test_recursion_auto_resolves_by_kind_and_is_reported(digits4, hyperparams, options,
                                                          expected):
-    tuner = SGLDHyperTuner(tiny_classifier(), hyperparams, n_outer=1, burn_in=1, n_samples=1,
-                           cv=2, refit=False, random_state=0, **options).fit(*digits4)
+    tuner = SGLDHyperTuner(tiny_classifier(), hyperparams, n_outer=1, cv=2, refit=False,
+                           random_state=0,
+                           sampler=SamplerSettings(burn_in=1, n_samples=1, **options)
+                           ).fit(*digits4)
     assert tuner.recursion_ == expected

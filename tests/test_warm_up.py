@@ -51,8 +51,8 @@ def test_epochs_warm_up_runs_the_nets_budget_before_the_first_scored_point(digit
     32 (3 batches), so the chain holds 6 * 3 warm-up steps plus the search's; the first
     scored point is then a trained net (its validation loss is below the cold chain's)."""
     net = tiny_classifier(max_epochs=6)
-    warm = tiny_tuner(net, n_outer=2, warm_up="epochs", warm_start=True,
-                      refit=False).fit(*digits)
+    warm = tiny_tuner(net, n_outer=2, warm_start=True, refit=False,
+                      sampler=dict(warm_up="epochs")).fit(*digits)
     cold = tiny_tuner(net, n_outer=2, refit=False).fit(*digits)
     assert all(c.n_steps == 6 * 3 + 2 * 2 for c in warm._search_state.chain_states)
     assert warm.history_["outer_loss"].iloc[0] < cold.history_["outer_loss"].iloc[0]
@@ -60,7 +60,7 @@ def test_epochs_warm_up_runs_the_nets_budget_before_the_first_scored_point(digit
 
 
 def test_warm_up_steps_are_counted_in_the_chain(digits):
-    tuner = tiny_tuner(n_outer=2, warm_up=7, warm_start=True, refit=False).fit(*digits)
+    tuner = tiny_tuner(n_outer=2, warm_start=True, refit=False, sampler=dict(warm_up=7)).fit(*digits)
     assert all(c.n_steps == 7 + 2 * 2 for c in tuner._search_state.chain_states)
     # a resumed search does not warm up again
     tuner.set_params(n_outer=3).fit(*digits)
@@ -69,10 +69,10 @@ def test_warm_up_steps_are_counted_in_the_chain(digits):
 
 def test_warm_up_true_is_not_one_step(digits):
     with pytest.raises(ValueError, match="warm_up"):
-        tiny_tuner(warm_up=True).fit(*digits)
+        tiny_tuner(sampler=dict(warm_up=True)).fit(*digits)
 
 
 @pytest.mark.parametrize("params", [{"method": "rmd"}, {"chain": "restart"}])
 def test_warm_up_with_a_method_that_has_no_chain_fails_naming_the_fix(digits, params):
     with pytest.raises(ValueError, match="warm_up=0"):
-        tiny_tuner(warm_up=5, **params).fit(*digits)
+        tiny_tuner(sampler=dict(warm_up=5, **params)).fit(*digits)

@@ -20,6 +20,7 @@ import copy
 import math
 import os
 import signal
+from contextlib import contextmanager
 import sys
 import threading
 import time
@@ -395,17 +396,32 @@ class TailAverage(Listener):
         return [(a / self.count).to(t.dtype) for a, t in zip(self.total, like)]
 
 
-class _InterruptGate:
+class InterruptGate:
     """SIGINT raises ``KeyboardInterrupt`` only while the gate is open; while closed (a
     checkpoint, a rollback, a commit) it is held and raised when the gate opens again.
 
     Installed for a run in the main thread over a callable SIGINT handler, which it
     calls (with the frame the signal landed in) in its place; elsewhere (another
     thread, SIGINT ignored) it installs nothing and ``open``/``close`` only keep the flag.
+    ``seen`` counts the signals that arrived, so that a caller can tell a run that a
+    library swallowed the ``KeyboardInterrupt`` of (skorch's ``fit`` does) from one
+    that ended by itself: :meth:`watch`.
     """
 
     def __init__(self):
-        self.is_open, self.held, self.previous = True, None, None
+        self.is_open, self.held, self.previous, self.seen = True, None, None, 0
+
+    @classmethod
+    @contextmanager
+    def watch(cls):
+        """Run the block with a gate installed (always open); yields the gate, whose
+        ``seen`` says afterwards whether a Ctrl-C arrived."""
+        gate = cls()
+        gate.install()
+        try:
+            yield gate
+        finally:
+            gate.uninstall()
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -421,6 +437,7 @@ class _InterruptGate:
             self.previous = None
 
     def _handler(self, signum, frame):
+        self.seen += 1
         if not self.is_open:
             self.held = (signum, frame)
             return
@@ -437,6 +454,7 @@ class _InterruptGate:
         self.is_open = True
         if self.held is not None:
             held, self.held = self.held, None
+            self.seen -= 1  # counted when it was held
             self._handler(*held)
 
 
@@ -496,7 +514,7 @@ class OuterLoop:
         self.project, self.on_interrupt = project, on_interrupt
         self.records = records if records is not None else []
         self.stop_reason, self.failed = None, False
-        self._started, self._pending, self._gate = None, [], _InterruptGate()
+        self._started, self._pending, self._gate = None, [], InterruptGate()
 
     # ------------------------------------------------------------- for listeners
     def stop(self, reason: str, failed: bool = False) -> None:
@@ -605,5 +623,5 @@ class OuterLoop:
 
 __all__ = ["OuterLoop", "OracleResult", "Listener", "NonFinitePolicy", "StopOnNonFinite",
            "RollbackOnNonFinite", "ProgressBar", "Timeout", "Callbacks", "TailAverage",
-           "make_outer_optimizer",
+           "make_outer_optimizer", "InterruptGate",
            "all_finite", "warn_at_caller"]

@@ -212,6 +212,7 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
     ``state`` (the chain's weights and the strategy's own state) is updated in place.
     """
     depends = problem.start_depends_on_lam
+    versions = state.tensor_versions()
     theta_start = chain_start(problem, lam, state, settings)
     settings, guard, push = _curvature_guard(problem, lam, theta_start, settings, depends)
     # Chains stacked along dim 0, one generator each: the strategy reduces per chain.
@@ -249,6 +250,7 @@ def sgld_hypergrad(problem: BilevelProblem, lam: list[torch.Tensor], state: Chai
             if samples is not None:
                 samples.append([t.detach().clone() for t in theta])
 
+    ChainState.check_untouched(versions)
     state.theta = [t.detach() for t in theta]
     state.n_steps += settings.burn_in + settings.n_samples
     state.recursion = recursion.end()
@@ -280,6 +282,7 @@ def advance_chain(problem: BilevelProblem, lam: list[torch.Tensor], state: Chain
         raise ValueError("a warm-up needs a persistent chain whose start does not "
                          "depend on lam")
     lam = [t.detach() for t in lam]
+    versions = state.tensor_versions()
     theta = [t.detach().requires_grad_(True)
              for t in chain_start(problem, lam, state, settings)]
     sampler = make_sampler(settings)
@@ -288,6 +291,7 @@ def advance_chain(problem: BilevelProblem, lam: list[torch.Tensor], state: Chain
         _, _, grad, _ = _inner_gradient(problem, lam, theta, want_lam=False,
                                         create_graph=False, whole_value=False)
         theta = [t.requires_grad_(True) for t in sampler.step(theta, grad, generator)]
+    ChainState.check_untouched(versions)
     state.theta = [t.detach() for t in theta]
     state.n_steps += n_steps
     state.sampler = sampler.state()

@@ -221,6 +221,41 @@ class ChainState:
     def reset(self) -> None:
         self.theta, self.recursion, self.sampler, self.n_steps = None, None, None, 0
 
+    # -- the rollback invariant ---------------------------------------------------------
+    # A step replaces the state's fields with new tensors and never writes into the
+    # tensors it was given: a rollback's shallow copy of the state then stays valid.
+    # Torch counts in-place writes per tensor (``_version``); the chain loop compares the
+    # counts before and after and names the culprit.
+    def tensor_versions(self) -> list:
+        """``(where, tensor, version)`` of every tensor the state holds."""
+        found = []
+
+        def walk(where, value):
+            if isinstance(value, torch.Tensor):
+                found.append((where, value, value._version))
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{where}[{k!r}]", v)
+            elif isinstance(value, (list, tuple)):
+                for i, v in enumerate(value):
+                    walk(f"{where}[{i}]", v)
+
+        walk("theta", self.theta)
+        walk("sampler", self.sampler)
+        if self.recursion is not None:
+            walk(f"recursion {self.recursion.name!r}", getattr(self.recursion, "tensors", None))
+        return found
+
+    @staticmethod
+    def check_untouched(versions: list) -> None:
+        """Raise if a tensor of :meth:`tensor_versions` was written in place since."""
+        touched = [where for where, t, version in versions if t._version != version]
+        if touched:
+            raise RuntimeError(
+                f"the chain state's {touched[:3]} were modified in place during a step: a "
+                "strategy or sampler must replace the state's tensors, never write into "
+                "them, or a rollback (divergence, Ctrl-C) restores corrupted values")
+
     def copy(self) -> "ChainState":
         """An independent copy (the chain, the strategy and the sampler state alike)."""
         def clone(value):

@@ -90,6 +90,10 @@ class Recursion:
     needs_outer_value = False
     #: curvature refresh period when ``curvature_every`` is None (None: once per outer iteration)
     default_refresh: int | None = None
+    #: its arithmetic is per weight, or reduces per slice (:attr:`slices`), so ``K``
+    #: chains stacked along dim 0 give each chain what it gets alone (the tuner's
+    #: stacked folds run only such strategies)
+    stackable = False
     #: ``K`` when the chain is ``K`` chains stacked along dim 0 of every leaf (the tuner's
     #: stacked folds): what a strategy reduces over the whole chain it then reduces per
     #: slice. ``None``: one chain.
@@ -159,6 +163,7 @@ class PaperRecursion(Recursion):
 
     name = "paper"
     accepts_lam_start = True
+    stackable = True
     start_needs_hessian = True
 
     def update(self, step):
@@ -218,6 +223,7 @@ class TrackedRecursion(Recursion):
     """
 
     name = "tracked"
+    stackable = True
     #: every 5th step: the search gained as much over its no-search control as with the
     #: adjoint stepped every step, at 0.5-0.6x the CPU per inner step
     #: (``benchmarks/results/search_effect_curvature_every.md``, ``docs/performance.md``)
@@ -374,15 +380,26 @@ RECURSIONS = {cls.name: cls for cls in (PaperRecursion, DampedRecursion, Tracked
 #: what ``recursion="auto"`` (the default) resolves to; chosen by
 #: ``benchmarks/hypergrad_quality.py`` (see ``docs/bias.md``)
 DEFAULT_RECURSION = "tracked"
-#: ... and for a lam-dependent (MAML-type) start, which the adjoint cannot take
+#: ... for a lam-dependent (MAML-type) start, which the adjoint cannot take, and for a
+#: training loss the hyperparameters rewrite (a learned loss need not have a minimum
+#: nor a positive Hessian, which the adjoint's implicit-function form assumes;
+#: ``docs/bias.md``)
 DEFAULT_LAM_START_RECURSION = "damped"
 
 
-def resolve_recursion(name: str, start_depends_on_lam: bool) -> str:
-    """The strategy ``"auto"`` stands for in this situation; other names pass through."""
+def resolve_recursion(name: str, start_depends_on_lam: bool,
+                      rewrites_loss: bool = False) -> str:
+    """The strategy ``"auto"`` stands for in this situation; other names pass through.
+
+    The one place ``"auto"`` is resolved: :func:`make_recursion` for the core's own
+    callers, and the tuner once per fit (``rewrites_loss``: a hyperparameter kind
+    rewrites the per-sample training loss, e.g. ``TaylorLoss``).
+    """
     if name != "auto":
         return name
-    return DEFAULT_LAM_START_RECURSION if start_depends_on_lam else DEFAULT_RECURSION
+    if start_depends_on_lam or rewrites_loss:
+        return DEFAULT_LAM_START_RECURSION
+    return DEFAULT_RECURSION
 
 
 def make_recursion(settings, lam, *, start_depends_on_lam: bool,

@@ -261,18 +261,33 @@ class BoundHyperparameter(abc.ABC):
     modifies_loss : bool, class attribute
         The kind rewrites the per-sample training loss. Set automatically to whether the
         class overrides :meth:`per_sample_loss`; the adapter calls that hook only then.
+    reweights_rows : bool, class attribute
+        The kind weighs the training rows (:meth:`class_weights` or
+        :meth:`sample_weights`). Set automatically to whether the class overrides either.
+    adds_inner_penalty : bool, class attribute
+        The kind adds a penalty to the training loss (:meth:`inner_penalty`). Set
+        automatically to whether the class overrides it.
     """
 
     closed_form_mixed = False
     closed_form_penalty = False
     needs_calibration = False
     modifies_loss = False
+    reweights_rows = False
+    adds_inner_penalty = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         _reject_private_hooks(cls)
+        # Capabilities a subclass does not declare follow from the hooks it overrides.
+        base = BoundHyperparameter
         if "modifies_loss" not in cls.__dict__:
-            cls.modifies_loss = cls.per_sample_loss is not BoundHyperparameter.per_sample_loss
+            cls.modifies_loss = cls.per_sample_loss is not base.per_sample_loss
+        if "reweights_rows" not in cls.__dict__:
+            cls.reweights_rows = (cls.class_weights is not base.class_weights
+                                  or cls.sample_weights is not base.sample_weights)
+        if "adds_inner_penalty" not in cls.__dict__:
+            cls.adds_inner_penalty = cls.inner_penalty is not base.inner_penalty
 
     def __init__(self, spec: Hyperparameter, name_targets: list[str]):
         self.spec = spec

@@ -33,15 +33,14 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
-from .core import _tree
-from .core.hypergrad import advance_chain, sgld_hypergrad
-from .core.problem import BilevelProblem, ChainState, InnerSettings, SeparablePenalty
-from .core.recursions import RecursionState, resolve_recursion
-from .core.sgld import SliceGenerators
-from .hyperparams.base import BoundHyperparameter
-from .optimizers import with_weight_decay
-from .skorch_adapter import (NetProblem, _average_replicas, _first_output, _training_loss,
-                             _transform, OUTER_BATCH)
+from ..core import _tree
+from ..core.hypergrad import advance_chain, sgld_hypergrad
+from ..core.problem import BilevelProblem, ChainState, InnerSettings, SeparablePenalty
+from ..core.recursions import RECURSIONS, RecursionState, resolve_recursion
+from ..core.sgld import SliceGenerators
+from ..objective import average_replicas, first_output
+from ..optimizers import with_weight_decay
+from ..skorch_adapter import OUTER_CHUNK, NetProblem
 
 #: ``batch_folds="auto"`` stacks the folds up to this many weights per net
 #: (``benchmarks/fold_batching.py``: stacking won by 1.2-1.4x at 19k weights, tied or
@@ -119,7 +118,7 @@ class FoldBatch:
         self.problems = problems
         self.template = problems[0].module
         self.theta_spec = bilevels[0].theta_spec
-        self.closed = problems[0]._closed_form_names
+        self.closed = problems[0].objective.closed_form_names
         self.lam_spec = bilevels[0].lam_spec
         penalties = [b.penalty for b in bilevels]
         self._mixed = [b.mixed_vjp for b in bilevels]
@@ -137,8 +136,7 @@ class FoldBatch:
                  len({_rows(p.X_val.shape[0], p.outer_batch_size) for p in problems}) == 1]
         self.pooled_outer = per_row and equal[1]
         self.pooled_inner = per_row and equal[0] and all(
-            _weighs_nothing(name, b, self.closed) for p in problems
-            for name, b in p.bound.items())
+            p.objective.plain_mean for p in problems)
 
     def hypergradient(self, states: list[ChainState], lam, settings: InnerSettings):
         """One hypergradient of the stacked chain from the folds' ``states``: the result
@@ -189,7 +187,7 @@ class FoldBatch:
             return None
         shapes = [[tuple(t.shape) for t in b.theta0_leaves] for b in bilevels]
         if (any(s != shapes[0] for s in shapes)
-                or any(_rows(p.X_val.shape[0], p.outer_batch_size) > OUTER_BATCH
+                or any(_rows(p.X_val.shape[0], p.outer_batch_size) > OUTER_CHUNK
                        for p in problems)
                 or any(p._tied or list(p.module.buffers()) for p in problems)
                 or any(b.start_depends_on_lam for b in bilevels)):
@@ -214,16 +212,14 @@ class FoldBatch:
         """Sum over folds of each fold's training loss on its own minibatch."""
         batches = []
         for p in self.problems:
-            idx = p._draw_rows()
-            X, y, rows = ((p.X_train, p.y_train, p.train_rows) if idx is None else
-                          (p.X_train[idx], p.y_train[idx], p.train_rows[idx]))
-            batches.append((_transform(p.bound, lam, X, p.generator), y, rows, X.shape[0]))
+            X, y, rows = p.training_batch()
+            batches.append((p.objective.transform(lam, X, p.generator), y, rows, X.shape[0]))
         _set_mode(self.template, True)
         out = self._stacked_forward(theta, [b[0] for b in batches])
         if self.pooled_inner:
             return self._pooled_mean(out, [b[1] for b in batches], batches[0][3])
-        return sum(_training_loss(p.crit, p.bound, lam, _average_replicas(o, n), y, rows, th,
-                                  self.closed)
+        return sum(p.objective.training_loss(lam, average_replicas(o, n), y, rows, th,
+                                             self.closed)
                    for p, (_, y, rows, n), th, o in zip(self.problems, batches, _slices(theta),
                                                         out))
 
@@ -233,34 +229,25 @@ class FoldBatch:
         if isinstance(outs, torch.Tensor) and outs.shape[1] == n:
             rows = outs.reshape(-1, *outs.shape[2:])
         else:
-            rows = torch.cat([_average_replicas(o, n) for o in outs])
-        return len(ys) * self.problems[0].crit.mean(rows, torch.cat(ys))
+            rows = torch.cat([average_replicas(o, n) for o in outs])
+        return len(ys) * self.problems[0].objective.validation_loss(rows, torch.cat(ys))
 
     def outer_loss(self, lam, theta):
         """Sum over folds of each fold's outer loss on its own validation rows."""
         batches = []
         for p in self.problems:
-            X, y = p.X_val, p.y_val
-            if p.outer_batch_size is not None:
-                idx = p._draw_rows(X.shape[0], p.outer_batch_size, p.outer_generator)
-                X, y = X[idx], y[idx]
-            if p.augment_outer:
-                X_in = _transform(p.bound, lam, X, p.outer_generator)
-            else:
-                X_in = X
+            X, y = p.validation_batch()
+            X_in = p.objective.transform(lam, X, p.outer_generator) if p.augment_outer else X
             batches.append((X_in, y, X.shape[0]))
         _set_mode(self.template, False)
         out = self._stacked_forward(theta, [b[0] for b in batches])
         if self.pooled_outer:
             total = self._pooled_mean(out, [b[1] for b in batches], batches[0][2])
         else:
-            total = sum(p.crit.mean(_average_replicas(o, n), y)
+            total = sum(p.objective.validation_loss(average_replicas(o, n), y)
                         for p, (_, y, n), o in zip(self.problems, batches, out))
         for p in self.problems:
-            for name, b in p.bound.items():
-                pen = b.outer_penalty(lam[name])
-                if pen is not None:
-                    total = total + pen
+            total = p.objective.validation_objective(total, lam)
         return total
 
     # -- state in and out -------------------------------------------------------------------
@@ -344,15 +331,6 @@ def _per_row_mean(criterion) -> bool:
             and getattr(criterion, "weight", None) is None)
 
 
-def _weighs_nothing(name, bound, closed) -> bool:
-    """Whether the kind leaves the training loss the criterion's plain mean (penalties
-    with closed forms are added apart)."""
-    cls, base = type(bound), BoundHyperparameter
-    return (not bound.modifies_loss and cls.class_weights is base.class_weights
-            and cls.sample_weights is base.sample_weights
-            and (name in closed or cls.inner_penalty is base.inner_penalty))
-
-
 def _padded(Xs: list, n: int) -> list:
     """Each ``X`` with zero rows appended up to ``n`` rows."""
     return [x if x.shape[0] == n else torch.cat([x, x.new_zeros(n - x.shape[0], *x.shape[1:])])
@@ -366,12 +344,12 @@ def _set_mode(module, training: bool) -> None:
 
 
 def _settings_allow(settings: InnerSettings) -> bool:
-    """Whether the chain's arithmetic is per weight or per chain (the tracked adjoint's
-    safeguard reduces per slice); the damped recursion's rho and the curvature guard
-    reduce over the whole chain."""
-    recursion = resolve_recursion(settings.recursion, start_depends_on_lam=False)
+    """Whether the chain's arithmetic is per weight or per chain: a persistent SGLD
+    chain whose recursion declares it can run stacked (:attr:`Recursion.stackable`),
+    without the curvature guard, which reduces over the whole chain."""
+    recursion = RECURSIONS.get(resolve_recursion(settings.recursion, False))
     return (settings.method == "sgld" and settings.chain == "persistent"
-            and recursion in ("tracked", "paper")
+            and recursion is not None and recursion.stackable
             and settings.curvature_bound in (None, float("inf"))
             and not settings.keep_samples)
 
@@ -409,7 +387,7 @@ def _stacked_forward(module, theta, X):
     returns ``(K, rows, ...)``."""
     k, n = X.shape[0], X.shape[1]
     with _BatchedLinear():
-        out = _first_output(functional_call(module, theta, (X.reshape(k * n, *X.shape[2:]),),
+        out = first_output(functional_call(module, theta, (X.reshape(k * n, *X.shape[2:]),),
                                             tie_weights=False))
     return out.reshape(k, n, *out.shape[1:])
 
@@ -441,7 +419,7 @@ def _stacking_probe(problem: NetProblem) -> bool:
                 out = _stacked_forward(module, stacked, Xs)
                 changed = any(not torch.equal(a, b)
                               for a, b in zip(before, _rng_states(X.device)))
-                alone = [_first_output(functional_call(module, w, (x,)))
+                alone = [first_output(functional_call(module, w, (x,)))
                          for w, x in ((params, Xs[0]), (other, Xs[1]))]
                 # rows must not interact: padding rows leave the others' outputs alone
                 padded = _stacked_forward(module, stacked, torch.stack(_padded(Xs, 5)))

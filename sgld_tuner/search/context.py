@@ -1,0 +1,194 @@
+"""What one ``fit`` searches with, built once: data, folds, net factory, scorers, settings.
+
+:class:`FitContext` is the seam between the scikit-learn plumbing (``SGLDHyperTuner``
+validates and builds it) and the search (lanes and schedules read it). It never changes
+during a fit, except :attr:`FitContext.recursion`, resolved once from the bound kinds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.base import clone
+from sklearn.pipeline import Pipeline
+from sklearn.utils import _safe_indexing
+
+from ..core import ChainState, InnerSettings, make_generator
+from ..core.recursions import resolve_recursion
+from ..learned_net import make_learned_net
+from ..optimizers import chain_dynamics, net_weight_decay
+from ..skorch_adapter import ModuleRNG, NetProblem
+from .chains import FoldChain
+from .settings import OuterSettings, SamplerSettings
+
+# InnerSettings fields the sampler's own fields set (and keep_samples: the search keeps
+# no samples); every other field is a valid ``SamplerSettings.options`` key.
+SET_BY_SAMPLER = ("method", "inner_lr", "burn_in", "n_samples", "temperature",
+                  "noise_scale", "chain", "recursion", "keep_samples")
+
+
+def derived_seed(seed) -> int:
+    """Seed of one of a fold's side streams (dropout; outer-loss rows), derived from
+    its seeds without drawing from any generator (so the chain's stream is unaffected)."""
+    return int(np.random.SeedSequence([int(v) for v in seed]).generate_state(1)[0])
+
+
+def net_input(X, ids: bool = False) -> np.ndarray:
+    """A Pipeline's transformed rows as the net takes them: dense float32 (int64 when
+    they are token ids for a module with an embedding)."""
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    return np.ascontiguousarray(X, dtype=np.int64 if ids else np.float32)
+
+
+@dataclass
+class FitContext:
+    """Everything a search reads, built once per ``fit``.
+
+    ``X`` and ``y`` are validated (``y`` holds class codes ``0..C-1`` for classifiers,
+    ``classes`` their labels); ``keeps_ids(X)`` says whether integer rows stay token ids.
+    """
+
+    estimator: object
+    hyperparams: dict
+    X: object
+    y: np.ndarray
+    classes: np.ndarray | None
+    net_takes_classes: bool
+    sampler: SamplerSettings
+    outer: OuterSettings
+    n_outer: int
+    scorers: dict
+    best_key: str
+    multimetric: bool
+    keeps_ids: Callable
+    n_jobs: int | None = None
+    error_score: object = np.nan
+    return_train_score: bool = False
+    verbose: int = 0
+    callbacks: list = field(default_factory=list)
+    recursion: str = "auto"
+    callback_errors: list = field(default_factory=list)
+
+    @property
+    def is_pipeline(self) -> bool:
+        return isinstance(self.estimator, Pipeline)
+
+    @property
+    def net(self):
+        """The skorch net: ``estimator`` itself, or the last step of a ``Pipeline``."""
+        return self.estimator.steps[-1][1] if self.is_pipeline else self.estimator
+
+    def labels(self, codes):
+        """Original class labels of codes ``0..C-1`` (classifiers); ``codes`` otherwise."""
+        return self.classes[codes] if self.classes is not None else codes
+
+    def lane_net(self, net_params: dict | None = None):
+        """The user's net with a lane's ``net_params`` (e.g. ``{"lr": 0.3}``) set."""
+        net = self.net
+        return net if not net_params else clone(net).set_params(**net_params)
+
+    def inner_settings(self, inner_lr_scale: float = 1.0,
+                       net_params: dict | None = None) -> InnerSettings:
+        """The chains' settings; the inner step defaults to the lane's net's ``lr``."""
+        sampler, net = self.sampler, self.lane_net(net_params)
+        inner_lr = sampler.inner_lr if sampler.inner_lr is not None else net.get_params()["lr"]
+        # The chains train like the net: its optimizer picks the sampler (options may
+        # still override it).
+        dynamics, _ = chain_dynamics(net)
+        options = {**dynamics, **InnerSettings.check_options(sampler.options, SET_BY_SAMPLER)}
+        return InnerSettings(method=sampler.method, inner_lr=float(inner_lr) * inner_lr_scale,
+                             burn_in=sampler.burn_in, n_samples=sampler.n_samples,
+                             temperature=sampler.temperature, noise_scale=sampler.noise_scale,
+                             chain=sampler.chain, recursion=self.recursion,
+                             **options).validate()
+
+    def resolve_recursion(self, fold: FoldChain) -> None:
+        """Resolve ``recursion="auto"`` once, from the kinds bound to the first fold."""
+        rewrites = any(b.modifies_loss for b in fold.problem.bound.values())
+        self.recursion = resolve_recursion(self.sampler.recursion, False, rewrites)
+
+    def make_fold(self, train, val, seed, net_params: dict | None = None) -> FoldChain:
+        """One fold's chain: a seeded net, the rows it sees, its losses and streams."""
+        # The user's class with learned-net plumbing and no hyperparameters: it predicts
+        # the original labels, one probability column per class, so that scorers see
+        # what GridSearchCV's would (the chains train on codes 0..C-1).
+        net = make_learned_net(self.lane_net(net_params), {}, {})
+        overrides, n_classes = {"verbose": 0}, None
+        if self.classes is not None and self.net_takes_classes:
+            overrides["classes"] = list(self.classes)
+            n_classes = len(self.classes)
+        net.set_params(**overrides)
+        X_train, X_val, net_train, net_val, scored = self._fold_inputs(train, val, net)
+        device = getattr(net, "device", "cpu") or "cpu"
+        generator = make_generator(int(seed[1]), device)
+        # The paper transforms validation images too when learning invariances.
+        augments = any(h.transforms_validation_inputs for h in self.hyperparams.values())
+        batch_size = self.sampler.batch_size if self.sampler.batch_size is not None \
+            else net.batch_size
+        y = self.y
+        # skorch initialises the module from torch's global RNG (lazy modules only on the
+        # first forward, inside NetProblem): seed it without disturbing the caller's stream.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed[0]))
+            net.initialize()
+            problem = NetProblem(net, self.hyperparams, net_train, y[train], net_val, y[val],
+                                 train_rows=np.asarray(train), n_train_total=len(y),
+                                 batch_size=batch_size, generator=generator,
+                                 augment_outer=augments, n_classes=n_classes,
+                                 outer_batch_size=self.sampler.outer_batch_size,
+                                 module_rng=ModuleRNG(derived_seed(seed), device),
+                                 outer_generator=make_generator(derived_seed((*seed, 1)),
+                                                                device))
+        # The net's own optimizer__weight_decay stays in the chain's training loss.
+        bilevel = problem.bilevel(weight_decay=net_weight_decay(net))
+        keep_train = self.return_train_score
+        # One training run of the net on this fold: max_epochs passes in batches.
+        budget = int(net.max_epochs) * math.ceil(len(train) / problem.batch_size)
+        return FoldChain(net=net, problem=problem, bilevel=bilevel, state=ChainState(),
+                         generator=generator, X_val=X_val, y_val=self.labels(y[val]),
+                         scored=scored, X_train=X_train if keep_train else None,
+                         y_train=self.labels(y[train]) if keep_train else None,
+                         start_loss=problem.start_loss(),
+                         warm_up_steps=self._warm_up_steps(budget), budget_steps=budget)
+
+    def _warm_up_steps(self, budget: int) -> int:
+        """``warm_up`` in inner steps for a fold whose net trains ``budget`` steps."""
+        warm_up = self.sampler.warm_up
+        if not warm_up:
+            return 0
+        return budget if warm_up == "epochs" else int(warm_up)
+
+    def lr_ramp_iterations(self, folds, settings: InnerSettings) -> int:
+        """``outer.lr_ramp`` in outer iterations (``"auto"``: until the chains have run
+        one training budget of the net, at most ``n_outer``)."""
+        if self.outer.lr_ramp != "auto":
+            return int(self.outer.lr_ramp)
+        budget = max(fold.budget_steps for fold in folds)
+        return min(self.n_outer, math.ceil(budget / max(1, settings.steps)))
+
+    def _fold_inputs(self, train, val, net):
+        """The fold's rows as given and as the net sees them, and what scorers see.
+
+        For a ``Pipeline``, a clone of its preprocessing steps is fit on the fold's
+        training rows only and transforms both splits, as in
+        ``GridSearchCV(Pipeline(...))``; the scorers see that fitted preprocessing
+        followed by the fold's net.
+
+        Returns
+        -------
+        X_train, X_val, net_train, net_val, scored
+        """
+        X_train, X_val = _safe_indexing(self.X, train), _safe_indexing(self.X, val)
+        if not self.is_pipeline:
+            return X_train, X_val, X_train, X_val, net
+        preprocess = clone(self.estimator[:-1])
+        net_train = preprocess.fit_transform(X_train, self.labels(self.y[train]))
+        net_val = preprocess.transform(X_val)
+        net_train = net_input(net_train, self.keeps_ids(net_train))
+        net_val = net_input(net_val, self.keeps_ids(net_val))
+        scored = Pipeline([*preprocess.steps, (self.estimator.steps[-1][0], net)])
+        return X_train, X_val, net_train, net_val, scored

@@ -1,0 +1,193 @@
+"""The search's settings, grouped: the chains' (:class:`SamplerSettings`) and the outer
+loop's (:class:`OuterSettings`).
+
+Each group is a small scikit-learn estimator-like object: its fields are reachable from
+the tuner by ``get_params(deep=True)`` and ``set_params(sampler__temperature=...)``, so
+``GridSearchCV`` can search over them, and ``clone`` copies them.
+"""
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+
+from ..core import METHODS, InnerSettings
+from ..core.recursions import RECURSIONS
+
+
+def _rule(name: str) -> Interval:
+    """scikit-learn's constraint for an inner setting, from its one rule in
+    :attr:`InnerSettings.BOUNDS <sgld_tuner.core.problem.InnerSettings.BOUNDS>`."""
+    kind, low, high, closed = InnerSettings.BOUNDS[name]
+    return Interval(kind, low, high, closed=closed)
+
+
+class _Group(BaseEstimator):
+    """A group of settings: validated by :meth:`check`, never fitted."""
+
+    def check(self) -> "_Group":
+        """Validate every field against its constraint; returns ``self``."""
+        self._validate_params()
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        return tags
+
+
+class SamplerSettings(_Group):
+    """How each fold's chain samples the net's weights (HPO-SGLD's inner loop).
+
+    Parameters
+    ----------
+    burn_in, n_samples : int, default=5, 5
+        SGLD steps per outer iteration discarded (``B``) and averaged (``M``).
+    temperature : float, default=1e-4
+        ``tau`` of ``p(theta | lam) ∝ exp(-L_T / tau)``.
+    noise_scale : float, default=1.0
+        ``kappa``: noise std per step is ``sqrt(2 * inner_lr * tau) * kappa``.
+    inner_lr : float, optional
+        Inner step size; defaults to the net's ``lr``.
+    batch_size : int, optional
+        Inner minibatch size; defaults to the net's ``batch_size`` (-1: full batch).
+    method : {"sgld", "rmd", "rmd-fo", "fmd", "ift-cg", "ift-neumann"}, default="sgld"
+        HPO-SGLD, or one of the classic baselines.
+    recursion : {"auto", "tracked", "damped", "paper", "gibbs"}, default="auto"
+        The hypergradient strategy along each fold's chain. ``"auto"`` is ``"tracked"``
+        (an adjoint tracked along the chain, chosen by measurement against exact
+        references: ``docs/bias.md``), or ``"damped"`` when a kind rewrites the training
+        loss itself (``TaylorLoss``: a learned loss need not have a minimum, which the
+        adjoint assumes). ``"paper"`` is eq. 22 as published.
+    chain : {"persistent", "restart"}, default="persistent"
+        Whether an outer iteration continues each fold's chain or restarts it.
+    warm_up : int or "epochs", default=0
+        Inner steps each fold's chain runs at the initial values before the first outer
+        step. ``"epochs"``: the net's own budget (``max_epochs`` passes over the fold's
+        training rows), so that the first scored point is a net trained as the refit
+        will be. Only for the persistent SGLD chain.
+    outer_batch_size : int or None, default=128
+        Validation rows per evaluation of the outer loss inside the chain (drawn anew
+        each step); ``None`` uses the whole split at every step. Scoring for
+        ``cv_results_`` always uses the whole split (``docs/performance.md``).
+    batch_folds : "auto" or bool, default="auto"
+        Run the folds' chains as one computation over stacked weights
+        (:mod:`sgld_tuner.search.stacked`), only where that equals the folds one by one
+        (a recursion that declares itself stackable, a module without buffers, tied
+        weights or random layers). ``"auto"``: when ``n_jobs`` is None or 1 and the net
+        has at most ``sgld_tuner.search.stacked.AUTO_MAX_WEIGHTS`` weights.
+    options : dict, optional
+        Further fields of :class:`~sgld_tuner.core.InnerSettings`: the baselines'
+        ``n_inner``, ``cg_iters``, ``cg_damping``, ``neumann_iters``, ``neumann_alpha``;
+        ``curvature_every`` of the tracked and damped recursions; ``sampler``,
+        ``momentum``, ``beta2``, ``precond_eps`` (by default from the net's optimizer).
+    """
+
+    _parameter_constraints: dict = {
+        "burn_in": [_rule("burn_in")],
+        "n_samples": [_rule("n_samples")],
+        "temperature": [_rule("temperature")],
+        "noise_scale": [_rule("noise_scale")],
+        "inner_lr": [_rule("inner_lr"), None],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1}), None],
+        "method": [StrOptions(set(METHODS))],
+        "recursion": [StrOptions({"auto", *RECURSIONS})],
+        "chain": [StrOptions({"persistent", "restart"})],
+        "warm_up": [Interval(Integral, 0, None, closed="left"), StrOptions({"epochs"})],
+        "outer_batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "batch_folds": [StrOptions({"auto"}), "boolean"],
+        "options": [dict, None],
+    }
+
+    def __init__(self, burn_in=5, n_samples=5, temperature=1e-4, noise_scale=1.0,
+                 inner_lr=None, batch_size=None, method="sgld", recursion="auto",
+                 chain="persistent", warm_up=0, outer_batch_size=128, batch_folds="auto",
+                 options=None):
+        self.burn_in = burn_in
+        self.n_samples = n_samples
+        self.temperature = temperature
+        self.noise_scale = noise_scale
+        self.inner_lr = inner_lr
+        self.batch_size = batch_size
+        self.method = method
+        self.recursion = recursion
+        self.chain = chain
+        self.warm_up = warm_up
+        self.outer_batch_size = outer_batch_size
+        self.batch_folds = batch_folds
+        self.options = options
+
+    def check(self) -> "SamplerSettings":
+        super().check()
+        if isinstance(self.warm_up, bool):
+            raise ValueError(f"warm_up must be an int >= 0 or 'epochs', got {self.warm_up!r}")
+        if self.warm_up and (self.method != "sgld" or self.chain != "persistent"):
+            raise ValueError(f"warm_up={self.warm_up!r} needs method='sgld' with "
+                             f"chain='persistent' (got method={self.method!r}, "
+                             f"chain={self.chain!r}); set warm_up=0")
+        return self
+
+
+class OuterSettings(_Group):
+    """How the hyperparameters move (HPO-SGLD's outer loop) and when points are scored.
+
+    Parameters
+    ----------
+    lr : float, default=0.05
+        Step size of the outer optimizer on the unconstrained hyperparameters. Strengths
+        (L1, weight decay) are softplus-scaled: near 1e-4 an Adam step of 0.05 changes
+        them by about 5% (like a log scale), so ``n_outer * lr`` bounds how many e-folds
+        a strength can travel. Each kind steps at ``lr`` times its ``outer_lr_scale``
+        (one optimizer parameter group per kind), so one value serves every kind.
+    optimizer : {"adam", "sgd"} or callable, default="adam"
+        A callable is called as ``factory(param_groups, lr=...)`` with one group per kind.
+    lr_ramp : int or "auto", default="auto"
+        Outer iterations over which the outer step ramps up linearly from ``lr /
+        lr_ramp`` to ``lr``. ``"auto"``: until the chains have run one training budget
+        of the net (``max_epochs`` passes over a fold's rows), at most ``n_outer``: a
+        young chain's hypergradient estimates the sensitivity of a trained net, not of
+        the one it holds, and can point the other way (``benchmarks/chain_age.py``).
+        0: no ramp.
+    eval_every : int, default=5
+        Score the trajectory every this many outer iterations (and at the last one).
+    timeout : float, optional
+        Seconds of search after which it ends; checked after each outer iteration, so
+        the last iteration and the refit come on top.
+    """
+
+    _parameter_constraints: dict = {
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "optimizer": [StrOptions({"adam", "sgd"}), callable],
+        "lr_ramp": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "eval_every": [Interval(Integral, 1, None, closed="left")],
+        "timeout": [Interval(Real, 0, None, closed="neither"), None],
+    }
+
+    def __init__(self, lr=0.05, optimizer="adam", lr_ramp="auto", eval_every=5, timeout=None):
+        self.lr = lr
+        self.optimizer = optimizer
+        self.lr_ramp = lr_ramp
+        self.eval_every = eval_every
+        self.timeout = timeout
+
+
+#: The tuner's parameters before they were grouped, and where each lives now.
+MOVED_PARAMETERS = {
+    **{name: f"sampler=SamplerSettings({name}=...)" for name in (
+        "burn_in", "n_samples", "temperature", "noise_scale", "inner_lr", "batch_size",
+        "method", "recursion", "chain", "warm_up", "outer_batch_size", "batch_folds")},
+    "method_options": "sampler=SamplerSettings(options=...)",
+    "outer_lr": "outer=OuterSettings(lr=...)",
+    "outer_optimizer": "outer=OuterSettings(optimizer=...)",
+    "outer_warmup": "outer=OuterSettings(lr_ramp=...)",
+    "eval_every": "outer=OuterSettings(eval_every=...)",
+    "timeout": "outer=OuterSettings(timeout=...)",
+}
+
+
+def moved_error(names, error: type = TypeError) -> Exception:
+    """The error for parameters that moved into a settings group, naming where."""
+    where = "; ".join(f"{n} -> {MOVED_PARAMETERS[n]}" for n in sorted(names))
+    return error(f"SGLDHyperTuner's {sorted(names)} moved into grouped settings: {where} "
+                     "(set_params: 'sampler__<name>' / 'outer__<name>')")

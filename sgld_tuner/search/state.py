@@ -1,0 +1,150 @@
+"""The resumable search state, and the file format a tuner is saved in.
+
+:class:`SearchState` holds everything a search needs to continue exactly where it
+stopped (after a Ctrl-C, a timeout, :func:`load`, or with a larger ``n_outer``): the
+splits and seeds, the chains and their random streams, the hyperparameters and the outer
+optimizer, the scored points and the records. It pickles as is.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+
+import joblib
+import numpy as np
+from joblib import hash as joblib_hash
+
+from ..core import ChainState
+
+
+@dataclass
+class SearchState:
+    """Everything a search needs to continue exactly where it stopped (pickles as is)."""
+
+    data_hash: str
+    splits: list
+    seeds: np.ndarray
+    refit_seed: int
+    chain_states: list
+    generator_states: list
+    fit_times: list
+    last_fit_times: list
+    lam: list | None = None
+    lam_spec: object = None
+    optimizer_state: dict | None = None
+    iteration: int = 0
+    outer_lr_scale: float = 1.0
+    inner_lr_scale: float = 1.0
+    best_value: float = -np.inf
+    points: list = field(default_factory=list)
+    records: list = field(default_factory=list)
+    snapshots: dict = field(default_factory=dict)
+    module_rng_states: list | None = None
+    settings_hash: dict | None = None
+    #: the net's parameters this search's chains train with (a lane of a race), if any
+    net_params: dict | None = None
+
+    @classmethod
+    def fresh(cls, data_hash: str, settings_hash: dict, splits: list, rng,
+              net_params: dict | None = None) -> "SearchState":
+        """A search not started yet: per-fold seeds (nets, noise) and the refit's seed
+        drawn from ``rng`` (a ``RandomState``)."""
+        seeds = rng.randint(0, 2**31 - 1, size=(len(splits), 2))
+        return cls(data_hash=data_hash, settings_hash=settings_hash, splits=splits,
+                   seeds=seeds, refit_seed=int(rng.randint(0, 2**31 - 1)),
+                   chain_states=[ChainState() for _ in splits],
+                   generator_states=[None] * len(splits), fit_times=[0.0] * len(splits),
+                   last_fit_times=[0.0] * len(splits), net_params=net_params)
+
+    def keep(self, lam, optimizer, folds) -> None:
+        """Record where the search ended: ``lam``, the outer optimizer and every fold's
+        chain, streams and time."""
+        self.lam = [t.detach().clone() for t in lam]
+        self.optimizer_state = optimizer.state_dict()
+        self.chain_states = [fold.state for fold in folds]
+        self.generator_states = [fold.generator_states() for fold in folds]
+        self.module_rng_states = [fold.module_rng_states for fold in folds]
+        self.fit_times = [fold.fit_time for fold in folds]
+
+    def publish(self, fields: dict) -> None:
+        """Set ``fields``: the commit of an iteration's bookkeeping, built aside so that
+        a Ctrl-C before it leaves the state untouched."""
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+def fingerprint(value) -> str:
+    """``joblib.hash`` of ``value``, or its type's name where that is not stable."""
+    if isinstance(value, np.random.RandomState) or \
+            isinstance(getattr(value, "random_state", None), np.random.RandomState):
+        return type(value).__name__
+    try:
+        return joblib_hash(value)
+    except Exception:  # noqa: BLE001 - e.g. a generator of splits cannot be pickled
+        return type(value).__name__
+
+
+def regrouped(saved: dict, optimizer) -> dict:
+    """``saved`` (an outer optimizer's ``state_dict``) fitted to ``optimizer``'s groups.
+
+    A search saved before each kind had a group of its own has one group over all
+    leaves, in the same leaf order: its per-leaf state (Adam's moments) carries over, and
+    each new group keeps its own ``lr`` (the kind's scale) times the saved shrink factor.
+    """
+    groups = optimizer.state_dict()["param_groups"]
+    if len(saved["param_groups"]) == len(groups):
+        return saved
+    (old,) = saved["param_groups"]
+    base = optimizer.defaults["lr"]
+    regrouped = [{**old, "params": g["params"], "lr": g["lr"] * old["lr"] / base}
+                 for g in groups]
+    return {"state": saved["state"], "param_groups": regrouped}
+
+
+# The first bytes of every file save() writes: load() reads them before unpickling
+# anything, so a file that save() did not write is refused without running code.
+SAVE_HEADER = b"sgld_tuner.SGLDHyperTuner save format 1\n"
+
+
+def save(obj, path) -> None:
+    """Write ``obj`` to ``path`` as :data:`SAVE_HEADER` + a joblib pickle, atomically:
+    into a temporary file beside ``path``, flushed to disk, then renamed over it, so an
+    interrupted or failed save leaves the previous file whole."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".sgld_tuner-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(SAVE_HEADER)
+            joblib.dump(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load(path, cls: type, trusted: bool):
+    """Read what :func:`save` wrote to ``path``: an instance of ``cls``."""
+    with open(path, "rb") as fh:
+        header = fh.read(len(SAVE_HEADER))
+        if header != SAVE_HEADER:
+            raise ValueError(
+                f"{path} was not written by SGLDHyperTuner.save (no "
+                f"{SAVE_HEADER.strip().decode()!r} header); refusing to unpickle it")
+        if trusted is not True:
+            raise ValueError(
+                "SGLDHyperTuner.load unpickles, which runs code from the file: pass "
+                "trusted=True if you trust it (e.g. you wrote it with save())")
+        try:
+            obj = joblib.load(fh)
+        except (EOFError, pickle.UnpicklingError, ValueError, IndexError) as exc:
+            raise ValueError(f"{path} is truncated or corrupt: it starts like a "
+                             f"SGLDHyperTuner save but its pickle cannot be read ({exc})"
+                             ) from exc
+    if not isinstance(obj, cls):
+        raise TypeError(f"{path} holds a {type(obj).__name__}, not a {cls.__name__}")
+    return obj
