@@ -8,6 +8,8 @@
   overwrites the committed full-size results (:func:`result_stem`).
 * :func:`write_results` writes the JSON (with the platform, torch version and the smoke
   flag), the markdown and any figures of one run.
+* :func:`tuner_kwargs` turns a flat table of ``SGLDHyperTuner`` settings (``burn_in``,
+  ``outer_lr``, ...) into the tuner's grouped keyword arguments.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 
 import torch
@@ -150,3 +153,43 @@ def report_child(row: dict, label: str, describe) -> None:
         print(f"{label}: error\n{row['error']}", file=sys.stderr)
     else:
         print(describe(row), flush=True)
+
+
+def tuner_kwargs(flat: dict) -> dict:
+    """``SGLDHyperTuner`` keyword arguments from a flat dict of settings.
+
+    The benchmarks keep their configurations as flat tables (``{"outer_lr": 0.2}``,
+    ``dict(n_outer=2, burn_in=1)``). Each name the tuner moved into a settings group
+    (``sgld_tuner.search.settings.MOVED_PARAMETERS``) goes into that group under its new
+    name (``burn_in`` -> ``sampler=SamplerSettings(burn_in=...)``, ``outer_lr`` ->
+    ``outer=OuterSettings(lr=...)``); every other name passes through unchanged. A group
+    none of the names belongs to is left out, so the tuner keeps its defaults; one given
+    in ``flat`` as well (``sampler=SamplerSettings(...)``) is updated with the names.
+
+    Parameters
+    ----------
+    flat : dict
+        Old flat names and current top-level ones, mixed.
+
+    Returns
+    -------
+    dict
+        ``SGLDHyperTuner(estimator, hyperparams, **tuner_kwargs(flat))``.
+    """
+    from sgld_tuner import OuterSettings, SamplerSettings
+    from sgld_tuner.search.settings import MOVED_PARAMETERS
+
+    groups = {"sampler": SamplerSettings, "outer": OuterSettings}
+    kwargs, fields = {}, {}
+    for name, value in flat.items():
+        if name not in MOVED_PARAMETERS:
+            kwargs[name] = value
+            continue
+        # "sampler=SamplerSettings(burn_in=...)" -> ("sampler", "burn_in")
+        group, field = re.fullmatch(r"(\w+)=\w+\((\w+)=\.\.\.\)",
+                                    MOVED_PARAMETERS[name]).groups()
+        fields.setdefault(group, {})[field] = value
+    for group, values in fields.items():
+        given = kwargs.get(group)
+        kwargs[group] = groups[group](**{**(given.get_params() if given else {}), **values})
+    return kwargs

@@ -44,12 +44,12 @@ import time
 import numpy as np
 import torch
 
-from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import OuterSettings, SamplerSettings, SGLDHyperTuner
 from sgld_tuner.demo import load_data, make_net
 from sgld_tuner.calibration import calibration_report
 from sgld_tuner.ensemble import PosteriorEnsemble, collect_posterior_samples
 from sgld_tuner.hyperparams import PerWeightL1
-from sgld_tuner.skorch_adapter import make_learned_net
+from sgld_tuner.learned_net import make_learned_net
 
 from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
 
@@ -75,10 +75,11 @@ def score_regime(tuner, net, X, y, X_test, y_test, cfg, seed) -> dict:
     """The three chains from ``net`` and the five rows of the report on the test set."""
     common = dict(n_samples=cfg["n_samples"], burn_in=cfg["burn_in"], thin=cfg["thin"],
                   inner_lr=float(net.lr), batch_size=net.batch_size, random_state=seed)
+    sampler = tuner.sampler or SamplerSettings()  # None: the defaults
     chains, chain_s = {}, {}
-    for label, tau, kappa in [("sgd", tuner.temperature, 0.0),
-                              ("tuner", tuner.temperature, tuner.noise_scale),
-                              ("bayes", 1.0 / len(X), tuner.noise_scale)]:
+    for label, tau, kappa in [("sgd", sampler.temperature, 0.0),
+                              ("tuner", sampler.temperature, sampler.noise_scale),
+                              ("bayes", 1.0 / len(X), sampler.noise_scale)]:
         started = time.perf_counter()
         chains[label] = collect_posterior_samples(net, tuner.hyperparams, tuner.best_params_,
                                                   X, y, temperature=tau, noise_scale=kappa,
@@ -106,9 +107,11 @@ def run_seed(seed: int, cfg: dict) -> dict:
     X_train, X_test, y_train, y_test = load_data(cfg["n_train"], random_state=seed)
     regimes = list(cfg["regimes"].items())
     started = time.perf_counter()
-    tuner = SGLDHyperTuner(make_net(max_epochs=regimes[0][1]), {"l1": PerWeightL1(init=1e-4)},
-                           n_outer=cfg["n_outer"], burn_in=5, n_samples=5, cv=cfg["cv"],
-                           eval_every=cfg["eval_every"], random_state=seed)
+    tuner = SGLDHyperTuner(make_net(max_epochs=regimes[0][1]),
+                           {"l1": PerWeightL1(init=1e-4)}, n_outer=cfg["n_outer"],
+                           cv=cfg["cv"], random_state=seed,
+                           sampler=SamplerSettings(burn_in=5, n_samples=5),
+                           outer=OuterSettings(eval_every=cfg["eval_every"]))
     tuner.fit(X_train, y_train)
     fit_s = time.perf_counter() - started
 

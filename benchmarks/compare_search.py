@@ -64,7 +64,7 @@ from sklearn.preprocessing import StandardScaler
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _results import add_common_args, is_smoke, parse_args, result_stem, write_results  # noqa: E402
 
-from sgld_tuner import SGLDHyperTuner  # noqa: E402
+from sgld_tuner import OuterSettings, SGLDHyperTuner  # noqa: E402
 from sgld_tuner.demo import MLP, L1NetClassifier, L1NetRegressor, make_net  # noqa: E402
 from sgld_tuner.hyperparams import PerWeightL1  # noqa: E402
 
@@ -184,8 +184,8 @@ class Context:
         """SGLDHyperTuner with its defaults; a persistent chain of about one training run."""
         n_outer = n_outer or max(2, math.ceil(STEPS / 10))
         return SGLDHyperTuner(self.net(), {"l1": PerWeightL1()}, n_outer=n_outer,
-                              cv=self.cv if cv is None else cv,
-                              eval_every=max(1, n_outer // 10), random_state=self.seed)
+                              cv=self.cv if cv is None else cv, random_state=self.seed,
+                              outer=OuterSettings(eval_every=max(1, n_outer // 10)))
 
 
 def m_untuned(ctx):
@@ -238,7 +238,7 @@ def m_sgld(ctx):
 
 def m_sgld_warm_up(ctx):
     """The tuner whose fold chains first train for the net's own budget (warm_up)."""
-    tuner = ctx.tuner(None).set_params(warm_up="epochs")
+    tuner = ctx.tuner(None).set_params(sampler__warm_up="epochs")
     return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
 
 
@@ -246,7 +246,7 @@ def m_sgld_half_ramp(ctx):
     """The tuner whose outer-step ramp covers half its iterations at most (the default
     ramps over one training budget of the net, here the whole search)."""
     tuner = ctx.tuner(None)
-    tuner.set_params(outer_warmup=max(1, tuner.n_outer // 2))
+    tuner.set_params(outer__lr_ramp=max(1, tuner.n_outer // 2))
     return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
 
 
@@ -266,7 +266,8 @@ def _own_cv(ctx, n_outer):
     of the shared split (its net's epochs set for a fold's 4/5 of the rows)."""
     n_rows = len(ctx.y) * 4 // 5
     tuner = SGLDHyperTuner(ctx.net(n_rows=n_rows), {"l1": PerWeightL1()}, n_outer=n_outer,
-                           cv=5, eval_every=max(1, n_outer // 10), random_state=ctx.seed)
+                           cv=5, random_state=ctx.seed,
+                           outer=OuterSettings(eval_every=max(1, n_outer // 10)))
     return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), 6, None
 
 

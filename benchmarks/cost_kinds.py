@@ -4,11 +4,12 @@ For each of the six kinds (PerWeightL1, WeightDecay, LossWeights, TaylorLoss,
 AffineAugmentation, SampleWeights), built with its default arguments as a user writes
 them, and each net (64-128-10, 64-512-512-10 and 64-964-964-10, about 1.0e6 weights):
 
-* the CPU time of one HPO-SGLD inner step with the tuner's defaults (recursion ``"auto"``,
-  i.e. tracked; B = M = 5; ``temperature=1e-4``; the net's ``lr=0.1``; batch 64; the
-  outer loss on ``outer_batch_size=128`` validation rows drawn from a generator of their
-  own), i.e. one hypergradient divided by ``B + M``, on the fold problem the tuner builds
-  (``NetProblem`` with ``module_rng`` and ``outer_generator``, then ``problem.bilevel()``);
+* the CPU time of one HPO-SGLD inner step with the tuner's defaults (``SamplerSettings()``:
+  recursion ``"auto"``, i.e. tracked; B = M = 5; ``temperature=1e-4``; the net's
+  ``lr=0.1``; batch 64; the outer loss on ``outer_batch_size=128`` validation rows drawn
+  from a generator of their own), i.e. one hypergradient divided by ``B + M``, on the fold
+  problem the tuner builds (``NetProblem`` with ``module_rng`` and ``outer_generator``,
+  then ``problem.bilevel()``);
 * the CPU time of one plain SGD training step of the same net on a 64-row minibatch
   (forward, backward, update), and their ratio; AffineAugmentation is also divided by a
   plain step that warps the minibatch with the kind's own ``transform_inputs`` at its
@@ -50,8 +51,8 @@ from sgld_tuner.core import _tree  # noqa: E402
 from sgld_tuner.hyperparams import (AffineAugmentation, LossWeights, PerWeightL1,  # noqa: E402
                                     SampleWeights, TaylorLoss, WeightDecay)
 from sgld_tuner.optimizers import chain_dynamics, net_weight_decay  # noqa: E402
-from sgld_tuner.skorch_adapter import ModuleRNG, NetProblem, make_learned_net  # noqa: E402
-from sgld_tuner.tuner import tuner_recursion  # noqa: E402
+from sgld_tuner.learned_net import make_learned_net  # noqa: E402
+from sgld_tuner.skorch_adapter import ModuleRNG, NetProblem  # noqa: E402
 from sgld_tuner.core.recursions import resolve_recursion  # noqa: E402
 
 import _mlp  # noqa: E402  (peak-RSS helpers shared with memory.py)
@@ -59,7 +60,7 @@ from _results import (add_common_args, is_smoke, parse_args, report_child, resul
                       write_results)
 
 BATCH = 64             # the net's batch_size (make_net's)
-OUTER_BATCH = 128      # SGLDHyperTuner's default outer_batch_size
+OUTER_BATCH = 128      # SamplerSettings' default outer_batch_size
 LR = 0.1               # the net's lr, which the tuner uses as inner_lr
 BURN_IN = N_SAMPLES = 5
 TEMPERATURE = 1e-4     # SGLDHyperTuner's default
@@ -198,7 +199,8 @@ class SGLDRunner:
         self.lam = [t.detach().requires_grad_(True)
                     for t in _tree.flatten(self.problem.init_lam())[0]]
         # "auto" as the tuner resolves it (damped for a kind that rewrites the loss)
-        self.resolved = tuner_recursion(recursion, self.problem.bound)
+        self.resolved = resolve_recursion(recursion, False, any(
+            b.modifies_loss for b in self.problem.bound.values()))
         self.settings = settings(net, self.resolved)
         self.state, self.gen = ChainState(), torch.Generator().manual_seed(4)
 

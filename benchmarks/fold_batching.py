@@ -7,9 +7,10 @@ The cost of one outer iteration is the difference of two fits, ``n_outer=22`` an
 scoring and the refit cancel out. Medians of interleaved rounds.
 
 Rows per net: one fold alone (``ShuffleSplit(n_splits=1)`` with the held-out third of
-3-fold cv), 3 folds and 5 folds, each sequential (``batch_folds=False``) and stacked
-(``batch_folds=True``). The issue's goal: 3 folds cost <= 1.5x one fold. The crossover
-(the largest net where stacking still wins) sets ``sgld_tuner.fold_batch.AUTO_MAX_WEIGHTS``.
+3-fold cv), 3 folds and 5 folds, each sequential (``SamplerSettings(batch_folds=False)``)
+and stacked (``SamplerSettings(batch_folds=True)``). The issue's goal: 3 folds cost <= 1.5x
+one fold. The crossover (the largest net where stacking still wins) sets
+``sgld_tuner.search.stacked.AUTO_MAX_WEIGHTS``.
 
     python benchmarks/fold_batching.py            # ~4 min
     python benchmarks/fold_batching.py --smoke
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import KFold, ShuffleSplit
 
-from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import OuterSettings, SamplerSettings, SGLDHyperTuner
 from sgld_tuner.hyperparams import PerWeightL1
 
 from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
@@ -43,8 +44,9 @@ def make_user_net(hidden):
 
 def fit_seconds(hidden, cv, batch_folds, n_outer, X, y) -> float:
     tuner = SGLDHyperTuner(make_user_net(hidden), {"l1": PerWeightL1()}, n_outer=n_outer,
-                           cv=cv, eval_every=10_000, refit=False, random_state=0,
-                           batch_folds=batch_folds)
+                           cv=cv, refit=False, random_state=0,
+                           sampler=SamplerSettings(batch_folds=batch_folds),
+                           outer=OuterSettings(eval_every=10_000))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         started = time.process_time()

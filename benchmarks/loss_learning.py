@@ -49,8 +49,12 @@ from sgld_tuner.hyperparams import TaylorLoss
 from sgld_tuner.hyperparams.losses import taylor_brier_init
 
 from _plots import method_bars, subplots
-from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
+from _results import (add_common_args, is_smoke, parse_args, result_stem, tuner_kwargs,
+                      write_results)
 
+# the entries of the config that are the tuners' shared settings (flat, see tuner_kwargs);
+# each tuner row adds its own ("temperature", "method", ...)
+TUNER_KEYS = ("n_outer", "burn_in", "n_samples", "outer_lr", "eval_every")
 
 # Paper Table 5, test error (%). Our text copy of the paper lost the CIFAR-10 cells of the
 # first two rows; the one surviving number of the "Vanilla CE" row is printed in the
@@ -149,11 +153,11 @@ def run(datasets, seeds, cfg):
 
             for method, opts in cfg["tuners"]:
                 started = time.perf_counter()
+                flat = {k: cfg[k] for k in TUNER_KEYS}
                 tuner = SGLDHyperTuner(
                     make_net(max_epochs=epochs, **kw), {"loss": TaylorLoss()},
-                    n_outer=cfg["n_outer"], outer_lr=cfg["outer_lr"], burn_in=cfg["burn_in"],
-                    n_samples=cfg["n_samples"], cv=PredefinedSplit(fold),
-                    eval_every=cfg["eval_every"], random_state=seed, **opts)
+                    cv=PredefinedSplit(fold), random_state=seed,
+                    **tuner_kwargs({**flat, **opts}))
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # divergence warnings
                     try:

@@ -48,7 +48,8 @@ from sgld_tuner.demo import make_net
 from sgld_tuner.hyperparams import SampleWeights
 
 from _plots import method_bars, subplots
-from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
+from _results import (add_common_args, is_smoke, parse_args, result_stem, tuner_kwargs,
+                      write_results)
 
 NOISE = 0.4
 N_POOL = 1000      # noisy + trusted rows
@@ -141,11 +142,11 @@ def run(seeds, cfg):
                 "test_accuracy_long_pct": 100 * long_run(grid.best_estimator_)})
 
         started = time.perf_counter()
+        flat = {k: cfg[k] for k in ("n_outer", "burn_in", "n_samples", "temperature",
+                                    "outer_lr", "eval_every")}
         tuner = SGLDHyperTuner(make_net(max_epochs=cfg["max_epochs"]), {"w": SampleWeights()},
-                               n_outer=cfg["n_outer"], outer_lr=cfg["outer_lr"],
-                               burn_in=cfg["burn_in"], n_samples=cfg["n_samples"],
-                               temperature=cfg["temperature"], cv=PredefinedSplit(fold),
-                               eval_every=cfg["eval_every"], random_state=seed)
+                               cv=PredefinedSplit(fold), random_state=seed,
+                               **tuner_kwargs(flat))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             tuner.fit(X_s, y_s)

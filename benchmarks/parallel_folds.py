@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import OuterSettings, SGLDHyperTuner
 from sgld_tuner.demo import load_data, make_net
 from sgld_tuner.hyperparams import PerWeightL1
 
@@ -28,8 +28,9 @@ def search_time(n_jobs: int, n_outer: int, repeats: int, hidden: int = 128) -> l
     times = []
     for _ in range(repeats):
         net = make_net(module__hidden=hidden)
-        tuner = SGLDHyperTuner(net, {"l1": PerWeightL1(init=1e-4)}, n_outer=n_outer,
-                               cv=5, eval_every=5, n_jobs=n_jobs, refit=False, random_state=0)
+        tuner = SGLDHyperTuner(net, {"l1": PerWeightL1(init=1e-4)}, n_outer=n_outer, cv=5,
+                               n_jobs=n_jobs, refit=False, random_state=0,
+                               outer=OuterSettings(eval_every=5))
         started = time.perf_counter()
         tuner.fit(X, y)
         times.append(time.perf_counter() - started)

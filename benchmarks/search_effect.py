@@ -37,7 +37,8 @@ from sklearn.preprocessing import StandardScaler
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import add_common_args, is_smoke, parse_args, result_stem, write_results  # noqa: E402
+from _results import (add_common_args, is_smoke, parse_args, result_stem,  # noqa: E402
+                      tuner_kwargs, write_results)
 
 from sgld_tuner import SGLDHyperTuner  # noqa: E402
 from sgld_tuner.demo import MLP  # noqa: E402
@@ -46,7 +47,8 @@ from sgld_tuner.hyperparams import PerWeightL1, WeightDecay  # noqa: E402
 SMOKE = is_smoke()
 GRID = [0.0, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1]
 
-# name -> (PerWeightL1 kwargs, SGLDHyperTuner kwargs); "default" is the tuner's defaults.
+# name -> (PerWeightL1 kwargs, SGLDHyperTuner settings as a flat dict, grouped by
+# _results.tuner_kwargs); "default" is the tuner's defaults.
 def select_last(cv_results):
     """Refit the end of the trajectory (the hyperparameters the search converged to)."""
     return len(cv_results["params"]) - 1
@@ -145,13 +147,13 @@ def timed(fn):
 def run_tuner(config, data, seed, n_outer, control=False):
     X_tr, X_te, y_tr, y_te, classification = data
     n_out = int(y_tr.max()) + 1 if classification else 1
-    kind_kwargs, tuner_kwargs = CONFIGS[config]
+    kind_kwargs, flat = CONFIGS[config]
     kind_kwargs = dict(kind_kwargs)
     kind = kind_kwargs.pop("kind", PerWeightL1)
     tuner = SGLDHyperTuner(make_net(classification, X_tr.shape[1], n_out),
                            {"l1": kind(**kind_kwargs)}, cv=3, random_state=seed,
-                           **{"n_outer": n_outer, **tuner_kwargs,
-                              **({"n_outer": 1} if control else {})})
+                           **tuner_kwargs({"n_outer": n_outer, **flat,
+                                           **({"n_outer": 1} if control else {})}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, wall, cpu = timed(lambda: tuner.fit(X_tr, y_tr))

@@ -1,9 +1,9 @@
 """Real Ctrl-C at random times, then save, load and resume: does the search end exactly
 where an uninterrupted one ends? (issue 12, item 13)
 
-A tiny seeded search (an MLP on digits, cv=2, ``n_outer=12``, ``eval_every=2``, refit on)
-runs once uninterrupted, here. Then, ``N`` times, the same search runs in a child process
-that receives a real ``SIGINT`` (``os.kill(pid, signal.SIGINT)``) at a time drawn (seeded)
+A tiny seeded search (an MLP on digits, cv=2, ``n_outer=12``,
+``OuterSettings(eval_every=2)``, refit on) runs once uninterrupted, here. Then, ``N``
+times, the same search runs in a child process that receives a real ``SIGINT`` (``os.kill(pid, signal.SIGINT)``) at a time drawn (seeded)
 from ``[0, duration of the uninterrupted fit]`` after the child says it is about to fit.
 The child saves the tuner (``save``) after ``fit`` returns or raises; here it is loaded
 (``SGLDHyperTuner.load(path, trusted=True)``), fit again with ``warm_start=True`` to the
@@ -33,7 +33,7 @@ import warnings
 import numpy as np
 import torch
 
-from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import OuterSettings, SamplerSettings, SGLDHyperTuner
 from sgld_tuner.demo import load_data, make_net
 from sgld_tuner.hyperparams import PerWeightL1
 
@@ -67,7 +67,9 @@ def make_tuner() -> SGLDHyperTuner:
     torch.set_num_threads(1)  # the child and this process compute identically
     net = make_net(max_epochs=5, module__hidden=16)
     return SGLDHyperTuner(net, {"l1": PerWeightL1(init=1e-4)}, n_outer=N_OUTER, cv=2,
-                          eval_every=2, burn_in=2, n_samples=2, random_state=SEED)
+                          random_state=SEED,
+                          sampler=SamplerSettings(burn_in=2, n_samples=2),
+                          outer=OuterSettings(eval_every=2))
 
 
 def data():
@@ -183,8 +185,8 @@ def run(n: int) -> tuple[list[dict], float]:
 def markdown(rows: list[dict], duration: float) -> str:
     n_equal = sum(r["equal"] for r in rows)
     lines = [f"# Ctrl-C at random times, resumed with warm_start=True ({len(rows)} runs)", "",
-             f"Uninterrupted fit: {duration:.2f} s (n_outer={N_OUTER}, cv=2, eval_every=2, "
-             "refit on). Equal: `hyperparams_`, `cv_results_` (`mean_test_score`, `params`) "
+             f"Uninterrupted fit: {duration:.2f} s (n_outer={N_OUTER}, cv=2, "
+             "OuterSettings(eval_every=2), refit on). Equal: `hyperparams_`, `cv_results_` (`mean_test_score`, `params`) "
              "and `history_` without time columns, exactly.", "",
              "| run | SIGINT at (s) | iterations kept | where it landed | stop_reason_ | equal |",
              "|---:|---:|---:|---|---|---|"]

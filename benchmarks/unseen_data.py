@@ -44,7 +44,8 @@ from sklearn.preprocessing import StandardScaler
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _results import add_common_args, is_smoke, parse_args, result_stem, write_results  # noqa: E402
+from _results import (add_common_args, is_smoke, parse_args, result_stem,  # noqa: E402
+                      tuner_kwargs, write_results)
 
 from sgld_tuner import SGLDHyperTuner  # noqa: E402
 from sgld_tuner.hyperparams import PerWeightL1  # noqa: E402
@@ -108,7 +109,7 @@ def run_one(name: str, training: str, seed: int, smoke: bool) -> list[dict]:
 
     net_step = make().steps[-1][0]
     lr = make().steps[-1][1].lr
-    small = dict(n_outer=2, burn_in=1, n_samples=1) if smoke else {}
+    small = tuner_kwargs(dict(n_outer=2, burn_in=1, n_samples=1) if smoke else {})
     methods = {
         "SGLDHyperTuner": SGLDHyperTuner(make(), {"l1": PerWeightL1()}, random_state=seed,
                                          **small),

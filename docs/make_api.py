@@ -11,11 +11,17 @@ import sgld_tuner.ensemble as ensemble
 import sgld_tuner.hyperparams as hyperparams
 import sgld_tuner.problems as problems
 import sgld_tuner.optimizers as optimizers
+import sgld_tuner.plotting as plotting
+import sgld_tuner.relevance as relevance
+import sgld_tuner.search as search
 import sgld_tuner.tuner as tuner
-from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import OuterSettings, SamplerSettings, SGLDHyperTuner, check_hyperparameter
 
 SECTIONS = [
-    ("sgld_tuner", [SGLDHyperTuner]),
+    ("sgld_tuner", [SGLDHyperTuner, SamplerSettings, OuterSettings, check_hyperparameter]),
+    # the seam a schedule plugs into (docs/architecture.md)
+    ("sgld_tuner.search", [search.Schedule, search.PlainSearch, search.LaneFactory,
+                           search.Lane, search.FitContext]),
     # the warnings fit gives, by class (to filter them)
     ("sgld_tuner.tuner", [getattr(tuner, n) for n in (
         "UndertrainedWarning", "OverfittingWarning", "DivergenceWarning",
@@ -24,7 +30,7 @@ SECTIONS = [
     ("sgld_tuner.hyperparams", [getattr(hyperparams, n) for n in
                                 ("PerWeightL1", "WeightDecay", "LossWeights", "TaylorLoss",
                                  "AffineAugmentation", "SampleWeights", "Hyperparameter",
-                                 "BoundHyperparameter", "check_hyperparameter")]),
+                                 "BoundHyperparameter")]),
     ("sgld_tuner.core", [core.minimize, core.hypergradient, core.BilevelProblem,
                          core.InnerSettings, core.ChainState, core.Hypergradient,
                          core.BilevelResult, core.make_generator, core.langevin_step,
@@ -32,6 +38,10 @@ SECTIONS = [
     ("sgld_tuner.ensemble", [ensemble.PosteriorEnsemble, ensemble.collect_posterior_samples]),
     ("sgld_tuner.calibration", [calibration.calibration_report,
                                 calibration.expected_calibration_error]),
+    ("sgld_tuner.relevance", [relevance.feature_strengths, relevance.feature_relevance,
+                              relevance.feature_names_out, relevance.learned_values]),
+    ("sgld_tuner.plotting", [plotting.plot_trajectory, plotting.plot_learned_values,
+                             plotting.plot_feature_relevance]),
     ("sgld_tuner.problems", [getattr(problems, n) for n in
                              ("Synthetic1D", "ToyCubicRegression", "SyntheticQuadratic",
                               "RidgePerFeature")]),

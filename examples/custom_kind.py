@@ -10,9 +10,9 @@ import os
 
 import torch
 
-from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import SGLDHyperTuner, check_hyperparameter
 from sgld_tuner.demo import load_data, make_net
-from sgld_tuner.hyperparams import BoundHyperparameter, Hyperparameter, check_hyperparameter
+from sgld_tuner.hyperparams import BoundHyperparameter, Hyperparameter
 
 
 class LabelSmoothing(Hyperparameter):

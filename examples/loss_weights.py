@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import PredefinedSplit
 
-from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import OuterSettings, SGLDHyperTuner
 from sgld_tuner.demo import load_data, make_net
 from sgld_tuner.hyperparams import LossWeights
 
@@ -24,7 +24,8 @@ X, y, fold = X[val | train], y[val | train], np.where(val, 0, -1)[val | train]
 
 tuner = SGLDHyperTuner(make_net(max_epochs=3 if SMOKE else 40), {"cw": LossWeights()},
                        n_outer=3 if SMOKE else 60, cv=PredefinedSplit(fold),
-                       scoring="balanced_accuracy", eval_every=1 if SMOKE else 10, random_state=0)
+                       scoring="balanced_accuracy", random_state=0,
+                       outer=OuterSettings(eval_every=1 if SMOKE else 10))
 tuner.fit(X, y)
 print("training rows per class", np.bincount(y[fold == -1]))
 print("learned class weights  ", np.round(tuner.best_params_["cw"], 2))

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import OuterSettings, SamplerSettings, SGLDHyperTuner
 from sgld_tuner.demo import load_data, make_net
 from sgld_tuner.hyperparams import PerWeightL1
 
@@ -21,9 +21,9 @@ X_train, X_test, y_train, y_test = load_data(n_train=300)
 # input feature); init="auto" (the default) starts them where the penalty acts.
 def tuner(n_outer):
     return SGLDHyperTuner(make_net(max_epochs=3 if SMOKE else 40),
-                          {"l1": PerWeightL1(granularity="weight")}, n_outer=n_outer,
-                          burn_in=5, n_samples=5, cv=3, eval_every=1 if SMOKE else 5,
-                          random_state=0)
+                          {"l1": PerWeightL1(granularity="weight")}, n_outer=n_outer, cv=3,
+                          random_state=0, sampler=SamplerSettings(burn_in=5, n_samples=5),
+                          outer=OuterSettings(eval_every=1 if SMOKE else 5))
 
 
 search = tuner(3 if SMOKE else 40).fit(X_train, y_train)

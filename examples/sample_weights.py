@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import PredefinedSplit
 
-from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import OuterSettings, SGLDHyperTuner
 from sgld_tuner.demo import load_data, make_net
 from sgld_tuner.hyperparams import SampleWeights
 
@@ -25,7 +25,7 @@ fold = np.r_[np.full(600, -1), np.zeros(100)]                # -1: always train;
 
 tuner = SGLDHyperTuner(make_net(max_epochs=3 if SMOKE else 40), {"w": SampleWeights()},
                        n_outer=3 if SMOKE else 100, cv=PredefinedSplit(fold),
-                       eval_every=1 if SMOKE else 10, random_state=0)
+                       random_state=0, outer=OuterSettings(eval_every=1 if SMOKE else 10))
 tuner.fit(X, y)
 w, bad = tuner.best_params_["w"][:600], flipped[:600]
 print(f"mean weight: flipped rows {w[bad].mean():.2f}, clean rows {w[~bad].mean():.2f}")

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import OuterSettings, SGLDHyperTuner
 from sgld_tuner.demo import load_data, make_net
 from sgld_tuner.hyperparams import WeightDecay
 
@@ -20,7 +20,8 @@ X_train, X_test, y_train, y_test = load_data(n_train=300)
 def tuner(n_outer):
     return SGLDHyperTuner(make_net(max_epochs=3 if SMOKE else 40),
                           {"wd": WeightDecay(granularity="tensor")}, n_outer=n_outer, cv=3,
-                          eval_every=1 if SMOKE else 5, random_state=0)
+                          random_state=0,
+                          outer=OuterSettings(eval_every=1 if SMOKE else 5))
 
 
 search = tuner(3 if SMOKE else 40).fit(X_train, y_train)

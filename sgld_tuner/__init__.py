@@ -4,7 +4,8 @@
 never pulls in scikit-learn or skorch.
 """
 __version__ = "0.1.0"
-__all__ = ["SGLDHyperTuner", "SamplerSettings", "OuterSettings", "minimize"]
+__all__ = ["SGLDHyperTuner", "SamplerSettings", "OuterSettings", "check_hyperparameter",
+           "minimize"]
 
 
 def __getattr__(name):
@@ -12,6 +13,10 @@ def __getattr__(name):
         from .tuner import SGLDHyperTuner
 
         return SGLDHyperTuner
+    if name == "check_hyperparameter":
+        from .checks import check_hyperparameter
+
+        return check_hyperparameter
     if name in ("SamplerSettings", "OuterSettings"):
         from . import search
 

@@ -4,7 +4,7 @@ Digits (bundled with scikit-learn), a 64-128-10 MLP. GridSearchCV tunes one glob
 strength; SGLDHyperTuner, with its defaults, tunes one strength per input feature by
 gradient; its no-search control (``n_outer=1``) shows what the search itself adds.
 A small training set is used by default because that is where regularisation matters
-(on all of digits an untuned MLP is already at ~96%; see benchmarks/compare_search.py).
+(on all of digits an untuned MLP already does well; see docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def run(n_train=300, n_outer=40, out="sgld_tuner_demo.png", seeds=(0, 1, 2), ver
     """Run the three searches on each seed, print the table and save a plot; returns rows.
 
     One torch thread: with several, idle threads spin while waiting and the CPU column
-    would count that (a first run on a busy machine showed the grid at 10x its CPU)."""
+    would count that time."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows, searches = [], None

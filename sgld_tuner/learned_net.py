@@ -20,11 +20,12 @@ from sklearn.utils.metaestimators import available_if
 from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 from skorch.dataset import get_len
 from skorch.utils import to_tensor
+from torch.nn.parameter import is_lazy
 
 from .hyperparams.base import Hyperparameter
 from .objective import (Criterion, Objective, average_replicas, bind_all, first_output,
                         module_device, module_dtype, transform_inputs)
-from .skorch_adapter import _probe, takes_ids
+from .skorch_adapter import probe_output, takes_ids
 
 __all__ = ["LearnedNet", "LearnedNetClassifier", "LearnedNetRegressor", "learned_class",
            "make_learned_net"]
@@ -132,13 +133,16 @@ class _LearnedMixin:
         if missing:
             raise ValueError(f"learned_values lacks values for hyperparameters {missing}")
         crit = Criterion(self)
+        lazy = any(is_lazy(p) for p in self.module_.parameters())
+        n_classes = None
+        if crit.is_classifier or lazy:
+            # A forward on one row reads the output layout and, as skorch's first batch
+            # would, materialises lazy layers (LazyLinear) before the kinds bind to them.
+            probe = (probe_output(self.module_, **{k: v[:1] for k, v in x_batch.items()})
+                     if isinstance(x_batch, Mapping) else probe_output(self.module_, x_batch[:1]))
+            n_classes = int(probe.shape[-1]) if crit.is_classifier else None
         dtype = module_dtype(self.module_)
         device = module_device(self.module_)
-        n_classes = None
-        if crit.is_classifier:
-            probe = (_probe(self.module_, **{k: v[:1] for k, v in x_batch.items()})
-                     if isinstance(x_batch, Mapping) else _probe(self.module_, x_batch[:1]))
-            n_classes = int(probe.shape[-1])
         input_shape = () if isinstance(x_batch, Mapping) else tuple(x_batch.shape[1:])
         n_train = getattr(self, "hp_n_train_", None)
         if n_train is None:
@@ -155,8 +159,15 @@ class _LearnedMixin:
         gen.manual_seed(int(torch.randint(0, 2**62, (1,))))
         self.hp_generator_ = gen
 
+    def get_dataset(self, X, y=None):
+        """As skorch's, but a ``DataFrame`` is one matrix of rows, as the search's chains
+        take it (not skorch's dict of columns): e.g. from a preprocessing step with
+        ``set_output(transform="pandas")``."""
+        return super().get_dataset(_as_rows(X), y)
+
     def partial_fit(self, X, y=None, classes=None, **fit_params):
         y = self._encode_labels(y)
+        X = _as_rows(X)
         n_train = int(get_len(X)) if not _is_wrapped(X) else int(get_len(X[ROW_KEY]))
         if n_train != getattr(self, "hp_n_train_", None):
             self._hp_reset()   # row weights are bound to the number of rows
@@ -262,6 +273,11 @@ def _skorch_base(cls: type) -> type:
         if issubclass(cls, base):
             return base
     raise TypeError(f"expected a skorch NeuralNet class, got {cls.__name__}")
+
+
+def _as_rows(X):
+    """A pandas ``DataFrame`` as its array of rows; anything else as it is."""
+    return X.to_numpy() if hasattr(X, "columns") and hasattr(X, "iloc") else X
 
 
 def _unwrap(X):

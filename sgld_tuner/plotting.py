@@ -139,6 +139,24 @@ def plot_trajectory(tuner: Any, control: Any = None, ax=None, control_label: str
     results = tuner.cv_results_
     key = _score_key(tuner, results)
     metric = key[len("mean_test_"):]
+    _draw_cv_scores(ax, tuner, results, key, metric)
+    label = control_label if control_label is not None else (
+        None if control is None else _control_label(control))
+    if X_test is not None:
+        _draw_test_scores(ax, tuner, control, label, metric, X_test, y_test)
+    if control is not None and np.isscalar(control):
+        value = float(control)
+        ax.axhline(value, color="k", linestyle=":", label=f"{label} {value:.3f}")
+    elif control is not None and X_test is None:
+        _draw_control_cv(ax, control, label, key)
+    ax.set_xlabel("outer iteration")
+    ax.set_ylabel(f"cv {metric}" if X_test is None else f"{metric} (cv; test)")
+    _draw_summaries(ax, tuner, results)
+    return ax
+
+
+def _draw_cv_scores(ax, tuner, results, key, metric) -> None:
+    """The tuner's cv scores along the trajectory (+-1 std band), the selected point."""
     it = np.asarray(results["iteration"])
     mean = np.asarray(results[key], dtype=float)
     std = np.asarray(results.get(f"std_test_{metric}", np.zeros_like(mean)), dtype=float)
@@ -148,33 +166,34 @@ def plot_trajectory(tuner: Any, control: Any = None, ax=None, control_label: str
     if best is not None:
         ax.plot([it[best]], [mean[best]], linestyle="none", marker="*", markersize=14,
                 color="C3", label="selected")
-    label = control_label if control_label is not None else (
-        None if control is None else _control_label(control))
-    if X_test is not None:
-        scorer = _metric_scorer(tuner, metric)
-        value = float(tuner.score(X_test, y_test))
-        ax.axhline(value, color="C0", linestyle="--",
-                   label=f"{type(tuner).__name__} refit test score {value:.3f}")
-        if control is not None and not np.isscalar(control):
-            value = _test_score(scorer, metric, control, X_test, y_test)
-            ax.axhline(value, color="k", linestyle="--",
-                       label=f"{label} refit test score {value:.3f}")
-    if control is not None and np.isscalar(control):
-        value = float(control)
-        ax.axhline(value, color="k", linestyle=":", label=f"{label} {value:.3f}")
-    elif control is not None and X_test is None:
-        own = getattr(control, "cv_results_", None)
-        if own is not None and "iteration" in own:
-            own_key = key if key in own else _score_key(control, own)
-            ax.plot(np.asarray(own["iteration"]), np.asarray(own[own_key], dtype=float),
-                    marker="s", linestyle=":", color="k", label=f"{label} cv score")
-        else:
-            value = float(control.best_score_)
-            ax.axhline(value, color="k", linestyle=":",
-                       label=f"{label} best cv score {value:.3f}")
-    ax.set_xlabel("outer iteration")
-    ax.set_ylabel(f"cv {metric}" if X_test is None else f"{metric} (cv; test)")
 
+
+def _draw_test_scores(ax, tuner, control, label, metric, X_test, y_test) -> None:
+    """The tuner's refit and the control's, scored on the test rows by the same scorer."""
+    scorer = _metric_scorer(tuner, metric)
+    value = float(tuner.score(X_test, y_test))
+    ax.axhline(value, color="C0", linestyle="--",
+               label=f"{type(tuner).__name__} refit test score {value:.3f}")
+    if control is not None and not np.isscalar(control):
+        value = _test_score(scorer, metric, control, X_test, y_test)
+        ax.axhline(value, color="k", linestyle="--", label=f"{label} refit test score {value:.3f}")
+
+
+def _draw_control_cv(ax, control, label, key) -> None:
+    """A control's cv scores: at its own outer iterations when it has a trajectory,
+    else its best cv score as a line."""
+    own = getattr(control, "cv_results_", None)
+    if own is not None and "iteration" in own:
+        own_key = key if key in own else _score_key(control, own)
+        ax.plot(np.asarray(own["iteration"]), np.asarray(own[own_key], dtype=float),
+                marker="s", linestyle=":", color="k", label=f"{label} cv score")
+    else:
+        value = float(control.best_score_)
+        ax.axhline(value, color="k", linestyle=":", label=f"{label} best cv score {value:.3f}")
+
+
+def _draw_summaries(ax, tuner, results) -> None:
+    """The hyperparameter summaries on a twin Axes, and one legend for both."""
     twin = ax.twinx()
     iterations, summaries = _summaries(tuner, results)
     for i, (name, values) in enumerate(summaries.items()):
@@ -185,7 +204,6 @@ def plot_trajectory(tuner: Any, control: Any = None, ax=None, control_label: str
     handles, labels = ax.get_legend_handles_labels()
     more_handles, more_labels = twin.get_legend_handles_labels()
     ax.legend(handles + more_handles, labels + more_labels, loc="best")
-    return ax
 
 
 def _flat_values(values: Any) -> np.ndarray:

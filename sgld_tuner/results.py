@@ -1,6 +1,9 @@
 """``cv_results_`` and ``history_`` in the formats scikit-learn and pandas users expect."""
 from __future__ import annotations
 
+import warnings
+from numbers import Integral
+
 import numpy as np
 import pandas as pd
 
@@ -70,3 +73,46 @@ def build_cv_results(points: list[dict], metric_names: list[str], n_splits: int,
 def build_history(records: list[dict]) -> pd.DataFrame:
     """One row per outer iteration (columns vary with what was recorded)."""
     return pd.DataFrame.from_records(records)
+
+
+def select_best(cv_results: dict, refit, multimetric: bool, metric_names: list):
+    """``(best_index, best_score)`` as ``GridSearchCV`` picks them: a callable ``refit``
+    chooses the index from ``cv_results`` (and there is no best score), otherwise the
+    best rank of the refit metric."""
+    if callable(refit):
+        index = refit(cv_results)
+        # GridSearchCV's errors and wording
+        if not isinstance(index, (Integral, np.integer)):
+            raise TypeError("best_index_ returned is not an integer")
+        if not 0 <= index < len(cv_results["params"]):
+            raise IndexError("best_index_ index out of range")
+        return int(index), None
+    key = "score"
+    if multimetric:
+        key = refit if isinstance(refit, str) and refit in metric_names else metric_names[0]
+    index = int(np.argmin(cv_results[f"rank_test_{key}"]))
+    return index, float(cv_results[f"mean_test_{key}"][index])
+
+
+def check_evaluations(points: list, cv_results: dict) -> None:
+    """As scikit-learn's searches after their fits: raise when every evaluation failed
+    (whatever ``error_score`` stood in for them), and warn once when some scores are
+    not finite."""
+    errors = [fold_errors for p in points for fold_errors in p.get("errors", [])]
+    if errors and all(errors):
+        raise ValueError(
+            f"every evaluation failed (all {len(errors)} fold scorings of "
+            f"{len(points)} point(s)): the scoring or the net is likely misconfigured "
+            f"(pass error_score='raise' to see the traceback). The first error: "
+            f"{errors[0][0]}")
+    for key in [k for k in cv_results if k.startswith("mean_test_")]:
+        if np.isnan(cv_results[key]).all():
+            raise ValueError(f"every evaluation failed ({key} is all NaN); see the warnings, "
+                             "or pass error_score='raise' to see the first error")
+    for kind in ("test", "train"):
+        bad = {k: cv_results[k] for k in cv_results if k.startswith(f"mean_{kind}_")
+               and not np.isfinite(np.asarray(cv_results[k], dtype=float)).all()}
+        if bad:
+            warnings.warn(f"One or more of the {kind} scores are non-finite: "
+                          f"{ {k: v.tolist() for k, v in bad.items()} }", UserWarning,
+                          stacklevel=4)

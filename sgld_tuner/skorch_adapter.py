@@ -31,7 +31,7 @@ __all__ = ["ModuleRNG", "NetProblem", "takes_ids"]
 OUTER_CHUNK = 1024
 
 
-def _probe(module, *args, **kwargs):
+def probe_output(module, *args, **kwargs):
     """The module's prediction on a few rows, to read the output layout: in eval mode,
     so that batch norm takes a single row and neither its running statistics nor the
     dropout stream move; the module's mode is put back."""
@@ -42,6 +42,22 @@ def _probe(module, *args, **kwargs):
             return first_output(module(*args, **kwargs))
     finally:
         module.train(training)
+
+
+def _probe_rows(module, X):
+    """:func:`probe_output` on the first training rows, with a mismatch between the rows and
+    the module's input named as the user's mistake (not torch's shape error)."""
+    try:
+        return probe_output(module, X)
+    except RuntimeError as exc:
+        if "shape" not in str(exc) and "size" not in str(exc):
+            raise
+        raise ValueError(
+            f"the net's module cannot take the rows it is given: one row has shape "
+            f"{tuple(X.shape[1:])} ({exc}). Check X's shape against the module's input "
+            "(its number of columns; after a Pipeline's preprocessing, which a step may "
+            "change, e.g. SimpleImputer drops all-NaN columns and OneHotEncoder adds some)"
+        ) from exc
 
 
 def takes_ids(module) -> bool:
@@ -224,7 +240,7 @@ class NetProblem:
                                  or outer_batch_size >= n_val else int(outer_batch_size))
 
         # One forward on two rows tells the number of classes and the output layout.
-        probe = _probe(self.module, self.X_train[:2])
+        probe = _probe_rows(self.module, self.X_train[:2])
         self.output_shape = tuple(probe.shape[1:])
         _check_output_shape(self.output_shape, self.y_train, self.crit.is_classifier,
                             n_classes)

@@ -14,10 +14,9 @@ import pytest
 import torch
 from skorch import NeuralNetClassifier
 
+from sgld_tuner.checks import _check_one_step_hypergradient, check_hyperparameter
 from sgld_tuner.hyperparams import (BoundHyperparameter, Hyperparameter, LossWeights,
-                                    PerWeightL1, TaylorLoss, WeightDecay,
-                                    check_hyperparameter)
-from sgld_tuner.hyperparams.checks import _check_one_step_hypergradient
+                                    PerWeightL1, TaylorLoss, WeightDecay)
 from sgld_tuner.learned_net import make_learned_net
 from sgld_tuner.skorch_adapter import NetProblem
 

@@ -1,6 +1,6 @@
 """Conformance suite every hyperparameter kind must pass, plus kind-specific truths.
 
-The conformance checks live in :func:`sgld_tuner.hyperparams.check_hyperparameter` (so
+The conformance checks live in :func:`sgld_tuner.checks.check_hyperparameter` (so
 users can run them on their own kinds): the independent truth there is central finite
 differences in float64 of the hypergradient through one inner gradient step,
 ``d/dlam f(lam, theta - eta * grad_theta L_T(lam, theta))``, on a tiny net; closed-form
@@ -12,9 +12,9 @@ import torch
 from sklearn.base import clone
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 
+from sgld_tuner import check_hyperparameter
 from sgld_tuner.hyperparams import (AffineAugmentation, LossWeights, PerWeightL1,
-                                    SampleWeights, TaylorLoss, WeightDecay,
-                                    check_hyperparameter)
+                                    SampleWeights, TaylorLoss, WeightDecay)
 from sgld_tuner.skorch_adapter import NetProblem
 
 N_ROWS, N_FEATURES, N_CLASSES = 24, 16, 3

@@ -360,11 +360,13 @@ def raising_scorer(est, X_, y_):
 
 
 def test_grid_search_failing_classifier():
-    """Mirrors ``test_grid_search_failing_classifier``: a failing evaluation scores
-    error_score, with a warning (the tuner's evaluations fail in scoring, not fitting)."""
-    with pytest.warns(RuntimeWarning, match="failed"):
-        tuner = make_tuner(scoring=raising_scorer, error_score=0.0, refit=False).fit(X, y)
-    assert (tuner.cv_results_["mean_test_score"] == 0.0).all()
+    """Mirrors the all-failed branch of ``test_grid_search_failing_classifier``: every
+    evaluation failing raises even with a numeric error_score, after a warning per
+    failure naming the exception (the tuner's evaluations fail in scoring, not fitting;
+    ``test_sklearn_search_port.py`` has the partly failing case)."""
+    with pytest.raises(ValueError, match="every evaluation failed"), \
+            pytest.warns(RuntimeWarning, match="failed \\(ValueError: Failing classifier"):
+        make_tuner(scoring=raising_scorer, error_score=0.0, refit=False).fit(X, y)
 
 
 def test_grid_search_classifier_all_fits_fail():
@@ -383,15 +385,15 @@ def test_grid_search_failing_classifier_raise():
 
 def test_searchcv_raise_warning_with_non_finite_score():
     """Mirrors ``test_searchcv_raise_warning_with_non_finite_score``: a non-finite score
-    is reported with a warning (here: scored as error_score)."""
+    is kept as it is (not error_score: it is no failure) and reported with one warning."""
     calls = iter(range(1000))
 
     def sometimes_nan(est, X_, y_):  # call 0 is the tuner's probe for a dict result
         return np.nan if next(calls) == 1 else 0.5
 
-    with pytest.warns(RuntimeWarning, match="returned nan"):
+    with pytest.warns(UserWarning, match="test scores are non-finite"):
         tuner = make_tuner(scoring=sometimes_nan, error_score=0.0, refit=False).fit(X, y)
-    assert tuner.cv_results_["split0_test_score"][0] == 0.0
+    assert np.isnan(tuner.cv_results_["split0_test_score"][0])
 
 
 # -------------------------------------------------------------------- refit

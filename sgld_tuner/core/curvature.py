@@ -12,9 +12,9 @@ products and, above a bound, with a :class:`CurvatureWarning`:
 2. adds a restoring term to the hypergradient, so the outer step moves the start back
    below the bound: ``r = ||h|| * (eta lambda_max / bound - 1) * d / ||d||`` with
    ``d = d (v^T H_T(theta_0(lam)) v) / d lam`` (``v`` the top eigenvector, held fixed).
-   Shrinking the inner step alone does not do this: measured on the few-shot benchmark,
-   a guarded run kept a finite chain while its start walked on to ``eta lambda_max = 22``
-   and the adaptation at the real step diverged (``docs/fewshot.md``). The term is scaled
+   Shrinking the inner step alone does not do this: the chain stays finite while the
+   start keeps walking into curvature, and the adaptation at the real step then diverges
+   (``docs/fewshot.md``). The term is scaled
    to the hypergradient's norm so that it needs no weight of its own.
 
 Where the guard does not act nothing changes: the chain's generator is never drawn from,

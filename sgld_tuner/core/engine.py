@@ -19,16 +19,16 @@ from __future__ import annotations
 import copy
 import math
 import os
-import signal
-from contextlib import contextmanager
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from .interrupts import InterruptGate
+from .outer_step import OuterStep
 
 
 #: An outer loss above this many times its value at the start (plus 1e-3, so that a start
@@ -396,68 +396,6 @@ class TailAverage(Listener):
         return [(a / self.count).to(t.dtype) for a, t in zip(self.total, like)]
 
 
-class InterruptGate:
-    """SIGINT raises ``KeyboardInterrupt`` only while the gate is open; while closed (a
-    checkpoint, a rollback, a commit) it is held and raised when the gate opens again.
-
-    Installed for a run in the main thread over a callable SIGINT handler, which it
-    calls (with the frame the signal landed in) in its place; elsewhere (another
-    thread, SIGINT ignored) it installs nothing and ``open``/``close`` only keep the flag.
-    ``seen`` counts the signals that arrived, so that a caller can tell a run that a
-    library swallowed the ``KeyboardInterrupt`` of (skorch's ``fit`` does) from one
-    that ended by itself: :meth:`watch`.
-    """
-
-    def __init__(self):
-        self.is_open, self.held, self.previous, self.seen = True, None, None, 0
-
-    @classmethod
-    @contextmanager
-    def watch(cls):
-        """Run the block with a gate installed (always open); yields the gate, whose
-        ``seen`` says afterwards whether a Ctrl-C arrived."""
-        gate = cls()
-        gate.install()
-        try:
-            yield gate
-        finally:
-            gate.uninstall()
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        previous = signal.getsignal(signal.SIGINT)
-        if callable(previous):
-            self.previous = previous
-            signal.signal(signal.SIGINT, self._handler)
-
-    def uninstall(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
-
-    def _handler(self, signum, frame):
-        self.seen += 1
-        if not self.is_open:
-            self.held = (signum, frame)
-            return
-        # Closed at once: the rollback that the exception triggers must not be cut short.
-        self.is_open = False
-        self.previous(signum, frame)
-        self.is_open = True  # the caller's handler did not raise: carry on
-
-    def close(self) -> None:
-        self.is_open = False
-
-    def open(self) -> None:
-        """Open; a SIGINT held while closed is delivered now."""
-        self.is_open = True
-        if self.held is not None:
-            held, self.held = self.held, None
-            self.seen -= 1  # counted when it was held
-            self._handler(*held)
-
-
 class OuterLoop:
     """Hypergradient descent on ``lam`` driven by an oracle, with policy and listeners.
 
@@ -486,10 +424,11 @@ class OuterLoop:
         undone); then ``"raise"`` propagates it and ``"stop"`` ends the run with
         ``stop_reason = "interrupted (KeyboardInterrupt) at outer iteration <k>"``.
     lr_warmup : int, default=0
-        Iterations over which every learning rate ramps up linearly: iteration ``k``
-        steps at ``min(1, (k + 1) / lr_warmup)`` times the optimizer's rates (applied
-        around ``step()`` only, so the stored rates, their rollback shrinking and the
-        optimizer's state are untouched). 0: no ramp.
+        Iterations over which every learning rate ramps up linearly (see
+        :class:`~sgld_tuner.core.outer_step.OuterStep`); 0: no ramp. Ignored with ``step``.
+    step : OuterStep, optional
+        The one place the outer step is scaled (base rate, rollbacks' shrink, groups'
+        scales, ramp); default ``OuterStep(ramp=lr_warmup)`` over the optimizer's rates.
 
     Notes
     -----
@@ -503,10 +442,11 @@ class OuterLoop:
     def __init__(self, oracle: Callable, lam: list[torch.Tensor], optimizer, *, n_outer: int,
                  start: int = 0, policy: NonFinitePolicy | None = None, listeners=(),
                  project: Callable | None = None, records: list | None = None,
-                 on_interrupt: str = "raise", lr_warmup: int = 0):
+                 on_interrupt: str = "raise", lr_warmup: int = 0,
+                 step: OuterStep | None = None):
         if on_interrupt not in ("raise", "stop"):
             raise ValueError(f"on_interrupt must be 'raise' or 'stop', got {on_interrupt!r}")
-        self.lr_warmup = int(lr_warmup)
+        self.step = step if step is not None else OuterStep(ramp=lr_warmup)
         self.oracle, self.lam, self.optimizer = oracle, lam, optimizer
         self.n_outer, self.iteration = n_outer, start
         self.policy = policy if policy is not None else StopOnNonFinite()
@@ -525,8 +465,7 @@ class OuterLoop:
 
     def scale_lr(self, factor: float) -> None:
         """Multiply every learning rate of the outer optimizer by ``factor``."""
-        for group in self.optimizer.param_groups:
-            group["lr"] *= factor
+        self.step.scale(self.optimizer, factor)
 
     def add_record(self, record: dict) -> dict:
         """Time ``record`` since the iteration began; it is appended to ``records`` when
@@ -545,16 +484,8 @@ class OuterLoop:
         self.optimizer.zero_grad(set_to_none=False)
         for leaf, g in zip(self.lam, grad):
             leaf.grad = g.to(leaf.dtype)
-        factor = min(1.0, (self.iteration + 1) / self.lr_warmup) if self.lr_warmup > 0 else 1.0
-        groups = self.optimizer.param_groups
-        stored = [group["lr"] for group in groups]
-        for group in groups:
-            group["lr"] = group["lr"] * factor
-        try:
+        with self.step.ramped(self.optimizer, self.iteration):
             self.optimizer.step()
-        finally:
-            for group, lr in zip(groups, stored):
-                group["lr"] = lr
         if self.project is not None:
             self.project(self.lam)
         return all_finite(self.lam)

@@ -117,9 +117,8 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
              temperature: float = 1.0, noise_scale: float = 1.0, n_inner: int | None = None,
              random_state=None, callback: Callable | None = None, bounds=None,
              chain: str = "persistent", recursion: str = "auto", mixed_vjp=None,
-             method_options: dict | None = None,
-             projection: Callable | None = None, average: float | None = None,
-             lr_warmup: int = 0) -> BilevelResult:
+             method_options: dict | None = None, projection: Callable | None = None,
+             average: float | None = None, lr_warmup: int = 0) -> BilevelResult:
     """Solve ``min_lam E_{p(theta|lam)} f(lam, theta)`` by hypergradient descent.
 
     Parameters
@@ -143,8 +142,8 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     random_state : None, int or torch.Generator
         Seeds the one generator used for all SGLD noise.
     callback : callable, optional
-        Called after each outer iteration with the history record (a dict, which also
-        holds ``lam``); a truthy return value stops the loop.
+        Called after each outer iteration with the history record (a dict, with
+        ``lam``); a truthy return value stops the loop.
     bounds : (low, high) or list of pairs, optional
         Projection of ``lam`` after each outer step.
     chain : {"persistent", "restart"}
@@ -174,15 +173,10 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     -------
     BilevelResult
     """
-    options = InnerSettings.check_options(method_options, _SET_BY_ARGUMENTS)
-    settings = InnerSettings(method=method, inner_lr=inner_lr, burn_in=burn_in,
-                             n_samples=n_samples, temperature=temperature,
-                             noise_scale=noise_scale, n_inner=n_inner, chain=chain,
-                             recursion=recursion, **options).validate()
-    if n_outer < 1:
-        raise ValueError(f"n_outer must be >= 1, got {n_outer}")
-    if isinstance(lr_warmup, bool) or int(lr_warmup) != lr_warmup or lr_warmup < 0:
-        raise ValueError(f"lr_warmup must be an int >= 0, got {lr_warmup!r}")
+    settings = _checked_settings(method_options, n_outer, lr_warmup, method=method,
+                                 inner_lr=inner_lr, burn_in=burn_in, n_samples=n_samples,
+                                 temperature=temperature, noise_scale=noise_scale,
+                                 n_inner=n_inner, chain=chain, recursion=recursion)
     lam, lam_spec = _start_lam(lam0)
     problem = BilevelProblem(outer_loss, inner_loss, lam_spec, theta0, mixed_vjp=mixed_vjp)
     generator = make_generator(random_state, lam[0].device)
@@ -197,6 +191,17 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     if engine.failed:
         warnings.warn(engine.stop_reason, NonFiniteWarning, stacklevel=2)
     return _result(engine, problem, state, lam_spec, tail)
+
+
+def _checked_settings(method_options, n_outer, lr_warmup, **fields) -> InnerSettings:
+    """The chain's settings from :func:`minimize`'s arguments, every one checked."""
+    options = InnerSettings.check_options(method_options, _SET_BY_ARGUMENTS)
+    settings = InnerSettings(**fields, **options).validate()
+    if n_outer < 1:
+        raise ValueError(f"n_outer must be >= 1, got {n_outer}")
+    if isinstance(lr_warmup, bool) or int(lr_warmup) != lr_warmup or lr_warmup < 0:
+        raise ValueError(f"lr_warmup must be an int >= 0, got {lr_warmup!r}")
+    return settings
 
 
 def _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer, *, n_outer,

@@ -56,13 +56,11 @@ class InnerSettings:
         backward) every this many steps, always at the first step of an outer iteration;
         the steps in between reuse the damping factor (damped) or the current adjoint
         (tracked) and, with a closed-form ``mixed_vjp``, need no double backward.
-        ``None`` (default): once per outer iteration for damped (on the paper's 1D
-        problem the same lam = 0.749059 as every step, to 6 decimals), every 5th step
-        for tracked (every ``(B + M) // 2``-th on chains shorter than 10 steps, at least
+        ``None`` (default): once per outer iteration for damped, every 5th step for
+        tracked (every ``(B + M) // 2``-th on chains shorter than 10 steps, at least
         every step), whose steps in between then skip the outer gradient too (the
-        adjoint's step is the only user of ``grad_theta f``): through the tuner the
-        same gain over the no-search control as every step, at 0.5-0.6x the CPU per
-        inner step (``docs/performance.md``).
+        adjoint's step is the only user of ``grad_theta f``). The measurements behind
+        these defaults are in ``docs/bias.md`` and ``docs/performance.md``.
     curvature_bound : float or None
         The curvature guard (:mod:`~sgld_tuner.core.curvature`): at the start of each outer
         iteration measure ``eta * lambda_max`` of the inner Hessian (a few Hessian-vector

@@ -224,9 +224,9 @@ class TrackedRecursion(Recursion):
 
     name = "tracked"
     stackable = True
-    #: every 5th step: the search gained as much over its no-search control as with the
-    #: adjoint stepped every step, at 0.5-0.6x the CPU per inner step
-    #: (``benchmarks/results/search_effect_curvature_every.md``, ``docs/performance.md``)
+    #: refresh the adjoint every 5th step: as good a search as every step, at a lower
+    #: cost per inner step (figures: ``docs/performance.md``,
+    #: ``benchmarks/results/search_effect_curvature_every.md``)
     default_refresh = 5
 
     def __init__(self, lam, settings, persistent):

@@ -21,15 +21,23 @@ read as a feature-relevance table with :func:`sgld_tuner.relevance.feature_relev
 
 New kinds subclass :class:`Hyperparameter` and :class:`BoundHyperparameter` (public hooks,
 capability flags; see :mod:`sgld_tuner.hyperparams.base`) and should pass
-:func:`check_hyperparameter`, the conformance checks every kind above passes.
+:func:`sgld_tuner.checks.check_hyperparameter`, the conformance checks every kind above
+passes.
 """
 from .augmentation import AffineAugmentation
 from .base import BoundHyperparameter, Hyperparameter
-from .checks import check_hyperparameter
 from .losses import LossWeights, TaylorLoss
 from .penalties import PerWeightL1, WeightDecay
 from .reweighting import SampleWeights
 
-__all__ = ["Hyperparameter", "BoundHyperparameter", "check_hyperparameter",
+__all__ = ["Hyperparameter", "BoundHyperparameter",
            "PerWeightL1", "WeightDecay",
            "LossWeights", "TaylorLoss", "AffineAugmentation", "SampleWeights"]
+
+
+def __getattr__(name):
+    if name == "check_hyperparameter":
+        # It moved above the kinds' layer (it needs the skorch adapter).
+        raise AttributeError("check_hyperparameter moved: from sgld_tuner import "
+                             "check_hyperparameter")
+    raise AttributeError(f"module 'sgld_tuner.hyperparams' has no attribute {name!r}")

@@ -32,7 +32,7 @@ Capability flags replace type checks: the tuner and the adapter ask a kind what 
 (``transforms_inputs``, ``transforms_validation_inputs``, ``needs_row_indices``,
 ``uses_params`` on the specification; ``modifies_loss``, ``closed_form_mixed``,
 ``needs_calibration`` on the bound kind), never which class it is.
-:func:`sgld_tuner.hyperparams.check_hyperparameter` runs the conformance checks every
+:func:`sgld_tuner.checks.check_hyperparameter` runs the conformance checks every
 built-in kind passes.
 """
 from __future__ import annotations
@@ -153,6 +153,10 @@ class Hyperparameter(BaseEstimator, abc.ABC):
     needs_row_indices : bool, class attribute, default=False
         The bound kind's ``sample_weights`` needs each training row's position in the
         training set; a refit net then carries row indices through its batches.
+    replaces_loss : bool, class attribute, default=False
+        The bound kind's ``per_sample_loss`` ignores the loss it is handed (the
+        criterion's, or what the kinds before it made of it): any loss-rewriting kind
+        before it then has no effect, and the tuner warns.
     outer_lr_scale : float, class attribute, default=1.0
         The kind's natural step: the tuner moves its raw values with ``outer_lr *
         outer_lr_scale``, so that one ``outer_lr`` means the same for every kind. 1 for
@@ -165,6 +169,7 @@ class Hyperparameter(BaseEstimator, abc.ABC):
     transforms_inputs = False
     transforms_validation_inputs = False
     needs_row_indices = False
+    replaces_loss = False
     outer_lr_scale = 1.0
 
     def __init_subclass__(cls, **kwargs):

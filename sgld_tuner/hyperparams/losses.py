@@ -114,8 +114,9 @@ class TaylorLoss(Hyperparameter):
     """
 
     # Unbounded polynomial coefficients (the start has entries of -6 and 6): they move
-    # 10x as far as a log-scale strength for a comparable change of the loss
-    # (measured: outer_lr 0.5 where strengths take 0.05).
+    # 10x as far as a log-scale strength for a comparable change of the loss (see
+    # docs/experiments.md).
+    replaces_loss = True
     outer_lr_scale = 10.0
 
     def __init__(self, init=None):

@@ -31,7 +31,7 @@ class SampleWeights(Hyperparameter):
 
     needs_row_indices = True
     # A logit per row: the weight 2 * sigmoid(raw) changes half as fast as a log-scale
-    # strength near the start (measured: outer_lr 0.1 where strengths take 0.05).
+    # strength near the start, hence a scale of 2 (see docs/experiments.md).
     outer_lr_scale = 2.0
 
     def __init__(self, init=1.0):

@@ -9,6 +9,9 @@
 - :mod:`~sgld_tuner.search.state`: the resumable state and the save format;
 - :mod:`~sgld_tuner.search.lane`: one HPO-SGLD search over the folds, run in stretches;
 - :mod:`~sgld_tuner.search.schedules`: the seam, how lanes are run and compared;
+- :mod:`~sgld_tuner.search.scoring` and :mod:`~sgld_tuner.search.routing`: scorers, the
+  refit metric, failures through ``error_score``, and metadata routing;
+- :mod:`~sgld_tuner.search.refit`: the refit net on all rows;
 - :mod:`~sgld_tuner.search.diagnostics`: the end-of-search warnings.
 """
 from .context import FitContext

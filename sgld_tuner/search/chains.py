@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ from joblib import delayed
 from ..core import BilevelProblem, ChainState, InnerSettings, _tree, hypergradient
 from ..core.hypergrad import advance_chain
 from ..skorch_adapter import ModuleRNG, NetProblem
+from .scoring import scores_on
 from .stacked import FoldBatch
 
 
@@ -191,54 +191,30 @@ class FoldChains:
         self.folds = restored
 
     # -- scoring ------------------------------------------------------------------------
-    def score(self, scorers: dict, error_score, parallel) -> list:
-        """Each fold's ``(test scores, train scores or None, score time)`` at its chain's
-        current position (:func:`score_fold`)."""
-        return parallel(delayed(score_fold)(fold, scorers, error_score)
-                        for fold in self.folds)
+    def score(self, scorers: dict, error_score, parallel, params=None) -> list:
+        """Each fold's ``(test scores, train scores or None, score time, errors)`` at
+        its chain's current position (:func:`score_fold`); ``params``: per fold, the
+        scorers' routed metadata."""
+        params = params or [None] * len(self.folds)
+        return parallel(delayed(score_fold)(fold, scorers, error_score, p)
+                        for fold, p in zip(self.folds, params))
 
-
-def score_fold(fold: FoldChain, scorers: dict, error_score):
+def score_fold(fold: FoldChain, scorers: dict, error_score, params: dict | None = None):
     """Scores of the fold's current chain position on its validation split, on its
-    training rows too when the fold keeps them (``return_train_score``), and the time
-    the validation scores took."""
+    training rows too when the fold keeps them (``return_train_score``), the time the
+    validation scores took, and the validation scorers' failures.
+
+    ``params``: ``{"test": {metric: kwargs}, "train": {...}}``, the scorers' metadata
+    sliced to the fold's rows.
+    """
     started = time.perf_counter()
     fold.load_chain()
-    test = scores_on(fold.scored, fold.X_val, fold.y_val, scorers, error_score)
+    params, errors = params or {}, []
+    test = scores_on(fold.scored, fold.X_val, fold.y_val, scorers, error_score, errors,
+                     params.get("test"))
     score_time = time.perf_counter() - started
     on_train = None
     if fold.X_train is not None:
-        on_train = scores_on(fold.scored, fold.X_train, fold.y_train, scorers, error_score)
-    return test, on_train, score_time
-
-
-def scores_on(estimator, X, y, scorers: dict, error_score) -> dict:
-    """Every metric of ``scorers`` for ``estimator`` on ``X, y``; a failing or non-finite
-    score is ``error_score`` (with a warning), or raises with ``"raise"``."""
-    scores, outputs = {}, {}
-    for name, scorer in scorers.items():
-        try:
-            # A callable returning a dict serves all its metrics from one call (and its
-            # failure fails them all, as in GridSearchCV).
-            if id(scorer) not in outputs:
-                try:
-                    # skorch's predict draws a DataLoader seed from torch's global RNG:
-                    # leave the caller's stream untouched.
-                    with ModuleRNG.isolated():
-                        outputs[id(scorer)] = scorer(estimator, X, y)
-                except Exception as exc:  # noqa: BLE001 - re-raised below, per metric
-                    outputs[id(scorer)] = exc
-            value = outputs[id(scorer)]
-            if isinstance(value, Exception):
-                raise value
-            value = float(value[name] if isinstance(value, dict) else value)
-            if not math.isfinite(value):
-                raise ValueError(f"scorer {name!r} returned {value}")
-        except Exception as exc:  # noqa: BLE001 - reported through error_score like sklearn
-            if error_score == "raise":
-                raise
-            warnings.warn(f"scoring {name!r} failed ({exc}); using error_score={error_score}",
-                          RuntimeWarning, stacklevel=4)
-            value = float(error_score)
-        scores[name] = value
-    return scores
+        on_train = scores_on(fold.scored, fold.X_train, fold.y_train, scorers, error_score,
+                             None, params.get("train"))
+    return test, on_train, score_time, errors

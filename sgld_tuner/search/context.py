@@ -1,8 +1,10 @@
 """What one ``fit`` searches with, built once: data, folds, net factory, scorers, settings.
 
 :class:`FitContext` is the seam between the scikit-learn plumbing (``SGLDHyperTuner``
-validates and builds it) and the search (lanes and schedules read it). It never changes
-during a fit, except :attr:`FitContext.recursion`, resolved once from the bound kinds.
+validates and builds it) and the search (lanes and schedules read it). The tuner
+completes it before the search starts (the final scorers, the refit metric, the
+scorers' routed metadata); during the search only :attr:`FitContext.recursion` is set
+(once, from the first fold's bound kinds) and user callbacks' errors are collected.
 """
 from __future__ import annotations
 
@@ -72,6 +74,8 @@ class FitContext:
     callbacks: list = field(default_factory=list)
     recursion: str = "auto"
     callback_errors: list = field(default_factory=list)
+    #: per fold, the scorers' routed metadata sliced to its rows (or None)
+    score_params: list | None = None
 
     @property
     def is_pipeline(self) -> bool:
@@ -85,6 +89,17 @@ class FitContext:
     def labels(self, codes):
         """Original class labels of codes ``0..C-1`` (classifiers); ``codes`` otherwise."""
         return self.classes[codes] if self.classes is not None else codes
+
+    def callback_failure(self, engine):
+        """The exception a user callback raised (the search then ended after that
+        iteration, its results kept), with the engine's stop reason saying so; else
+        None."""
+        if not self.callback_errors:
+            return None
+        iteration, exc = self.callback_errors[0]
+        engine.stop_reason = (f"a callback raised {type(exc).__name__}: {exc} after outer "
+                              f"iteration {iteration}")
+        return exc
 
     def lane_net(self, net_params: dict | None = None):
         """The user's net with a lane's ``net_params`` (e.g. ``{"lr": 0.3}``) set."""

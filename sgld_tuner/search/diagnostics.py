@@ -10,7 +10,7 @@ from sklearn.utils import _safe_indexing
 
 from ..core import _tree
 from ..core.engine import warn_at_caller
-from .chains import scores_on
+from .scoring import scores_on
 
 
 class SearchInterrupted(RuntimeWarning):

@@ -11,6 +11,7 @@ import numpy as np
 from joblib import Parallel
 
 from ..core import _tree, make_outer_optimizer
+from ..core.outer_step import OuterStep
 from ..core.engine import (Callbacks, Listener, OuterLoop, ProgressBar, RollbackOnNonFinite,
                            Timeout)
 from ..optimizers import net_weight_decay
@@ -90,9 +91,10 @@ class Lane:
         last one is scored. Returns the engine (``stop_reason``, ``lam``, ``optimizer``)."""
         context, state = self.context, self.state
         lam = [t.detach().clone().requires_grad_(True) for t in state.lam]
-        lr = context.outer.lr * state.outer_lr_scale
-        optimizer = make_outer_optimizer(context.outer.optimizer, self._param_groups(lam, lr),
-                                         lr)
+        step = OuterStep(context.outer.lr, shrink=state.outer_lr_scale,
+                         ramp=context.lr_ramp_iterations(self.folds, self.settings))
+        optimizer = make_outer_optimizer(context.outer.optimizer, self._param_groups(lam, step),
+                                         step.current)
         if state.optimizer_state is not None:
             optimizer.load_state_dict(regrouped(state.optimizer_state, optimizer))
         # One worker pool for the whole stretch (re-creating it every outer iteration
@@ -100,51 +102,50 @@ class Lane:
         with Parallel(n_jobs=context.n_jobs, prefer="threads") as parallel:
             oracle = FoldOracle(self.chains, self.settings, parallel)
             policy = RollbackOnNonFinite(
-                self._shrink(oracle), self._checkpoint(oracle), self._restore(oracle),
+                self._shrink(oracle, step), self._checkpoint(oracle, step),
+                self._restore(oracle, step),
                 max_retries=MAX_RETRIES, raise_on_failure=context.error_score == "raise",
                 warning=DivergenceWarning)
             engine = OuterLoop(oracle, lam, optimizer, n_outer=until, start=state.iteration,
                                policy=policy, listeners=self._listeners(oracle),
-                               records=state.records, on_interrupt="stop",
-                               lr_warmup=context.lr_ramp_iterations(self.folds, self.settings))
+                               records=state.records, on_interrupt="stop", step=step)
             engine.run()
         self.settings, self.engine = oracle.settings, engine
+        state.outer_lr_scale = step.shrink
         state.keep(engine.lam, engine.optimizer, self.folds)
         return engine
 
-    def _param_groups(self, lam, lr: float) -> list[dict]:
-        """One outer-optimizer group per kind, stepping at ``lr`` times the kind's
-        ``outer_lr_scale`` (a rollback's shrinking then scales every group alike)."""
+    def _param_groups(self, lam, step: OuterStep) -> list[dict]:
+        """One outer-optimizer group per kind, stepping at the kind's
+        ``outer_lr_scale`` of the step (a rollback's shrinking then scales them alike)."""
         raws = _tree.unflatten(lam, self.state.lam_spec)
         hyperparams = self.context.hyperparams
-        return [{"params": _tree.flatten(raws[name])[0],
-                 "lr": lr * hyperparams[name].outer_lr_scale} for name in raws]
+        return step.groups((_tree.flatten(raws[name])[0], hyperparams[name].outer_lr_scale)
+                           for name in raws)
 
-    def _shrink(self, oracle):
+    def _shrink(self, oracle, step: OuterStep):
+        """A rollback's shrinking of the inner step (the engine shrinks ``step``)."""
         state, context = self.state, self.context
 
         def shrink(factor):
-            state.outer_lr_scale *= factor
             state.inner_lr_scale *= factor
             oracle.settings = context.inner_settings(state.inner_lr_scale, state.net_params)
-            return {"outer_lr": context.outer.lr * state.outer_lr_scale,
-                    "inner_lr": oracle.settings.inner_lr}
+            return {"outer_lr": step.current, "inner_lr": oracle.settings.inner_lr}
         return shrink
 
     # Everything an iteration changes besides the optimizer (the policy copies it) and the
     # records and points (built aside until the commit): a rollback, on NaN or Ctrl-C,
     # puts it all back.
-    def _checkpoint(self, oracle):
+    def _checkpoint(self, oracle, step: OuterStep):
         state = self.state
-        return lambda engine: (oracle.checkpoint(engine),
-                               (state.outer_lr_scale, state.inner_lr_scale))
+        return lambda engine: (oracle.checkpoint(engine), (step.shrink, state.inner_lr_scale))
 
-    def _restore(self, oracle):
+    def _restore(self, oracle, step: OuterStep):
         state = self.state
 
         def restore(engine, snapshot):
             oracle.restore(engine, snapshot[0])
-            state.outer_lr_scale, state.inner_lr_scale = snapshot[1]
+            step.shrink, state.inner_lr_scale = snapshot[1]
         return restore
 
     def _listeners(self, oracle) -> list[Listener]:
@@ -164,17 +165,21 @@ class Lane:
         (new objects: the state is left as it is) and the point's mean scores."""
         context, state = self.context, self.state
         parallel = parallel or Parallel(n_jobs=context.n_jobs, prefer="threads")
-        per_fold = self.chains.score(context.scorers, context.error_score, parallel)
-        scores = {m: [test[m] for test, _, _ in per_fold] for m in context.scorers}
+        per_fold = self.chains.score(context.scorers, context.error_score, parallel,
+                                     context.score_params)
+        scores = {m: [test[m] for test, _, _, _ in per_fold] for m in context.scorers}
         folds = self.folds
         point = {"iteration": iteration, "params": self.summaries(lam), "scores": scores,
                  "fit_times": [f.fit_time - t for f, t in zip(folds, state.last_fit_times)],
-                 "score_times": [t for _, _, t in per_fold]}
+                 "score_times": [t for _, _, t, _ in per_fold],
+                 "errors": [e for _, _, _, e in per_fold]}
         if state.net_params:
             point["net_params"] = dict(state.net_params)
         if context.return_train_score:
-            point["train_scores"] = {m: [train[m] for _, train, _ in per_fold]
+            point["train_scores"] = {m: [train[m] for _, train, _, _ in per_fold]
                                      for m in context.scorers}
+        if context.verbose > 2:
+            _print_point(iteration, per_fold)
         mean_scores = {m: float(np.mean(v)) for m, v in scores.items()}
         snapshots = dict(state.snapshots)
         _keep_snapshot(snapshots, len(state.points), lam, mean_scores[context.best_key],
@@ -182,6 +187,18 @@ class Lane:
         return {"points": [*state.points, point], "snapshots": snapshots,
                 "best_value": max(state.best_value, mean_scores[context.best_key]),
                 "last_fit_times": [f.fit_time for f in folds]}, mean_scores
+
+
+def _print_point(iteration: int, per_fold: list) -> None:
+    """One line per fold on stdout, as scikit-learn's searches print at ``verbose > 2``."""
+    n = len(per_fold)
+    for k, (test, train, _, _) in enumerate(per_fold):
+        if train is None:
+            text = ", ".join(f"{v:.3f}" for v in test.values())
+        else:
+            text = "(" + ", ".join(f"train={train[m]:.3f}, test={v:.3f}"
+                                   for m, v in test.items()) + ")"
+        print(f"[CV {k + 1}/{n}] END point at outer iteration {iteration}; score={text}")
 
 
 def _keep_snapshot(snapshots: dict, index: int, lam, score: float, best: float) -> None:
@@ -238,6 +255,12 @@ class _Recorder(Listener):
         if k % every == every - 1 or k == engine.n_outer - 1:
             published, mean_scores = lane.scored_point(k, engine.lam, self.oracle.parallel)
             pending.update(published)
+            errors = published["points"][-1]["errors"]
+            if not lane.state.points and all(errors):
+                # Scoring that fails on every fold will fail at every point: stop now,
+                # not after n_outer iterations (fit then reports it, as GridSearchCV).
+                engine.stop(f"every fold's scoring failed at the first scored point "
+                            f"({errors[0][0]})", failed=True)
             multimetric = lane.context.multimetric
             record.update({f"mean_test_{m if multimetric else 'score'}": v
                            for m, v in mean_scores.items()})

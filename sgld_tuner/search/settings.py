@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from numbers import Integral, Real
 
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 from ..core import METHODS, InnerSettings
@@ -191,3 +191,70 @@ def moved_error(names, error: type = TypeError) -> Exception:
     where = "; ".join(f"{n} -> {MOVED_PARAMETERS[n]}" for n in sorted(names))
     return error(f"SGLDHyperTuner's {sorted(names)} moved into grouped settings: {where} "
                      "(set_params: 'sampler__<name>' / 'outer__<name>')")
+
+
+class GroupedParams:
+    """Mixin: scikit-learn's ``get_params`` / ``set_params`` for an estimator whose
+    settings live in groups (``sampler``, ``outer``) and whose ``hyperparams`` dict holds
+    estimators of its own; old flat names raise naming their new place."""
+
+    def __new__(cls, *args, **kwargs):
+        # Parameters that moved into a settings group are named with their new place
+        # (in __new__, so that __init__'s signature stays the parameters themselves).
+        moved = set(kwargs) & set(MOVED_PARAMETERS)
+        if moved:
+            raise moved_error(moved)
+        return super().__new__(cls)
+
+    _GROUPS = {"sampler": SamplerSettings, "outer": OuterSettings}
+
+    def get_params(self, deep=True):
+        """As scikit-learn's, plus each kind's parameters as
+        ``hyperparams__<name>__<param>`` (with ``deep``)."""
+        params = super().get_params(deep=deep)
+        if deep and isinstance(self.hyperparams, dict):
+            for name, kind in self.hyperparams.items():
+                if hasattr(kind, "get_params"):
+                    params.update({f"hyperparams__{name}__{k}": v
+                                   for k, v in kind.get_params(deep=False).items()})
+        return params
+
+    def set_params(self, **params):
+        """As scikit-learn's; ``sampler__<name>`` and ``outer__<name>`` work on the
+        default (``None``) groups too, and ``hyperparams__<name>__<param>`` sets a
+        kind's parameter on a copy of the dict (the caller's kinds are left alone)."""
+        moved = {k.split("__")[0] for k in params} & set(MOVED_PARAMETERS)
+        if moved:
+            raise moved_error(moved, ValueError)
+        for group, cls in self._GROUPS.items():
+            if (group not in params and getattr(self, group) is None
+                    and any(k.startswith(group + "__") for k in params)):
+                setattr(self, group, cls())
+        kinds = {k: params.pop(k) for k in list(params) if k.startswith("hyperparams__")}
+        if kinds:
+            hyperparams = {**params.pop("hyperparams", self.hyperparams)}
+            for key, value in kinds.items():
+                _, name, param = key.split("__", 2)
+                if name not in hyperparams:
+                    raise ValueError(f"set_params: no hyperparameter {name!r} in "
+                                     f"hyperparams (names: {sorted(hyperparams)})")
+                hyperparams[name] = clone(hyperparams[name]).set_params(**{param: value})
+            params["hyperparams"] = hyperparams
+        return super().set_params(**params)
+
+    def __setstate__(self, state):
+        # A tuner pickled before the settings were grouped: its flat settings move into
+        # the groups (their defaults were those of the groups' fields).
+        sampler = {("options" if k == "method_options" else k): state.pop(k)
+                   for k in list(state)
+                   if k in MOVED_PARAMETERS and MOVED_PARAMETERS[k].startswith("sampler")}
+        outer_names = {"outer_lr": "lr", "outer_optimizer": "optimizer",
+                       "outer_warmup": "lr_ramp", "eval_every": "eval_every",
+                       "timeout": "timeout"}
+        outer = {outer_names[k]: state.pop(k) for k in list(state) if k in outer_names}
+        if sampler:
+            outer.setdefault("lr_ramp", 0)  # no ramp: the behaviour it was fitted with
+            state.setdefault("sampler", SamplerSettings(**sampler))
+            state.setdefault("outer", OuterSettings(**outer))
+            state.setdefault("schedule", None)
+        super().__setstate__(state)

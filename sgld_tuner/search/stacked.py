@@ -8,8 +8,8 @@ fold after the other in one batch, with every ``F.linear`` turned into a batched
 product over the folds (:class:`_BatchedLinear`; row-wise layers and reshapes by the row
 count work as they are), the Langevin step and the tracked adjoint act on stacked
 tensors, and autograd's double backward runs once for all folds. (``torch.func.vmap``
-does the same for any module, but measured slower than the folds one by one at
-64-128-10: its dispatch costs more than it saves.) Everything random stays per fold:
+does the same for any module, but its dispatch costs more than it saves on small nets;
+see ``docs/performance.md``.) Everything random stays per fold:
 each fold draws its minibatch, its validation rows and its noise
 (:class:`~sgld_tuner.core.sgld.SliceGenerators`) from its own generators, in the order
 its own chain would, so the stacked run equals the sequential one per fold up to float
@@ -42,10 +42,9 @@ from ..objective import average_replicas, first_output
 from ..optimizers import with_weight_decay
 from ..skorch_adapter import OUTER_CHUNK, NetProblem
 
-#: ``batch_folds="auto"`` stacks the folds up to this many weights per net
-#: (``benchmarks/fold_batching.py``: stacking won by 1.2-1.4x at 19k weights, tied or
-#: won by at most 8% at 38k over two runs, and lost by 15-18% at 301k, where the batched
-#: products cost more than the dispatch they save).
+#: ``batch_folds="auto"`` stacks the folds up to this many weights per net: below it
+#: stacking saves more dispatch than its batched products cost, above it it loses
+#: (measured by ``benchmarks/fold_batching.py``, figures in ``docs/performance.md``).
 AUTO_MAX_WEIGHTS = 30_000
 
 

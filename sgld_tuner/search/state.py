@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import joblib
 import numpy as np
 from joblib import hash as joblib_hash
+from sklearn.base import clone
 
 from ..core import ChainState
 
@@ -84,6 +85,46 @@ def fingerprint(value) -> str:
         return joblib_hash(value)
     except Exception:  # noqa: BLE001 - e.g. a generator of splits cannot be pickled
         return type(value).__name__
+
+
+#: the net's parameters that change how its chains and its refit train
+NET_TRAINING = ("lr", "batch_size", "max_epochs", "module", "optimizer", "criterion")
+
+
+def settings_fingerprints(net, hyperparams: dict, cv, random_state, *, scoring=None,
+                          groups=None, sampler=None) -> dict:
+    """Fingerprints of everything a resumed search must share with the saved one for
+    its results to mean one thing: the hyperparameters, the net's module and training
+    settings (``lr``, ``batch_size``, ``max_epochs``, optimizer, criterion), ``cv`` and
+    the ``groups`` its splits came from, ``random_state``, ``scoring`` and the chains'
+    settings (``SamplerSettings``).
+
+    A value that cannot be hashed reliably (a generator of splits, a ``RandomState``
+    instance, whose state moves) is fingerprinted by its type only.
+    """
+    trains = {k: v for k, v in net.get_params(deep=False).items()
+              if k in NET_TRAINING or k.startswith(tuple(n + "__" for n in NET_TRAINING))}
+    values = {"hyperparams": {k: clone(v) for k, v in hyperparams.items()},
+              "module": {k: v for k, v in trains.items() if k.startswith("module")},
+              "net training settings": {k: v for k, v in trains.items()
+                                        if not k.startswith("module")},
+              "cv": cv, "groups": groups, "random_state": random_state,
+              "scoring": _scoring_names(scoring),
+              "sampler": None if sampler is None else sampler.get_params()}
+    return {name: fingerprint(value) for name, value in values.items()}
+
+
+def _scoring_names(scoring):
+    """``scoring`` as names: a callable by its qualified name (a scorer object's state,
+    e.g. a call counter, must not make a resumed search look different)."""
+    if callable(scoring):
+        kind = scoring if hasattr(scoring, "__qualname__") else type(scoring)
+        return f"{getattr(kind, '__module__', '')}.{kind.__qualname__}"
+    if isinstance(scoring, dict):
+        return {k: _scoring_names(v) for k, v in scoring.items()}
+    if isinstance(scoring, (list, tuple, set)):
+        return sorted(_scoring_names(v) for v in scoring)
+    return scoring
 
 
 def regrouped(saved: dict, optimizer) -> dict:

@@ -1,5 +1,8 @@
 """Conformance checks every hyperparameter kind must pass: :func:`check_hyperparameter`.
 
+It binds a kind to a small skorch net through the adapter, so it lives above the kinds'
+layer (``sgld_tuner.hyperparams`` imports only ``sgld_tuner.core``).
+
 The independent truth for the derivatives is central finite differences in float64 of the
 hypergradient through one inner gradient step,
 ``d/dlam f(lam, theta - eta * grad_theta L_T(lam, theta))``, on a tiny net; a closed-form
@@ -14,7 +17,10 @@ import numpy as np
 import torch
 from sklearn.base import clone
 
-from .base import BoundHyperparameter, Hyperparameter
+from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
+
+from .hyperparams.base import BoundHyperparameter, Hyperparameter
+from .skorch_adapter import NetProblem
 
 __all__ = ["check_hyperparameter"]
 
@@ -68,24 +74,28 @@ def check_hyperparameter(kind: Hyperparameter, module=None, X=None, y=None) -> N
 
     Examples
     --------
-    >>> from sgld_tuner.hyperparams import WeightDecay, check_hyperparameter
+    >>> from sgld_tuner.checks import check_hyperparameter
+    >>> from sgld_tuner.hyperparams import WeightDecay
     >>> check_hyperparameter(WeightDecay(init=0.1))
     """
     label = f"check_hyperparameter({type(kind).__name__})"
     _check_spec(kind, label)
-    net, X, y = _setup(module, X, y)
-    params_before = repr(kind.get_params())
-    problem = _make_problem(kind, net, X, y)
-    _require(repr(kind.get_params()) == params_before, label,
-             "binding changed the specification's parameters; validate in make_bound and "
-             "keep derived values on the bound kind")
-    bound = problem.bound["h"]
-    _check_flags(kind, bound, problem, label)
-    _check_representation(bound, problem, label)
-    _check_one_step_hypergradient(problem, label)
-    _check_mixed_vjp(bound, problem, label)
-    _check_closed_form_penalty(bound, problem, label)
-    _check_binding_errors(kind, net, label)
+    # The checks seed torch's global RNG for their tiny net: on a fork of it, so that
+    # the caller's stream is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        net, X, y = _setup(module, X, y)
+        params_before = repr(kind.get_params())
+        problem = _make_problem(kind, net, X, y)
+        _require(repr(kind.get_params()) == params_before, label,
+                 "binding changed the specification's parameters; validate in make_bound "
+                 "and keep derived values on the bound kind")
+        bound = problem.bound["h"]
+        _check_flags(kind, bound, problem, label)
+        _check_representation(bound, problem, label)
+        _check_one_step_hypergradient(problem, label)
+        _check_mixed_vjp(bound, problem, label)
+        _check_closed_form_penalty(bound, problem, label)
+        _check_binding_errors(kind, net, label)
 
 
 def _require(condition: bool, label: str, message: str) -> None:
@@ -119,8 +129,6 @@ def _default_module(n_in: int, n_out: int) -> torch.nn.Module:
 
 def _setup(module, X, y):
     """An initialized float64 skorch net and the data as float64 / int64 arrays."""
-    from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
-
     rng = np.random.RandomState(0)
     X = rng.randn(_N_ROWS, _N_FEATURES) if X is None else np.asarray(X)
     y = np.arange(len(X)) % _N_CLASSES if y is None else np.asarray(y)
@@ -142,8 +150,6 @@ def _setup(module, X, y):
 
 
 def _make_problem(kind, net, X, y):
-    from ..skorch_adapter import NetProblem
-
     n_fit = 2 * len(X) // 3
     return NetProblem(net, {"h": clone(kind)}, X[:n_fit], y[:n_fit], X[n_fit:], y[n_fit:],
                       batch_size=-1, generator=torch.Generator().manual_seed(1),

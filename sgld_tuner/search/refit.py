@@ -1,0 +1,153 @@
+"""The refit: a fresh net trained on all rows with the best point's values built in."""
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.base import clone
+
+from ..core.engine import InterruptGate
+from ..learned_net import make_learned_net
+from .context import FitContext
+from .lane import Lane
+
+
+@dataclass
+class Refit:
+    """What the refit made: the estimator (the net, or the ``Pipeline`` around it), the
+    posterior ensemble (``refit="ensemble"``), its seconds, why it was cut short, and
+    what a divergence of its weights led to."""
+
+    estimator: object
+    ensemble: object = None
+    seconds: float = 0.0
+    interrupted: str | None = None
+    diverged: str | None = None
+    finite: bool = True
+
+
+def check_refit_params(context: FitContext, fit_params: dict) -> None:
+    """Refuse, before the search, fit parameters the refit cannot take: skorch hands a
+    net's fit parameters to its module's ``forward`` (a ``Pipeline`` routes
+    ``<step>__<name>``, the net's to the same place)."""
+    params = fit_params
+    if context.is_pipeline:
+        names = [name for name, _ in context.estimator.steps]
+        unknown = sorted({k for k in params if k.split("__")[0] not in names})
+        if unknown:
+            raise ValueError(f"fit parameters {unknown} name no step of the Pipeline "
+                             f"(steps: {names}); pass them as <step>__<parameter>")
+        last = names[-1] + "__"
+        params = {k[len(last):]: v for k, v in params.items() if k.startswith(last)}
+    if not params:
+        return
+    forward = getattr(context.net.module, "forward", None)  # a module or its class
+    if forward is None:  # a factory: what it builds is known only when it is called
+        return
+    takes = inspect.signature(forward).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in takes.values()):
+        return
+    unknown = sorted(set(params) - set(takes))
+    if unknown:
+        raise TypeError(
+            f"fit parameters {unknown} would reach the refit net's module.forward (skorch "
+            f"passes a net's fit parameters there), which takes none of them: checked before "
+            "the search, which would otherwise run for nothing. Row weights: learn them "
+            "with SampleWeights, or give the scorers sample_weight through metadata routing")
+
+
+def refit_targets(context: FitContext, lane: Lane) -> np.ndarray:
+    """``y`` as the refit trains on it: skorch broadcasts 1-D regression targets against
+    an (n, 1) output into an (n, n) loss; the chains take y as a column there, and so
+    does the refit."""
+    y = context.y
+    column = (context.classes is None and y.ndim == 1
+              and lane.folds[0].problem.output_shape == (1,))
+    return y[:, None] if column else y
+
+
+def refit_best(context: FitContext, lane: Lane, values: dict, fit_params: dict,
+               ensemble: bool = False) -> Refit:
+    """Train the user's net class, with the learned ``values`` built in and the lane's
+    net parameters set, on all rows (a ``Pipeline`` is refit whole around it).
+
+    A classifier gets ``classes`` and the original labels, so the net is a drop-in for
+    the tuner (same ``classes_``; ``predict`` returns the original labels). skorch
+    draws initial weights and batch order from torch's global RNG: it is seeded from the
+    lane's ``refit_seed`` on a fork, so the caller's stream is left untouched. skorch's
+    ``fit`` ends quietly on Ctrl-C: the engine's gate tells whether one arrived. A refit
+    whose weights end non-finite is trained again from the start at half the net's
+    ``lr`` (at most :data:`REFIT_RETRIES` times); ``Refit.diverged`` says what happened.
+    """
+    started = time.perf_counter()
+    net_params = dict(lane.state.net_params or {})
+    lr = float(context.lane_net(net_params).lr)
+    notes = []
+    for attempt in range(REFIT_RETRIES + 1):
+        result = _refit_once(context, lane, values, fit_params, {**net_params, "lr": lr})
+        if result.interrupted or _finite(result.estimator):
+            break
+        notes.append(f"the refit's weights became non-finite at lr={lr:g}")
+        lr /= 2
+    else:
+        notes.append("best_estimator_ is not finite: its predictions are NaN")
+        result.finite = False
+    result.diverged = "; ".join(notes) or None
+    if ensemble and result.interrupted is None and result.finite:
+        from ..ensemble import collect_posterior_samples
+
+        # The chain trains on codes 0..C-1; the ensemble predicts classes_ labels.
+        sampler = context.sampler
+        result.ensemble = collect_posterior_samples(
+            result.estimator, context.hyperparams, values, context.X,
+            refit_targets(context, lane), inner_lr=lane.settings.inner_lr,
+            temperature=sampler.temperature, noise_scale=sampler.noise_scale,
+            batch_size=sampler.batch_size, random_state=lane.state.refit_seed)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+#: a refit that ends non-finite is trained again at half the lr this many times at most
+REFIT_RETRIES = 2
+
+
+def _finite(estimator) -> bool:
+    net = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    return all(bool(torch.isfinite(p).all()) for p in net.module_.parameters())
+
+
+def _refit_once(context: FitContext, lane: Lane, values: dict, fit_params: dict,
+                net_params: dict) -> Refit:
+    """One training run of the refit net with ``net_params`` set."""
+    y = refit_targets(context, lane)
+    net = make_learned_net(context.lane_net(net_params), context.hyperparams, values)
+    labels = context.labels(y)
+    if context.classes is not None and context.net_takes_classes:
+        net.set_params(classes=list(context.classes))
+    elif context.classes is not None:  # binary: skorch's BCE loss wants float 0/1 targets
+        labels = np.asarray(y, dtype=np.float32)
+    estimator = net
+    if context.is_pipeline:
+        estimator = clone(context.estimator).set_params(**{context.estimator.steps[-1][0]: net})
+    with torch.random.fork_rng(devices=[]), InterruptGate.watch() as gate:
+        torch.manual_seed(lane.state.refit_seed)
+        estimator.fit(context.X, labels, **fit_params)
+    result = Refit(estimator)
+    if gate.seen:
+        result.interrupted = (
+            f"refit interrupted (KeyboardInterrupt) after {len(net.history)} of "
+            f"{net.max_epochs} epochs: best_estimator_ is undertrained (fit again, with "
+            "warm_start=True to keep the search)")
+    return result
+
+
+def best_point_steps(context: FitContext, lane: Lane, iteration: int) -> int:
+    """Inner steps the best point's chains had run: a persistent chain its warm-up and
+    every iteration up to the point; a restarted one, one iteration's steps."""
+    steps = lane.settings.steps
+    if context.sampler.chain == "persistent":
+        steps = max(f.warm_up_steps for f in lane.folds) + (iteration + 1) * steps
+    return steps

@@ -1,0 +1,67 @@
+"""The seam a schedule plugs into: lanes of chains run and compared inside one fit."""
+import numpy as np
+from sklearn.base import clone
+
+from sgld_tuner import SGLDHyperTuner
+from sgld_tuner.search import PlainSearch, Schedule
+from test_tuner import digits4, grouped, tiny_classifier  # noqa: F401 - fixture
+from sgld_tuner.hyperparams import PerWeightL1
+
+
+class BetterOfTwoLanes(Schedule):
+    """Two lanes at two inner learning rates (the net's ``lr``, which the chains step
+    with); after one outer iteration each, the better one by its mean cv score goes on
+    to ``n_outer``. One class on the seam: no change to the tuner."""
+
+    def __init__(self, lrs=(0.01, 0.3)):
+        self.lrs = lrs
+
+    def run(self, context, new_lane):
+        lanes = [new_lane({"lr": lr}) for lr in self.lrs]
+        for lane in lanes:
+            lane.run(1)
+        best = max(lanes, key=lambda lane: lane.state.best_value)
+        best.run(context.n_outer)
+        return best
+
+
+def _tuner(schedule=None, estimator=None, **kwargs):
+    return SGLDHyperTuner(estimator if estimator is not None else tiny_classifier(),
+                          {"l1": PerWeightL1(init=1e-3)},
+                          **grouped({"n_outer": 3, "cv": 2, "random_state": 0,
+                                     "schedule": schedule, **kwargs},
+                                    sampler={"burn_in": 2, "n_samples": 2},
+                                    outer={"eval_every": 1}))
+
+
+def test_a_schedule_of_two_lanes_keeps_the_better_one_and_refits_with_its_lr(digits4):
+    X, y = digits4
+    lrs = (0.001, 0.3)
+    tuner = _tuner(BetterOfTwoLanes(lrs)).fit(X, y)
+    # Each lane alone, one outer iteration, on the same folds and seeds: the truth of
+    # which one scores better after one iteration.
+    alone = {lr: _tuner(n_outer=1, refit=False, estimator=tiny_classifier(lr=lr))
+             .fit(X, y).best_score_ for lr in lrs}
+    winner = max(lrs, key=alone.get)
+    assert alone[0.3] != alone[0.001]
+    assert tuner.best_params_["lr"] == winner
+    assert tuner.best_estimator_.lr == winner  # the refit trains at the winning lr
+    assert list(tuner.history_["iteration"]) == [0, 1, 2]  # the kept lane continued warm
+    assert tuner.cv_results_["mean_test_score"][0] == alone[winner]
+    assert np.isfinite(tuner.best_score_)
+
+
+def test_the_plain_search_is_the_default_schedule(digits4):
+    X, y = digits4
+    default = _tuner(refit=False).fit(X, y)
+    plain = _tuner(PlainSearch(), refit=False).fit(X, y)
+    np.testing.assert_array_equal(default.cv_results_["mean_test_score"],
+                                  plain.cv_results_["mean_test_score"])
+    assert "lr" not in default.best_params_
+
+
+def test_a_schedule_is_a_parameter_like_any_other():
+    tuner = _tuner(BetterOfTwoLanes((0.1, 0.2)))
+    assert tuner.get_params()["schedule__lrs"] == (0.1, 0.2)
+    tuner.set_params(schedule__lrs=(0.05, 0.5))
+    assert clone(tuner).schedule.lrs == (0.05, 0.5)
