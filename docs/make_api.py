@@ -20,7 +20,7 @@ from sgld_tuner import OuterSettings, SamplerSettings, SGLDHyperTuner, check_hyp
 SECTIONS = [
     ("sgld_tuner", [SGLDHyperTuner, SamplerSettings, OuterSettings, check_hyperparameter]),
     # the seam a schedule plugs into (docs/architecture.md)
-    ("sgld_tuner.search", [search.Schedule, search.PlainSearch, search.LaneFactory,
+    ("sgld_tuner.search", [search.Race, search.Schedule, search.PlainSearch, search.LaneFactory,
                            search.Lane, search.FitContext]),
     # the warnings fit gives, by class (to filter them)
     ("sgld_tuner.tuner", [getattr(tuner, n) for n in (

@@ -1,6 +1,7 @@
 """Measure the package's rooms: module, class and function sizes, and the imports that
-run between layers. ``python docs/sizes.py`` prints the tables ``docs/architecture.md``
-quotes; ``tests/test_architecture.py`` holds the limits to them.
+run between layers. ``python docs/sizes.py`` prints the table ``docs/architecture.md``
+quotes (``--write`` puts it there); ``tests/test_architecture.py`` holds the limits and
+checks that the doc quotes the code as it is.
 
 Lines are physical lines of the source (docstrings and comments included), as an editor
 shows them.
@@ -113,9 +114,22 @@ def table(measured: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def write_into(doc: Path, new_table: str) -> None:
+    """Replace the sizes table in ``doc`` (the block of lines that starts with its
+    header row) with ``new_table``."""
+    lines = doc.read_text().split("\n")
+    start = lines.index(new_table.split("\n")[0])
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    doc.write_text("\n".join(lines[:start] + new_table.split("\n") + lines[end:]))
+
+
 def main() -> int:
     measured = [measure(p) for p in modules()]
     print(table(measured))
+    if "--write" in sys.argv[1:]:
+        write_into(Path(__file__).with_name("architecture.md"), table(measured))
     total = sum(m["lines"] for m in measured)
     print(f"\n{len(measured)} modules, {total} lines.")
     broken = violations(measured)

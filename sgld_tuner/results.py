@@ -49,13 +49,19 @@ def build_cv_results(points: list[dict], metric_names: list[str], n_splits: int,
     results["mean_score_time"], results["std_score_time"] = score.mean(axis=1), score.std(axis=1)
     names = sorted({key for p in points for key in p["params"]})
     for name in names:
-        values = np.ma.MaskedArray(np.empty(n, dtype=float), mask=True)
-        for i, p in enumerate(points):
-            if name in p["params"]:
-                values[i] = p["params"][name]
+        given = [p["params"].get(name) for p in points]
+        numeric = all(v is None or isinstance(v, (int, float, np.number)) for v in given)
+        values = np.ma.MaskedArray(np.empty(n, dtype=float if numeric else object), mask=True)
+        for i, value in enumerate(given):
+            if name in points[i]["params"]:
+                values[i] = value
         results[f"param_{name}"] = values
     results["params"] = [dict(p["params"]) for p in points]
     results["iteration"] = np.array([p["iteration"] for p in points], dtype=int)
+    # as scikit-learn's successive-halving searches: the rung and the resources (inner
+    # steps per fold the point's chains had run)
+    results["iter"] = np.array([p.get("iter", 0) for p in points], dtype=int)
+    results["n_resources"] = np.array([p.get("n_resources", 0) for p in points], dtype=int)
     for metric in metric_names:
         key = "score" if single_metric else metric
         for kind, field in (("test", "scores"), ("train", "train_scores")):
@@ -75,10 +81,12 @@ def build_history(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def select_best(cv_results: dict, refit, multimetric: bool, metric_names: list):
+def select_best(cv_results: dict, refit, multimetric: bool, metric_names: list,
+                eligible=None):
     """``(best_index, best_score)`` as ``GridSearchCV`` picks them: a callable ``refit``
     chooses the index from ``cv_results`` (and there is no best score), otherwise the
-    best rank of the refit metric."""
+    best rank of the refit metric among the ``eligible`` rows (all by default; a race's
+    are its winning lane's, as scikit-learn's halving searches pick in the last rung)."""
     if callable(refit):
         index = refit(cv_results)
         # GridSearchCV's errors and wording
@@ -90,7 +98,10 @@ def select_best(cv_results: dict, refit, multimetric: bool, metric_names: list):
     key = "score"
     if multimetric:
         key = refit if isinstance(refit, str) and refit in metric_names else metric_names[0]
-    index = int(np.argmin(cv_results[f"rank_test_{key}"]))
+    ranks = np.asarray(cv_results[f"rank_test_{key}"], dtype=float)
+    if eligible is not None:
+        ranks = np.where(eligible, ranks, np.inf)
+    index = int(np.argmin(ranks))
     return index, float(cv_results[f"mean_test_{key}"][index])
 
 

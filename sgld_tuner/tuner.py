@@ -347,8 +347,9 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         """``best_index_``, ``best_score_`` (not with a callable ``refit``, as in
         ``GridSearchCV``) and ``best_params_``: the kinds' full values at the best point,
         and the lane's net parameters."""
+        eligible = [p.get("eligible", True) for p in lane.state.points] or None
         self.best_index_, best_score = select_best(self.cv_results_, self.refit,
-                                                   self.multimetric_, metric_names)
+                                                   self.multimetric_, metric_names, eligible)
         self.__dict__.pop("best_score_", None)  # never one left by an earlier fit
         if best_score is not None:
             self.best_score_ = best_score

@@ -1,5 +1,6 @@
 """The seam a schedule plugs into: lanes of chains run and compared inside one fit."""
 import numpy as np
+import pytest
 from sklearn.base import clone
 
 from sgld_tuner import SGLDHyperTuner
@@ -65,3 +66,53 @@ def test_a_schedule_is_a_parameter_like_any_other():
     assert tuner.get_params()["schedule__lrs"] == (0.1, 0.2)
     tuner.set_params(schedule__lrs=(0.05, 0.5))
     assert clone(tuner).schedule.lrs == (0.05, 0.5)
+
+
+def test_the_race_keeps_the_lr_that_scores_best_at_the_refits_horizon(digits4):
+    """Five lrs around the net's (0.1), one rung (factor 5): every lane runs to the
+    refit's horizon, the net's own budget (2 epochs of 2 batches = 4 inner steps = one
+    outer iteration of 2 + 2 steps here) and is scored there; the best goes on warm to
+    n_outer and is refit with its lr."""
+    from sgld_tuner.search import Race
+
+    X, y = digits4
+    tuner = _tuner(Race(factor=5, extend=0), n_outer=3).fit(X, y)
+    rows = tuner.cv_results_
+    lrs = rows["param_lr"].astype(float)
+    np.testing.assert_allclose(sorted(set(lrs)), [0.1 / 9, 0.1 / 3, 0.1, 0.3, 0.9])
+    at_horizon = rows["iteration"] == 0  # one row per lane, its chains at the budget
+    assert at_horizon.sum() == 5 and set(rows["n_resources"][at_horizon]) == {4}
+    winner = tuner.best_params_["lr"]
+    scores = dict(zip(lrs[at_horizon], rows["mean_test_score"][at_horizon]))
+    assert scores[winner] == max(scores.values())
+    assert tuner.best_estimator_.lr == winner
+    assert lrs[tuner.best_index_] == winner  # chosen among the winning lane's rows
+    assert list(rows["iteration"][lrs == winner]) == [0, 1, 2]  # it continued warm
+
+
+@pytest.mark.parametrize("grid, match", [
+    ({"lr": []}, "non-empty list"),
+    ({"lr": [0.1, -1.0]}, "every lr must be > 0"),
+    ({"colour": [1, 2]}, "not a parameter of the net"),
+    ({"hyperparams__l1__init": [1e-3]}, "not a parameter of the net|differentiable"),
+    ({}, "non-empty dict"),
+])
+def test_a_bad_race_declaration_is_refused_before_training(digits4, grid, match):
+    from sgld_tuner.search import Race
+
+    calls = []
+    tuner = _tuner(Race(param_grid=grid), callbacks=[lambda r: calls.append(r) and False])
+    with pytest.raises(ValueError, match=match):
+        tuner.fit(*digits4)
+    assert calls == []
+
+
+def test_a_race_over_a_discrete_knob_refits_with_the_winner(digits4):
+    from sgld_tuner.search import Race
+
+    X, y = digits4
+    tuner = _tuner(Race(param_grid={"module__hidden": [2, 8]}, factor=2), n_outer=4)
+    tuner.fit(X, y)
+    assert tuner.best_params_["module__hidden"] in (2, 8)
+    assert tuner.best_estimator_.module__hidden == tuner.best_params_["module__hidden"]
+    assert set(tuner.cv_results_["param_module__hidden"].compressed()) == {2, 8}

@@ -9,6 +9,7 @@
 - :mod:`~sgld_tuner.search.state`: the resumable state and the save format;
 - :mod:`~sgld_tuner.search.lane`: one HPO-SGLD search over the folds, run in stretches;
 - :mod:`~sgld_tuner.search.schedules`: the seam, how lanes are run and compared;
+- :mod:`~sgld_tuner.search.race`: the race of the net's lr / budget / discrete knobs;
 - :mod:`~sgld_tuner.search.scoring` and :mod:`~sgld_tuner.search.routing`: scorers, the
   refit metric, failures through ``error_score``, and metadata routing;
 - :mod:`~sgld_tuner.search.refit`: the refit net on all rows;
@@ -18,10 +19,12 @@ from .context import FitContext
 from .diagnostics import (DivergenceWarning, OverfittingWarning, SearchInterrupted,
                           UndertrainedWarning, UnmovedSearchWarning)
 from .lane import Lane
+from .race import Race, RaceWarning
 from .schedules import LaneFactory, PlainSearch, Schedule
 from .settings import OuterSettings, SamplerSettings
 from .state import SearchState
 
-__all__ = ["FitContext", "Lane", "LaneFactory", "PlainSearch", "Schedule", "SearchState",
+__all__ = ["FitContext", "Lane", "LaneFactory", "PlainSearch", "Race", "RaceWarning",
+           "Schedule", "SearchState",
            "SamplerSettings", "OuterSettings", "SearchInterrupted", "UnmovedSearchWarning",
            "DivergenceWarning", "OverfittingWarning", "UndertrainedWarning"]

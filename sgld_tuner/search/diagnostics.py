@@ -141,5 +141,6 @@ def warn_if_refit_undertrained(refit_net, X, codes, labels, scorer: dict, folds,
         f"training rows); the net's own budget (max_epochs={net.max_epochs}, "
         f"lr={net.lr:g}) is about {budget} steps per fold. The net is undertrained: "
         "best_score_ overstates best_estimator_, and the values were learned on "
-        "longer-trained nets. Raise the net's max_epochs or lr (e.g. GridSearchCV over "
-        "estimator__lr around the tuner)", UndertrainedWarning)
+        "longer-trained nets. Raise the net's max_epochs or lr, or race them inside fit: "
+        "schedule=Race() (the lr), Race(param_grid={'max_epochs': [...]}) (the budget)",
+        UndertrainedWarning)

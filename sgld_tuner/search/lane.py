@@ -7,6 +7,8 @@ as they decide (:meth:`Lane.run` continues where the last stretch ended) and kee
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from joblib import Parallel
 
@@ -61,10 +63,26 @@ class Lane:
         self.chains = FoldChains(folds, self._fold_batch(folds))
         self.bound = folds[0].problem.bound
         self.engine = None
+        #: the rung of a race this lane runs in (``iter`` in ``cv_results_``)
+        self.rung = 0
 
     @property
     def folds(self) -> list:
         return self.chains.folds
+
+    @property
+    def budget_iterations(self) -> int:
+        """Outer iterations in which the chains run the net's own training budget
+        (``max_epochs`` passes over a fold's rows): the horizon the refit trains at."""
+        budget = max(fold.budget_steps for fold in self.folds)
+        return max(1, math.ceil(budget / max(1, self.settings.steps)))
+
+    @property
+    def last_score(self) -> float:
+        """The mean test score (refit metric) of the lane's last scored point."""
+        if not self.state.points:
+            return math.nan
+        return float(np.mean(self.state.points[-1]["scores"][self.context.best_key]))
 
     def _fold_batch(self, folds) -> FoldBatch | None:
         """The folds' chains stacked into one computation, where ``batch_folds`` asks
@@ -169,10 +187,13 @@ class Lane:
                                      context.score_params)
         scores = {m: [test[m] for test, _, _, _ in per_fold] for m in context.scorers}
         folds = self.folds
-        point = {"iteration": iteration, "params": self.summaries(lam), "scores": scores,
+        point = {"iteration": iteration,
+                 "params": {**(state.net_params or {}), **self.summaries(lam)},
+                 "scores": scores,
                  "fit_times": [f.fit_time - t for f, t in zip(folds, state.last_fit_times)],
                  "score_times": [t for _, _, t, _ in per_fold],
-                 "errors": [e for _, _, _, e in per_fold]}
+                 "errors": [e for _, _, _, e in per_fold], "iter": self.rung,
+                 "n_resources": max(f.state.n_steps for f in folds)}
         if state.net_params:
             point["net_params"] = dict(state.net_params)
         if context.return_train_score:

@@ -28,6 +28,12 @@ class LaneFactory:
                  resumed: SearchState | None = None):
         self.context, self._fresh, self._resumed = context, fresh_state, resumed
 
+    @property
+    def resuming(self) -> dict | None:
+        """The net parameters of the lane a ``warm_start`` resume continues (``{}``: the
+        net as given), or None when nothing is resumed."""
+        return None if self._resumed is None else dict(self._resumed.net_params or {})
+
     def first_state(self) -> SearchState:
         """The state the first lane starts from (the resumed one, or a fresh one), for
         a look at the splits and seeds before any lane is made."""

@@ -1,0 +1,150 @@
+"""The race of the net's lr inside one fit, beside the tuner without it and the grids.
+
+Same data, nets and trainings as ``benchmarks/unseen_data.py`` (4 data sets x 3 trainings).
+Methods, on the same seeds: the tuner with its defaults (no race: its control here),
+``SGLDHyperTuner(schedule=Race())``, ``GridSearchCV`` over 3 lrs x 3 weight decays and over
+5 lrs x 3 weight decays (the lrs 3^-2..3^2 x the net's), and the plain net. CPU seconds by
+``time.process_time()`` with one torch thread.
+
+Run: ``python benchmarks/race.py [--seeds 5] [--data wine,iris] [--smoke]``
+"""
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import GridSearchCV
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _results import (add_common_args, is_smoke, parse_args, result_stem,  # noqa: E402
+                      tuner_kwargs, write_results)
+from unseen_data import TRAININGS, WDS, load, pipeline  # noqa: E402
+
+from sgld_tuner import SGLDHyperTuner  # noqa: E402
+from sgld_tuner.hyperparams import PerWeightL1  # noqa: E402
+from sgld_tuner.search import Race  # noqa: E402
+from sgld_tuner.tuner import UndertrainedWarning  # noqa: E402
+
+DATA = ["make_classification", "make_regression", "wine", "iris"]
+RACE, OFF = "tuner + Race()", "tuner (no race)"
+GRID3, GRID5 = "GridSearchCV 3 lr x 3 wd", "GridSearchCV 5 lr x 3 wd"
+
+
+def methods(make, net_step: str, lr: float, seed: int, smoke: bool) -> dict:
+    small = tuner_kwargs(dict(n_outer=2, burn_in=1, n_samples=1) if smoke else {})
+    lrs5 = [lr * 3.0 ** k for k in range(-2, 3)]
+    cut = 2 if smoke else None
+
+    def grid(lrs):
+        return GridSearchCV(make(), {f"{net_step}__lr": lrs[:cut],
+                                     f"{net_step}__optimizer__weight_decay": list(WDS)[:cut]})
+
+    race = Race(n_lrs=3 if smoke else 5, extend=0 if smoke else 2)
+    return {
+        OFF: SGLDHyperTuner(make(), {"l1": PerWeightL1()}, random_state=seed, **small),
+        RACE: SGLDHyperTuner(make(), {"l1": PerWeightL1()}, random_state=seed,
+                             schedule=race, **small),
+        GRID3: grid(lrs5[1:4]),
+        GRID5: grid(lrs5),
+        "plain net": make(),
+    }
+
+
+def run_one(name: str, training: str, seed: int, smoke: bool) -> list[dict]:
+    X_tr, X_te, y_tr, y_te, classification = load(name, seed)
+    n_out = int(y_tr.max()) + 1 if classification else 1
+
+    def make():
+        return pipeline(classification, X_tr.shape[1], n_out, TRAININGS[training], smoke)
+
+    net = make().steps[-1]
+    records = []
+    for method, estimator in methods(make, net[0], net[1].lr, seed, smoke).items():
+        torch.manual_seed(seed)
+        wall, cpu = time.perf_counter(), time.process_time()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            estimator.fit(X_tr, y_tr)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        chosen = getattr(estimator, "best_params_", {})
+        records.append({
+            "data": name, "training": training, "seed": seed, "method": method,
+            "test_score": float(estimator.score(X_te, y_te)), "cpu_s": cpu, "wall_s": wall,
+            "lr": float(chosen.get("lr", chosen.get(f"{net[0]}__lr", np.nan))),
+            "undertrained_warning": any(w.category is UndertrainedWarning for w in caught)})
+    return records
+
+
+def _mean_std(values) -> str:
+    return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.3f}"
+
+
+def _lead(values) -> str:
+    return f"{values.mean():+.3f} ({int((values > 0).sum())}/{len(values)})"
+
+
+def to_markdown(df: pd.DataFrame, command: str, seeds: list, cpu_total: float) -> str:
+    keys = ["data", "training", "seed"]
+    score = df.pivot_table(index=keys, columns="method", values="test_score")
+    cpu = df.pivot_table(index=keys, columns="method", values="cpu_s")
+    warned = df[df.method == RACE].set_index(keys).undertrained_warning
+    lines = [
+        "# The race of the net's lr inside one fit", "",
+        f"`{command}`: {len(seeds)} seed(s), {cpu_total:.0f} s CPU in all. Test score: "
+        "accuracy, or R^2 for make_regression; mean ± std over seeds. gain: the race minus "
+        "the tuner without it on the same seed (mean ± std, seeds won); vs grid: the race "
+        "minus each grid (mean, seeds won); CPU: the race's seconds over each grid's (one "
+        "torch thread); undertrained: seeds on which the race warned UndertrainedWarning.", "",
+        f"| data | training | {RACE} | {OFF} | {GRID3} | {GRID5} | plain net | gain | "
+        "vs 3x3 | vs 5x3 | CPU race s (/3x3, /5x3) | undertrained |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (data, training), rows in score.groupby(level=["data", "training"], sort=False):
+        gain = rows[RACE] - rows[OFF]
+        c = cpu.loc[(data, training)].mean()
+        lines.append(
+            f"| {data} | {training} | {_mean_std(rows[RACE])} | {_mean_std(rows[OFF])} "
+            f"| {_mean_std(rows[GRID3])} | {_mean_std(rows[GRID5])} "
+            f"| {_mean_std(rows['plain net'])} "
+            f"| {gain.mean():+.3f} ± {gain.std(ddof=1) if len(gain) > 1 else 0:.3f} "
+            f"({int((gain > 0).sum())}/{len(gain)}) "
+            f"| {_lead(rows[RACE] - rows[GRID3])} | {_lead(rows[RACE] - rows[GRID5])} "
+            f"| {c[RACE]:.2f} ({c[RACE] / c[GRID3]:.2f}, {c[RACE] / c[GRID5]:.2f}) "
+            f"| {int(warned.loc[(data, training)].sum())}/{len(gain)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--seeds", type=int, default=1 if is_smoke() else 5)
+    parser.add_argument("--data", default=",".join(DATA))
+    parser.add_argument("--trainings", default=",".join(TRAININGS))
+    args = parse_args(parser, argv)
+    smoke, seeds = is_smoke(), list(range(args.seeds))
+    torch.set_num_threads(1)
+    names = ["iris"] if smoke else args.data.split(",")
+    trainings = ["sgd"] if smoke else args.trainings.split(",")
+    cpu_started = time.process_time()
+    records = []
+    for name in names:
+        for training in trainings:
+            for seed in seeds:
+                records += run_one(name, training, seed, smoke)
+            print(f"{name} / {training} done", flush=True)
+    df = pd.DataFrame.from_records(records)
+    command = "python benchmarks/race.py" + (" --smoke" if smoke else "") + \
+        ("" if args.data == ",".join(DATA) else f" --data {args.data}") + \
+        ("" if args.trainings == ",".join(TRAININGS) else f" --trainings {args.trainings}") + \
+        ("" if args.seeds == 5 else f" --seeds {args.seeds}")
+    md = to_markdown(df, command, seeds, time.process_time() - cpu_started)
+    print("\n" + md)
+    stem = result_stem("race", args.out_dir)
+    write_results(stem, {"seeds": seeds, "rows": df.to_dict("records")}, md)
+    print(f"wrote {stem}.json/.md")
+
+
+if __name__ == "__main__":
+    main()
