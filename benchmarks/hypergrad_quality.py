@@ -18,13 +18,23 @@ Problems (float64, one torch thread):
   per-weight L1, started from a trained net, noise off; reference: exact reverse mode
   through the same chain (``rmd`` over all its steps); IFT-CG run to convergence at its
   end is reported beside it.
+* ``ill-logreg-k1e3`` / ``k1e4`` / ``k1e5``: ill-conditioned binary logistic regression,
+  one L2 strength per feature (40 standardised, strongly correlated features: their
+  covariance spectrum spans 8 decades), the inner Hessian's condition number set to
+  1e3 / 1e4 / 1e5 exactly by the common level of the penalties; exact implicit-function
+  hypergradient by Newton's method and a linear solve in float64; chain started at the
+  optimum, ``tau = 1e-8``, the issue's setting: B = M = 25 (20 warm-up outer iterations
+  of 50 steps, then 5 measured). ``hvp_per_step``: the adjoint's Hessian products per
+  inner step.
 
 Usage::
 
-    python benchmarks/hypergrad_quality.py                     # full (about 10 min, 1 core)
+    python benchmarks/hypergrad_quality.py                     # full (about 12 min, 1 core)
+    python benchmarks/hypergrad_quality.py --cases illcond     # the ill-conditioned rows (1 min)
     SGLD_TUNER_SMOKE=1 python benchmarks/hypergrad_quality.py  # seconds
 
-Writes ``benchmarks/results/hypergrad_quality.{json,md}`` (``*_smoke.*`` in smoke mode).
+Writes ``benchmarks/results/hypergrad_quality.{json,md}`` (``--cases illcond``:
+``hypergrad_quality_illcond.{json,md}``; ``*_smoke.*`` in smoke mode).
 """
 from __future__ import annotations
 
@@ -40,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import add_common_args, is_smoke, parse_args, result_stem, write_results  # noqa: E402
 
 from sgld_tuner.core import BilevelProblem, ChainState, InnerSettings, hypergradient  # noqa: E402
+from sgld_tuner.core.recursions import make_recursion  # noqa: E402
 from sgld_tuner.problems import RidgePerFeature  # noqa: E402
 
 SMOKE = is_smoke()
@@ -49,9 +60,13 @@ DT = torch.float64
 ESTIMATORS = {
     "paper": dict(method="sgld", recursion="paper"),
     "damped": dict(method="sgld", recursion="damped"),
-    # The default: the adjoint (and the outer gradient) every 5th inner step.
+    # The default: the adjoint (and the outer gradient) every 5th inner step, accelerated.
     "tracked": dict(method="sgld", recursion="tracked"),
     "tracked/1": dict(method="sgld", recursion="tracked", curvature_every=1),
+    # The plain adjoint iteration (the default before the accelerated one).
+    "tracked-gd": dict(method="sgld", recursion="tracked", adjoint="gradient"),
+    "tracked-gd/1": dict(method="sgld", recursion="tracked", adjoint="gradient",
+                         curvature_every=1),
     "gibbs": dict(method="sgld", recursion="gibbs"),
     "rmd-10": dict(method="rmd", n_inner=10),
     "rmd-50": dict(method="rmd", n_inner=50),
@@ -64,10 +79,12 @@ ESTIMATORS = {
 class Case:
     """One problem at one ``lam``: losses, start, chain knobs and the exact reference."""
 
-    def __init__(self, name, outer, inner, lam, theta0, exact, eta, tau, mixed_vjp=None):
+    def __init__(self, name, outer, inner, lam, theta0, exact, eta, tau, mixed_vjp=None,
+                 burn_in=5, n_samples=5):
         self.name, self.outer, self.inner, self.lam = name, outer, inner, lam
         self.theta0, self.exact, self.eta, self.tau = theta0, exact, eta, tau
         self.mixed_vjp = mixed_vjp
+        self.burn_in, self.n_samples = burn_in, n_samples
 
 
 def cosine(a, b):
@@ -89,7 +106,8 @@ def run_estimator(case, options, n_warm, n_calls, seed=0):
     """Mean and single-call estimates of one estimator, and CPU seconds per inner step."""
     problem = BilevelProblem(case.outer, case.inner, None, case.theta0,
                              mixed_vjp=case.mixed_vjp)
-    settings = InnerSettings(inner_lr=case.eta, burn_in=5, n_samples=5, temperature=case.tau,
+    settings = InnerSettings(inner_lr=case.eta, burn_in=case.burn_in,
+                             n_samples=case.n_samples, temperature=case.tau,
                              **options).validate()
     lam = [case.lam.clone().requires_grad_(True)]
     gen = torch.Generator().manual_seed(seed)
@@ -101,6 +119,18 @@ def run_estimator(case, options, n_warm, n_calls, seed=0):
         calls.append(hypergradient(problem, lam, state, settings, gen).grad[0].reshape(-1))
     per_step = (time.process_time() - started) / (n_calls * settings.steps)
     return torch.stack(calls).mean(0), calls, per_step
+
+
+def hessian_products_per_step(case, options):
+    """Hessian-vector products the chain estimator asks for per inner step (NaN for the
+    baselines): what the adjoint's refresh rule costs beyond a plain step."""
+    if options.get("method") != "sgld":
+        return float("nan")
+    settings = InnerSettings(inner_lr=case.eta, burn_in=case.burn_in,
+                             n_samples=case.n_samples, **options).validate()
+    recursion = make_recursion(settings, [case.lam], start_depends_on_lam=False)
+    steps = settings.steps
+    return sum(recursion.needs_hessian(m) for m in range(1, steps + 1)) / steps
 
 
 def evaluate(case, n_warm, n_calls, names):
@@ -116,7 +146,8 @@ def evaluate(case, n_warm, n_calls, names):
                      "cosine": cosine(mean, exact),
                      "norm_ratio": float(mean.norm() / exact.norm()),
                      "cosine_1call": float(np.median([cosine(c, exact) for c in calls])),
-                     "cost_x_plain": per_step / unit})
+                     "cost_x_plain": per_step / unit,
+                     "hvp_per_step": hessian_products_per_step(case, ESTIMATORS[name])})
         print(f"{case.name:12s} {name:15s} cos {rows[-1]['cosine']:+.3f}  "
               f"ratio {rows[-1]['norm_ratio']:.3f}  cost {rows[-1]['cost_x_plain']:.2f}x",
               flush=True)
@@ -190,6 +221,73 @@ def logreg_case(cold: bool, n_train=300, n_val=300):
     start = torch.zeros_like(star) if cold else star
     return Case("logreg-cold" if cold else "logreg-opt", outer, inner, lam, start, exact,
                 eta=eta, tau=1e-6, mixed_vjp=mixed_vjp)
+
+
+def illcond_logreg_case(kappa, d=40, n_train=400, n_val=400, spread=1e-8, tau=1e-8,
+                        steps=50, seed=0):
+    """Binary L2 logistic regression with one strength per feature whose inner Hessian has
+    condition number ``kappa``; exact implicit-function hypergradient (float64).
+
+    Features: a rotation of independent ones whose variances are log-spaced over
+    ``spread`` (so they are strongly correlated), standardised on the training rows;
+    labels from a logistic model. Per-feature log-strengths ``c + u_j`` (``u_j`` uniform
+    in [-1/2, 1/2]); the common level ``c`` is set by bisection so that the Hessian at
+    the optimum has condition number ``kappa`` (smaller penalties, larger ``kappa``).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    rotation, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=DT))
+    mixing = torch.diag(torch.logspace(0, np.log10(spread) / 2, d, dtype=DT)) @ rotation.T
+    X = torch.randn(n_train, d, generator=gen, dtype=DT) @ mixing
+    Xv = torch.randn(n_val, d, generator=gen, dtype=DT) @ mixing
+    mean, std = X.mean(0), X.std(0)
+    X, Xv = (X - mean) / std, (Xv - mean) / std
+    coef = torch.randn(d, generator=gen, dtype=DT)
+    coef = 3.0 * coef / (X @ coef).std()
+    y = (torch.rand(n_train, generator=gen, dtype=DT) < torch.sigmoid(X @ coef)).to(DT)
+    yv = (torch.rand(n_val, generator=gen, dtype=DT) < torch.sigmoid(Xv @ coef)).to(DT)
+    jitter = torch.rand(d, generator=gen, dtype=DT) - 0.5
+
+    def inner(lam, theta):
+        return (F.binary_cross_entropy_with_logits(X @ theta, y)
+                + 0.5 * (torch.exp(lam) * theta ** 2).sum())
+
+    def outer(lam, theta):
+        return F.binary_cross_entropy_with_logits(Xv @ theta, yv)
+
+    def optimum(lam):
+        """Newton's method to machine precision; the minimiser and its Hessian."""
+        theta = torch.zeros(d, dtype=DT)
+        for _ in range(100):
+            p = torch.sigmoid(X @ theta)
+            grad = X.T @ (p - y) / n_train + torch.exp(lam) * theta
+            hess = X.T @ (X * (p * (1 - p))[:, None]) / n_train + torch.diag(torch.exp(lam))
+            step = torch.linalg.solve(hess, grad)
+            theta = theta - step
+            if float(step.norm()) < 1e-14 * (1.0 + float(theta.norm())):
+                break
+        p = torch.sigmoid(X @ theta)
+        return theta, X.T @ (X * (p * (1 - p))[:, None]) / n_train + torch.diag(torch.exp(lam))
+
+    def condition(level):
+        eig = torch.linalg.eigvalsh(optimum(level + jitter)[1])
+        return float(eig[-1] / eig[0])
+
+    low, high = -30.0, 5.0
+    for _ in range(60):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if condition(mid) > kappa else (low, mid)
+    lam = high + jitter
+    star, hess = optimum(lam)
+    t = star.clone().requires_grad_(True)
+    (grad_f,) = torch.autograd.grad(outer(lam, t), t)
+    exact = -torch.exp(lam) * star * torch.linalg.solve(hess, grad_f)
+
+    def mixed_vjp(lam_, theta_, v):
+        return torch.exp(lam_) * theta_ * v
+
+    return Case(f"ill-logreg-k{kappa:.0e}".replace("e+0", "e"), outer, inner, lam, star, exact,
+                eta=1.0 / float(torch.linalg.eigvalsh(hess)[-1]), tau=tau,
+                mixed_vjp=mixed_vjp, burn_in=steps // 2, n_samples=steps - steps // 2)
 
 
 def mlp_case(kind: str, hidden=32, n_train=300, n_val=300, eta=0.3, train_steps=1500):
@@ -327,11 +425,18 @@ def _rotate(X, angles):
 def main(argv=None):
     import argparse
 
-    args = parse_args(add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])),
-                      argv)
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--cases", choices=("all", "illcond"), default="all",
+                        help="every problem (default), or the ill-conditioned ones only "
+                             "(written to hypergrad_quality_illcond.*)")
+    args = parse_args(parser, argv)
     torch.set_num_threads(1)
     n_warm, n_calls = (2, 2) if SMOKE else (20, 5)
     names = list(ESTIMATORS)
+    ill_rows = illcond_rows(n_warm, n_calls, names)
+    if args.cases == "illcond":
+        write_illcond(ill_rows, args.out_dir)
+        return
     rows = []
     for d in ([10] if SMOKE else [10, 100, 1000]):
         rows += evaluate(ridge_case(d), n_warm, n_calls, names)
@@ -351,20 +456,59 @@ def main(argv=None):
         rows += new
     aug_rows = [r for init in ((0.3,) if SMOKE else (0.3, 1.5))
                 for r in augmentation_sign(init=init, smoke=SMOKE)]
-    write(rows, aug_rows, args.out_dir)
+    write(rows, aug_rows, ill_rows, args.out_dir)
 
 
-def write(rows, aug_rows, out_dir):
+#: the ill-conditioned rows' estimators: gibbs is noise at tau = 1e-8 (its variance
+#: grows like 1 / tau)
+ILLCOND_SKIP = ("gibbs",)
+
+
+def illcond_rows(n_warm, n_calls, names):
+    """Rows of the ill-conditioned logistic regressions (condition number 1e3 only in
+    smoke mode)."""
+    rows = []
+    for kappa in ([1e3] if SMOKE else [1e3, 1e4, 1e5]):
+        rows += evaluate(illcond_logreg_case(kappa), n_warm, n_calls,
+                         [n for n in names if n not in ILLCOND_SKIP])
+    return rows
+
+
+ILLCOND_NOTE = ("Ill-conditioned rows (`ill-logreg-k*`): binary logistic regression with one "
+                "L2 strength per feature, 40 standardised strongly correlated features, inner "
+                "Hessian condition number 1e3 / 1e4 / 1e5 at the optimum, exact "
+                "implicit-function reference; chain from the optimum, tau = 1e-8, "
+                "eta = 1 / lambda_max, B = M = 25 (20 warm-up outer iterations of 50 steps, "
+                "then 5 measured). hvp_per_step: the adjoint's Hessian-vector products per "
+                "inner step (its refresh rule). tracked = the accelerated adjoint "
+                "(default), tracked-gd = the plain iteration (the default before).")
+
+
+def write_illcond(rows, out_dir):
     import pandas as pd
 
-    table = pd.DataFrame(rows)
+    md = ["# Hypergradient quality on ill-conditioned problems", "",
+          "Written by `python benchmarks/hypergrad_quality.py --cases illcond` (float64, one "
+          "torch thread). cosine / norm ratio: of the mean of the measured estimates; "
+          "cosine_1call: median over single estimates; cost: CPU per inner step in plain "
+          "gradient steps on the same inner loss.", "", ILLCOND_NOTE, "",
+          pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"), ""]
+    write_results(result_stem("hypergrad_quality_illcond", out_dir), {"rows": rows},
+                  "\n".join(md))
+    print("\n".join(md))
+
+
+def write(rows, aug_rows, ill_rows, out_dir):
+    import pandas as pd
+
+    table = pd.DataFrame(rows + ill_rows)
     md = ["# Hypergradient quality against exact references", "",
           "Written by `python benchmarks/hypergrad_quality.py` (float64, one torch thread, "
-          "B = M = 5 steps per outer iteration, 20 warm-up + 5 measured outer iterations "
+          "B = M = 5 steps per outer iteration except the ill-conditioned rows, 20 warm-up + 5 measured outer iterations "
           "at fixed lam; MLP rows: 29 + 1, noise off, reference = reverse mode through "
           "all 300 steps). cosine / norm ratio: of the mean of the measured estimates; "
           "cosine_1call: median over single estimates; cost: CPU per inner step in plain "
-          "gradient steps on the same inner loss.", "",
+          "gradient steps on the same inner loss.", "", ILLCOND_NOTE, "",
           table.to_markdown(index=False, floatfmt=".3f"), "",
           "## AffineAugmentation: sign of the rotation-range hypergradient", "",
           "Rotated digits (+-90 deg), a 64-32-10 MLP trained first, restarted chain of 10 + 10 "
@@ -372,7 +516,7 @@ def write(rows, aug_rows, out_dir):
           "objective with common random numbers (h = 0.1 on the raw scale).", "",
           pd.DataFrame(aug_rows).to_markdown(index=False, floatfmt=".4f"), ""]
     write_results(result_stem("hypergrad_quality", out_dir),
-                  {"rows": rows, "augmentation": aug_rows}, "\n".join(md))
+                  {"rows": rows + ill_rows, "augmentation": aug_rows}, "\n".join(md))
     print("\n".join(md))
 
 

@@ -187,10 +187,10 @@ def test_the_tracked_adjoint_steps_every_5th_step_but_twice_per_outer_iteration(
     assert steps[0] == 1 and (every is not None or len(steps) >= min(2, burn_in + n_samples))
 
 
-def _adjoint_iterates(hessian, v, eta, steps):
+def _adjoint_iterates(hessian, v, eta, steps, adjoint="accelerated"):
     """The tracked adjoint's updates fed directly: ``H w`` of a fixed matrix each step."""
     settings = InnerSettings(inner_lr=eta, burn_in=0, n_samples=1, recursion="tracked",
-                             curvature_every=1).validate()
+                             curvature_every=1, adjoint=adjoint).validate()
     recursion = make_recursion(settings, [torch.zeros(1, dtype=DT)], start_depends_on_lam=False)
     recursion.begin(None, [torch.zeros(len(v), dtype=DT)])
     for m in range(1, steps + 1):
@@ -202,18 +202,22 @@ def _adjoint_iterates(hessian, v, eta, steps):
 
 def test_the_tracked_adjoint_is_plain_gradient_descent_on_a_convex_problem():
     """No negative curvature and eta * h <= 1: the safeguard changes nothing, and the
-    adjoint converges to H^-1 v."""
+    adjoint converges to H^-1 v (``adjoint="gradient"``: exactly the plain iteration;
+    the accelerated default: to the same point)."""
     hessian, v = torch.diag(torch.tensor([2.0, 0.5], dtype=DT)), torch.tensor([1.0, 1.0], dtype=DT)
     w = torch.zeros(2, dtype=DT)
     for _ in range(300):
         w = w - 0.1 * (hessian @ w - v)
-    got = _adjoint_iterates(hessian, v, 0.1, 300)
+    got = _adjoint_iterates(hessian, v, 0.1, 300, adjoint="gradient")
     torch.testing.assert_close(got, w, rtol=0, atol=0)
     torch.testing.assert_close(got, torch.tensor([0.5, 2.0], dtype=DT), rtol=1e-5, atol=0)
+    accelerated = _adjoint_iterates(hessian, v, 0.1, 300)
+    torch.testing.assert_close(accelerated, torch.tensor([0.5, 2.0], dtype=DT), rtol=1e-8, atol=0)
 
 
+@pytest.mark.parametrize("adjoint", ["accelerated", "gradient"])
 @pytest.mark.parametrize("hessian", [[2.0, -1.0], [30.0, 1.0]])
-def test_the_tracked_adjoint_stays_bounded_where_plain_iteration_diverges(hessian):
+def test_the_tracked_adjoint_stays_bounded_where_plain_iteration_diverges(hessian, adjoint):
     """Negative curvature (a learned loss) or eta * h > 2 (a chain the noise keeps
     stable): the plain iteration on ``H w = v`` blows up, the safeguarded one does not."""
     hessian, v = torch.diag(torch.tensor(hessian, dtype=DT)), torch.tensor([1.0, 1.0], dtype=DT)
@@ -221,5 +225,5 @@ def test_the_tracked_adjoint_stays_bounded_where_plain_iteration_diverges(hessia
     for _ in range(300):
         w = w - 0.1 * (hessian @ w - v)
     assert float(w.norm()) > 1e6
-    got = _adjoint_iterates(hessian, v, 0.1, 300)
+    got = _adjoint_iterates(hessian, v, 0.1, 300, adjoint=adjoint)
     assert torch.isfinite(got).all() and float(got.norm()) < 10.0

@@ -20,6 +20,8 @@ from .recursions import RECURSIONS
 from .sgld import SAMPLERS
 
 METHODS = ("sgld", "rmd", "rmd-fo", "fmd", "ift-cg", "ift-neumann")
+#: the tracked recursion's adjoint iterations (``InnerSettings.adjoint``)
+ADJOINTS = ("accelerated", "gradient")
 
 
 @dataclass
@@ -61,6 +63,13 @@ class InnerSettings:
         every step), whose steps in between then skip the outer gradient too (the
         adjoint's step is the only user of ``grad_theta f``). The measurements behind
         these defaults are in ``docs/bias.md`` and ``docs/performance.md``.
+    adjoint : {"accelerated", "gradient"}
+        ``"tracked"``: the iteration that steps its adjoint ``w ~ H^-1 grad f`` at each
+        refresh: Nesterov's accelerated gradient with adaptive restart (default; about
+        ``sqrt(kappa)`` refreshes to converge on a problem of condition number ``kappa``
+        where the plain iteration needs ``kappa``) or the plain gradient iteration (the
+        only one before this option). Same Hessian products either
+        way; measurements in ``docs/bias.md``.
     curvature_bound : float or None
         The curvature guard (:mod:`~sgld_tuner.core.curvature`): at the start of each outer
         iteration measure ``eta * lambda_max`` of the inner Hessian (a few Hessian-vector
@@ -106,6 +115,7 @@ class InnerSettings:
     cg_damping: float = 0.01
     neumann_iters: int = 10
     neumann_alpha: float = 0.99
+    adjoint: str = "accelerated"
 
     # One rule per numeric setting, ``(type, low, high, closed)`` as scikit-learn's
     # ``Interval`` reads them (``closed``: which bounds are allowed; None: unbounded).
@@ -140,6 +150,8 @@ class InnerSettings:
             raise ValueError(f"chain must be 'persistent' or 'restart', got {self.chain!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
+        if self.adjoint not in ADJOINTS:
+            raise ValueError(f"adjoint must be one of {ADJOINTS}, got {self.adjoint!r}")
         if self.recursion != "auto" and self.recursion not in RECURSIONS:
             raise ValueError(f"recursion must be 'auto' or one of {sorted(RECURSIONS)}, got "
                              f"{self.recursion!r}")

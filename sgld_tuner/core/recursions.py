@@ -211,15 +211,33 @@ class DampedRecursion(Recursion):
 class TrackedRecursion(Recursion):
     """An adjoint ``w ~ H_T^-1 grad_theta f`` tracked along the chain.
 
-    ``g_m = -w^T B`` and ``w <- w - eta P (H_T w - v)`` (``P`` the sampler's diagonal
-    preconditioner, the identity for plain SGLD): one gradient step on the adjoint
-    system per refresh, so ``w`` converges along a persistent chain (it carries over) and
-    the estimate becomes the implicit-function hypergradient at stationarity, in any
-    dimension. With ``curvature_every = k > 1`` (default 5, or ``(B + M) // 2`` if that
-    is smaller, so that it steps at least twice per outer iteration) the adjoint steps every
-    ``k``-th inner step only; the steps in between contract the mixed derivative with the
-    current ``w`` (in closed form for separable penalties, without a double backward) and
-    need no outer gradient.
+    ``g_m = -w^T B`` and, per refresh, one step of an iteration on the adjoint system
+    ``H_T w = v`` (``v = grad_theta f``) preconditioned by ``P`` (the sampler's diagonal
+    preconditioner, the identity for plain SGLD), so ``w`` converges along a persistent
+    chain (it carries over) and the estimate becomes the implicit-function
+    hypergradient at stationarity, in any dimension. With ``curvature_every = k > 1``
+    (default 5, or ``(B + M) // 2`` if that is smaller, so that it steps at least twice
+    per outer iteration) the adjoint steps every ``k``-th inner step only; the steps in
+    between contract the mixed derivative with the current ``w`` (in closed form for
+    separable penalties, without a double backward) and need no outer gradient.
+
+    The iteration (``adjoint`` in :class:`~sgld_tuner.core.problem.InnerSettings`):
+
+    * ``"accelerated"`` (default): Nesterov's accelerated gradient with adaptive restart
+      (O'Donoghue & Candes 2015), ``x' = w - a P (H_T w - v)``,
+      ``w' = x' + beta (x' - x)``, ``beta = j / (j + 3)`` after ``j`` steps since the
+      last restart; it restarts (``beta = 0``, ``j = 0``) where the step went uphill,
+      ``(H_T w - v) . (x' - x) > 0``, or the safeguard's shift grew. On the quadratic
+      ``w^T H w / 2 - v^T w`` it needs about ``sqrt(kappa)`` steps where the plain
+      iteration needs ``kappa`` (``kappa``: the condition number of ``P H``), without
+      knowing the smallest curvature and with no further Hessian product: on
+      ill-conditioned problems the plain iteration at ``k = 5`` is far from converged
+      after a thousand inner steps (``benchmarks/hypergrad_quality.py``, ``ill-*``
+      rows). The price: one more weight-sized vector (``x``) in the state, and the
+      chain's noise (minibatches, temperature) passes into ``w`` a little more.
+    * ``"gradient"``: the plain iteration ``w' = w - a P (H_T w - v)``.
+
+    ``a`` is ``eta`` capped by the curvature safeguard (:meth:`_safeguarded`).
     """
 
     name = "tracked"
@@ -236,15 +254,23 @@ class TrackedRecursion(Recursion):
             # adjoint would otherwise converge over far fewer steps than before.
             steps = settings.burn_in + settings.n_samples
             self.refresh_every = max(1, min(self.default_refresh, steps // 2))
+        self.accelerated = getattr(settings, "adjoint", "accelerated") == "accelerated"
 
     def begin(self, saved, theta):
         carried = self._saved(saved, "w") if self.persistent else None
         self.w = carried if carried is not None else _tree.zeros_like(theta)
         device, dtype = theta[0].device, theta[0].dtype
         shape = () if self.slices is None else (self.slices,)
-        for key in ("curvature", "shift"):
+        for key in ("curvature", "shift", "age"):
             kept = self._saved(saved, key) if self.persistent else None
             setattr(self, key, kept[0] if kept else torch.zeros(shape, device=device, dtype=dtype))
+        # x: the last plain step's iterate (the momentum is x' - x). A state without one
+        # (the plain iteration's, or a fresh chain) starts without momentum.
+        kept = self._saved(saved, "x") if self.persistent and self.accelerated else None
+        self.x = kept if kept is not None else self.w
+        if kept is None:
+            self.age = torch.zeros_like(self.age)
+        self.beta = torch.zeros_like(self.age)
 
     def needs_hessian(self, m):
         return (m - 1) % self.refresh_every == 0
@@ -265,11 +291,25 @@ class TrackedRecursion(Recursion):
             if step.mixed is not None:
                 self.g = [-b for b in step.mixed]
             if step.hess_u is not None:
+                shift = self.shift
                 hess_w, step_size = self._safeguarded(step.hess_u, step.precond)
-                resid = [hw - ft for hw, ft in zip(hess_w, step.v)]
+                grad = [hw - ft for hw, ft in zip(hess_w, step.v)]
+                resid = grad
                 if step.precond is not None:  # the same dynamics as the chain's step
-                    resid = [p * r for p, r in zip(step.precond, resid)]
-                self.w = [w - _along(step_size, w) * r for w, r in zip(self.w, resid)]
+                    resid = [p * r for p, r in zip(step.precond, grad)]
+                x = [w - _along(step_size, w) * r for w, r in zip(self.w, resid)]
+                if not self.accelerated:
+                    self.w = x
+                    return
+                moved = [a - b for a, b in zip(x, self.x)]
+                # restart where the step went uphill on w^T H w / 2 - v^T w, or the
+                # safeguard's shift changed the system (tensor ops: no host sync)
+                keep = (self._dot(grad, moved) <= 0) & (self.shift <= shift)
+                self.beta = torch.where(keep, self.age / (self.age + 3.0),
+                                        torch.zeros_like(self.age))
+                self.age = torch.where(keep, self.age + 1.0, torch.zeros_like(self.age))
+                self.w = [a + _along(self.beta, a) * d for a, d in zip(x, moved)]
+                self.x = x
 
     def _safeguarded(self, hess_w, precond):
         """``(H w + s M w, step)``: the adjoint's Hessian product, shifted by ``s``, and its
@@ -308,10 +348,16 @@ class TrackedRecursion(Recursion):
         self.diagnostics["adjoint_norm"] = float(_tree.dot(self.w, self.w).sqrt())
         self.diagnostics["adjoint_curvature"] = float(self.curvature.max())
         self.diagnostics["adjoint_shift"] = float(self.shift.max())
-        return RecursionState(self.name, {"w": [t.detach() for t in self.w],
-                                          "curvature": [self.curvature.detach()],
-                                          "shift": [self.shift.detach()]}) \
-            if self.persistent else None
+        if self.accelerated:
+            self.diagnostics["adjoint_momentum"] = float(self.beta.max())
+        if not self.persistent:
+            return None
+        tensors = {"w": [t.detach() for t in self.w], "curvature": [self.curvature.detach()],
+                   "shift": [self.shift.detach()]}
+        if self.accelerated:
+            tensors["x"] = [t.detach() for t in self.x]
+            tensors["age"] = [self.age.detach()]
+        return RecursionState(self.name, tensors)
 
 
 class GibbsRecursion(Recursion):
