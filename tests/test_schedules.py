@@ -76,7 +76,7 @@ def test_the_race_keeps_the_lr_that_scores_best_at_the_refits_horizon(digits4):
     from sgld_tuner.search import Race
 
     X, y = digits4
-    tuner = _tuner(Race(factor=5, extend=0), n_outer=3).fit(X, y)
+    tuner = _tuner(Race(factor=5, extend=0, after=None), n_outer=3).fit(X, y)
     rows = tuner.cv_results_
     lrs = rows["param_lr"].astype(float)
     np.testing.assert_allclose(sorted(set(lrs)), [0.1 / 9, 0.1 / 3, 0.1, 0.3, 0.9])
@@ -116,3 +116,15 @@ def test_a_race_over_a_discrete_knob_refits_with_the_winner(digits4):
     assert tuner.best_params_["module__hidden"] in (2, 8)
     assert tuner.best_estimator_.module__hidden == tuner.best_params_["module__hidden"]
     assert set(tuner.cv_results_["param_module__hidden"].compressed()) == {2, 8}
+
+
+def test_after_the_race_the_winner_continues_for_its_budgets_only(digits4):
+    """``after=2``: two of the winner's budgets (one outer iteration each here) beyond
+    the race, whatever n_outer allows."""
+    from sgld_tuner.search import Race
+
+    X, y = digits4
+    tuner = _tuner(Race(factor=5, extend=0, after=2), n_outer=50, refit=False).fit(X, y)
+    winner = tuner.best_params_["lr"]
+    rows = tuner.cv_results_["param_lr"].astype(float) == winner
+    assert list(tuner.cv_results_["iteration"][rows]) == [0, 1, 2]

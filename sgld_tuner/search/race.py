@@ -6,7 +6,8 @@ parameters), each lane a full HPO-SGLD search over the same folds and seeds, and
 lanes by successive halving while the survivors' chains continue warm. Every candidate is
 judged at the horizon its refit will train (its own ``max_epochs`` passes over a fold's
 rows); earlier rungs use fractions of it. The winner then continues as the plain search
-until ``n_outer`` outer iterations, and is refit with its settings.
+for ``after`` more of its budgets (at most ``n_outer`` outer iterations in all), and is
+refit with its settings.
 """
 from __future__ import annotations
 
@@ -47,14 +48,20 @@ class Race(Schedule):
     extend : int, default=2
         With the default grid, how many times a first-rung winner at an edge of the
         range adds the next learning rate beyond it.
+    after : float or None, default=2.0
+        How long the winner's search continues after the race, in its own training
+        budgets (at most to ``n_outer`` outer iterations in all): its chains stay near
+        the horizon the refit trains at. None: to ``n_outer``.
     """
 
-    def __init__(self, param_grid=None, factor=3, n_lrs=5, spread=3.0, extend=2):
+    def __init__(self, param_grid=None, factor=3, n_lrs=5, spread=3.0, extend=2,
+                 after=2.0):
         self.param_grid = param_grid
         self.factor = factor
         self.n_lrs = n_lrs
         self.spread = spread
         self.extend = extend
+        self.after = after
 
     # -- candidates ---------------------------------------------------------------------
     def candidates(self, context: FitContext) -> list[dict]:
@@ -69,6 +76,8 @@ class Race(Schedule):
     def _check(self, context: FitContext) -> None:
         if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 2:
             raise ValueError(f"Race: factor must be an int >= 2, got {self.factor!r}")
+        if self.after is not None and not self.after >= 0:
+            raise ValueError(f"Race: after must be >= 0 or None, got {self.after!r}")
         if self.param_grid is None:
             if not (isinstance(self.n_lrs, int) and self.n_lrs >= 1) or not self.spread > 1:
                 raise ValueError(f"Race: n_lrs must be an int >= 1 and spread > 1, got "
@@ -119,7 +128,11 @@ class Race(Schedule):
                 alive = sorted(alive, key=lambda lane: -lane.last_score)[:keep]
         winner = max(alive, key=lambda lane: lane.last_score)
         _merge_losers(winner, [lane for lane in everyone if lane is not winner])
-        winner.run(max(context.n_outer, winner.state.iteration))
+        until = context.n_outer
+        if self.after is not None:
+            until = min(until, winner.state.iteration
+                        + math.ceil(self.after * winner.budget_iterations))
+        winner.run(max(until, winner.state.iteration))
         return winner
 
     @staticmethod
