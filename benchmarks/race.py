@@ -71,9 +71,14 @@ def run_one(name: str, training: str, seed: int, smoke: bool) -> list[dict]:
             estimator.fit(X_tr, y_tr)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         chosen = getattr(estimator, "best_params_", {})
+        try:
+            score = float(estimator.score(X_te, y_te))
+        except ValueError as exc:  # e.g. NaN predictions of a refit that diverged
+            print(f"{method} on {name}/{training}/{seed}: no score ({exc})", flush=True)
+            score = float("nan")
         records.append({
             "data": name, "training": training, "seed": seed, "method": method,
-            "test_score": float(estimator.score(X_te, y_te)), "cpu_s": cpu, "wall_s": wall,
+            "test_score": score, "cpu_s": cpu, "wall_s": wall,
             "lr": float(chosen.get("lr", chosen.get(f"{net[0]}__lr", np.nan))),
             "undertrained_warning": any(w.category is UndertrainedWarning for w in caught)})
     return records

@@ -52,17 +52,18 @@ def test_a_truncated_save_is_named_as_such(digits4, tmp_path):
 
 # -- 2. non-finite results --------------------------------------------------------------------
 def test_a_refit_that_diverges_is_retried_then_reported_never_silent(digits4):
-    """The chains at a small inner step, the refit at the net's lr of 10 on an MSE: its
-    weights end NaN at every lr tried. It used to be returned in silence, predicting NaN."""
+    """The chains at a small inner step, the refit at the net's lr of 1000 on an MSE: its
+    weights end NaN at every lr tried (1000 down to 62.5). It used to be returned in
+    silence, predicting NaN."""
     X, y = digits4
     y = y.astype(np.float32)
 
     def tuner(**kwargs):
-        net = NeuralNetRegressor(TinyMLP, module__n_in=64, module__n_out=1, lr=10.0,
+        net = NeuralNetRegressor(TinyMLP, module__n_in=64, module__n_out=1, lr=1000.0,
                                  max_epochs=5, batch_size=32, train_split=None, verbose=0)
         return tiny_tuner(net, sampler=dict(inner_lr=0.01), **kwargs)
 
-    with pytest.warns(DivergenceWarning, match="non-finite at lr=10;.*lr=5;.*not finite"):
+    with pytest.warns(DivergenceWarning, match="non-finite at lr=1000;.*lr=62.5;.*not finite"):
         fitted = tuner().fit(X, y)
     assert "best_estimator_ is not finite" in fitted.stop_reason_
     with pytest.warns(RuntimeWarning, match="weights are not finite"):
@@ -224,3 +225,15 @@ def test_boolean_labels_of_a_binary_net_are_predicted_as_booleans(digits4):
                            random_state=0).fit(X, labels)
     assert tuner.classes_.tolist() == [False, True]
     assert tuner.predict(X).dtype == bool
+
+
+def test_a_refit_that_diverges_once_is_refit_at_a_smaller_step(digits4):
+    """At lr 10 the refit's weights blow up, at 5 (or below) not: the refit at the
+    smaller step is kept, and the halving is reported, never silent."""
+    X, y = digits4
+    net = NeuralNetRegressor(TinyMLP, module__n_in=64, module__n_out=1, lr=10.0,
+                             max_epochs=5, batch_size=32, train_split=None, verbose=0)
+    with pytest.warns(DivergenceWarning, match="non-finite at lr=10"):
+        tuner = tiny_tuner(net, sampler=dict(inner_lr=0.01)).fit(X, y.astype(np.float32))
+    assert "not finite" not in tuner.stop_reason_
+    assert tuner.best_estimator_.lr < 10 and np.isfinite(tuner.predict(X)).all()

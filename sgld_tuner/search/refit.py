@@ -111,7 +111,8 @@ def refit_best(context: FitContext, lane: Lane, values: dict, fit_params: dict,
 
 
 #: a refit that ends non-finite is trained again at half the lr this many times at most
-REFIT_RETRIES = 2
+#: (down to a 16th of it: a raced lr can sit well above the net's own)
+REFIT_RETRIES = 4
 
 
 def _finite(estimator) -> bool:
