@@ -24,8 +24,10 @@ Problems (float64, one torch thread):
   1e3 / 1e4 / 1e5 exactly by the common level of the penalties; exact implicit-function
   hypergradient by Newton's method and a linear solve in float64; chain started at the
   optimum, ``tau = 1e-8``, the issue's setting: B = M = 25 (20 warm-up outer iterations
-  of 50 steps, then 5 measured). ``hvp_per_step``: the adjoint's Hessian products per
-  inner step.
+  of 50 steps, then 5 measured). ``-batchN`` rows (condition numbers 1e2-1e4): the inner
+  loss on N random training rows per step, so gradients and Hessian products are
+  stochastic, against the same full-batch reference. ``hvp_per_step``: the adjoint's
+  Hessian products per inner step.
 
 Usage::
 
@@ -224,9 +226,12 @@ def logreg_case(cold: bool, n_train=300, n_val=300):
 
 
 def illcond_logreg_case(kappa, d=40, n_train=400, n_val=400, spread=1e-8, tau=1e-8,
-                        steps=50, seed=0):
+                        steps=50, batch=None, seed=0):
     """Binary L2 logistic regression with one strength per feature whose inner Hessian has
     condition number ``kappa``; exact implicit-function hypergradient (float64).
+    ``batch``: the inner loss on ``batch`` training rows drawn afresh at each call (the
+    chain's gradients and Hessian products are then stochastic; the reference stays the
+    full-batch one).
 
     Features: a rotation of independent ones whose variances are log-spaced over
     ``spread`` (so they are strongly correlated), standardised on the training rows;
@@ -247,8 +252,12 @@ def illcond_logreg_case(kappa, d=40, n_train=400, n_val=400, spread=1e-8, tau=1e
     yv = (torch.rand(n_val, generator=gen, dtype=DT) < torch.sigmoid(Xv @ coef)).to(DT)
     jitter = torch.rand(d, generator=gen, dtype=DT) - 0.5
 
+    batches = torch.Generator().manual_seed(seed + 1)
+
     def inner(lam, theta):
-        return (F.binary_cross_entropy_with_logits(X @ theta, y)
+        rows = slice(None) if batch is None else torch.randint(0, n_train, (batch,),
+                                                               generator=batches)
+        return (F.binary_cross_entropy_with_logits(X[rows] @ theta, y[rows])
                 + 0.5 * (torch.exp(lam) * theta ** 2).sum())
 
     def outer(lam, theta):
@@ -285,7 +294,8 @@ def illcond_logreg_case(kappa, d=40, n_train=400, n_val=400, spread=1e-8, tau=1e
     def mixed_vjp(lam_, theta_, v):
         return torch.exp(lam_) * theta_ * v
 
-    return Case(f"ill-logreg-k{kappa:.0e}".replace("e+0", "e"), outer, inner, lam, star, exact,
+    name = f"ill-logreg-k{kappa:.0e}".replace("e+0", "e") + (f"-batch{batch}" if batch else "")
+    return Case(name, outer, inner, lam, star, exact,
                 eta=1.0 / float(torch.linalg.eigvalsh(hess)[-1]), tau=tau,
                 mixed_vjp=mixed_vjp, burn_in=steps // 2, n_samples=steps - steps // 2)
 
@@ -468,8 +478,10 @@ def illcond_rows(n_warm, n_calls, names):
     """Rows of the ill-conditioned logistic regressions (condition number 1e3 only in
     smoke mode)."""
     rows = []
-    for kappa in ([1e3] if SMOKE else [1e3, 1e4, 1e5]):
-        rows += evaluate(illcond_logreg_case(kappa), n_warm, n_calls,
+    cases = [(1e3, None)] if SMOKE else [(1e3, None), (1e4, None), (1e5, None), (1e2, 32),
+                                          (1e3, 32), (1e4, 128)]
+    for kappa, batch in cases:
+        rows += evaluate(illcond_logreg_case(kappa, batch=batch), n_warm, n_calls,
                          [n for n in names if n not in ILLCOND_SKIP])
     return rows
 
@@ -479,8 +491,10 @@ ILLCOND_NOTE = ("Ill-conditioned rows (`ill-logreg-k*`): binary logistic regress
                 "Hessian condition number 1e3 / 1e4 / 1e5 at the optimum, exact "
                 "implicit-function reference; chain from the optimum, tau = 1e-8, "
                 "eta = 1 / lambda_max, B = M = 25 (20 warm-up outer iterations of 50 steps, "
-                "then 5 measured). hvp_per_step: the adjoint's Hessian-vector products per "
-                "inner step (its refresh rule). tracked = the accelerated adjoint "
+                "then 5 measured); `-batchN`: the inner loss on N of the 400 training rows, drawn "
+                "afresh at each step (stochastic gradients and Hessian products), against "
+                "the same full-batch reference. hvp_per_step: the adjoint's Hessian-vector "
+                "products per inner step (its refresh rule). tracked = the accelerated adjoint "
                 "(default), tracked-gd = the plain iteration (the default before).")
 
 
