@@ -13,7 +13,13 @@ step, outer optimizer (Adam), outer iterations, meta-batch of tasks, task stream
 * MAML (``method="rmd"``: exact reverse mode through the inner steps);
 * first-order MAML (``method="rmd-fo"``);
 * Reptile (Nichol et al. 2018; written here, it is not a hypergradient method);
-* random initialisation (no meta-learning).
+* random initialisation (no meta-learning);
+* HPO-SGLD (damped and eq. 22) once more "at its own (paper) settings": inner lr 0.5, outer
+  Adam lr 0.0005, (B, M) = (4, 1), kappa = 1e-4, the numbers Supplement D.4 gives HPO-SGLD
+  (for miniImageNet: the paper has no sinusoid experiment). Same seeds, task stream, outer
+  iterations and meta-batch as the shared rows. Their meta-test adaptation uses their own
+  inner lr (0.5) and the 5 steps they were trained with; the query MSE after adapting at the
+  shared lr 0.01 is reported beside it for context. The shared rows' evaluation is unchanged.
 
 Each outer step draws a meta-batch of tasks; each task is its own ``BilevelProblem`` (inner
 loss: MSE on the K support points, outer loss: MSE on K query points), its hypergradient comes
@@ -21,8 +27,12 @@ from ``sgld_tuner.core.hypergradient``, the meta-batch average goes to Adam. Met
 the learned initialisation by the same plain gradient steps on the K support points of 1000
 held-out tasks and measure MSE on 100 query points per task; mean +- std over seeds.
 
-Run ``python benchmarks/fewshot_sinusoid.py`` (about 8 min of CPU time on one core: the full
-500 outer iterations fit the 15-minute budget, so nothing is cut) or with ``--smoke`` (seconds). Writes ``benchmarks/results/fewshot_sinusoid.{json,md,png}``.
+Run ``python benchmarks/fewshot_sinusoid.py`` (every row: about 8 min of CPU time on one core for
+the shared-settings rows; the own-settings rows stop early, under a minute) or with
+``--smoke`` (seconds). Writes ``benchmarks/results/fewshot_sinusoid.{json,md,png}``.
+``--only-own`` runs the own-settings HPO-SGLD rows alone (no random-init row) and writes
+``benchmarks/results/fewshot_sinusoid_own.{json,md,png}`` instead; ``--shared-only`` runs the
+original rows alone (the committed ``fewshot_sinusoid.*``).
 """
 from __future__ import annotations
 
@@ -78,6 +88,20 @@ METHODS = {
     "Reptile": {"method": "reptile"},
 }
 RANDOM = "Random init (no meta-learning)"
+
+# HPO-SGLD at the settings the paper gives it for few-shot learning (Supplement D.4, stated
+# for miniImageNet): "For our HPO-SGLD, we use (B, M) = (4, 1) setting, the inner and outer
+# loop learning rates are 0.5 and 0.0005, respectively, and we fix kappa = 10^{-4}."
+# (B, M) = (4, 1) and kappa = 1e-4 are already the shared rows' values; only the two
+# learning rates change. Meta-test adaptation uses this inner lr (each method's own).
+OWN_SETTINGS = {"inner_lr": 0.5, "outer_lr": 5e-4, "burn_in": 4, "n_samples": 1,
+                "noise_scale": 1e-4}
+OWN_METHODS = {
+    "HPO-SGLD (damped), own settings": {"method": "sgld", "recursion": "damped",
+                                        "settings": OWN_SETTINGS},
+    "HPO-SGLD (paper eq. 22), own settings": {"method": "sgld", "recursion": "paper",
+                                              "settings": OWN_SETTINGS},
+}
 
 # Paper Table 6: miniImageNet 5-way accuracy (%), 4-conv net. Context only: a different
 # dataset, model and metric (classification accuracy, higher is better).
@@ -211,7 +235,12 @@ def reptile_step(lam, tasks, inner_lr: float, steps: int):
 
 
 def train(name: str, spec_cfg: dict, shot: int, seed: int, val_tasks, cfg: dict):
-    """Meta-train one method; returns the learned init, a validation curve and timings."""
+    """Meta-train one method; returns the learned init, a validation curve and timings.
+
+    ``spec_cfg["settings"]`` (optional) overrides entries of ``cfg`` for this method (the
+    own-settings rows: inner / outer lr); validation adapts at the method's own inner lr.
+    """
+    cfg = {**cfg, **spec_cfg.get("settings", {})}
     lam = [t.clone().requires_grad_(True) for t in init_params(seed, cfg["hidden"])]
     _, spec = _tree.flatten(lam)
     optimizer = make_outer_optimizer("adam", lam, cfg["outer_lr"])
@@ -307,12 +336,16 @@ def fmt(values):
     return f"{m:.3f} ± {s:.3f} (+{(~ok).sum()}/{arr.size} seeds diverged)"
 
 
-def run_all(cfg: dict):
+def run_all(cfg: dict, methods: dict | None = None, with_random: bool = True):
     """Meta-train every method for every shot and seed; returns ``(runs, curves)``.
 
     Both map ``(shot, method name)`` to a list over seeds: per-seed result dicts, and
-    validation curves ``[(outer iteration, meta-val MSE), ...]``.
+    validation curves ``[(outer iteration, meta-val MSE), ...]``. ``methods`` defaults to
+    the shared-settings ``METHODS``. A method with its own ``settings`` is meta-tested at its
+    own inner lr (same step count); ``mse_K_shared_lr`` then records the query MSE after the
+    same steps at the shared ``cfg["inner_lr"]``, for context.
     """
+    methods = METHODS if methods is None else methods
     steps = cfg["inner_steps"]
     record = (0, steps, 2 * steps)
     runs, curves = {}, {}
@@ -323,22 +356,31 @@ def run_all(cfg: dict):
         val_tasks = sample_tasks(torch.Generator().manual_seed(8_000 + shot),
                                  cfg["n_val_tasks"], shot, cfg["n_query_test"])
         for seed in cfg["seeds"]:
-            init = init_params(seed, cfg["hidden"])
-            base = adapted_query_mse(init, test_tasks, cfg["inner_lr"], record).mean(dim=1)
-            val0 = float(adapted_query_mse(init, val_tasks, cfg["inner_lr"], (steps,))[0].mean())
-            runs.setdefault((shot, RANDOM), []).append(
-                {"seed": seed, "mse_0": float(base[0]), "mse_K": float(base[1]),
-                 "mse_2K": float(base[2]), "time_s": 0.0, "status": "no training"})
-            curves.setdefault((shot, RANDOM), []).append([(0, val0), (cfg["n_outer"], val0)])
-            for name, spec_cfg in METHODS.items():
+            if with_random:
+                init = init_params(seed, cfg["hidden"])
+                base = adapted_query_mse(init, test_tasks, cfg["inner_lr"], record).mean(dim=1)
+                val0 = float(adapted_query_mse(init, val_tasks, cfg["inner_lr"],
+                                               (steps,))[0].mean())
+                runs.setdefault((shot, RANDOM), []).append(
+                    {"seed": seed, "mse_0": float(base[0]), "mse_K": float(base[1]),
+                     "mse_2K": float(base[2]), "time_s": 0.0, "status": "no training"})
+                curves.setdefault((shot, RANDOM), []).append([(0, val0),
+                                                              (cfg["n_outer"], val0)])
+            for name, spec_cfg in methods.items():
                 lam, curve, train_outer, elapsed, status, cosines, guard = train(
                     name, spec_cfg, shot, seed, val_tasks, cfg)
-                res = adapted_query_mse(lam, test_tasks, cfg["inner_lr"], record).mean(dim=1)
-                runs.setdefault((shot, name), []).append(
-                    {"seed": seed, "mse_0": float(res[0]), "mse_K": float(res[1]),
-                     "mse_2K": float(res[2]), "time_s": elapsed, "status": status,
-                     "final_train_outer": float(np.mean(train_outer[-50:])) if train_outer else None,
-                     "cosine_with_maml": cosines, "curvature_guard": guard})
+                own_lr = spec_cfg.get("settings", {}).get("inner_lr", cfg["inner_lr"])
+                res = adapted_query_mse(lam, test_tasks, own_lr, record).mean(dim=1)
+                row = {"seed": seed, "mse_0": float(res[0]), "mse_K": float(res[1]),
+                       "mse_2K": float(res[2]), "meta_test_inner_lr": own_lr,
+                       "time_s": elapsed, "status": status,
+                       "final_train_outer": (float(np.mean(train_outer[-50:]))
+                                             if train_outer else None),
+                       "cosine_with_maml": cosines, "curvature_guard": guard}
+                if own_lr != cfg["inner_lr"]:
+                    row["mse_K_shared_lr"] = float(adapted_query_mse(
+                        lam, test_tasks, cfg["inner_lr"], (steps,))[0].mean())
+                runs.setdefault((shot, name), []).append(row)
                 curves.setdefault((shot, name), []).append(curve)
                 print(f"{shot:>2}-shot seed {seed} {name:<26} test MSE after {steps} steps "
                       f"{float(res[1]):.3f}  ({elapsed:.1f}s, {status})", flush=True)
@@ -368,38 +410,61 @@ def summarise(runs: dict) -> dict:
                                          if guards else None),
             "n_seeds": len(rows),
         }
+        if any("mse_K_shared_lr" in r for r in rows):
+            ms, ss = mean_std([r["mse_K_shared_lr"] for r in rows])
+            summary[str(shot)][name].update(
+                mse_after_K_steps_at_shared_lr_mean=ms, mse_after_K_steps_at_shared_lr_std=ss,
+                n_seeds_diverged_at_shared_lr=int(sum(
+                    not (math.isfinite(r["mse_K_shared_lr"]) and r["mse_K_shared_lr"] < 1e3)
+                    for r in rows)))
     return summary
 
 
 def to_markdown(cfg: dict, runs: dict, summary: dict, metric: str, total_s: float,
-                smoke: bool) -> str:
+                smoke: bool, command: str = "benchmarks/fewshot_sinusoid.py") -> str:
     """The tables written to ``fewshot_sinusoid.md``."""
     steps = cfg["inner_steps"]
+    names = list(dict.fromkeys(name for _, name in runs))
+    own = [n for n in names if n in OWN_METHODS]
+    own_text = ""
+    if own:
+        own_text = (
+            f" Rows marked 'own settings': HPO-SGLD at the settings Supplement D.4 gives it "
+            f"(for miniImageNet): inner lr {OWN_SETTINGS['inner_lr']}, outer Adam lr "
+            f"{OWN_SETTINGS['outer_lr']}, (B, M) = ({OWN_SETTINGS['burn_in']}, "
+            f"{OWN_SETTINGS['n_samples']}), kappa = {OWN_SETTINGS['noise_scale']}; everything "
+            f"else as above. They are meta-tested at their own inner lr "
+            f"({OWN_SETTINGS['inner_lr']}) with the same {steps} steps.")
     lines = [
         "# Few-shot sinusoid regression: meta-learned initialisation",
         "",
-        f"Generated by `benchmarks/fewshot_sinusoid.py`{' (SMOKE run: tiny, not for quoting)' if smoke else ''}.",
+        f"Generated by `{command}`{' (SMOKE run: tiny, not for quoting)' if smoke else ''}.",
         "",
         f"Tasks `A sin(x + phi)`, A ~ U[0.1, 5], phi ~ U[0, pi], x ~ U[-5, 5]; 1-40-40-1 ReLU MLP; "
         f"{cfg['n_outer']} outer Adam steps (lr {cfg['outer_lr']}), meta-batch {cfg['meta_batch']} "
         f"tasks, {steps} inner steps (lr {cfg['inner_lr']}) for every method; HPO-SGLD "
         f"(B, M) = ({cfg['burn_in']}, {cfg['n_samples']}), tau = {cfg['temperature']}, "
-        f"kappa = {cfg['noise_scale']}. Seeds {cfg['seeds']}.",
+        f"kappa = {cfg['noise_scale']}. Seeds {cfg['seeds']}.{own_text}",
         "",
         f"Meta-test MSE (lower is better): {metric}.",
         "",
-        "| method | shot | MSE after K steps | MSE before adaptation | MSE after 2K steps | "
+        "| method | shot | inner lr (train, meta-test) / outer lr | MSE after K steps | "
+        "MSE before adaptation | MSE after 2K steps | "
         "median cos(meta-grad, MAML's) | guard acted | max eta*lambda_max | train s/seed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shot in cfg["shots"]:
-        for name in [RANDOM] + list(METHODS):
+        for name in names:
             rows = runs[(shot, name)]
+            lrs = {**cfg, **(METHODS.get(name) or OWN_METHODS.get(name) or {}).get(
+                "settings", {})}
             row = summary[str(shot)][name]
             cos = row["median_cosine_with_maml"]
             acted, top = row["guard_acted_fraction"], row["guard_max_eta_lambda_max"]
             lines.append(
-                f"| {name} | {shot} | {fmt([r['mse_K'] for r in rows])} | "
+                f"| {name} | {shot} | {lrs['inner_lr']:g} / "
+                f"{'—' if name == RANDOM else format(lrs['outer_lr'], 'g')} | "
+                f"{fmt([r['mse_K'] for r in rows])} | "
                 f"{fmt([r['mse_0'] for r in rows])} | {fmt([r['mse_2K'] for r in rows])} | "
                 f"{'—' if cos is None else f'{cos:+.2f}'} | "
                 f"{'—' if acted is None else f'{100 * acted:.1f}%'} | "
@@ -409,6 +474,13 @@ def to_markdown(cfg: dict, runs: dict, summary: dict, metric: str, total_s: floa
            for r in rows if r["status"] not in ("completed", "no training")]
     if bad:
         lines += ["", "Runs stopped early:", ""] + [f"- {b}" for b in bad]
+    if own:
+        lines += ["", f"Own-settings rows adapted at the shared inner lr {cfg['inner_lr']} "
+                  f"instead ({steps} steps; context only, not their fair evaluation):", "",
+                  "| method | shot | MSE after K steps at lr 0.01 |", "|---|---|---|"]
+        lines += [f"| {name} | {shot} | "
+                  f"{fmt([r['mse_K_shared_lr'] for r in runs[(shot, name)]])} |"
+                  for shot in cfg["shots"] for name in own]
     lines += [
         "",
         "MSE columns: K = the inner step count used in meta-training; 'before adaptation' is the "
@@ -458,21 +530,33 @@ def _plot_seed_curves(ax, seed_curves, name, color):
 
 
 def plot(cfg: dict, curves: dict):
-    """Meta-validation curves, one panel per shot; returns the figure."""
-    names = [RANDOM] + list(METHODS)
+    """Meta-validation curves, one panel per shot; returns the figure.
+
+    Own-settings rows validate at their own inner lr (see ``train``).
+    """
+    names = list(dict.fromkeys(name for _, name in curves))
     fig, axes = subplots(len(cfg["shots"]), figsize=(6 * len(cfg["shots"]), 4.2), dpi=120,
                          sharey=True)
     axes = np.atleast_1d(axes)
-    colors = dict(zip(names, ["0.5", "C0", "C1", "C2", "C3", "C4"]))
+    palette = {RANDOM: "0.5", **dict(zip(list(METHODS) + list(OWN_METHODS),
+                                          ["C0", "C1", "C2", "C3", "C4", "C5", "C6"]))}
+    colors = {name: palette.get(name, "k") for name in names}
     for ax, shot in zip(axes, cfg["shots"]):
+        off = []
         for name in names:
             _plot_seed_curves(ax, curves[(shot, name)], name, colors[name])
+            vals = np.array([p[1] for c in curves[(shot, name)] for p in c], dtype=float)
+            if not (np.isfinite(vals) & (vals <= 12.0)).any():
+                off.append(name)
+        if off:  # say so: an empty panel must not read as "no curve drawn"
+            ax.text(0.02, 0.02, "off scale at every point (non-finite or > 12):\n"
+                    + "\n".join(off), transform=ax.transAxes, fontsize=7, va="bottom")
         ax.set_ylim(0.3, 12.0)
         ax.set_title(f"{shot}-shot sinusoid")
         ax.set_xlabel("outer iteration")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"meta-val MSE after {cfg['inner_steps']} steps "
+    axes[0].set_ylabel(f"meta-val MSE after {cfg['inner_steps']} steps at own inner lr "
                        f"({cfg['n_val_tasks']} tasks)")
     handles = {}
     for ax in axes:  # one legend for both panels (a per-seed line may exist in one panel only)
@@ -485,19 +569,37 @@ def plot(cfg: dict, curves: dict):
 
 def main(argv=None) -> int:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--only-own", action="store_true",
+                       help="run only the HPO-SGLD rows at the paper's own settings (inner lr "
+                            "0.5, outer lr 0.0005); writes fewshot_sinusoid_own.*")
+    group.add_argument("--shared-only", action="store_true",
+                       help="run only the shared-settings rows (the original table)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="override the seeds (default 0 1 2 3 4)")
     args = parse_args(parser, argv)
     cfg = {**CONFIG, **(SMOKE_CONFIG if is_smoke() else {})}
+    if args.seeds is not None:
+        cfg["seeds"] = list(args.seeds)
+    methods = (OWN_METHODS if args.only_own else METHODS if args.shared_only
+               else {**METHODS, **OWN_METHODS})
+    stem = "fewshot_sinusoid_own" if args.only_own else "fewshot_sinusoid"
     t_start = time.perf_counter()
-    runs, curves = run_all(cfg)
+    runs, curves = run_all(cfg, methods, with_random=not args.only_own)
     total_s = time.perf_counter() - t_start
     summary = summarise(runs)
     steps = cfg["inner_steps"]
     metric = (f"meta-test MSE on {cfg['n_query_test']} query points per task, mean over "
               f"{cfg['n_test_tasks']} held-out tasks, after {steps} plain gradient steps "
-              f"(lr {cfg['inner_lr']}) on the K support points; mean ± std (ddof=1) over seeds")
+              f"(lr {cfg['inner_lr']}; own-settings rows: their own inner lr "
+              f"{OWN_SETTINGS['inner_lr']}) on the K support points; mean ± std (ddof=1) over "
+              f"seeds")
     payload = {
         "benchmark": "fewshot_sinusoid",
         "config": cfg,
+        "methods": {name: spec for name, spec in methods.items()},
+        "command": "python benchmarks/fewshot_sinusoid.py " + " ".join(
+            sys.argv[1:] if argv is None else argv),
         "metric": metric,
         "ece": "not applicable: regression with point predictions (no predictive distribution)",
         "summary": summary,
@@ -513,10 +615,11 @@ def main(argv=None) -> int:
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "threads": torch.get_num_threads(), "machine": platform.machine()},
     }
-    text = to_markdown(cfg, runs, summary, metric, total_s, is_smoke())
+    text = to_markdown(cfg, runs, summary, metric, total_s, is_smoke(),
+                       payload["command"].replace("python ", "", 1).strip())
     print(text)
     # Strict JSON: a diverged run's inf / nan becomes null (its status says why).
-    write_results(result_stem("fewshot_sinusoid", args.out_dir), _finite_or_none(payload),
+    write_results(result_stem(stem, args.out_dir), _finite_or_none(payload),
                   text, {"": plot(cfg, curves)})
     return 0
 
