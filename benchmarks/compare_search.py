@@ -250,6 +250,14 @@ def m_sgld_half_ramp(ctx):
     return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
 
 
+def m_sgld_race(ctx):
+    """The tuner with the race of the net's lr (``schedule=Race()``, issue 22)."""
+    from sgld_tuner.search import Race
+
+    tuner = ctx.tuner(None).set_params(schedule=Race())
+    return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
+
+
 def m_sgld_control(ctx):
     tuner = ctx.tuner(1)
     return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
@@ -316,7 +324,8 @@ def m_l1_logreg(ctx):
 
 
 #: methods run only when named in --methods (one-off ablations, results files of their own)
-ABLATIONS = ("SGLDHyperTuner outer_warmup=n_outer/2", "SGLDHyperTuner n_outer=50",
+ABLATIONS = ("SGLDHyperTuner + Race()", "SGLDHyperTuner outer_warmup=n_outer/2",
+             "SGLDHyperTuner n_outer=50",
              "SGLDHyperTuner cv=5", "SGLDHyperTuner cv=5 control (n_outer=1)")
 #: each tuner row's no-search control (same settings, n_outer=1); "SGLDHyperTuner n_outer=50"
 #: shares the default's, which is the same run
@@ -332,6 +341,7 @@ METHODS = {
     "OptunaSearchCV (TPE)": m_optuna,
     "SGLDHyperTuner": m_sgld,
     "SGLDHyperTuner control (n_outer=1)": m_sgld_control,
+    "SGLDHyperTuner + Race()": m_sgld_race,
     "SGLDHyperTuner warm_up=epochs": m_sgld_warm_up,
     "SGLDHyperTuner outer_warmup=n_outer/2": m_sgld_half_ramp,
     "SGLDHyperTuner n_outer=50": m_sgld_n_outer_default,
