@@ -12,7 +12,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -22,12 +21,12 @@ from sklearn.model_selection import GridSearchCV
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _results import (add_common_args, is_smoke, parse_args, result_stem,  # noqa: E402
                       tuner_kwargs, write_results)
-from unseen_data import TRAININGS, WDS, load, pipeline  # noqa: E402
+from unseen_data import (TRAININGS, WDS, fit_and_score, load, pipeline,  # noqa: E402
+                         run_all)
 
 from sgld_tuner import SGLDHyperTuner  # noqa: E402
 from sgld_tuner.hyperparams import PerWeightL1  # noqa: E402
 from sgld_tuner.search import Race  # noqa: E402
-from sgld_tuner.tuner import UndertrainedWarning  # noqa: E402
 
 DATA = ["make_classification", "make_regression", "wine", "iris"]
 RACE, OFF = "tuner + Race()", "tuner (no race)"
@@ -62,26 +61,14 @@ def run_one(name: str, training: str, seed: int, smoke: bool) -> list[dict]:
         return pipeline(classification, X_tr.shape[1], n_out, TRAININGS[training], smoke)
 
     net = make().steps[-1]
-    records = []
-    for method, estimator in methods(make, net[0], net[1].lr, seed, smoke).items():
-        torch.manual_seed(seed)
-        wall, cpu = time.perf_counter(), time.process_time()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            estimator.fit(X_tr, y_tr)
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+
+    def chosen_lr(estimator):
         chosen = getattr(estimator, "best_params_", {})
-        try:
-            score = float(estimator.score(X_te, y_te))
-        except ValueError as exc:  # e.g. NaN predictions of a refit that diverged
-            print(f"{method} on {name}/{training}/{seed}: no score ({exc})", flush=True)
-            score = float("nan")
-        records.append({
-            "data": name, "training": training, "seed": seed, "method": method,
-            "test_score": score, "cpu_s": cpu, "wall_s": wall,
-            "lr": float(chosen.get("lr", chosen.get(f"{net[0]}__lr", np.nan))),
-            "undertrained_warning": any(w.category is UndertrainedWarning for w in caught)})
-    return records
+        return {"lr": float(chosen.get("lr", chosen.get(f"{net[0]}__lr", np.nan)))}
+
+    return fit_and_score(methods(make, net[0], net[1].lr, seed, smoke),
+                         (X_tr, X_te, y_tr, y_te),
+                         {"data": name, "training": training, "seed": seed}, chosen_lr)
 
 
 def _mean_std(values) -> str:
@@ -133,13 +120,7 @@ def main(argv=None):
     names = ["iris"] if smoke else args.data.split(",")
     trainings = ["sgd"] if smoke else args.trainings.split(",")
     cpu_started = time.process_time()
-    records = []
-    for name in names:
-        for training in trainings:
-            for seed in seeds:
-                records += run_one(name, training, seed, smoke)
-            print(f"{name} / {training} done", flush=True)
-    df = pd.DataFrame.from_records(records)
+    df = pd.DataFrame.from_records(run_all(names, trainings, seeds, run_one, smoke))
     command = "python benchmarks/race.py" + (" --smoke" if smoke else "") + \
         ("" if args.data == ",".join(DATA) else f" --data {args.data}") + \
         ("" if args.trainings == ",".join(TRAININGS) else f" --trainings {args.trainings}") + \

@@ -125,18 +125,43 @@ def run_one(name: str, training: str, seed: int, smoke: bool) -> list[dict]:
             cv=2),
         "plain net": make(),
     }
+    return fit_and_score(methods, (X_tr, X_te, y_tr, y_te),
+                         {"data": name, "training": training, "seed": seed})
+
+
+def fit_and_score(methods: dict, data: tuple, meta: dict, extra=None) -> list[dict]:
+    """Fit each method on the same seed and rows; one record per method with its test
+    score (NaN where it has none, e.g. a refit that diverged), CPU and wall seconds,
+    whether it warned UndertrainedWarning, and ``extra(estimator)``'s fields."""
+    X_tr, X_te, y_tr, y_te = data
     records = []
     for method, estimator in methods.items():
-        torch.manual_seed(seed)
+        torch.manual_seed(meta["seed"])
         wall, cpu = time.perf_counter(), time.process_time()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             estimator.fit(X_tr, y_tr)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        try:
+            score = float(estimator.score(X_te, y_te))
+        except ValueError as exc:  # e.g. NaN predictions of a refit that diverged
+            print(f"{method} on {meta}: no score ({exc})", flush=True)
+            score = float("nan")
         records.append({
-            "data": name, "training": training, "seed": seed, "method": method,
-            "test_score": float(estimator.score(X_te, y_te)), "cpu_s": cpu, "wall_s": wall,
-            "undertrained_warning": any(w.category is UndertrainedWarning for w in caught)})
+            **meta, "method": method, "test_score": score, "cpu_s": cpu, "wall_s": wall,
+            "undertrained_warning": any(w.category is UndertrainedWarning for w in caught),
+            **(extra(estimator) if extra is not None else {})})
+    return records
+
+
+def run_all(names: list, trainings: list, seeds: list, run_one, smoke: bool) -> list[dict]:
+    """``run_one(name, training, seed, smoke)`` over every data set, training and seed."""
+    records = []
+    for name in names:
+        for training in trainings:
+            for seed in seeds:
+                records += run_one(name, training, seed, smoke)
+            print(f"{name} / {training} done", flush=True)
     return records
 
 
@@ -188,13 +213,7 @@ def main(argv=None):
     names = ["iris"] if smoke else ["make_classification", "make_regression", "wine", "iris"]
     trainings = ["sgd"] if smoke else list(TRAININGS)
     cpu_started = time.process_time()
-    records = []
-    for name in names:
-        for training in trainings:
-            for seed in seeds:
-                records += run_one(name, training, seed, smoke)
-            print(f"{name} / {training} done", flush=True)
-    df = pd.DataFrame.from_records(records)
+    df = pd.DataFrame.from_records(run_all(names, trainings, seeds, run_one, smoke))
     command = "python benchmarks/unseen_data.py" + (" --smoke" if smoke else "")
     md = to_markdown(df, command, seeds, time.process_time() - cpu_started)
     print("\n" + md)
