@@ -33,7 +33,7 @@ from .search.routing import fold_score_params, route_fit_params
 from .search.schedules import LaneFactory, PlainSearch, Schedule
 from .search.scoring import callable_metrics, check_refit, make_scorers, refit_metric
 from .search.settings import GroupedParams, OuterSettings, SamplerSettings
-from .search.state import SearchState, settings_fingerprints
+from .search.state import SearchState, draw_seeds, settings_fingerprints
 
 __all__ = ["SGLDHyperTuner", "SearchInterrupted", "UnmovedSearchWarning", "DivergenceWarning",
            "OverfittingWarning", "UndertrainedWarning"]
@@ -265,10 +265,12 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
             self._splits(context.X, context.y, groups)
         self.n_splits_ = len(splits)
 
+        seeds, refit_seed = draw_seeds(check_random_state(self.random_state), len(splits))
+
         def fresh(net_params):
-            # Re-seeded for every lane: lanes share their nets' starts and noise.
-            return SearchState.fresh(data_hash, settings_hash, splits,
-                                     check_random_state(self.random_state), net_params)
+            # The same seeds for every lane: lanes share their nets' starts and noise.
+            return SearchState.fresh(data_hash, settings_hash, splits, seeds, refit_seed,
+                                     net_params)
         return LaneFactory(context, fresh, resumed)
 
     def _resumable(self, data_hash, settings_hash) -> SearchState | None:

@@ -48,13 +48,12 @@ class SearchState:
     net_params: dict | None = None
 
     @classmethod
-    def fresh(cls, data_hash: str, settings_hash: dict, splits: list, rng,
-              net_params: dict | None = None) -> "SearchState":
-        """A search not started yet: per-fold seeds (nets, noise) and the refit's seed
-        drawn from ``rng`` (a ``RandomState``)."""
-        seeds = rng.randint(0, 2**31 - 1, size=(len(splits), 2))
+    def fresh(cls, data_hash: str, settings_hash: dict, splits: list, seeds: np.ndarray,
+              refit_seed: int, net_params: dict | None = None) -> "SearchState":
+        """A search not started yet, with its per-fold seeds (nets, noise) and the
+        refit's seed (:func:`draw_seeds`)."""
         return cls(data_hash=data_hash, settings_hash=settings_hash, splits=splits,
-                   seeds=seeds, refit_seed=int(rng.randint(0, 2**31 - 1)),
+                   seeds=seeds, refit_seed=refit_seed,
                    chain_states=[ChainState() for _ in splits],
                    generator_states=[None] * len(splits), fit_times=[0.0] * len(splits),
                    last_fit_times=[0.0] * len(splits), net_params=net_params)
@@ -74,6 +73,14 @@ class SearchState:
         a Ctrl-C before it leaves the state untouched."""
         for name, value in fields.items():
             setattr(self, name, value)
+
+
+def draw_seeds(rng, n_splits: int) -> tuple[np.ndarray, int]:
+    """Per-fold seeds (``(n_splits, 2)``: the net's start, the chain's stream) and the
+    refit's seed, drawn once per fit from ``rng`` (a ``RandomState``): every lane of the
+    fit shares them (common random numbers)."""
+    seeds = rng.randint(0, 2**31 - 1, size=(n_splits, 2))
+    return seeds, int(rng.randint(0, 2**31 - 1))
 
 
 def fingerprint(value) -> str:
