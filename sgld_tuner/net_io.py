@@ -22,6 +22,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .hyperparams import Hyperparameter
+from .search.refit import weights_finite
 from .search.routing import metadata_router
 from .search.scoring import refit_metric
 from .search.settings import SamplerSettings
@@ -58,7 +59,6 @@ def _net_takes_ids(net) -> bool:
         with torch.random.fork_rng(devices=[]):
             module = net.initialized_instance(module, net.get_params_for("module"))
     return takes_ids(module)
-
 
 
 def _plain_labels(y):
@@ -275,9 +275,7 @@ class NetIO:
         ensemble = getattr(self, "ensemble_", None)
         if ensemble is not None:
             return ensemble
-        net = self.best_estimator_
-        net = net.steps[-1][1] if isinstance(net, Pipeline) else net
-        if not all(bool(torch.isfinite(p).all()) for p in net.module_.parameters()):
+        if not weights_finite(self.best_estimator_):
             warnings.warn("best_estimator_'s weights are not finite (the refit diverged, "
                           f"see stop_reason_: {self.stop_reason_!r}): its predictions are "
                           "NaN or arbitrary", RuntimeWarning, stacklevel=3)

@@ -375,11 +375,7 @@ class NetProblem:
 
     def inner_data_loss(self, lam, theta) -> torch.Tensor:
         """:meth:`inner_loss` without the penalties that :meth:`separable_penalty` gives."""
-        return self.inner_loss(lam, theta, without=self._closed_form_names)
-
-    @property
-    def _closed_form_names(self) -> tuple:
-        return self.objective.closed_form_names
+        return self.inner_loss(lam, theta, without=self.objective.closed_form_names)
 
     def separable_penalty(self) -> SeparablePenalty | None:
         """The penalties with closed-form derivatives, or ``None`` if no kind has one."""

@@ -221,7 +221,7 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         fit_params, score_params = route_fit_params(self, fit_params, context.scorers,
                                                     context.multimetric)
         context.score_params = fold_score_params(X, context.scorers, score_params,
-                                                 lanes.first_state().splits)
+                                                 lanes.splits)
         if fit_params and self.refit:
             check_refit_params(context, fit_params)  # before the search, not after it
             warnings.warn(f"fit parameters {sorted(fit_params)} reach the refit's fit only; "
@@ -271,7 +271,7 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
             # The same seeds for every lane: lanes share their nets' starts and noise.
             return SearchState.fresh(data_hash, settings_hash, splits, seeds, refit_seed,
                                      net_params)
-        return LaneFactory(context, fresh, resumed)
+        return LaneFactory(context, splits, fresh, resumed)
 
     def _resumable(self, data_hash, settings_hash) -> SearchState | None:
         """The saved search state when warm-starting on the same data and settings."""

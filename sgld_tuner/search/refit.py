@@ -88,7 +88,7 @@ def refit_best(context: FitContext, lane: Lane, values: dict, fit_params: dict,
     notes = []
     for attempt in range(REFIT_RETRIES + 1):
         result = _refit_once(context, lane, values, fit_params, {**net_params, "lr": lr})
-        if result.interrupted or _finite(result.estimator):
+        if result.interrupted or weights_finite(result.estimator):
             break
         notes.append(f"the refit's weights became non-finite at lr={lr:g}")
         lr /= 2
@@ -115,7 +115,8 @@ def refit_best(context: FitContext, lane: Lane, values: dict, fit_params: dict,
 REFIT_RETRIES = 4
 
 
-def _finite(estimator) -> bool:
+def weights_finite(estimator) -> bool:
+    """Whether a fitted net's (or a ``Pipeline``'s last step's) weights are all finite."""
     net = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
     return all(bool(torch.isfinite(p).all()) for p in net.module_.parameters())
 

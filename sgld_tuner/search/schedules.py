@@ -24,9 +24,12 @@ class LaneFactory:
     random numbers: lanes differ only in what they are given), and the first lane asked
     for with the resumed state's ``net_params`` continues that state (``warm_start``)."""
 
-    def __init__(self, context: FitContext, fresh_state: Callable[[dict | None], SearchState],
+    def __init__(self, context: FitContext, splits: list,
+                 fresh_state: Callable[[dict | None], SearchState],
                  resumed: SearchState | None = None):
         self.context, self._fresh, self._resumed = context, fresh_state, resumed
+        #: the (train, validation) rows of the folds every lane of the fit shares
+        self.splits = splits
 
     @property
     def resuming(self) -> dict | None:
