@@ -16,10 +16,12 @@ What is tuned:
 * GridSearchCV (lr x wd): the net's ``lr`` x SGD ``weight_decay`` (3 x 4);
 * RandomizedSearchCV, HalvingRandomSearchCV (epochs as the resource) and OptunaSearchCV
   (TPE, as many trials as the grid): ``lambda_l1`` (log-uniform) and ``lr``;
-* SGLDHyperTuner with its defaults (L1 strengths per input feature, started at
-  ``init="auto"``, tracked hypergradient), and beside it its **no-search control**: the
-  same tuner with ``n_outer=1`` (same start values, same seeds), so the table shows what
-  the search itself adds;
+* SGLDHyperTuner with its defaults (the race of the net's ``lr`` inside the fit, and
+  L1 strengths per input feature by hypergradient in every lane, started at
+  ``init="auto"``, tracked hypergradient); the same tuner with the race switched off
+  (``schedule=PlainSearch()``: the net's lr as given); and their **no-search control**:
+  ``n_outer=1`` (nothing raced or searched, same start values, same seeds), so the table
+  shows what the search itself adds;
 * the hybrid many users will run: GridSearchCV over ``estimator__lr`` around the tuner;
 * "untuned": the same net with no penalty; and, for classification, an L1 logistic
   regression over C (what a sparse linear model reaches).
@@ -250,11 +252,12 @@ def m_sgld_half_ramp(ctx):
     return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
 
 
-def m_sgld_race(ctx):
-    """The tuner with the race of the net's lr (``schedule=Race()``, issue 22)."""
-    from sgld_tuner.search import Race
+def m_sgld_race_off(ctx):
+    """The tuner with the race of the net's lr switched off (``schedule=PlainSearch()``):
+    one lane at the net's own lr, the behaviour before the race was the default."""
+    from sgld_tuner.search import PlainSearch
 
-    tuner = ctx.tuner(None).set_params(schedule=Race())
+    tuner = ctx.tuner(None).set_params(schedule=PlainSearch())
     return tuner, (lambda: tuner.fit(ctx.X, ctx.y)), ctx.cv.get_n_splits() + 1, None
 
 
@@ -324,12 +327,13 @@ def m_l1_logreg(ctx):
 
 
 #: methods run only when named in --methods (one-off ablations, results files of their own)
-ABLATIONS = ("SGLDHyperTuner + Race()", "SGLDHyperTuner outer_warmup=n_outer/2",
+ABLATIONS = ("SGLDHyperTuner outer_warmup=n_outer/2",
              "SGLDHyperTuner n_outer=50",
              "SGLDHyperTuner cv=5", "SGLDHyperTuner cv=5 control (n_outer=1)")
 #: each tuner row's no-search control (same settings, n_outer=1); "SGLDHyperTuner n_outer=50"
 #: shares the default's, which is the same run
 CONTROLS = {"SGLDHyperTuner": "SGLDHyperTuner control (n_outer=1)",
+            "SGLDHyperTuner race off (PlainSearch())": "SGLDHyperTuner control (n_outer=1)",
             "SGLDHyperTuner n_outer=50": "SGLDHyperTuner control (n_outer=1)",
             "SGLDHyperTuner cv=5": "SGLDHyperTuner cv=5 control (n_outer=1)"}
 METHODS = {
@@ -341,7 +345,7 @@ METHODS = {
     "OptunaSearchCV (TPE)": m_optuna,
     "SGLDHyperTuner": m_sgld,
     "SGLDHyperTuner control (n_outer=1)": m_sgld_control,
-    "SGLDHyperTuner + Race()": m_sgld_race,
+    "SGLDHyperTuner race off (PlainSearch())": m_sgld_race_off,
     "SGLDHyperTuner warm_up=epochs": m_sgld_warm_up,
     "SGLDHyperTuner outer_warmup=n_outer/2": m_sgld_half_ramp,
     "SGLDHyperTuner n_outer=50": m_sgld_n_outer_default,

@@ -1,9 +1,10 @@
 """The race of the net's lr inside one fit, beside the tuner without it and the grids.
 
 Same data, nets and trainings as ``benchmarks/unseen_data.py`` (4 data sets x 3 trainings).
-Methods, on the same seeds: the tuner with its defaults (no race: its control here),
-``SGLDHyperTuner(schedule=Race())``, ``GridSearchCV`` over 3 lrs x 3 weight decays and over
-5 lrs x 3 weight decays (the lrs 3^-2..3^2 x the net's), and the plain net. CPU seconds by
+Methods, on the same seeds: the tuner with its defaults (the race, ``Race()``), the same
+tuner with the race switched off (``schedule=PlainSearch()``), its no-search control
+(``n_outer=1``), ``GridSearchCV`` over 3 lrs x 3 weight decays and over 5 lrs x 3 weight
+decays (the lrs 3^-2..3^2 x the net's), and the plain net. CPU seconds by
 ``time.process_time()`` with one torch thread.
 
 Run: ``python benchmarks/race.py [--seeds 5] [--data wine,iris] [--smoke]``
@@ -26,10 +27,10 @@ from unseen_data import (TRAININGS, WDS, fit_and_score, load, pipeline,  # noqa:
 
 from sgld_tuner import SGLDHyperTuner  # noqa: E402
 from sgld_tuner.hyperparams import PerWeightL1  # noqa: E402
-from sgld_tuner.search import Race  # noqa: E402
+from sgld_tuner.search import PlainSearch, Race  # noqa: E402
 
 DATA = ["make_classification", "make_regression", "wine", "iris"]
-RACE, OFF = "tuner + Race()", "tuner (no race)"
+RACE, OFF, CONTROL = "tuner (defaults: Race())", "race off (PlainSearch())", "control (n_outer=1)"
 GRID3, GRID5 = "GridSearchCV 3 lr x 3 wd", "GridSearchCV 5 lr x 3 wd"
 
 
@@ -42,11 +43,14 @@ def methods(make, net_step: str, lr: float, seed: int, smoke: bool) -> dict:
         return GridSearchCV(make(), {f"{net_step}__lr": lrs[:cut],
                                      f"{net_step}__optimizer__weight_decay": list(WDS)[:cut]})
 
-    race = Race(n_lrs=3 if smoke else 5, extend=0 if smoke else 2)
+    race = Race(n_lrs=3, extend=0) if smoke else None  # None: the tuner's default race
     return {
-        OFF: SGLDHyperTuner(make(), {"l1": PerWeightL1()}, random_state=seed, **small),
+        OFF: SGLDHyperTuner(make(), {"l1": PerWeightL1()}, random_state=seed,
+                            schedule=PlainSearch(), **small),
         RACE: SGLDHyperTuner(make(), {"l1": PerWeightL1()}, random_state=seed,
                              schedule=race, **small),
+        CONTROL: SGLDHyperTuner(make(), {"l1": PerWeightL1()}, random_state=seed,
+                                **{**small, "n_outer": 1}),
         GRID3: grid(lrs5[1:4]),
         GRID5: grid(lrs5),
         "plain net": make(),
@@ -91,14 +95,15 @@ def to_markdown(df: pd.DataFrame, command: str, seeds: list, cpu_total: float) -
         "the tuner without it on the same seed (mean ± std, seeds won); vs grid: the race "
         "minus each grid (mean, seeds won); CPU: the race's seconds over each grid's (one "
         "torch thread); undertrained: seeds on which the race warned UndertrainedWarning.", "",
-        f"| data | training | {RACE} | {OFF} | {GRID3} | {GRID5} | plain net | gain | "
-        "vs 3x3 | vs 5x3 | CPU race s (/3x3, /5x3) | undertrained |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        f"| data | training | {RACE} | {OFF} | {CONTROL} | {GRID3} | {GRID5} | plain net "
+        "| gain | vs 3x3 | vs 5x3 | CPU race s (/3x3, /5x3) | undertrained |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (data, training), rows in score.groupby(level=["data", "training"], sort=False):
         gain = rows[RACE] - rows[OFF]
         c = cpu.loc[(data, training)].mean()
         lines.append(
             f"| {data} | {training} | {_mean_std(rows[RACE])} | {_mean_std(rows[OFF])} "
+            f"| {_mean_std(rows[CONTROL])} "
             f"| {_mean_std(rows[GRID3])} | {_mean_std(rows[GRID5])} "
             f"| {_mean_std(rows['plain net'])} "
             f"| {gain.mean():+.3f} ± {gain.std(ddof=1) if len(gain) > 1 else 0:.3f} "

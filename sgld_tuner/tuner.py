@@ -30,7 +30,8 @@ from .search.diagnostics import (DivergenceWarning, OverfittingWarning, SearchIn
                                  warn_if_unmoved)
 from .search.refit import best_point_steps, check_refit_params, refit_best, refit_targets
 from .search.routing import fold_score_params, route_fit_params
-from .search.schedules import LaneFactory, PlainSearch, Schedule
+from .search.race import Race
+from .search.schedules import LaneFactory, Schedule
 from .search.scoring import callable_metrics, check_refit, make_scorers, refit_metric
 from .search.settings import GroupedParams, OuterSettings, SamplerSettings
 from .search.state import SearchState, draw_seeds, settings_fingerprints
@@ -69,9 +70,13 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         The outer loop's settings (step size, optimizer, ramp, evaluation period,
         timeout); default ``OuterSettings()``; fields ``outer__<name>``.
     schedule : Schedule, optional
-        How lanes of chains are run and compared (:mod:`sgld_tuner.search.schedules`);
-        default :class:`~sgld_tuner.search.PlainSearch`, one lane of ``n_outer``
-        iterations.
+        How lanes of chains are run and compared (:mod:`sgld_tuner.search.schedules`).
+        Default :class:`~sgld_tuner.search.Race` ``()``: the net's ``lr`` raced inside the
+        fit (5 candidates around the net's own, successive halving of warm lanes on the
+        same folds, each judged at the horizon the refit trains), HPO-SGLD tuning the
+        hyperparameters inside every lane. ``schedule=PlainSearch()`` switches the race
+        off: one lane, the net's ``lr`` as given, ``n_outer`` iterations. With
+        ``n_outer=1`` nothing is searched or raced.
     cv : int, cv splitter or iterable, default=5
     scoring : str, callable, list, tuple or dict, optional
         As in ``GridSearchCV``; ``None`` uses the net's ``score`` (accuracy / R^2). A
@@ -226,7 +231,7 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
             check_refit_params(context, fit_params)  # before the search, not after it
             warnings.warn(f"fit parameters {sorted(fit_params)} reach the refit's fit only; "
                           "the search's chains do not use them", UserWarning, stacklevel=2)
-        schedule = self.schedule if self.schedule is not None else PlainSearch()
+        schedule = self.schedule if self.schedule is not None else Race()
         lane = schedule.run(context, lanes)
         self.recursion_ = context.recursion if sampler.method == "sgld" else sampler.method
         self.folds_stacked_ = lane.chains.stacked

@@ -64,9 +64,10 @@ def _trajectory_end(net, **method_options):
 
     from sgld_tuner import SGLDHyperTuner
     from sgld_tuner.hyperparams import PerWeightL1
+    from sgld_tuner.search import PlainSearch
 
     tuner = SGLDHyperTuner(net, {"l1": PerWeightL1()}, n_outer=12, cv=2, refit=False,
-                           random_state=0,
+                           random_state=0, schedule=PlainSearch(),
                            sampler=SamplerSettings(options=method_options or None),
                            outer=OuterSettings(eval_every=4))
     with warnings.catch_warnings():

@@ -52,13 +52,85 @@ def test_a_schedule_of_two_lanes_keeps_the_better_one_and_refits_with_its_lr(dig
     assert np.isfinite(tuner.best_score_)
 
 
-def test_the_plain_search_is_the_default_schedule(digits4):
+def test_the_race_is_the_default_schedule_and_n_outer_1_races_nothing(digits4):
     X, y = digits4
     default = _tuner(refit=False).fit(X, y)
-    plain = _tuner(PlainSearch(), refit=False).fit(X, y)
-    np.testing.assert_array_equal(default.cv_results_["mean_test_score"],
+    lrs = default.cv_results_["param_lr"].astype(float)
+    assert len(set(lrs)) >= 5 and default.best_params_["lr"] in set(lrs)
+    # n_outer=1 is the no-search control: one lane, the net's lr, as PlainSearch.
+    control = _tuner(n_outer=1, refit=False).fit(X, y)
+    plain = _tuner(PlainSearch(), n_outer=1, refit=False).fit(X, y)
+    np.testing.assert_array_equal(control.cv_results_["mean_test_score"],
                                   plain.cv_results_["mean_test_score"])
-    assert "lr" not in default.best_params_
+    assert "lr" not in control.best_params_
+
+
+def _fake_lanes(scores, errors=None, lrs=(0.01, 0.1, 1.0)):
+    from types import SimpleNamespace
+
+    errors = errors or [0.0] * len(scores)
+    return [SimpleNamespace(state=SimpleNamespace(net_params={"lr": lr}), rung_score=s,
+                            rung_error=e) for lr, s, e in zip(lrs, scores, errors)]
+
+
+@pytest.mark.parametrize("scores, errors, margin, winner", [
+    ((0.80, 0.86, 0.90), (0.02, 0.02, 0.02), 1.0, 1.0),   # beats 0.1 by 2 errors
+    ((0.80, 0.89, 0.90), (0.02, 0.02, 0.02), 1.0, 0.1),   # a tie: the smaller lr
+    ((0.89, 0.85, 0.90), (0.02, 0.02, 0.02), 1.0, 0.01),  # the smallest tied one
+    ((0.80, 0.89, 0.90), (0.02, 0.02, 0.02), 0.0, 1.0),   # margin 0: the best mean
+])
+def test_the_last_rung_refits_the_smallest_lr_within_the_margin(scores, errors, margin,
+                                                                  winner):
+    from sgld_tuner.search import Race
+
+    lanes = _fake_lanes(scores, errors)
+    assert Race(margin=margin)._winner(lanes).state.net_params["lr"] == winner
+
+
+def test_a_rung_keeps_the_best_third_and_the_next_smaller_lr():
+    from sgld_tuner.search import Race
+
+    lrs = (0.01, 0.03, 0.1, 0.3, 0.9)
+    lanes = _fake_lanes((0.2, 0.3, 0.5, 0.8, 0.7), lrs=lrs)
+    kept = {lane.state.net_params["lr"] for lane in Race()._promoted(lanes)}
+    assert kept == {0.3, 0.9, 0.1}
+    kept = {lane.state.net_params["lr"] for lane in Race(hedge=False)._promoted(lanes)}
+    assert kept == {0.3, 0.9}
+
+
+def test_a_user_stop_ends_the_race_with_its_results_kept(digits4):
+    """A callback's stop (as Ctrl-C or the timeout) in the third lane ends the whole
+    race: no further lane is run, the best lane so far is reported and refit."""
+    X, y = digits4
+    seen = set()
+
+    def stop_in_third_lane(record):
+        seen.add(id(record))
+        return len(seen) == 3
+
+    tuner = _tuner(callbacks=[stop_in_third_lane]).fit(X, y)
+    assert "callback" in tuner.stop_reason_
+    assert len(set(tuner.cv_results_["param_lr"].astype(float))) == 3
+    assert tuner.best_estimator_.lr == tuner.best_params_["lr"]
+
+
+def test_the_timeout_counts_across_the_races_lanes(digits4):
+    tuner = _tuner(outer={"eval_every": 1, "timeout": 1e-9}, refit=False).fit(*digits4)
+    assert "timeout" in tuner.stop_reason_
+    assert len(set(tuner.cv_results_["param_lr"].astype(float))) == 1
+
+
+def test_a_race_whose_every_candidate_diverges_keeps_the_start(digits4):
+    from test_reliability import FlakyMLP
+
+    from sgld_tuner.search import RaceWarning, SearchInterrupted
+
+    FlakyMLP.calls, FlakyMLP.nan_calls = 0, range(1, 10**9)
+    tuner = _tuner(estimator=tiny_classifier(module=FlakyMLP), refit=False, error_score=0.0)
+    with pytest.warns(RaceWarning, match="diverged"), pytest.warns(SearchInterrupted):
+        tuner.fit(*digits4)
+    for arr in tuner.best_params_["l1"].values():
+        np.testing.assert_allclose(arr, 1e-3, rtol=1e-5)
 
 
 def test_a_schedule_is_a_parameter_like_any_other():
@@ -76,7 +148,7 @@ def test_the_race_keeps_the_lr_that_scores_best_at_the_refits_horizon(digits4):
     from sgld_tuner.search import Race
 
     X, y = digits4
-    tuner = _tuner(Race(factor=5, extend=0, after=None), n_outer=3).fit(X, y)
+    tuner = _tuner(Race(factor=5, extend=0, after=None, margin=0), n_outer=3).fit(X, y)
     rows = tuner.cv_results_
     lrs = rows["param_lr"].astype(float)
     np.testing.assert_allclose(sorted(set(lrs)), [0.1 / 9, 0.1 / 3, 0.1, 0.3, 0.9])

@@ -16,6 +16,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from sgld_tuner import OuterSettings, SamplerSettings, SGLDHyperTuner
 from sgld_tuner.hyperparams import PerWeightL1, TaylorLoss, WeightDecay
+from sgld_tuner.search import PlainSearch
 
 
 class TinyMLP(torch.nn.Module):
@@ -45,9 +46,11 @@ def grouped(kwargs: dict, sampler: dict = None, outer: dict = None) -> dict:
 
 
 def tiny_tuner(net=None, **kwargs):
-    """A tiny search (2 outer iterations of 1 + 1 steps, cv=2); ``sampler=`` and
-    ``outer=`` take dicts of settings over those defaults."""
-    params = grouped({"n_outer": 2, "cv": 2, "random_state": 0, **kwargs},
+    """A tiny search (2 outer iterations of 1 + 1 steps, cv=2, one lane: the race is
+    tested in test_schedules.py); ``sampler=`` and ``outer=`` take dicts of settings
+    over those defaults."""
+    params = grouped({"n_outer": 2, "cv": 2, "random_state": 0, "schedule": PlainSearch(),
+                      **kwargs},
                      sampler={"burn_in": 1, "n_samples": 1}, outer={"eval_every": 1})
     return SGLDHyperTuner(net if net is not None else tiny_classifier(),
                           {"l1": PerWeightL1(init=1e-3)}, **params)

@@ -316,13 +316,16 @@ class ProgressBar(Listener):
 
 
 class Timeout(Listener):
-    """Stop once ``seconds`` have passed since the run began (checked after each iteration)."""
+    """Stop once ``seconds`` have passed since the run began, or since ``started`` (a
+    ``time.perf_counter()`` reading: one deadline for several runs); checked after each
+    iteration."""
 
-    def __init__(self, seconds: float):
-        self.seconds, self.started = seconds, None
+    def __init__(self, seconds: float, started: float | None = None):
+        self.seconds, self.started, self._fixed = seconds, started, started is not None
 
     def on_run_begin(self, engine):
-        self.started = time.perf_counter()
+        if not self._fixed:
+            self.started = time.perf_counter()
 
     def on_iteration_end(self, engine, record):
         if time.perf_counter() - self.started > self.seconds:

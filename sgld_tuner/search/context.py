@@ -9,6 +9,7 @@ scorers' routed metadata); during the search only :attr:`FitContext.recursion` i
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -76,6 +77,9 @@ class FitContext:
     callback_errors: list = field(default_factory=list)
     #: per fold, the scorers' routed metadata sliced to its rows (or None)
     score_params: list | None = None
+    #: ``time.perf_counter()`` when the fit began: ``outer.timeout`` counts from it
+    #: across all the fit's lanes
+    started: float = field(default_factory=time.perf_counter)
 
     @property
     def is_pipeline(self) -> bool:

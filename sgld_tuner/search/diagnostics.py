@@ -142,5 +142,6 @@ def warn_if_refit_undertrained(refit_net, X, codes, labels, scorer: dict, folds,
         f"lr={net.lr:g}) is about {budget} steps per fold. The net is undertrained: "
         "best_score_ overstates best_estimator_, and the values were learned on "
         "longer-trained nets. Raise the net's max_epochs or lr, or race them inside fit: "
-        "schedule=Race() (the lr), Race(param_grid={'max_epochs': [...]}) (the budget)",
+        "schedule=Race() (the default: the lr), Race(param_grid={'lr': [...], "
+        "'max_epochs': [...]}) (the lr and the budget)",
         UndertrainedWarning)

@@ -84,6 +84,31 @@ class Lane:
             return math.nan
         return float(np.mean(self.state.points[-1]["scores"][self.context.best_key]))
 
+    def rung_scores(self) -> np.ndarray:
+        """The test scores (refit metric; points x folds) of the later half of the
+        points scored in the lane's current rung: where a race compares lanes. One
+        scored point is as noisy as the chain's last minibatches; the half-rung window
+        averages that jitter out without reaching back to the rung's young chains."""
+        key = self.context.best_key
+        points = [p for p in self.state.points if p.get("iter") == self.rung]
+        if not points:
+            return np.full((1, 1), math.nan)
+        window = points[len(points) // 2:]
+        return np.asarray([p["scores"][key] for p in window], dtype=float)
+
+    @property
+    def rung_score(self) -> float:
+        """The mean of :meth:`rung_scores` (NaN when any is NaN: the lane failed)."""
+        return float(np.mean(self.rung_scores()))
+
+    @property
+    def rung_error(self) -> float:
+        """The standard error of :attr:`rung_score`: the scores' spread over folds and
+        the window's points, over the root of the number of folds (the window's points
+        are one chain's successive states, not independent draws)."""
+        scores = self.rung_scores()
+        return float(np.std(scores) / math.sqrt(scores.shape[1]))
+
     def _fold_batch(self, folds) -> FoldBatch | None:
         """The folds' chains stacked into one computation, where ``batch_folds`` asks
         for it and stacking is exact (else ``None``: one chain after the other)."""
@@ -174,7 +199,7 @@ class Lane:
         listeners.append(Callbacks([_GuardedCallback(cb, context.callback_errors)
                                     for cb in context.callbacks]))
         if context.outer.timeout is not None:
-            listeners.append(Timeout(context.outer.timeout))
+            listeners.append(Timeout(context.outer.timeout, started=context.started))
         return listeners
 
     # -- scored points --------------------------------------------------------------------

@@ -20,7 +20,7 @@ from sklearn.model_selection import ParameterGrid
 
 from .context import FitContext
 from .lane import Lane
-from .schedules import LaneFactory, Schedule
+from .schedules import LaneFactory, PlainSearch, Schedule
 
 
 class RaceWarning(UserWarning):
@@ -52,16 +52,31 @@ class Race(Schedule):
         How long the winner's search continues after the race, in its own training
         budgets (at most to ``n_outer`` outer iterations in all): its chains stay near
         the horizon the refit trains at. None: to ``n_outer``.
+    margin : float, default=1.0
+        The last rung's lanes are compared by their mean test score over the later half
+        of the rung's scored points, with its standard error (spread over folds and
+        points, over the root of the number of folds). A lane with a larger ``lr`` wins
+        only if it beats every smaller-``lr`` lane by more than ``margin`` of the best
+        lane's standard errors: on a tie the smaller learning rate is refit, the one
+        further from the edge of stability (a fresh net at the edge can collapse where
+        the raced chain did not). 0: the best mean wins.
+    hedge : bool, default=True
+        Each rung before the last also keeps the lane with the next smaller ``lr`` than
+        the smallest one kept: short horizons favour large learning rates (a small one
+        is still climbing when a rung ends), so the last rung, at the refit's horizon,
+        still sees one slower candidate.
     """
 
     def __init__(self, param_grid=None, factor=3, n_lrs=5, spread=3.0, extend=2,
-                 after=2.0):
+                 after=2.0, margin=1.0, hedge=True):
         self.param_grid = param_grid
         self.factor = factor
         self.n_lrs = n_lrs
         self.spread = spread
         self.extend = extend
         self.after = after
+        self.margin = margin
+        self.hedge = hedge
 
     # -- candidates ---------------------------------------------------------------------
     def candidates(self, context: FitContext) -> list[dict]:
@@ -78,6 +93,8 @@ class Race(Schedule):
             raise ValueError(f"Race: factor must be an int >= 2, got {self.factor!r}")
         if self.after is not None and not self.after >= 0:
             raise ValueError(f"Race: after must be >= 0 or None, got {self.after!r}")
+        if not (isinstance(self.margin, (int, float)) and self.margin >= 0):
+            raise ValueError(f"Race: margin must be a number >= 0, got {self.margin!r}")
         if self.param_grid is None:
             if not (isinstance(self.n_lrs, int) and self.n_lrs >= 1) or not self.spread > 1:
                 raise ValueError(f"Race: n_lrs must be an int >= 1 and spread > 1, got "
@@ -106,6 +123,10 @@ class Race(Schedule):
     # -- the race -------------------------------------------------------------------------
     def run(self, context: FitContext, new_lane: LaneFactory) -> Lane:
         candidates = self.candidates(context)
+        if context.n_outer <= 1:
+            # The search switched off (``n_outer=1``, the no-search control): nothing is
+            # raced either, the net is refit as given.
+            return PlainSearch().run(context, new_lane)
         if new_lane.resuming is not None:
             # A resumed search continues the race's winner: the race is not run again.
             lane = new_lane(new_lane.resuming)
@@ -117,17 +138,20 @@ class Race(Schedule):
         alive = lanes
         for rung in range(n_rungs):
             share = self.factor ** -(n_rungs - 1 - rung)  # the last rung at the horizon
-            self._run_rung(alive, rung, share)
-            if rung == 0 and self.param_grid is None and self.extend:
+            stopped = self._run_rung(alive, rung, share)
+            if stopped is None and rung == 0 and self.param_grid is None and self.extend:
                 grown = self._extend_edges(alive, new_lane, share)
                 everyone += grown
                 alive += grown
-            alive = self._finite(alive)
+            if stopped is not None:
+                return _ended_by_user(stopped, everyone)
+            alive = self._finite(alive) or [_own_lane(context, lanes)]
             if rung < n_rungs - 1:
-                keep = max(1, math.ceil(len(alive) / self.factor))
-                alive = sorted(alive, key=lambda lane: -lane.last_score)[:keep]
-        winner = max(alive, key=lambda lane: lane.last_score)
+                alive = self._promoted(alive)
+        winner = self._winner(alive)
         _merge_losers(winner, [lane for lane in everyone if lane is not winner])
+        if winner.engine.failed:
+            return winner  # every candidate diverged: the net's own lr, as it stopped
         until = context.n_outer
         if self.after is not None:
             until = min(until, winner.state.iteration
@@ -136,11 +160,16 @@ class Race(Schedule):
         return winner
 
     @staticmethod
-    def _run_rung(lanes: list, rung: int, share: float) -> None:
+    def _run_rung(lanes: list, rung: int, share: float) -> Lane | None:
+        """Run the lanes to ``share`` of their horizon; the lane a user's stop (Ctrl-C, a
+        callback, the timeout) ended, if one did (the race then ends)."""
         for lane in lanes:
             lane.rung = rung
-            lane.run(max(lane.state.iteration + 1,
-                         math.ceil(lane.budget_iterations * share)))
+            engine = lane.run(max(lane.state.iteration + 1,
+                                  math.ceil(lane.budget_iterations * share)))
+            if engine.stop_reason is not None and not engine.failed:
+                return lane
+        return None
 
     def _extend_edges(self, lanes: list, new_lane: LaneFactory, share: float) -> list:
         """Lanes one ``spread`` beyond the range while its best lane sits at an edge."""
@@ -150,7 +179,7 @@ class Race(Schedule):
             if len(pool) < 2:
                 break
             lrs = sorted(lane.state.net_params["lr"] for lane in pool)
-            best = max(pool, key=lambda lane: lane.last_score).state.net_params["lr"]
+            best = max(pool, key=lambda lane: lane.rung_score).state.net_params["lr"]
             if best == lrs[-1]:
                 lr = lrs[-1] * self.spread
             elif best == lrs[0]:
@@ -158,9 +187,31 @@ class Race(Schedule):
             else:
                 break
             lane = new_lane({"lr": lr})
-            self._run_rung([lane], 0, share)
             grown.append(lane)
+            if self._run_rung([lane], 0, share) is not None:
+                break
         return grown
+
+    def _promoted(self, lanes: list) -> list:
+        """The best ``1 / factor`` of the lanes, and the ``hedge`` lane."""
+        keep = max(1, math.ceil(len(lanes) / self.factor))
+        ranked = sorted(lanes, key=lambda lane: -lane.rung_score)
+        kept, rest = ranked[:keep], ranked[keep:]
+        if self.hedge and _all_have_lr(lanes):
+            floor = min(_lr(lane) for lane in kept)
+            below = [lane for lane in rest if _lr(lane) < floor]
+            if below:
+                kept.append(max(below, key=_lr))
+        return kept
+
+    def _winner(self, lanes: list) -> Lane:
+        """The best lane, or on a tie (within ``margin`` standard errors of the best)
+        the tied lane with the smallest ``lr``."""
+        best = max(lanes, key=lambda lane: lane.rung_score)
+        if len(lanes) == 1 or not _all_have_lr(lanes):
+            return best
+        floor = best.rung_score - self.margin * best.rung_error
+        return min((lane for lane in lanes if lane.rung_score >= floor), key=_lr)
 
     @staticmethod
     def _finite(lanes: list) -> list:
@@ -168,16 +219,21 @@ class Race(Schedule):
         kept = []
         for lane in lanes:
             failed = lane.engine is not None and lane.engine.failed
-            if failed or not np.isfinite(lane.last_score):
+            if failed or not np.isfinite(lane.rung_score):
                 warnings.warn(f"race: dropped the lane {lane.state.net_params} (it "
                               f"{'diverged' if failed else 'could not be scored'})",
                               RaceWarning, stacklevel=4)
                 continue
             kept.append(lane)
-        if not kept:
-            raise ValueError("race: every candidate diverged or could not be scored; see "
-                             "the warnings")
         return kept
+
+
+def _lr(lane: Lane) -> float:
+    return float(lane.state.net_params["lr"])
+
+
+def _all_have_lr(lanes: list) -> bool:
+    return all("lr" in (lane.state.net_params or {}) for lane in lanes)
 
 
 def _routed_by_skorch(net, name: str) -> bool:
@@ -192,6 +248,26 @@ def _routed_by_skorch(net, name: str) -> bool:
         return True
     params = inspect.signature(target).parameters
     return rest in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _own_lane(context: FitContext, lanes: list) -> Lane:
+    """When every candidate failed: the lane of the net's own ``lr`` (else the first),
+    reported as the plain search reports a failed search."""
+    own = [lane for lane in lanes
+           if (lane.state.net_params or {}).get("lr") == context.net.lr]
+    return (own or lanes)[0]
+
+
+def _ended_by_user(stopped: Lane, everyone: list) -> Lane:
+    """A user's stop ends the race: the best lane scored so far is reported (the stop's
+    reason with it) and refit; a resumed fit continues that lane."""
+    scored = [lane for lane in everyone if lane.engine is not None and not lane.engine.failed
+              and np.isfinite(lane.rung_score)]
+    best = max(scored, key=lambda lane: lane.rung_score) if scored else stopped
+    if best is not stopped:
+        best.engine.stop_reason = stopped.engine.stop_reason
+    _merge_losers(best, [lane for lane in everyone if lane is not best])
+    return best
 
 
 def _merge_losers(winner: Lane, losers: list) -> None:
