@@ -29,6 +29,8 @@ __all__ = ["ModuleRNG", "NetProblem", "takes_ids"]
 #: validation rows per forward pass of the outer loss (the loss is their size-weighted
 #: mean); distinct from ``outer_batch_size``, how many rows one evaluation draws
 OUTER_CHUNK = 1024
+#: training rows per forward and backward pass of the ``init="auto"`` calibration
+CALIBRATION_ROWS = 4096
 
 
 def probe_output(module, *args, **kwargs):
@@ -261,18 +263,29 @@ class NetProblem:
 
     def _calibrate(self):
         """Data-derived starts (``init="auto"``): one gradient of the net's own criterion
-        on the training rows at the initial weights, handed to the kinds that ask."""
+        on the training rows at the initial weights, handed to the kinds that ask.
+
+        The rows go through in chunks of ``CALIBRATION_ROWS`` (their mean gradients
+        weighted by their share of the rows), so that the pass's peak memory does not
+        grow with the data (at 32k rows and 256 hidden units the whole-set pass added
+        40% to the search's peak)."""
         asking = [b for b in self.bound.values() if b.needs_calibration]
         if not asking:
             return
         theta = self.theta0()
         leaves = {n: t.requires_grad_(True) for n, t in theta.items()}
-        with torch.enable_grad():
-            loss = self.crit.mean(self._forward({}, leaves, self.X_train, transform=False),
-                                  self.y_train)
-            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        data_grads = {n: torch.zeros_like(t) if g is None else g
-                      for (n, t), g in zip(leaves.items(), grads)}
+        data_grads = {n: torch.zeros_like(t) for n, t in leaves.items()}
+        n = self.X_train.shape[0]
+        for start in range(0, n, CALIBRATION_ROWS):
+            rows = slice(start, start + CALIBRATION_ROWS)
+            with torch.enable_grad():
+                loss = self.crit.mean(self._forward({}, leaves, self.X_train[rows],
+                                                    transform=False), self.y_train[rows])
+                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            share = min(CALIBRATION_ROWS, n - start) / n
+            for name, g in zip(leaves, grads):
+                if g is not None:
+                    data_grads[name] += g if share == 1 else share * g
         for b in asking:
             b.calibrate(data_grads, {n: t.detach() for n, t in theta.items()})
 

@@ -48,6 +48,16 @@ def test_auto_l1_start_is_the_mean_data_gradient(granularity):
     np.testing.assert_allclose(flat, _mean_abs(targets), rtol=1e-4)
 
 
+def test_auto_start_in_chunks_is_the_whole_sets_gradient(monkeypatch):
+    """30 rows in chunks of 8 (the last of 6): the same start as one pass over all."""
+    import sgld_tuner.skorch_adapter as adapter
+
+    monkeypatch.setattr(adapter, "CALIBRATION_ROWS", 8)
+    problem, grads, _ = _problem(PerWeightL1(init="auto", granularity="global"))
+    value = problem.bound["p"].to_public(problem.init_lam()["p"])
+    assert value == pytest.approx(_mean_abs(grads), rel=1e-5)
+
+
 def test_auto_weight_decay_start_matches_the_data_pull():
     problem, grads, weights = _problem(WeightDecay(init="auto", granularity="global"))
     value = problem.bound["p"].to_public(problem.init_lam()["p"])

@@ -521,3 +521,27 @@ def test_mode_is_switched_only_when_it_changes(monkeypatch):
     # on each of its children; none for the repeated calls.
     per_switch = 1 + len(list(problem.module.children()))
     assert calls == [True] * per_switch + [False] * per_switch
+
+
+@pytest.mark.parametrize("X_type", ["array", "tensor"])
+@pytest.mark.parametrize("extra", [{}, {"iterator_valid__batch_size": 7},
+                                   {"iterator_valid__shuffle": False}])
+def test_a_learned_nets_predictions_cut_rows_as_skorchs_loader_does(X_type, extra):
+    """The direct batching of dense rows gives what skorch's Dataset + DataLoader path
+    gives, bit for bit (same batches, same order); a customised loader keeps that path."""
+    import skorch
+    from sklearn.datasets import load_digits
+
+    from sgld_tuner.learned_net import make_learned_net
+    from test_tuner import tiny_classifier
+
+    X, y = load_digits(n_class=4, return_X_y=True)
+    X, y = (X[:100] / 16.0).astype(np.float32), y[:100]
+    net = make_learned_net(tiny_classifier(**extra), {}, {})
+    torch.manual_seed(0)
+    net.fit(X, y)
+    rows = torch.tensor(X) if X_type == "tensor" else X
+    direct = torch.cat(list(net.forward_iter(rows)))
+    through_skorch = torch.cat(list(skorch.NeuralNet.forward_iter(net, rows)))
+    assert torch.equal(direct, through_skorch)
+    assert net._slices_directly(rows) == ("iterator_valid__shuffle" not in extra)
