@@ -31,6 +31,25 @@ __all__ = ["ModuleRNG", "NetProblem", "takes_ids"]
 OUTER_CHUNK = 1024
 #: training rows per forward and backward pass of the ``init="auto"`` calibration
 CALIBRATION_ROWS = 4096
+#: from this many rows on, a minibatch is drawn in O(batch) (:func:`distinct_rows`), not
+#: as the head of a ``randperm(n)`` (O(n): 4.9 ms a step at 853k rows)
+DIRECT_DRAW_ROWS = 16384
+
+
+def distinct_rows(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``size`` distinct row indices out of ``n``, every subset equally likely, in
+    O(size log size): the first ``size`` distinct values of a stream of uniform draws
+    (drawn a quarter longer than ``size``, redrawn in the rare case it repeats too much)."""
+    device = generator.device
+    n_draws = size + size // 4 + 8
+    while True:
+        draws = torch.randint(n, (n_draws,), generator=generator, device=device)
+        values, inverse = torch.unique(draws, return_inverse=True)
+        if values.numel() >= size:
+            break
+    first = torch.full((values.numel(),), n_draws, dtype=torch.long, device=device)
+    first.scatter_reduce_(0, inverse, torch.arange(n_draws, device=device), reduce="amin")
+    return values[torch.argsort(first)[:size]]
 
 
 def probe_output(module, *args, **kwargs):
@@ -353,8 +372,10 @@ class NetProblem:
         generator = self.generator if generator is None else generator
         if size >= n:
             return None
-        perm = torch.randperm(n, generator=generator, device=generator.device)
-        return perm[:size].to(self.device)
+        if n < DIRECT_DRAW_ROWS:
+            perm = torch.randperm(n, generator=generator, device=generator.device)
+            return perm[:size].to(self.device)
+        return distinct_rows(n, size, generator).to(self.device)
 
     def training_batch(self):
         """One minibatch of training rows ``(X, y, rows)`` (``rows``: their indices into

@@ -545,3 +545,24 @@ def test_a_learned_nets_predictions_cut_rows_as_skorchs_loader_does(X_type, extr
     through_skorch = torch.cat(list(skorch.NeuralNet.forward_iter(net, rows)))
     assert torch.equal(direct, through_skorch)
     assert net._slices_directly(rows) == ("iterator_valid__shuffle" not in extra)
+
+
+def test_direct_minibatch_draws_are_distinct_and_uniform():
+    """Every row equally likely (chi-square over 4000 draws of 5 of 12 rows), no row twice
+    in a draw, and a 64-row draw out of a million does not touch a million."""
+    from scipy.stats import chisquare
+
+    from sgld_tuner.skorch_adapter import distinct_rows
+
+    gen = torch.Generator().manual_seed(0)
+    counts = np.zeros(12)
+    for _ in range(4000):
+        rows = distinct_rows(12, 5, gen)
+        assert rows.unique().numel() == 5 and int(rows.max()) < 12
+        counts[rows.numpy()] += 1
+    assert chisquare(counts).pvalue > 1e-3
+    # order within a draw is random too: the first position is uniform as well
+    firsts = np.bincount([int(distinct_rows(12, 5, gen)[0]) for _ in range(2400)], minlength=12)
+    assert chisquare(firsts).pvalue > 1e-3
+    big = distinct_rows(10**6, 64, gen)
+    assert big.unique().numel() == 64
