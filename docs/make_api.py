@@ -41,7 +41,8 @@ SECTIONS = [
     ("sgld_tuner.relevance", [relevance.feature_strengths, relevance.feature_relevance,
                               relevance.feature_names_out, relevance.learned_values]),
     ("sgld_tuner.plotting", [plotting.plot_trajectory, plotting.plot_learned_values,
-                             plotting.plot_feature_relevance]),
+                             plotting.plot_feature_relevance, plotting.plot_anytime,
+                             plotting.anytime_curve]),
     ("sgld_tuner.problems", [getattr(problems, n) for n in
                              ("Synthetic1D", "ToyCubicRegression", "SyntheticQuadratic",
                               "RidgePerFeature")]),

@@ -299,3 +299,56 @@ def plot_feature_relevance(tuner_or_values: Any, name: str | None = None,
     ax.set_xlabel(f"log10(median strength / strength); median of {len(table)}: {median:.2e}")
     ax.set_title(f"{name}: {len(shown)} most relevant of {len(table)} features")
     return ax
+
+
+def anytime_curve(search: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A fitted search's best cross-validated score so far against the seconds its
+    candidates took so far (fit and score time summed over the splits, from
+    ``cv_results_``, rows in their order there; the refit's ``refit_time_`` last).
+
+    Works for scikit-learn's searches (``GridSearchCV``, ``RandomizedSearchCV``, the
+    Halving ones) and for ``SGLDHyperTuner``, whose rows are its scored points (a race's
+    losing lanes first, then the winner's). Returns ``(seconds, best score so far)``.
+    """
+    results = getattr(search, "cv_results_", None)
+    if results is None:
+        raise TypeError(f"{type(search).__name__} has no cv_results_: fit it first, or "
+                        "give a scikit-learn style search")
+    key = _score_key(search, results)
+    n_splits = sum(1 for k in results if k.startswith("split") and
+                   k.endswith(key[len("mean"):]))
+    per_row = (np.asarray(results["mean_fit_time"], dtype=float)
+               + np.asarray(results["mean_score_time"], dtype=float)) * max(1, n_splits)
+    scores = np.nan_to_num(np.asarray(results[key], dtype=float), nan=-np.inf)
+    seconds = np.cumsum(per_row)
+    best = np.maximum.accumulate(scores)
+    refit_time = getattr(search, "refit_time_", None)
+    if refit_time is not None:
+        seconds = np.append(seconds, seconds[-1] + refit_time)
+        best = np.append(best, best[-1])
+    return seconds, best
+
+
+def plot_anytime(searches: dict, ax=None):
+    """Best cv score so far against seconds, one step line per search (the anytime
+    picture: what each search would have had if stopped earlier).
+
+    Parameters
+    ----------
+    searches : dict
+        ``{label: fitted search}``: ``SGLDHyperTuner``, ``GridSearchCV``,
+        ``RandomizedSearchCV``, ``HalvingGridSearchCV``... (:func:`anytime_curve`).
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    ax = _axes(ax)
+    for label, search in searches.items():
+        seconds, best = anytime_curve(search)
+        ax.step(seconds, best, where="post", label=label)
+    ax.set_xlabel("seconds (fit + score over the splits, from cv_results_)")
+    ax.set_ylabel("best cv score so far")
+    ax.legend(fontsize="small")
+    return ax

@@ -169,3 +169,22 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, fitted):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"pip install sgld-tuner\[plot\]"):
         plot_trajectory(fitted)
+
+
+def test_the_anytime_curve_is_the_best_score_so_far_against_summed_split_seconds(fitted):
+    from sgld_tuner.plotting import anytime_curve, plot_anytime
+
+    search = SimpleNamespace(cv_results_={
+        "mean_fit_time": np.array([1.0, 2.0, 0.5]), "mean_score_time": np.array([0.5, 0.0, 0.0]),
+        "split0_test_score": np.zeros(3), "split1_test_score": np.zeros(3),
+        "mean_test_score": np.array([0.5, np.nan, 0.7])}, refit_time_=4.0)
+    seconds, best = anytime_curve(search)
+    np.testing.assert_allclose(seconds, [3.0, 7.0, 8.0, 12.0])  # 2 splits each, then refit
+    np.testing.assert_allclose(best, [0.5, 0.5, 0.7, 0.7])
+    ax = plot_anytime({"fake": search, "tuner": fitted})
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["fake", "tuner"]
+    tuner_x, tuner_y = ax.lines[1].get_data()
+    assert tuner_y[-1] == np.nanmax(fitted.cv_results_["mean_test_score"])
+    with pytest.raises(TypeError, match="cv_results_"):
+        anytime_curve(object())
+    plt.close("all")
