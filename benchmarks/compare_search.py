@@ -381,8 +381,21 @@ def run_one(dataset, regime, seed, methods):
         records.append({"dataset": dataset, "regime": regime, "seed": seed, "method": name,
                         "test_score": score, "wall_s": wall, "cpu_s": cpu,
                         "model_fits": n_fits,
-                        "n_hyperparams": _n_hyper(search) if n_hyper is None else n_hyper})
+                        "n_hyperparams": _n_hyper(search) if n_hyper is None else n_hyper,
+                        "anytime": _anytime(search) if seed == 0 else None})
     return records
+
+
+def _anytime(search):
+    """The search's anytime curve (seconds, best cv score so far), or None for a method
+    without ``cv_results_`` (the untuned net)."""
+    from sgld_tuner.plotting import anytime_curve
+
+    try:
+        seconds, best = anytime_curve(search)
+    except (TypeError, KeyError):
+        return None
+    return [seconds.tolist(), [float(b) if np.isfinite(b) else None for b in best]]
 
 
 def _optuna_search(estimator, cv, seed):
@@ -481,6 +494,38 @@ def plot(summary):
     return fig
 
 
+def plot_anytime_panels(df):
+    """Seed 0's anytime curves (best cv score so far against the seconds its candidates
+    took, from ``cv_results_``), one panel per (dataset, regime); the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if "anytime" not in df:
+        return None
+    runs = df[df["anytime"].notna()]
+    panels = list(runs.groupby(["dataset", "regime"], sort=False))
+    cols = 3
+    rows = math.ceil((len(panels) + 1) / cols)  # one cell more: the legend's
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    for ax, ((dataset, regime), sub) in zip(axes.ravel(), panels):
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # more methods than 10 colours
+        for r in sub.itertuples():
+            seconds, best = r.anytime
+            ax.step(seconds, [np.nan if b is None else b for b in best], where="post",
+                    label=r.method)
+        ax.set_xscale("log")
+        ax.set_title(f"{dataset}, {regime} (seed 0)", fontsize=9)
+        ax.set_xlabel("seconds of fit + score (cv_results_)", fontsize=8)
+        ax.set_ylabel("best cv score so far", fontsize=8)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    axes.ravel()[-1].legend(handles, labels, loc="center", fontsize=7)
+    return fig
+
+
 def _write_report(df, meta, stem):
     summary = summarise(df)
     table = to_markdown(summary, gains_over_control(df))
@@ -494,7 +539,11 @@ def _write_report(df, meta, stem):
             f"{meta['load_average_at_end'][0]:.1f} on {meta['cpu_count']} cores.\n\n{table}\n")
     payload = {"meta": meta, "runs": df.to_dict(orient="records"),
                "summary": summary.to_dict(orient="records")}
-    write_results(stem, payload, text, figures={"": plot(summary)})
+    figures = {"": plot(summary)}
+    anytime = plot_anytime_panels(df)
+    if anytime is not None:
+        figures["_anytime"] = anytime
+    write_results(stem, payload, text, figures=figures)
     return summary
 
 

@@ -43,6 +43,7 @@ from _results import (add_common_args, is_smoke, parse_args, result_stem,  # noq
 from sgld_tuner import SGLDHyperTuner  # noqa: E402
 from sgld_tuner.demo import MLP  # noqa: E402
 from sgld_tuner.hyperparams import PerWeightL1, WeightDecay  # noqa: E402
+from sgld_tuner.search import PlainSearch  # noqa: E402
 
 SMOKE = is_smoke()
 GRID = [0.0, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1]
@@ -96,6 +97,11 @@ CONFIGS = {
     "tracked-k3": ({}, {"method_options": {"curvature_every": 3}}),
     "tracked-k5": ({}, {"method_options": {"curvature_every": 5}}),
     "tracked-k10": ({}, {"method_options": {"curvature_every": 10}}),
+    # The accelerated adjoint (issue 23), with and without the race of the lr.
+    "accelerated": ({}, {"method_options": {"adjoint": "accelerated"}}),
+    "race-off": ({}, {"schedule": PlainSearch()}),
+    "race-off-accelerated": ({}, {"schedule": PlainSearch(),
+                                  "method_options": {"adjoint": "accelerated"}}),
 }
 
 
