@@ -175,7 +175,7 @@ class Race(Schedule):
         """Lanes one ``spread`` beyond the range while its best lane sits at an edge."""
         grown = []
         for _ in range(self.extend):
-            pool = self._finite(lanes + grown)
+            pool = _scored(lanes + grown)
             if len(pool) < 2:
                 break
             lrs = sorted(lane.state.net_params["lr"] for lane in pool)
@@ -216,16 +216,20 @@ class Race(Schedule):
     @staticmethod
     def _finite(lanes: list) -> list:
         """The lanes that neither diverged nor failed to score; a note for the others."""
-        kept = []
+        kept = _scored(lanes)
         for lane in lanes:
-            failed = lane.engine is not None and lane.engine.failed
-            if failed or not np.isfinite(lane.rung_score):
+            if lane not in kept:
+                failed = lane.engine is not None and lane.engine.failed
                 warnings.warn(f"race: dropped the lane {lane.state.net_params} (it "
                               f"{'diverged' if failed else 'could not be scored'})",
                               RaceWarning, stacklevel=4)
-                continue
-            kept.append(lane)
         return kept
+
+
+def _scored(lanes: list) -> list:
+    """The lanes that have run, neither diverged nor failed to score."""
+    return [lane for lane in lanes if lane.engine is not None and not lane.engine.failed
+            and np.isfinite(lane.rung_score)]
 
 
 def _lr(lane: Lane) -> float:
@@ -261,8 +265,7 @@ def _own_lane(context: FitContext, lanes: list) -> Lane:
 def _ended_by_user(stopped: Lane, everyone: list) -> Lane:
     """A user's stop ends the race: the best lane scored so far is reported (the stop's
     reason with it) and refit; a resumed fit continues that lane."""
-    scored = [lane for lane in everyone if lane.engine is not None and not lane.engine.failed
-              and np.isfinite(lane.rung_score)]
+    scored = _scored(everyone)
     best = max(scored, key=lambda lane: lane.rung_score) if scored else stopped
     if best is not stopped:
         best.engine.stop_reason = stopped.engine.stop_reason
