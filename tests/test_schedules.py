@@ -73,18 +73,19 @@ def _fake_lanes(scores, errors=None, lrs=(0.01, 0.1, 1.0)):
                             rung_error=e) for lr, s, e in zip(lrs, scores, errors)]
 
 
-@pytest.mark.parametrize("scores, errors, margin, winner", [
-    ((0.80, 0.86, 0.90), (0.02, 0.02, 0.02), 1.0, 1.0),   # beats 0.1 by 2 errors
-    ((0.80, 0.89, 0.90), (0.02, 0.02, 0.02), 1.0, 0.1),   # a tie: the smaller lr
-    ((0.89, 0.85, 0.90), (0.02, 0.02, 0.02), 1.0, 0.01),  # the smallest tied one
-    ((0.80, 0.89, 0.90), (0.02, 0.02, 0.02), 0.0, 1.0),   # margin 0: the best mean
+@pytest.mark.parametrize("scores, errors, margin, own, winner", [
+    ((0.80, 0.86, 0.90), (0.02, 0.02, 0.02), 1.0, 0.1, 1.0),    # beats 0.1 by 2 errors
+    ((0.80, 0.89, 0.90), (0.02, 0.02, 0.02), 1.0, 0.1, 0.1),    # a tie: the net's own lr
+    ((0.89, 0.85, 0.90), (0.02, 0.02, 0.02), 1.0, 0.2, 1.0),    # 0.01 and 1.0 tied: the
+    ((0.89, 0.85, 0.90), (0.02, 0.02, 0.02), 1.0, 0.05, 0.01),  # nearer in ratio
+    ((0.80, 0.89, 0.90), (0.02, 0.02, 0.02), 0.0, 0.1, 1.0),    # margin 0: the best mean
 ])
-def test_the_last_rung_refits_the_smallest_lr_within_the_margin(scores, errors, margin,
-                                                                  winner):
+def test_the_last_rung_refits_the_tied_lr_nearest_the_nets_own(scores, errors, margin, own,
+                                                                winner):
     from sgld_tuner.search import Race
 
     lanes = _fake_lanes(scores, errors)
-    assert Race(margin=margin)._winner(lanes).state.net_params["lr"] == winner
+    assert Race(margin=margin)._winner(lanes, own).state.net_params["lr"] == winner
 
 
 def test_a_rung_keeps_the_best_third_and_the_next_smaller_lr():

@@ -55,11 +55,12 @@ class Race(Schedule):
     margin : float, default=1.0
         The last rung's lanes are compared by their mean test score over the later half
         of the rung's scored points, with its standard error (spread over folds and
-        points, over the root of the number of folds). A lane with a larger ``lr`` wins
-        only if it beats every smaller-``lr`` lane by more than ``margin`` of the best
-        lane's standard errors: on a tie the smaller learning rate is refit, the one
-        further from the edge of stability (a fresh net at the edge can collapse where
-        the raced chain did not). 0: the best mean wins.
+        points, over the root of the number of folds). Lanes within ``margin`` of the
+        best lane's standard errors of its score are tied, and of tied lanes the one
+        whose ``lr`` is nearest the net's own (in ratio) is refit: the race moves the
+        user's lr only as far as the evidence says (an lr picked at the edge of
+        stability on a tie collapsed in the refit where the raced chain had not). 0: the
+        best mean wins.
     hedge : bool, default=True
         Each rung before the last also keeps the lane with the next smaller ``lr`` than
         the smallest one kept: short horizons favour large learning rates (a small one
@@ -148,7 +149,7 @@ class Race(Schedule):
             alive = self._finite(alive) or [_own_lane(context, lanes)]
             if rung < n_rungs - 1:
                 alive = self._promoted(alive)
-        winner = self._winner(alive)
+        winner = self._winner(alive, float(context.net.lr))
         _merge_losers(winner, [lane for lane in everyone if lane is not winner])
         if winner.engine.failed:
             return winner  # every candidate diverged: the net's own lr, as it stopped
@@ -204,14 +205,16 @@ class Race(Schedule):
                 kept.append(max(below, key=_lr))
         return kept
 
-    def _winner(self, lanes: list) -> Lane:
+    def _winner(self, lanes: list, own_lr: float) -> Lane:
         """The best lane, or on a tie (within ``margin`` standard errors of the best)
-        the tied lane with the smallest ``lr``."""
+        the tied lane whose ``lr`` is nearest ``own_lr`` in ratio (then the better)."""
         best = max(lanes, key=lambda lane: lane.rung_score)
         if len(lanes) == 1 or not _all_have_lr(lanes):
             return best
         floor = best.rung_score - self.margin * best.rung_error
-        return min((lane for lane in lanes if lane.rung_score >= floor), key=_lr)
+        tied = [lane for lane in lanes if lane.rung_score >= floor]
+        return min(tied, key=lambda lane: (abs(math.log(_lr(lane) / own_lr)),
+                                           -lane.rung_score))
 
     @staticmethod
     def _finite(lanes: list) -> list:
