@@ -63,13 +63,14 @@ class InnerSettings:
         every step), whose steps in between then skip the outer gradient too (the
         adjoint's step is the only user of ``grad_theta f``). The measurements behind
         these defaults are in ``docs/bias.md`` and ``docs/performance.md``.
-    adjoint : {"gradient", "accelerated"}
+    adjoint : {"accelerated", "gradient"}
         ``"tracked"``: the iteration that steps its adjoint ``w ~ H^-1 grad f`` at each
-        refresh: the plain gradient iteration (default) or Nesterov's accelerated
-        gradient with adaptive restart (about ``sqrt(kappa)`` refreshes to converge on a
-        problem of condition number ``kappa`` where the plain iteration needs ``kappa``;
-        not yet the default: its effect on the search is unmeasured). Same Hessian
-        products either way; measurements in ``docs/bias.md``.
+        refresh: Nesterov's accelerated gradient with adaptive restart (default: about
+        ``sqrt(kappa)`` refreshes to converge on a problem of condition number ``kappa``)
+        or the plain gradient iteration (about ``kappa``; it matches reverse mode through
+        a short chain more closely, the accelerated one the implicit-function answer).
+        Under ``sampler="psgld"`` (a moving preconditioner) the plain iteration is used
+        either way. Same Hessian products; measurements in ``docs/bias.md``.
     curvature_bound : float or None
         The curvature guard (:mod:`~sgld_tuner.core.curvature`): at the start of each outer
         iteration measure ``eta * lambda_max`` of the inner Hessian (a few Hessian-vector
@@ -115,7 +116,7 @@ class InnerSettings:
     cg_damping: float = 0.01
     neumann_iters: int = 10
     neumann_alpha: float = 0.99
-    adjoint: str = "gradient"
+    adjoint: str = "accelerated"
 
     # One rule per numeric setting, ``(type, low, high, closed)`` as scikit-learn's
     # ``Interval`` reads them (``closed``: which bounds are allowed; None: unbounded).
