@@ -62,13 +62,13 @@ DT = torch.float64
 ESTIMATORS = {
     "paper": dict(method="sgld", recursion="paper"),
     "damped": dict(method="sgld", recursion="damped"),
-    # The default: the plain adjoint iteration (and the outer gradient) every 5th step.
+    # The default: the accelerated adjoint iteration (and the outer gradient) every 5th step.
     "tracked": dict(method="sgld", recursion="tracked"),
     "tracked/1": dict(method="sgld", recursion="tracked", curvature_every=1),
-    # The accelerated adjoint iteration (an option, InnerSettings(adjoint="accelerated")).
-    "tracked-acc": dict(method="sgld", recursion="tracked", adjoint="accelerated"),
-    "tracked-acc/1": dict(method="sgld", recursion="tracked", adjoint="accelerated",
-                          curvature_every=1),
+    # The plain adjoint iteration (InnerSettings(adjoint="gradient"), the default before).
+    "tracked-gd": dict(method="sgld", recursion="tracked", adjoint="gradient"),
+    "tracked-gd/1": dict(method="sgld", recursion="tracked", adjoint="gradient",
+                         curvature_every=1),
     "gibbs": dict(method="sgld", recursion="gibbs"),
     "rmd-10": dict(method="rmd", n_inner=10),
     "rmd-50": dict(method="rmd", n_inner=50),
@@ -494,8 +494,9 @@ ILLCOND_NOTE = ("Ill-conditioned rows (`ill-logreg-k*`): binary logistic regress
                 "then 5 measured); `-batchN`: the inner loss on N of the 400 training rows, drawn "
                 "afresh at each step (stochastic gradients and Hessian products), against "
                 "the same full-batch reference. hvp_per_step: the adjoint's Hessian-vector "
-                "products per inner step (its refresh rule). tracked = the plain adjoint "
-                "iteration (default), tracked-acc = the accelerated one (an option).")
+                "products per inner step (its refresh rule). tracked = the accelerated adjoint "
+                "iteration (default), tracked-gd = the plain one (adjoint='gradient', the "
+                "default before).")
 
 
 def write_illcond(rows, out_dir):
