@@ -255,16 +255,26 @@ def test_dask_backend_spreads_folds_and_matches_sequential(data):
     distributed = pytest.importorskip("distributed")
     import joblib
 
+    from sgld_tuner.search import PlainSearch, Race
+
     # batch_folds=False: the same per-fold computation as the spread run, so that the
     # scores can be equal bit for bit (stacked folds are equal only up to rounding).
-    sequential = tiny_tuner(refit=False, sampler=dict(temperature=1e-2, batch_folds=False)).fit(*data)
+    # The plain search and a race (its lanes' folds on the workers too).
+    schedules = [PlainSearch(), Race(n_lrs=3, extend=0)]
+    sequential = [tiny_tuner(refit=False, schedule=schedule,
+                             sampler=dict(temperature=1e-2, batch_folds=False)).fit(*data)
+                  for schedule in schedules]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address=None) as cluster, \
             distributed.Client(cluster):
         with joblib.parallel_config(backend="dask"):
-            spread = tiny_tuner(n_jobs=2, refit=False, sampler=dict(temperature=1e-2)).fit(*data)
-    np.testing.assert_array_equal(spread.cv_results_["mean_test_score"],
-                                  sequential.cv_results_["mean_test_score"])
+            spread = [tiny_tuner(n_jobs=2, refit=False, schedule=schedule,
+                                 sampler=dict(temperature=1e-2)).fit(*data)
+                      for schedule in schedules]
+    for one, other in zip(spread, sequential):
+        np.testing.assert_array_equal(one.cv_results_["mean_test_score"],
+                                      other.cv_results_["mean_test_score"])
+    assert len(set(spread[1].cv_results_["param_lr"])) == 3
 
 
 def test_chains_that_degrade_without_nan_are_flagged(data):
