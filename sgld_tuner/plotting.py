@@ -160,12 +160,26 @@ def _draw_cv_scores(ax, tuner, results, key, metric) -> None:
     it = np.asarray(results["iteration"])
     mean = np.asarray(results[key], dtype=float)
     std = np.asarray(results.get(f"std_test_{metric}", np.zeros_like(mean)), dtype=float)
-    ax.plot(it, mean, marker="o", color="C0", label=f"cv {metric}")
-    ax.fill_between(it, mean - std, mean + std, color="C0", alpha=0.2)
+    lanes = _race_lanes(results)
     best = getattr(tuner, "best_index_", None)
+    winner = lanes == lanes[best] if best is not None else np.ones(len(it), dtype=bool)
+    for lr in dict.fromkeys(lanes[~winner]):  # a race's other lanes, faint
+        rows = lanes == lr
+        ax.plot(it[rows], mean[rows], marker=".", color="0.6", alpha=0.6, linewidth=0.8,
+                label="other raced lrs" if lr == lanes[~winner][0] else None)
+    ax.plot(it[winner], mean[winner], marker="o", color="C0", label=f"cv {metric}")
+    ax.fill_between(it[winner], (mean - std)[winner], (mean + std)[winner], color="C0",
+                    alpha=0.2)
     if best is not None:
         ax.plot([it[best]], [mean[best]], linestyle="none", marker="*", markersize=14,
                 color="C3", label="selected")
+
+
+def _race_lanes(results: dict) -> np.ndarray:
+    """Each row's lane: its ``param_lr`` when a race ran (one value per lane), else 0."""
+    if "param_lr" not in results:
+        return np.zeros(len(results["iteration"]))
+    return np.ma.filled(np.ma.asarray(results["param_lr"], dtype=float), np.nan)
 
 
 def _draw_test_scores(ax, tuner, control, label, metric, X_test, y_test) -> None:

@@ -36,11 +36,15 @@ def digits():
     return (X / 16.0).astype(np.float32), y
 
 
-def tuner_of(n_outer):
+def tuner_of(n_outer, schedule="plain"):
+    """A tiny search; one lane (``PlainSearch``) unless ``schedule=None`` (the race)."""
+    from sgld_tuner.search import PlainSearch
+
     net = NeuralNetClassifier(TinyMLP, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
                               max_epochs=10, batch_size=32, train_split=None, verbose=0)
     return SGLDHyperTuner(net, {"l1": PerWeightL1(init=1e-3, granularity="feature")},
-                          n_outer=n_outer, cv=2, random_state=0)
+                          n_outer=n_outer, cv=2, random_state=0,
+                          schedule=PlainSearch() if schedule == "plain" else schedule)
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +192,18 @@ def test_the_anytime_curve_is_the_best_score_so_far_against_summed_split_seconds
     with pytest.raises(TypeError, match="cv_results_"):
         anytime_curve(object())
     plt.close("all")
+
+
+def test_a_races_other_lanes_are_drawn_apart_from_the_winners_trajectory():
+    from sgld_tuner.search import Race
+
+    X, y = digits()
+    raced = tuner_of(3, schedule=Race(n_lrs=3, extend=0)).fit(X[:80], y[:80])
+    ax = plot_trajectory(raced)
+    lrs = raced.cv_results_["param_lr"].astype(float)
+    winner = lrs == raced.best_params_["lr"]
+    lines = {line.get_label(): line for line in ax.lines}
+    np.testing.assert_array_equal(lines["cv score"].get_ydata(),
+                                  raced.cv_results_["mean_test_score"][winner])
+    grey = [line for line in ax.lines if line.get_color() == "0.6"]
+    assert len(grey) == len(set(lrs[~winner])) >= 1
