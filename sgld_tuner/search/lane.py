@@ -77,13 +77,6 @@ class Lane:
         budget = max(fold.budget_steps for fold in self.folds)
         return max(1, math.ceil(budget / max(1, self.settings.steps)))
 
-    @property
-    def last_score(self) -> float:
-        """The mean test score (refit metric) of the lane's last scored point."""
-        if not self.state.points:
-            return math.nan
-        return float(np.mean(self.state.points[-1]["scores"][self.context.best_key]))
-
     def rung_scores(self) -> np.ndarray:
         """The test scores (refit metric; points x folds) of the later half of the
         points scored in the lane's current rung: where a race compares lanes. One
