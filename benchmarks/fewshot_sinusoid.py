@@ -32,7 +32,7 @@ from ``sgld_tuner.core.hypergradient``, the meta-batch average goes to the outer
 Meta-test: adapt the learned initialisation by plain gradient steps on the K support points of
 1000 held-out tasks and measure MSE on 100 query points per task; mean +- std over seeds.
 
-Run ``python benchmarks/fewshot_sinusoid.py`` (every row, one table: 1603 s = 27 min of CPU
+Run ``python benchmarks/fewshot_sinusoid.py`` (every row, one table: 1597 s = 27 min of CPU
 time measured on one core of a shared, loaded 2-core machine, over the ~15 min aimed at; the
 three HPO-SGLD rows at 5 steps are 3/4 of it, 40 s per seed and shot each; the paper's inner
 lr 0.5 stops within a few dozen outer iterations) or with ``--smoke`` (seconds). Writes
