@@ -163,7 +163,7 @@ class _LearnedMixin:
     def forward_iter(self, X, training=False, device="cpu"):
         """As skorch's, but a dense array or tensor is cut into batches directly, not
         gathered row by row through a ``Dataset`` and a ``DataLoader`` (that path cost
-        4.5x the forward passes themselves when the search scores its folds). The batches
+        several times the forward passes themselves when the search scores its folds). The batches
         are the ones skorch's loader makes (``batch_size`` rows, in order), so outputs
         are the same; any other input, dataset or loader takes skorch's own path."""
         if not self._slices_directly(X):

@@ -32,7 +32,7 @@ OUTER_CHUNK = 1024
 #: training rows per forward and backward pass of the ``init="auto"`` calibration
 CALIBRATION_ROWS = 4096
 #: from this many rows on, a minibatch is drawn in O(batch) (:func:`distinct_rows`), not
-#: as the head of a ``randperm(n)`` (O(n): 4.9 ms a step at 853k rows)
+#: as the head of a ``randperm(n)`` (O(n) per step)
 DIRECT_DRAW_ROWS = 16384
 
 
@@ -286,8 +286,8 @@ class NetProblem:
 
         The rows go through in chunks of ``CALIBRATION_ROWS`` (their mean gradients
         weighted by their share of the rows), so that the pass's peak memory does not
-        grow with the data (at 32k rows and 256 hidden units the whole-set pass added
-        40% to the search's peak)."""
+        grow with the data (the whole-set pass set the search's peak memory on large
+        training sets)."""
         asking = [b for b in self.bound.values() if b.needs_calibration]
         if not asking:
             return

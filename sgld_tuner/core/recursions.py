@@ -255,8 +255,8 @@ class TrackedRecursion(Recursion):
             steps = settings.burn_in + settings.n_samples
             self.refresh_every = max(1, min(self.default_refresh, steps // 2))
         # Nesterov's momentum assumes one fixed operator; pSGLD's preconditioner moves
-        # every step, and accelerating across it settled 8% off the exact ridge
-        # hypergradient where the plain iteration came within 1.5% (tests/test_samplers.py).
+        # every step, and accelerating across it settled off the exact ridge hypergradient
+        # where the plain iteration converged (tests/test_samplers.py; docs/bias.md).
         self.accelerated = (getattr(settings, "adjoint", "accelerated") == "accelerated"
                             and getattr(settings, "sampler", "sgld") != "psgld")
 
