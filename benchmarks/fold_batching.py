@@ -28,6 +28,7 @@ from sklearn.model_selection import KFold, ShuffleSplit
 
 from sgld_tuner import OuterSettings, SamplerSettings, SGLDHyperTuner
 from sgld_tuner.hyperparams import PerWeightL1
+from sgld_tuner.search import PlainSearch
 
 from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
 from cost_kinds import MLP, data, BATCH, BURN_IN, LR, N_SAMPLES, PlainTrainer
@@ -45,6 +46,9 @@ def make_user_net(hidden):
 def fit_seconds(hidden, cv, batch_folds, n_outer, X, y) -> float:
     tuner = SGLDHyperTuner(make_user_net(hidden), {"l1": PerWeightL1()}, n_outer=n_outer,
                            cv=cv, refit=False, random_state=0,
+                           # the search's own iterations: a race would add lanes that run
+                           # the net's budget whatever n_outer says
+                           schedule=PlainSearch(),
                            sampler=SamplerSettings(batch_folds=batch_folds),
                            outer=OuterSettings(eval_every=10_000))
     with warnings.catch_warnings():

@@ -19,6 +19,7 @@ import torch
 from sgld_tuner import OuterSettings, SGLDHyperTuner
 from sgld_tuner.demo import load_data, make_net
 from sgld_tuner.hyperparams import PerWeightL1
+from sgld_tuner.search import PlainSearch
 
 from _results import add_common_args, is_smoke, parse_args, result_stem, write_results
 
@@ -30,6 +31,7 @@ def search_time(n_jobs: int, n_outer: int, repeats: int, hidden: int = 128) -> l
         net = make_net(module__hidden=hidden)
         tuner = SGLDHyperTuner(net, {"l1": PerWeightL1(init=1e-4)}, n_outer=n_outer, cv=5,
                                n_jobs=n_jobs, refit=False, random_state=0,
+                               schedule=PlainSearch(),  # the folds' own spread, no race
                                outer=OuterSettings(eval_every=5))
         started = time.perf_counter()
         tuner.fit(X, y)
