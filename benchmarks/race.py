@@ -4,7 +4,9 @@ Same data, nets and trainings as ``benchmarks/unseen_data.py`` (4 data sets x 3 
 Methods, on the same seeds: the tuner with its defaults (the race, ``Race()``), the same
 tuner with the race switched off (``schedule=PlainSearch()``), its no-search control
 (``n_outer=1``), ``GridSearchCV`` over 3 lrs x 3 weight decays and over 5 lrs x 3 weight
-decays (the lrs 3^-2..3^2 x the net's), and the plain net. CPU seconds by
+decays (the lrs 3^-2..3^2 x the net's), the plain net, and the race of the training
+budget beside the lr (the 5 lrs x ``max_epochs`` E and 3E, E the net's own), whose
+second table says whether the budget race should be on by default. CPU seconds by
 ``time.process_time()`` with one torch thread.
 
 Run: ``python benchmarks/race.py [--seeds 5] [--data wine,iris] [--smoke]``
@@ -32,9 +34,10 @@ from sgld_tuner.search import PlainSearch, Race  # noqa: E402
 DATA = ["make_classification", "make_regression", "wine", "iris"]
 RACE, OFF, CONTROL = "tuner (defaults: Race())", "race off (PlainSearch())", "control (n_outer=1)"
 GRID3, GRID5 = "GridSearchCV 3 lr x 3 wd", "GridSearchCV 5 lr x 3 wd"
+BUDGET = "race of lr x max_epochs (E, 3E)"
 
 
-def methods(make, net_step: str, lr: float, seed: int, smoke: bool) -> dict:
+def methods(make, net_step: str, lr: float, epochs: int, seed: int, smoke: bool) -> dict:
     small = tuner_kwargs(dict(n_outer=2, burn_in=1, n_samples=1) if smoke else {})
     lrs5 = [lr * 3.0 ** k for k in range(-2, 3)]
     cut = 2 if smoke else None
@@ -44,11 +47,16 @@ def methods(make, net_step: str, lr: float, seed: int, smoke: bool) -> dict:
                                      f"{net_step}__optimizer__weight_decay": list(WDS)[:cut]})
 
     race = Race(n_lrs=3, extend=0) if smoke else None  # None: the tuner's default race
+    # The training budget raced beside the lr: the net's own max_epochs and 3 times it.
+    budget = Race(param_grid={"lr": lrs5[1:4] if smoke else lrs5,
+                              "max_epochs": [epochs, 3 * epochs]})
     return {
         OFF: SGLDHyperTuner(make(), {"l1": PerWeightL1()}, random_state=seed,
                             schedule=PlainSearch(), **small),
         RACE: SGLDHyperTuner(make(), {"l1": PerWeightL1()}, random_state=seed,
                              schedule=race, **small),
+        BUDGET: SGLDHyperTuner(make(), {"l1": PerWeightL1()}, random_state=seed,
+                               schedule=budget, **small),
         CONTROL: SGLDHyperTuner(make(), {"l1": PerWeightL1()}, random_state=seed,
                                 **{**small, "n_outer": 1}),
         GRID3: grid(lrs5[1:4]),
@@ -66,13 +74,14 @@ def run_one(name: str, training: str, seed: int, smoke: bool) -> list[dict]:
 
     net = make().steps[-1]
 
-    def chosen_lr(estimator):
-        chosen = getattr(estimator, "best_params_", {})
-        return {"lr": float(chosen.get("lr", chosen.get(f"{net[0]}__lr", np.nan)))}
+    def chosen(estimator):
+        params = getattr(estimator, "best_params_", {})
+        return {**{key: float(params.get(key, params.get(f"{net[0]}__{key}", np.nan)))
+                   for key in ("lr", "max_epochs")}, "own_max_epochs": net[1].max_epochs}
 
-    return fit_and_score(methods(make, net[0], net[1].lr, seed, smoke),
+    return fit_and_score(methods(make, net[0], net[1].lr, net[1].max_epochs, seed, smoke),
                          (X_tr, X_te, y_tr, y_te),
-                         {"data": name, "training": training, "seed": seed}, chosen_lr)
+                         {"data": name, "training": training, "seed": seed}, chosen)
 
 
 def _mean_std(values) -> str:
@@ -111,6 +120,26 @@ def to_markdown(df: pd.DataFrame, command: str, seeds: list, cpu_total: float) -
             f"| {_lead(rows[RACE] - rows[GRID3])} | {_lead(rows[RACE] - rows[GRID5])} "
             f"| {c[RACE]:.2f} ({c[RACE] / c[GRID3]:.2f}, {c[RACE] / c[GRID5]:.2f}) "
             f"| {int(warned.loc[(data, training)].sum())}/{len(gain)} |")
+    lines += ["", "The training budget raced beside the lr "
+              f"(`Race(param_grid={{'lr': 5 lrs, 'max_epochs': [E, 3E]}})`, E the net's own): "
+              "test score, seeds whose refit trains 3E, seeds warned UndertrainedWarning, "
+              "CPU over the 5 x 3 grid's, beside the defaults.", "",
+              f"| data | training | {RACE} | {BUDGET} | 3E picked | undertrained "
+              "(defaults, budget race) | CPU / 5x3 (defaults, budget race) |",
+              "|---|---|---|---|---|---|---|"]
+    budget = df[df.method == BUDGET].set_index(keys)
+    warned_budget = budget.undertrained_warning
+    for (data, training), rows in score.groupby(level=["data", "training"], sort=False):
+        c = cpu.loc[(data, training)].mean()
+        picked = budget.loc[(data, training)]
+        epochs = picked.max_epochs
+        longer = int((epochs > picked.own_max_epochs).sum())
+        lines.append(
+            f"| {data} | {training} | {_mean_std(rows[RACE])} | {_mean_std(rows[BUDGET])} "
+            f"| {longer}/{len(epochs)} "
+            f"| {int(warned.loc[(data, training)].sum())}/{len(epochs)}, "
+            f"{int(warned_budget.loc[(data, training)].sum())}/{len(epochs)} "
+            f"| {c[RACE] / c[GRID5]:.2f}, {c[BUDGET] / c[GRID5]:.2f} |")
     return "\n".join(lines)
 
 

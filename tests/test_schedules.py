@@ -149,7 +149,8 @@ def test_the_race_keeps_the_lr_that_scores_best_at_the_refits_horizon(digits4):
     from sgld_tuner.search import Race
 
     X, y = digits4
-    tuner = _tuner(Race(factor=5, extend=0, after=None, margin=0), n_outer=3).fit(X, y)
+    tuner = _tuner(Race(factor=5, extend=0, after=None, margin=0, incumbent=False),
+                   n_outer=3).fit(X, y)
     rows = tuner.cv_results_
     lrs = rows["param_lr"].astype(float)
     np.testing.assert_allclose(sorted(set(lrs)), [0.1 / 9, 0.1 / 3, 0.1, 0.3, 0.9])
@@ -197,7 +198,59 @@ def test_after_the_race_the_winner_continues_for_its_budgets_only(digits4):
     from sgld_tuner.search import Race
 
     X, y = digits4
-    tuner = _tuner(Race(factor=5, extend=0, after=2), n_outer=50, refit=False).fit(X, y)
+    tuner = _tuner(Race(factor=5, extend=0, after=2, incumbent=False), n_outer=50,
+                   refit=False).fit(X, y)
     winner = tuner.best_params_["lr"]
     rows = tuner.cv_results_["param_lr"].astype(float) == winner
     assert list(tuner.cv_results_["iteration"][rows]) == [0, 1, 2]
+
+
+def test_the_nets_own_lr_is_refit_unless_the_winner_beats_it_where_the_search_ends(
+        digits4):
+    """The net's own lr (0.1) loses the race to 0.9 at the refit's horizon (one outer
+    iteration here); with ``incumbent`` its lane continues to where the winner's search
+    ends (n_outer), and the winner is refit only if it beats it there (by more than
+    ``margin`` standard errors; 0 here: the better mean over the later half of the
+    stretch). The incumbent's lane is exactly the search without a race."""
+    from sgld_tuner.search import Race
+
+    X, y = digits4
+    grid = {"lr": [0.1, 0.9]}
+    race = _tuner(Race(param_grid=grid, after=None, margin=0), n_outer=4).fit(X, y)
+    without = _tuner(Race(param_grid=grid, after=None, margin=0, incumbent=False),
+                     n_outer=4, refit=False).fit(X, y)
+    plain = _tuner(PlainSearch(), n_outer=4, refit=False).fit(X, y)
+    assert without.best_params_["lr"] == 0.9  # the race alone moves the lr
+    rows = race.cv_results_
+    lrs = rows["param_lr"].astype(float)
+    for lr in (0.1, 0.9):  # both lanes ran to n_outer
+        assert list(rows["iteration"][lrs == lr])[-1] == 3
+    assert rows["mean_test_score"][lrs == 0.1][-1] == plain.cv_results_["mean_test_score"][-1]
+    window = rows["iteration"] >= 2
+    mean = {lr: rows["mean_test_score"][window & (lrs == lr)].mean() for lr in (0.1, 0.9)}
+    winner = 0.9 if mean[0.9] > mean[0.1] else 0.1
+    assert race.best_params_["lr"] == winner and race.best_estimator_.lr == winner
+
+
+def test_an_unbeatable_margin_keeps_the_nets_own_lr_as_the_search_without_a_race(digits4):
+    from sgld_tuner.search import Race
+
+    X, y = digits4
+    race = _tuner(Race(param_grid={"lr": [0.1, 0.9]}, margin=1e9, after=None),
+                  n_outer=4).fit(X, y)
+    plain = _tuner(PlainSearch(), n_outer=4).fit(X, y)
+    assert race.best_params_["lr"] == 0.1 and race.best_estimator_.lr == 0.1
+    for name, values in plain.best_params_["l1"].items():
+        np.testing.assert_array_equal(race.best_params_["l1"][name], values)
+    np.testing.assert_array_equal(race.predict_proba(X), plain.predict_proba(X))
+
+
+def test_a_race_whose_grid_leaves_out_the_nets_own_settings_has_no_incumbent(digits4):
+    from sgld_tuner.search import Race
+
+    X, y = digits4
+    tuner = _tuner(Race(param_grid={"lr": [0.3, 0.9]}, after=None), n_outer=4,
+                   refit=False).fit(X, y)
+    lrs = tuner.cv_results_["param_lr"].astype(float)
+    loser = ({0.3, 0.9} - {tuner.best_params_["lr"]}).pop()
+    assert list(tuner.cv_results_["iteration"][lrs == loser]) == [0]  # not continued

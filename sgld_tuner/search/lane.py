@@ -65,6 +65,9 @@ class Lane:
         self.engine = None
         #: the rung of a race this lane runs in (``iter`` in ``cv_results_``)
         self.rung = 0
+        #: when set, :meth:`rung_scores` uses the points from this outer iteration on
+        #: (any rung): two lanes compared over the same stretch of their chains
+        self.window_start = None
 
     @property
     def folds(self) -> list:
@@ -83,10 +86,13 @@ class Lane:
         scored point is as noisy as the chain's last minibatches; the half-rung window
         averages that jitter out without reaching back to the rung's young chains."""
         key = self.context.best_key
-        points = [p for p in self.state.points if p.get("iter") == self.rung]
-        if not points:
+        if self.window_start is not None:
+            window = [p for p in self.state.points if p["iteration"] >= self.window_start]
+        else:
+            points = [p for p in self.state.points if p.get("iter") == self.rung]
+            window = points[len(points) // 2:]
+        if not window:
             return np.full((1, 1), math.nan)
-        window = points[len(points) // 2:]
         return np.asarray([p["scores"][key] for p in window], dtype=float)
 
     @property

@@ -66,10 +66,18 @@ class Race(Schedule):
         the smallest one kept: short horizons favour large learning rates (a small one
         is still climbing when a rung ends), so the last rung, at the refit's horizon,
         still sees one slower candidate.
+    incumbent : bool, default=True
+        When the net's own settings are among the candidates and lost the race, their
+        lane continues to where the winner's search ends, and the winner is refit only
+        if it beats them there by more than ``margin`` standard errors (else the net's
+        own settings are). Rungs judge young hyperparameters: a larger lr can lead at
+        the refit's horizon and fall behind once the search has tuned the continuous
+        kinds, so the user's settings are kept unless the evidence at the search's end
+        says otherwise.
     """
 
     def __init__(self, param_grid=None, factor=3, n_lrs=5, spread=3.0, extend=2,
-                 after=2.0, margin=1.0, hedge=True):
+                 after=2.0, margin=1.0, hedge=True, incumbent=True):
         self.param_grid = param_grid
         self.factor = factor
         self.n_lrs = n_lrs
@@ -78,6 +86,7 @@ class Race(Schedule):
         self.after = after
         self.margin = margin
         self.hedge = hedge
+        self.incumbent = incumbent
 
     # -- candidates ---------------------------------------------------------------------
     def candidates(self, context: FitContext) -> list[dict]:
@@ -150,15 +159,46 @@ class Race(Schedule):
             if rung < n_rungs - 1:
                 alive = self._promoted(alive)
         winner = self._winner(alive, float(context.net.lr))
-        _merge_losers(winner, [lane for lane in everyone if lane is not winner])
         if winner.engine.failed:
+            _merge_losers(winner, [lane for lane in everyone if lane is not winner])
             return winner  # every candidate diverged: the net's own lr, as it stopped
+        winner, stopped = self._finish(context, winner, everyone, n_rungs)
+        if stopped is not None:
+            return _ended_by_user(stopped, everyone)
+        _merge_losers(winner, [lane for lane in everyone if lane is not winner])
+        return winner
+
+    def _finish(self, context: FitContext, winner: Lane, everyone: list,
+                final_rung: int) -> tuple[Lane, Lane | None]:
+        """The winner's search continues ``after`` more budgets; with ``incumbent``, the
+        lane of the net's own settings continues to the same outer iteration, and the
+        winner is kept only if it beats it there by more than ``margin`` standard
+        errors. Returns the lane to refit and the lane a user's stop ended, if any."""
         until = context.n_outer
         if self.after is not None:
             until = min(until, winner.state.iteration
                         + math.ceil(self.after * winner.budget_iterations))
-        winner.run(max(until, winner.state.iteration))
-        return winner
+        target = max(until, winner.state.iteration)
+        own = _incumbent(context, everyone) if self.incumbent else None
+        if own is None or own is winner or not _scored([own]) \
+                or own.state.iteration >= target:
+            # No incumbent to defend, or it already met the winner at the last rung
+            # (whose tie rule favours the net's own lr).
+            winner.run(target)
+            return winner, None
+        # Compared over the later half of the stretch the incumbent runs, on both chains.
+        start = (own.state.iteration + target) // 2
+        for lane in (winner, own):
+            lane.rung = final_rung
+            engine = lane.run(max(target, lane.state.iteration + 1))
+            if engine.stop_reason is not None and not engine.failed:
+                return lane, lane
+            lane.window_start = start
+        if not _scored([own]):
+            return winner, None
+        if winner.rung_score - self.margin * winner.rung_error > own.rung_score:
+            return winner, None
+        return own, None
 
     @staticmethod
     def _run_rung(lanes: list, rung: int, share: float) -> Lane | None:
@@ -257,12 +297,28 @@ def _routed_by_skorch(net, name: str) -> bool:
     return rest in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def _incumbent(context: FitContext, lanes: list) -> Lane | None:
+    """The lane whose candidate is the net's own setting of every raced parameter."""
+    params = context.net.get_params(deep=False)
+    for lane in lanes:
+        raced = lane.state.net_params or {}
+        if raced and all(name in params and _same(params[name], value)
+                         for name, value in raced.items()):
+            return lane
+    return None
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b) or (isinstance(a, (int, float)) and math.isclose(a, b))
+    except (TypeError, ValueError):
+        return a is b
+
+
 def _own_lane(context: FitContext, lanes: list) -> Lane:
-    """When every candidate failed: the lane of the net's own ``lr`` (else the first),
+    """When every candidate failed: the lane of the net's own settings (else the first),
     reported as the plain search reports a failed search."""
-    own = [lane for lane in lanes
-           if (lane.state.net_params or {}).get("lr") == context.net.lr]
-    return (own or lanes)[0]
+    return _incumbent(context, lanes) or lanes[0]
 
 
 def _ended_by_user(stopped: Lane, everyone: list) -> Lane:
