@@ -682,6 +682,24 @@ def test_outer_warmup_auto_ramps_the_first_steps_over_one_training_budget(digits
     torch.testing.assert_close(ramped, 0.5 * full, rtol=1e-3, atol=2e-6)
 
 
+@pytest.mark.parametrize("max_epochs, n_outer, steps_per_iteration", [
+    (6, 2, 6),    # a budget of 12 steps over 2 iterations: the burn-in grows to 5
+    (6, 3, 4),    # ... over 3: burn-in 3
+    (2, 2, 2),    # a budget of 4 steps fits in 2 iterations of 1 + 1: as given
+    (6, 12, 2),   # n_outer * 2 = 24 steps reach past the budget: as given
+    (6, 1, 2)])   # n_outer=1, the no-search control: as given
+def test_n_outer_iterations_span_at_least_the_nets_training_budget(
+        digits4, max_epochs, n_outer, steps_per_iteration):
+    """cv=2 on 120 rows: 60 training rows per fold in batches of 32, so a budget of
+    2 * max_epochs steps; each outer iteration's burn-in grows until n_outer of them
+    span it, so that the chains reach the refit's horizon at any number of rows."""
+    tuner = tiny_tuner(tiny_classifier(max_epochs=max_epochs), n_outer=n_outer,
+                       refit=False, warm_start=True).fit(*digits4)
+    for chain in tuner._search_state.chain_states:
+        assert chain.n_steps == n_outer * steps_per_iteration
+    assert chain.n_steps >= 2 * max_epochs or n_outer == 1 or steps_per_iteration == 2
+
+
 @pytest.mark.parametrize("hyperparams, options, expected", [
     ({"l1": PerWeightL1(init=1e-3)}, {}, "tracked"),
     ({"loss": TaylorLoss()}, {}, "damped"),  # a learned loss: no minimum to assume

@@ -49,18 +49,22 @@ def digits():
 def test_epochs_warm_up_runs_the_nets_budget_before_the_first_scored_point(digits):
     """warm_up="epochs": max_epochs passes over the fold's 80 training rows in batches of
     32 (3 batches), so the chain holds 6 * 3 warm-up steps plus the search's; the first
-    scored point is then a trained net (its validation loss is below the cold chain's)."""
+    scored point is then a trained net (its validation loss is below the cold chain's).
+    The search's 2 outer iterations then span the budget once more (9 steps each: the
+    burn-in grows from 1 to 8)."""
     net = tiny_classifier(max_epochs=6)
     warm = tiny_tuner(net, n_outer=2, warm_start=True, refit=False,
                       sampler=dict(warm_up="epochs")).fit(*digits)
     cold = tiny_tuner(net, n_outer=2, refit=False).fit(*digits)
-    assert all(c.n_steps == 6 * 3 + 2 * 2 for c in warm._search_state.chain_states)
+    assert all(c.n_steps == 6 * 3 + 2 * 9 for c in warm._search_state.chain_states)
     assert warm.history_["outer_loss"].iloc[0] < cold.history_["outer_loss"].iloc[0]
     assert warm.cv_results_["mean_test_score"][0] >= cold.cv_results_["mean_test_score"][0]
 
 
 def test_warm_up_steps_are_counted_in_the_chain(digits):
-    tuner = tiny_tuner(n_outer=2, warm_start=True, refit=False, sampler=dict(warm_up=7)).fit(*digits)
+    # max_epochs=1 (3 steps) fits in n_outer * (1 + 1) steps: the burn-in is as given
+    tuner = tiny_tuner(tiny_classifier(max_epochs=1), n_outer=2, warm_start=True,
+                       refit=False, sampler=dict(warm_up=7)).fit(*digits)
     assert all(c.n_steps == 7 + 2 * 2 for c in tuner._search_state.chain_states)
     # a resumed search does not warm up again
     tuner.set_params(n_outer=3).fit(*digits)

@@ -110,17 +110,30 @@ class FitContext:
         net = self.net
         return net if not net_params else clone(net).set_params(**net_params)
 
-    def inner_settings(self, inner_lr_scale: float = 1.0,
-                       net_params: dict | None = None) -> InnerSettings:
-        """The chains' settings; the inner step defaults to the lane's net's ``lr``."""
+    def inner_settings(self, inner_lr_scale: float = 1.0, net_params: dict | None = None,
+                       budget_steps: int = 0) -> InnerSettings:
+        """The chains' settings; the inner step defaults to the lane's net's ``lr``.
+
+        Where the net's own training run (``budget_steps`` per fold) is longer than
+        ``n_outer`` outer iterations of ``burn_in + n_samples`` steps, each iteration's
+        burn-in grows so that ``n_outer`` iterations span it: the chains reach the
+        horizon the refit trains at, and a training budget takes ``n_outer`` outer steps
+        at any number of rows (not one per ``burn_in + n_samples`` steps, which let the
+        hyperparameters drift many times further on large data than on small). Only
+        for persistent SGLD chains (the unrolled baselines keep every step's graph) and
+        a search (``n_outer=1``, the no-search control, refits the start values)."""
         sampler, net = self.sampler, self.lane_net(net_params)
+        burn_in = sampler.burn_in
+        if sampler.method == "sgld" and sampler.chain == "persistent" and self.n_outer > 1:
+            burn_in = max(burn_in, math.ceil(budget_steps / max(1, self.n_outer))
+                          - sampler.n_samples)
         inner_lr = sampler.inner_lr if sampler.inner_lr is not None else net.get_params()["lr"]
         # The chains train like the net: its optimizer picks the sampler (options may
         # still override it).
         dynamics, _ = chain_dynamics(net)
         options = {**dynamics, **InnerSettings.check_options(sampler.options, SET_BY_SAMPLER)}
         return InnerSettings(method=sampler.method, inner_lr=float(inner_lr) * inner_lr_scale,
-                             burn_in=sampler.burn_in, n_samples=sampler.n_samples,
+                             burn_in=burn_in, n_samples=sampler.n_samples,
                              temperature=sampler.temperature, noise_scale=sampler.noise_scale,
                              chain=sampler.chain, recursion=self.recursion,
                              **options).validate()

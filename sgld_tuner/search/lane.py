@@ -59,7 +59,8 @@ class Lane:
                 fold.set_generator_states(gen_state)
             fold.problem.module_rng.states = module_state
             fold.fit_time = fit_time
-        self.settings = context.inner_settings(state.inner_lr_scale, state.net_params)
+        self.settings = context.inner_settings(state.inner_lr_scale, state.net_params,
+                                               self._budget_steps(folds))
         self.chains = FoldChains(folds, self._fold_batch(folds))
         self.bound = folds[0].problem.bound
         self.engine = None
@@ -77,8 +78,11 @@ class Lane:
     def budget_iterations(self) -> int:
         """Outer iterations in which the chains run the net's own training budget
         (``max_epochs`` passes over a fold's rows): the horizon the refit trains at."""
-        budget = max(fold.budget_steps for fold in self.folds)
-        return max(1, math.ceil(budget / max(1, self.settings.steps)))
+        return max(1, math.ceil(self._budget_steps(self.folds) / max(1, self.settings.steps)))
+
+    @staticmethod
+    def _budget_steps(folds) -> int:
+        return max(fold.budget_steps for fold in folds)
 
     def rung_scores(self) -> np.ndarray:
         """The test scores (refit metric; points x folds) of the later half of the
@@ -171,7 +175,8 @@ class Lane:
 
         def shrink(factor):
             state.inner_lr_scale *= factor
-            oracle.settings = context.inner_settings(state.inner_lr_scale, state.net_params)
+            oracle.settings = context.inner_settings(state.inner_lr_scale, state.net_params,
+                                                     self._budget_steps(self.folds))
             return {"outer_lr": step.current, "inner_lr": oracle.settings.inner_lr}
         return shrink
 
