@@ -9,9 +9,12 @@ budget beside the lr (the 5 lrs x ``max_epochs`` E and 3E, E the net's own), who
 second table says whether the budget race should be on by default. CPU seconds by
 ``time.process_time()`` with one torch thread.
 
-Run: ``python benchmarks/race.py [--seeds 5] [--data wine,iris] [--smoke]``
+Run: ``python benchmarks/race.py [--seeds 5] [--data wine,iris] [--smoke]``;
+``--methods race,budget`` reruns those columns only and merges them into the written
+results (the table lists every command that wrote it).
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -35,6 +38,9 @@ DATA = ["make_classification", "make_regression", "wine", "iris"]
 RACE, OFF, CONTROL = "tuner (defaults: Race())", "race off (PlainSearch())", "control (n_outer=1)"
 GRID3, GRID5 = "GridSearchCV 3 lr x 3 wd", "GridSearchCV 5 lr x 3 wd"
 BUDGET = "race of lr x max_epochs (E, 3E)"
+#: ``--methods`` names
+SHORT = {"race": RACE, "off": OFF, "budget": BUDGET, "control": CONTROL, "grid3": GRID3,
+         "grid5": GRID5, "plain": "plain net"}
 
 
 def methods(make, net_step: str, lr: float, epochs: int, seed: int, smoke: bool) -> dict:
@@ -65,7 +71,8 @@ def methods(make, net_step: str, lr: float, epochs: int, seed: int, smoke: bool)
     }
 
 
-def run_one(name: str, training: str, seed: int, smoke: bool) -> list[dict]:
+def run_one(name: str, training: str, seed: int, smoke: bool,
+            only: tuple = tuple(SHORT.values())) -> list[dict]:
     X_tr, X_te, y_tr, y_te, classification = load(name, seed)
     n_out = int(y_tr.max()) + 1 if classification else 1
 
@@ -79,7 +86,10 @@ def run_one(name: str, training: str, seed: int, smoke: bool) -> list[dict]:
         return {**{key: float(params.get(key, params.get(f"{net[0]}__{key}", np.nan)))
                    for key in ("lr", "max_epochs")}, "own_max_epochs": net[1].max_epochs}
 
-    return fit_and_score(methods(make, net[0], net[1].lr, net[1].max_epochs, seed, smoke),
+    chosen_methods = {label: estimator for label, estimator in
+                      methods(make, net[0], net[1].lr, net[1].max_epochs, seed, smoke).items()
+                      if label in only}
+    return fit_and_score(chosen_methods,
                          (X_tr, X_te, y_tr, y_te),
                          {"data": name, "training": training, "seed": seed}, chosen)
 
@@ -148,22 +158,46 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=1 if is_smoke() else 5)
     parser.add_argument("--data", default=",".join(DATA))
     parser.add_argument("--trainings", default=",".join(TRAININGS))
+    parser.add_argument("--methods", default=None,
+                        help=f"comma-separated subset of {', '.join(SHORT)}: rerun those "
+                        "columns only and merge them into the written results (the others "
+                        "are kept as they were measured)")
     args = parse_args(parser, argv)
     smoke, seeds = is_smoke(), list(range(args.seeds))
     torch.set_num_threads(1)
     names = ["iris"] if smoke else args.data.split(",")
     trainings = ["sgd"] if smoke else args.trainings.split(",")
+    only = tuple(SHORT[m] for m in args.methods.split(",")) if args.methods \
+        else tuple(SHORT.values())
     cpu_started = time.process_time()
-    df = pd.DataFrame.from_records(run_all(names, trainings, seeds, run_one, smoke))
+    df = pd.DataFrame.from_records(run_all(
+        names, trainings, seeds, lambda *a: run_one(*a, only=only), smoke))
     command = "python benchmarks/race.py" + (" --smoke" if smoke else "") + \
         ("" if args.data == ",".join(DATA) else f" --data {args.data}") + \
         ("" if args.trainings == ",".join(TRAININGS) else f" --trainings {args.trainings}") + \
-        ("" if args.seeds == 5 else f" --seeds {args.seeds}")
-    md = to_markdown(df, command, seeds, time.process_time() - cpu_started)
-    print("\n" + md)
+        ("" if args.seeds == 5 else f" --seeds {args.seeds}") + \
+        (f" --methods {args.methods}" if args.methods else "")
     stem = result_stem("race", args.out_dir)
-    write_results(stem, {"seeds": seeds, "rows": df.to_dict("records")}, md)
+    cpu = time.process_time() - cpu_started
+    commands = [command]
+    if args.methods:
+        df, commands, cpu = _merged(stem, df, only, command, cpu)
+    md = to_markdown(df, "`, then `".join(commands), seeds, cpu)
+    print("\n" + md)
+    write_results(stem, {"seeds": seeds, "rows": df.to_dict("records"), "commands": commands,
+                         "cpu_s": cpu}, md)
     print(f"wrote {stem}.json/.md")
+
+
+def _merged(stem: str, df: pd.DataFrame, only: tuple, command: str, cpu: float):
+    """The written results with the rerun methods' rows replaced by ``df``'s."""
+    with open(stem + ".json") as fh:
+        old = json.load(fh)
+    kept = pd.DataFrame.from_records(old["rows"])
+    kept = kept[~kept.method.isin(only)]
+    commands = old.get("commands", ["python benchmarks/race.py"]) + [command]
+    return (pd.concat([kept, df], ignore_index=True), commands,
+            old.get("cpu_s", float("nan")) + cpu)
 
 
 if __name__ == "__main__":

@@ -209,14 +209,13 @@ def test_the_nets_own_lr_is_refit_unless_the_winner_beats_it_where_the_search_en
         digits4):
     """The net's own lr (0.1) loses the race to 0.9 at the refit's horizon (one outer
     iteration here); with ``incumbent`` its lane continues to where the winner's search
-    ends (n_outer), and the winner is refit only if it beats it there (by more than
-    ``margin`` standard errors; 0 here: the better mean over the later half of the
-    stretch). The incumbent's lane is exactly the search without a race."""
+    ends (n_outer), and the better of the two there (its mean over the later half of
+    the stretch) is refit. The incumbent's lane is exactly the search without a race."""
     from sgld_tuner.search import Race
 
     X, y = digits4
     grid = {"lr": [0.1, 0.9]}
-    race = _tuner(Race(param_grid=grid, after=None, margin=0), n_outer=4).fit(X, y)
+    race = _tuner(Race(param_grid=grid, after=None), n_outer=4).fit(X, y)
     without = _tuner(Race(param_grid=grid, after=None, margin=0, incumbent=False),
                      n_outer=4, refit=False).fit(X, y)
     plain = _tuner(PlainSearch(), n_outer=4, refit=False).fit(X, y)
