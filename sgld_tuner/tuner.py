@@ -61,11 +61,7 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         parameters are reachable as ``hyperparams__<name>__<param>`` (``set_params``,
         ``GridSearchCV``).
     n_outer : int, default=50
-        Outer (hyperparameter) iterations. They span at least the net's own training
-        run (``max_epochs`` passes over a fold's rows): where that is longer than
-        ``n_outer * (burn_in + n_samples)`` inner steps, each iteration's burn-in grows
-        to fit, so that on large data the chains reach the horizon the refit trains at
-        and the hyperparameters take as many steps per training run as on small data.
+        Outer (hyperparameter) iterations, spanning at least the net's training run.
     sampler : SamplerSettings, optional
         The chains' settings (burn-in, samples, temperature, noise, inner lr and batch
         size, method, recursion, chain, warm-up, stacking); default ``SamplerSettings()``.

@@ -43,7 +43,12 @@ class SamplerSettings(_Group):
     Parameters
     ----------
     burn_in, n_samples : int, default=5, 5
-        SGLD steps per outer iteration discarded (``B``) and averaged (``M``).
+        SGLD steps per outer iteration discarded (``B``) and averaged (``M``). Where
+        the net's own training run (``max_epochs`` passes over a fold's rows) is longer
+        than ``n_outer * (B + M)`` steps, ``B`` grows so that the ``n_outer``
+        iterations span it: on large data the chains reach the horizon the refit trains
+        at, and the hyperparameters take as many steps per training run as on small
+        data (persistent SGLD chains, ``n_outer > 1``).
     temperature : float, default=1e-4
         ``tau`` of ``p(theta | lam) ∝ exp(-L_T / tau)``.
     noise_scale : float, default=1.0
