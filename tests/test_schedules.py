@@ -253,3 +253,37 @@ def test_a_race_whose_grid_leaves_out_the_nets_own_settings_has_no_incumbent(dig
     lrs = tuner.cv_results_["param_lr"].astype(float)
     loser = ({0.3, 0.9} - {tuner.best_params_["lr"]}).pop()
     assert list(tuner.cv_results_["iteration"][lrs == loser]) == [0]  # not continued
+
+
+class _TwoLanesSeen(Schedule):
+    """Two lanes at two lrs, one outer iteration each; keeps them for the test."""
+
+    def run(self, context, new_lane):
+        self.lanes = [new_lane({"lr": lr}) for lr in (0.05, 0.1)]
+        for lane in self.lanes:
+            lane.run(1)
+        return self.lanes[1]
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_the_lanes_of_a_race_share_each_splits_rows(digits4, pipeline):
+    """A race holds one copy of each split's rows and fitted preprocessing, not one per
+    candidate (the data set once per lane made the race's peak memory grow with its
+    lanes); each lane still scores through its own net."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = digits4
+    net = tiny_classifier()
+    schedule = _TwoLanesSeen()
+    _tuner(schedule, estimator=make_pipeline(StandardScaler(), net) if pipeline else net,
+           n_outer=1, refit=False).fit(X, y)
+    one, two = schedule.lanes
+    for a, b in zip(one.folds, two.folds):
+        assert a.X_val is b.X_val
+        assert a.problem.X_train.data_ptr() == b.problem.X_train.data_ptr()
+        if pipeline:
+            assert a.scored.steps[0][1] is b.scored.steps[0][1]
+            assert a.scored.steps[-1][1] is not b.scored.steps[-1][1]
+        else:
+            assert a.scored is not b.scored
