@@ -82,8 +82,7 @@ class FitContext:
     #: across all the fit's lanes
     started: float = field(default_factory=time.perf_counter)
     #: each split's rows (and fitted preprocessing), shared by every lane of a race: a
-    #: copy per lane held the data set once per candidate (2.5x a plain fit's peak
-    #: memory at 128k rows)
+    #: copy per lane held the data set once per candidate (benchmarks/results/scale.md)
     fold_rows: dict = field(default_factory=dict, repr=False)
 
     @property
