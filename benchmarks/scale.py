@@ -39,6 +39,8 @@ Usage::
     python benchmarks/scale.py                                   # 32k and 128k, 3 seeds
     python benchmarks/scale.py --sizes 32768 --seeds 3 --methods plain,tuner,grid
     python benchmarks/scale.py --sizes 131072 --seeds 1 --methods plain,tuner
+    python benchmarks/scale.py --sizes 8192 --methods plain,control,off,off-cold
+                                                 # the chains' temperature (race off)
     python benchmarks/scale.py --smoke                           # 600 rows, seconds
 
 ``--methods`` takes any of ``plain, tuner, control, grid``; ``--seeds`` a count (seeds
@@ -77,7 +79,11 @@ WARNING_LETTERS = {"UndertrainedWarning": "U", "RaceWarning": "R", "DivergenceWa
                    "UnmovedSearchWarning": "N", "OverfittingWarning": "O",
                    "SearchInterrupted": "I"}
 METHODS = {"plain": "plain fit", "tuner": "tuner (defaults)",
-           "control": "control (n_outer=1)", "grid": "GridSearchCV 3 lr x 3 wd"}
+           "control": "control (n_outer=1)", "grid": "GridSearchCV 3 lr x 3 wd",
+           # the chains' temperature at size: the search alone (no race), default tau and
+           # a cold one
+           "off": "race off (PlainSearch())", "off-cold": "race off, temperature 1e-6"}
+TEMPERATURE_STUDY = ("off", "off-cold")
 
 
 class MLP(torch.nn.Module):
@@ -130,6 +136,13 @@ def make_method(method: str, seed: int, smoke: bool):
     if method == "tuner":
         return SGLDHyperTuner(make_net(smoke), {"l1": PerWeightL1()}, cv=CV,
                               random_state=seed, schedule=race, **small)
+    if method in TEMPERATURE_STUDY:
+        from sgld_tuner import SamplerSettings
+        from sgld_tuner.search import PlainSearch
+
+        cold = {"sampler": SamplerSettings(temperature=1e-6)} if method == "off-cold" else {}
+        return SGLDHyperTuner(make_net(smoke), {"l1": PerWeightL1()}, cv=CV,
+                              random_state=seed, schedule=PlainSearch(), **{**small, **cold})
     if method == "control":
         return SGLDHyperTuner(make_net(smoke), {"l1": PerWeightL1()}, cv=CV,
                               random_state=seed, **{**small, "n_outer": 1})
@@ -249,7 +262,7 @@ def measure(n: int, seed: int, method: str) -> dict:
     }
     if chosen is not None and method == "grid":
         record["weight_decay"] = float(chosen.get("optimizer__weight_decay", np.nan))
-    if method in ("tuner", "control"):
+    if method in ("tuner", "control", *TEMPERATURE_STUDY):
         record.update(tuner_details(estimator))
     return record
 
@@ -305,6 +318,8 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
         plain_above = np.mean([r["above_setup_bytes"] for r in plain]) if plain else None
         for key, label in METHODS.items():
             got = mine[key]
+            if not got and key in TEMPERATURE_STUDY:
+                continue  # measured at some sizes only
             errors = [r for r in rows if r["n"] == n and r.get("key") == key and "error" in r]
             if not got:
                 why = "error" if errors else meta.get("not_run", {}).get(
