@@ -265,6 +265,8 @@ class NetProblem:
         self.output_shape = tuple(probe.shape[1:])
         _check_output_shape(self.output_shape, self.y_train, self.crit.is_classifier,
                             n_classes)
+        if self.crit.log_proba:
+            _check_probabilities(probe)
         n_classes = int(probe.shape[-1]) if self.crit.is_classifier else None
         if not self.crit.is_classifier and probe.dim() == 2 and probe.shape[1] == 1:
             if self.y_train.dim() == 1:
@@ -523,6 +525,25 @@ def _check_output_shape(output_shape, y, is_classifier, n_classes=None):
             f"the module outputs {width} value(s) per row but y has {targets} target "
             f"column(s): build the module with {targets} output(s), or pass y with "
             f"{width} column(s)")
+
+
+def _check_probabilities(probe: torch.Tensor) -> None:
+    """Fail before training when a ``NeuralNetClassifier`` with ``NLLLoss`` (skorch's
+    default criterion) gets a module whose outputs are not probabilities.
+
+    skorch feeds ``NLLLoss`` the log of the module's output, so a module that ends in a
+    linear layer (logits) gives the log of negative numbers: every training step is
+    non-finite, which would otherwise surface as a divergence at the first outer
+    iteration with no word about the criterion.
+    """
+    if probe.numel() and not bool(((probe >= 0) & (probe <= 1)).all()):
+        lo, hi = float(probe.min()), float(probe.max())
+        raise ValueError(
+            f"the net's criterion is NLLLoss (skorch's default for NeuralNetClassifier), "
+            f"which skorch applies to the log of the module's output, so the module must "
+            f"output class probabilities; it output values in [{lo:.3g}, {hi:.3g}] "
+            "(logits?). Pass criterion=torch.nn.CrossEntropyLoss to the net for a module "
+            "that outputs logits, or end the module with a softmax")
 
 
 def _detach_tree(x):

@@ -224,9 +224,28 @@ def test_binary_classifier_is_tuned_and_refit_on_0_1_labels(digits4):
         tiny_tuner(net).fit(X, np.where(y01 == 1, "yes", "no"))
 
 
+class SoftmaxMLP(TinyMLP):
+    def forward(self, X):
+        return torch.softmax(super().forward(X), dim=-1)
+
+
+def test_logits_under_skorchs_default_nllloss_are_refused_before_training(digits4):
+    """skorch's default criterion (NLLLoss) takes the log of the module's output: a module
+    that outputs logits made every fit diverge at the first outer iteration with no word
+    about the criterion. It is refused before any training, naming both fixes; a module
+    that outputs probabilities is searched as before."""
+    X, y = digits4
+    logits_net = tiny_classifier(criterion=torch.nn.NLLLoss)
+    with pytest.raises(ValueError, match=r"NLLLoss.*CrossEntropyLoss.*softmax"):
+        tiny_tuner(logits_net).fit(X, y)
+    tuner = tiny_tuner(tiny_classifier(SoftmaxMLP, criterion=torch.nn.NLLLoss)).fit(X, y)
+    assert np.isfinite(tuner.best_score_) and tuner.predict_proba(X).shape == (len(X), 4)
+
+
 def test_batch_norm_module_is_searched_and_refit(digits4):
     """A module with batch norm: the refit's output probe used to fail on its one row."""
     X, y = digits4
+    torch.manual_seed(0)  # a module instance keeps the weights it was built with
     module = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8),
                                  torch.nn.ReLU(), torch.nn.Linear(8, 4))
     net = NeuralNetClassifier(module, criterion=torch.nn.CrossEntropyLoss, lr=0.1,
