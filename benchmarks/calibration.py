@@ -77,8 +77,9 @@ def score_regime(tuner, net, X, y, X_test, y_test, cfg, seed) -> dict:
                   inner_lr=float(net.lr), batch_size=net.batch_size, random_state=seed)
     sampler = tuner.sampler or SamplerSettings()  # None: the defaults
     chains, chain_s = {}, {}
-    for label, tau, kappa in [("sgd", sampler.temperature, 0.0),
-                              ("tuner", sampler.temperature, sampler.noise_scale),
+    tau_tuner = sampler.temperature_for(len(X))  # as the tuner's refit ensemble draws
+    for label, tau, kappa in [("sgd", tau_tuner, 0.0),
+                              ("tuner", tau_tuner, sampler.noise_scale),
                               ("bayes", 1.0 / len(X), sampler.noise_scale)]:
         started = time.perf_counter()
         chains[label] = collect_posterior_samples(net, tuner.hyperparams, tuner.best_params_,

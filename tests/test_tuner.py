@@ -656,7 +656,9 @@ def test_a_search_saved_in_the_previous_format_resumes(digits4):
 
     from sgld_tuner.hyperparams import TaylorLoss
 
-    tuner = tiny_tuner(n_outer=2, refit=False, warm_start=True)
+    # fitted at the then default temperature, which the flat settings below restore
+    tuner = tiny_tuner(n_outer=2, refit=False, warm_start=True,
+                       sampler={"temperature": 1e-4})
     tuner.hyperparams = {"l1": PerWeightL1(init=1e-3), "loss": TaylorLoss()}
     tuner.fit(*digits4)
     state = tuner._search_state
@@ -717,6 +719,27 @@ def test_n_outer_iterations_span_at_least_the_nets_training_budget(
     for chain in tuner._search_state.chain_states:
         assert chain.n_steps == n_outer * steps_per_iteration
     assert chain.n_steps >= 2 * max_epochs or n_outer == 1 or steps_per_iteration == 2
+
+
+@pytest.mark.parametrize("n_rows, tau", [(120, 1e-4), (400, 1e-2 / 200)])
+def test_auto_temperature_is_that_of_the_summed_loss_on_a_folds_rows(n_rows, tau):
+    """``temperature="auto"`` (the default) is ``1e-2 / n`` for chains on ``n`` training
+    rows (cv=2: half the rows), never above ``1e-4``: the same search, bit for bit, as
+    that number given by hand, and not the fixed ``1e-4`` once the folds are large."""
+    X, y = load_digits(n_class=4, return_X_y=True)
+    X, y = (X[:n_rows] / 16.0).astype(np.float32), y[:n_rows]
+
+    def scores(temperature):
+        sampler = {} if temperature is None else {"temperature": temperature}
+        tuner = tiny_tuner(n_outer=3, sampler=sampler, refit=False).fit(X, y)
+        return tuner.cv_results_["mean_test_score"], tuner.history_["outer_loss"].to_numpy()
+
+    assert SamplerSettings().temperature == "auto"
+    auto = scores(None)
+    np.testing.assert_array_equal(auto[0], scores(tau)[0])
+    np.testing.assert_array_equal(auto[1], scores(tau)[1])
+    if tau < 1e-4:
+        assert not np.array_equal(auto[1], scores(1e-4)[1])
 
 
 @pytest.mark.parametrize("hyperparams, options, expected", [

@@ -115,7 +115,7 @@ class FitContext:
         return net if not net_params else clone(net).set_params(**net_params)
 
     def inner_settings(self, inner_lr_scale: float = 1.0, net_params: dict | None = None,
-                       budget_steps: int = 0) -> InnerSettings:
+                       budget_steps: int = 0, train_rows: int = 0) -> InnerSettings:
         """The chains' settings; the inner step defaults to the lane's net's ``lr``.
 
         Where the net's own training run (``budget_steps`` per fold) is longer than
@@ -125,7 +125,9 @@ class FitContext:
         at any number of rows (not one per ``burn_in + n_samples`` steps, which let the
         hyperparameters drift many times further on large data than on small). Only
         for persistent SGLD chains (the unrolled baselines keep every step's graph) and
-        a search (``n_outer=1``, the no-search control, refits the start values)."""
+        a search (``n_outer=1``, the no-search control, refits the start values).
+        ``train_rows``: the fewest training rows of a lane's folds (``"auto"``
+        temperature)."""
         sampler, net = self.sampler, self.lane_net(net_params)
         burn_in = sampler.burn_in
         if sampler.method == "sgld" and sampler.chain == "persistent" and self.n_outer > 1:
@@ -138,7 +140,8 @@ class FitContext:
         options = {**dynamics, **InnerSettings.check_options(sampler.options, SET_BY_SAMPLER)}
         return InnerSettings(method=sampler.method, inner_lr=float(inner_lr) * inner_lr_scale,
                              burn_in=burn_in, n_samples=sampler.n_samples,
-                             temperature=sampler.temperature, noise_scale=sampler.noise_scale,
+                             temperature=sampler.temperature_for(train_rows),
+                             noise_scale=sampler.noise_scale,
                              chain=sampler.chain, recursion=self.recursion,
                              **options).validate()
 

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from joblib import Parallel
 
-from ..core import _tree, make_outer_optimizer
+from ..core import InnerSettings, _tree, make_outer_optimizer
 from ..core.outer_step import OuterStep
 from ..core.engine import (Callbacks, Listener, OuterLoop, ProgressBar, RollbackOnNonFinite,
                            Timeout)
@@ -59,8 +59,7 @@ class Lane:
                 fold.set_generator_states(gen_state)
             fold.problem.module_rng.states = module_state
             fold.fit_time = fit_time
-        self.settings = context.inner_settings(state.inner_lr_scale, state.net_params,
-                                               self._budget_steps(folds))
+        self.settings = self._inner_settings(folds)
         self.chains = FoldChains(folds, self._fold_batch(folds))
         self.bound = folds[0].problem.bound
         self.engine = None
@@ -79,6 +78,12 @@ class Lane:
         """Outer iterations in which the chains run the net's own training budget
         (``max_epochs`` passes over a fold's rows): the horizon the refit trains at."""
         return max(1, math.ceil(self._budget_steps(self.folds) / max(1, self.settings.steps)))
+
+    def _inner_settings(self, folds) -> InnerSettings:
+        """The chains' settings at the lane's inner-step scale and net settings."""
+        rows = min(len(fold.problem.train_rows) for fold in folds)
+        return self.context.inner_settings(self.state.inner_lr_scale, self.state.net_params,
+                                           self._budget_steps(folds), rows)
 
     @staticmethod
     def _budget_steps(folds) -> int:
@@ -171,12 +176,11 @@ class Lane:
 
     def _shrink(self, oracle, step: OuterStep):
         """A rollback's shrinking of the inner step (the engine shrinks ``step``)."""
-        state, context = self.state, self.context
+        state = self.state
 
         def shrink(factor):
             state.inner_lr_scale *= factor
-            oracle.settings = context.inner_settings(state.inner_lr_scale, state.net_params,
-                                                     self._budget_steps(self.folds))
+            oracle.settings = self._inner_settings(self.folds)
             return {"outer_lr": step.current, "inner_lr": oracle.settings.inner_lr}
         return shrink
 

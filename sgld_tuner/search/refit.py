@@ -104,7 +104,8 @@ def refit_best(context: FitContext, lane: Lane, values: dict, fit_params: dict,
         result.ensemble = collect_posterior_samples(
             result.estimator, context.hyperparams, values, context.X,
             refit_targets(context, lane), inner_lr=lane.settings.inner_lr,
-            temperature=sampler.temperature, noise_scale=sampler.noise_scale,
+            temperature=sampler.temperature_for(len(context.X)),
+            noise_scale=sampler.noise_scale,
             batch_size=sampler.batch_size, random_state=lane.state.refit_seed)
     result.seconds = time.perf_counter() - started
     return result

@@ -23,6 +23,12 @@ def _rule(name: str) -> Interval:
     return Interval(kind, low, high, closed=closed)
 
 
+#: ``temperature="auto"``: the temperature of the summed training loss (``tau * n``)
+AUTO_TEMPERATURE = 1e-2
+#: ``temperature="auto"``: never hotter than this (the fixed default on small data)
+MAX_AUTO_TEMPERATURE = 1e-4
+
+
 class _Group(BaseEstimator):
     """A group of settings: validated by :meth:`check`, never fitted."""
 
@@ -49,8 +55,16 @@ class SamplerSettings(_Group):
         iterations span it: on large data the chains reach the horizon the refit trains
         at, and the hyperparameters take as many steps per training run as on small
         data (persistent SGLD chains, ``n_outer > 1``).
-    temperature : float, default=1e-4
-        ``tau`` of ``p(theta | lam) ∝ exp(-L_T / tau)``.
+    temperature : float or "auto", default="auto"
+        ``tau`` of ``p(theta | lam) ∝ exp(-L_T / tau)``, ``L_T`` the mean training loss.
+        ``"auto"``: ``min(MAX_AUTO_TEMPERATURE, AUTO_TEMPERATURE / n)``, ``n`` the rows a
+        chain trains on (a fold's training rows; the whole training set for the
+        refit's posterior ensemble). That is the distribution of the *summed* loss at a
+        fixed temperature: the chains' weight noise shrinks as the data grows, as a
+        posterior's does. A fixed ``tau`` over the mean loss is ever hotter relative to
+        the data: on large data the chains scored well below the net trained without
+        noise, and the race ranked learning rates by that noise (``docs/benchmarks.md``,
+        the scale section). Small data keeps ``MAX_AUTO_TEMPERATURE``.
     noise_scale : float, default=1.0
         ``kappa``: noise std per step is ``sqrt(2 * inner_lr * tau) * kappa``.
     inner_lr : float, optional
@@ -92,7 +106,7 @@ class SamplerSettings(_Group):
     _parameter_constraints: dict = {
         "burn_in": [_rule("burn_in")],
         "n_samples": [_rule("n_samples")],
-        "temperature": [_rule("temperature")],
+        "temperature": [_rule("temperature"), StrOptions({"auto"})],
         "noise_scale": [_rule("noise_scale")],
         "inner_lr": [_rule("inner_lr"), None],
         "batch_size": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1}), None],
@@ -105,7 +119,7 @@ class SamplerSettings(_Group):
         "options": [dict, None],
     }
 
-    def __init__(self, burn_in=5, n_samples=5, temperature=1e-4, noise_scale=1.0,
+    def __init__(self, burn_in=5, n_samples=5, temperature="auto", noise_scale=1.0,
                  inner_lr=None, batch_size=None, method="sgld", recursion="auto",
                  chain="persistent", warm_up=0, outer_batch_size=128, batch_folds="auto",
                  options=None):
@@ -122,6 +136,12 @@ class SamplerSettings(_Group):
         self.outer_batch_size = outer_batch_size
         self.batch_folds = batch_folds
         self.options = options
+
+    def temperature_for(self, n_rows: int) -> float:
+        """The chains' ``tau`` for a chain that trains on ``n_rows`` rows."""
+        if self.temperature != "auto":
+            return float(self.temperature)
+        return min(MAX_AUTO_TEMPERATURE, AUTO_TEMPERATURE / max(1, int(n_rows)))
 
     def check(self) -> "SamplerSettings":
         super().check()
