@@ -39,12 +39,13 @@ Usage::
     python benchmarks/scale.py                                   # 32k and 128k, 3 seeds
     python benchmarks/scale.py --sizes 32768 --seeds 3 --methods plain,tuner,grid
     python benchmarks/scale.py --sizes 131072 --seeds 1 --methods plain,tuner
-    python benchmarks/scale.py --sizes 8192 --methods plain,control,off,off-cold
+    python benchmarks/scale.py --sizes 8192 --methods plain,control,off,off-cold,off-fixed
                                                  # the chains' temperature (race off)
     python benchmarks/scale.py --smoke                           # 600 rows, seconds
 
-``--methods`` takes any of ``plain, tuner, control, grid``; ``--seeds`` a count (seeds
-0..N-1) or a list (``1,2``); ``--stop-at HH:MM`` (UTC) starts nothing after that time;
+``--methods`` takes any of ``plain, tuner, control, grid, off, off-cold, off-fixed``;
+``--seeds`` a count (seeds 0..N-1) or a list (``1,2``); ``--stop-at HH:MM`` (UTC) starts
+nothing after that time;
 ``--render-only`` rewrites the markdown from the JSON. Each row records the package
 commit it ran (``code``). Writes
 ``benchmarks/results/scale.{json,md}`` (``scale_smoke.*`` in smoke mode); ``--fresh``
@@ -82,8 +83,10 @@ METHODS = {"plain": "plain fit", "tuner": "tuner (defaults)",
            "control": "control (n_outer=1)", "grid": "GridSearchCV 3 lr x 3 wd",
            # the chains' temperature at size: the search alone (no race), default tau and
            # a cold one
-           "off": "race off (PlainSearch())", "off-cold": "race off, temperature 1e-6"}
-TEMPERATURE_STUDY = ("off", "off-cold")
+           "off": "race off (PlainSearch())", "off-cold": "race off, temperature 1e-6",
+           "off-fixed": "race off, temperature 1e-4 (the fixed default before 'auto')"}
+TEMPERATURE_STUDY = {"off": {}, "off-cold": {"temperature": 1e-6},
+                     "off-fixed": {"temperature": 1e-4}}
 
 
 class MLP(torch.nn.Module):
@@ -140,9 +143,10 @@ def make_method(method: str, seed: int, smoke: bool):
         from sgld_tuner import SamplerSettings
         from sgld_tuner.search import PlainSearch
 
-        cold = {"sampler": SamplerSettings(temperature=1e-6)} if method == "off-cold" else {}
+        sampler = TEMPERATURE_STUDY[method]
+        chains = {"sampler": SamplerSettings(**sampler)} if sampler else {}
         return SGLDHyperTuner(make_net(smoke), {"l1": PerWeightL1()}, cv=CV,
-                              random_state=seed, schedule=PlainSearch(), **{**small, **cold})
+                              random_state=seed, schedule=PlainSearch(), **{**small, **chains})
     if method == "control":
         return SGLDHyperTuner(make_net(smoke), {"l1": PerWeightL1()}, cv=CV,
                               random_state=seed, **{**small, "n_outer": 1})
