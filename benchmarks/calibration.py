@@ -171,7 +171,9 @@ def markdown(cfg: dict, runs: list[dict], summaries: dict, smoke: bool) -> str:
         f"smoke={smoke}. Digits, {runs[0]['n_train']} training rows (stratified), "
         f"{runs[0]['n_test']} test rows; 64-128-10 ReLU MLP, SGD lr 0.1 (no momentum), "
         f"batch 64; SGLDHyperTuner with PerWeightL1 (n_outer={cfg['n_outer']}, B=M=5, "
-        f"cv={cfg['cv']}, tau=1e-4, kappa=1). Chains from the refit net at the learned "
+        f"cv={cfg['cv']}, temperature 'auto': tau = min(1e-4, 1e-2 / n) on a chain's "
+        f"n rows, {1e-2 / runs[0]['n_train']:.2g} for the ensembles' chains, kappa=1). "
+        "Chains from the refit net at the learned "
         f"strengths, lr 0.1, batch 64: burn-in {cfg['burn_in']}, thin {cfg['thin']}, "
         f"{cfg['n_samples']} members ({chain_steps} minibatch steps). Seeds {cfg['seeds']} "
         "(split, tuner, refit and chains); mean +- std over seeds; ECE with 15 bins.",
