@@ -57,14 +57,15 @@ class SamplerSettings(_Group):
         data (persistent SGLD chains, ``n_outer > 1``).
     temperature : float or "auto", default="auto"
         ``tau`` of ``p(theta | lam) ∝ exp(-L_T / tau)``, ``L_T`` the mean training loss.
-        ``"auto"``: ``min(MAX_AUTO_TEMPERATURE, AUTO_TEMPERATURE / n)``, ``n`` the rows a
-        chain trains on (a fold's training rows; the whole training set for the
-        refit's posterior ensemble). That is the distribution of the *summed* loss at a
-        fixed temperature: the chains' weight noise shrinks as the data grows, as a
-        posterior's does. A fixed ``tau`` over the mean loss is ever hotter relative to
-        the data: on large data the chains scored well below the net trained without
-        noise, and the race ranked learning rates by that noise (``docs/benchmarks.md``,
-        the scale section). Small data keeps ``MAX_AUTO_TEMPERATURE``.
+        ``"auto"``: ``min(1e-4, 1e-2 / n)`` (``MAX_AUTO_TEMPERATURE``,
+        ``AUTO_TEMPERATURE``), ``n`` the rows a chain trains on (a fold's training rows;
+        the whole training set for the refit's posterior ensemble). That is the
+        distribution of the *summed* loss at a fixed temperature: the chains' weight
+        noise shrinks as the data grows, as a posterior's does. A fixed ``tau`` over the
+        mean loss is ever hotter relative to the data: on large data the chains scored
+        well below the net trained without noise, and the race ranked learning rates by
+        that noise (``docs/benchmarks.md``, the scale section). Folds of up to 100 rows
+        keep ``1e-4``, the fixed default before ``"auto"``.
     noise_scale : float, default=1.0
         ``kappa``: noise std per step is ``sqrt(2 * inner_lr * tau) * kappa``.
     inner_lr : float, optional
