@@ -137,3 +137,30 @@ def test_sgld_maml_start_averages_retained_samples():
     got = _hypergradient(outer, inner, method="sgld", recursion="paper", burn_in=burn_in,
                          n_samples=n_samples, inner_lr=eta, temperature=0.0)
     assert _rel(got, fd) < 0.05
+
+
+@pytest.mark.parametrize("steps,eta", [(5, 0.1), (20, 0.05)])
+def test_damped_maml_start_is_exact_on_an_isotropic_quadratic(steps, eta):
+    """Inner ``h/2 |theta - a|^2`` from ``theta_0 = lam``, outer ``|theta - b|^2 / 2``,
+    plain gradient descent: ``theta_m = a + (1 - eta h)^m (lam - a)`` and the exact
+    hypergradient is ``(1 - eta h)^m (theta_m - b)``. The damped recursion's Rayleigh
+    quotient is exactly ``h`` here, so its contraction is the chain's; it used to damp each
+    telescoped start term by the contractions after it, which is not that product (and
+    shrank ``grad f(theta_0) J0`` by rho every step)."""
+    h, a, b = 2.0, torch.tensor([1.0, -2.0, 0.5], dtype=DT), torch.tensor([0.3, 0.1, -1.0], dtype=DT)
+
+    def inner(lam, theta):
+        return 0.5 * h * ((theta[0] - a) ** 2).sum()
+
+    def outer(lam, theta):
+        return 0.5 * ((theta[0] - b) ** 2).sum()
+
+    lam = torch.tensor([2.0, 1.0, -1.5], dtype=DT)
+    leaves, spec = _tree.flatten([lam.clone().requires_grad_(True)])
+    problem = BilevelProblem(outer, inner, spec, _maml_start)
+    settings = InnerSettings(method="sgld", recursion="damped", burn_in=steps - 1, n_samples=1,
+                             inner_lr=eta, temperature=0.0, curvature_every=1).validate()
+    got = hypergradient(problem, leaves, ChainState(), settings, make_generator(0)).grad[0]
+    shrink = (1.0 - eta * h) ** steps
+    theta_m = a + shrink * (lam - a)
+    torch.testing.assert_close(got, shrink * (theta_m - b), rtol=1e-10, atol=1e-12)

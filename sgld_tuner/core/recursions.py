@@ -141,7 +141,11 @@ class Recursion:
     def accumulate(self) -> None:
         """``h += g_m / M`` for a retained sample."""
         with torch.no_grad():
-            self.total = _tree.axpy_(self.total, self.g, 1.0 / self.n_samples)
+            self.total = _tree.axpy_(self.total, self.current(), 1.0 / self.n_samples)
+
+    def current(self) -> list:
+        """``g_m``, the estimate at the current step."""
+        return self.g
 
     def indirect(self) -> list:
         """The part of the hypergradient that flows through theta."""
@@ -176,6 +180,14 @@ class DampedRecursion(Recursion):
 
     ``g_m = rho_m g_{m-1} - eta v^T B`` with ``rho = clip(1 - eta v^T H_T v / v^T v, 0, 1)``,
     refreshed every ``curvature_every`` steps; ``g`` carries over a persistent chain.
+
+    A lam-dependent start adds ``R_m s_m``: ``s_m`` the start's terms of eq. 22 without
+    their ``-eta H_T J0`` part, which telescope to ``grad_theta f(theta_m) J0``, and
+    ``R_m = rho_1 ... rho_m`` the same scalar model of ``prod (I - eta H_T)`` applied
+    once to the whole of it. (Damping each telescoped increment by the contractions
+    after it instead weighs the latest change of ``grad_theta f`` most and shrinks the
+    start's own ``grad_theta f(theta_0) J0`` by ``rho`` every step.) With an isotropic
+    ``H_T`` this is the exact derivative of the unrolled chain.
     """
 
     name = "damped"
@@ -186,6 +198,18 @@ class DampedRecursion(Recursion):
         if carried is not None:
             self.g = carried
         self.rho = None
+        self.start = None  # s_m: a lam-dependent start's terms (never persistent)
+        self.contraction = None  # R_m
+
+    def add_start_terms(self, extra) -> None:
+        self.start = extra if self.start is None else [s + e for s, e in zip(self.start, extra)]
+
+    def current(self) -> list:
+        if self.start is None:
+            return self.g
+        if self.contraction is None:
+            return [gi + si for gi, si in zip(self.g, self.start)]
+        return [gi + self.contraction * si for gi, si in zip(self.g, self.start)]
 
     def needs_hessian(self, m):
         return (m - 1) % self.refresh_every == 0
@@ -200,6 +224,9 @@ class DampedRecursion(Recursion):
                 self.rho = torch.where(vv > 0, fresh, last)
             if self.rho is not None:
                 self.g = [self.rho * gi for gi in self.g]
+                if self.start is not None:
+                    self.contraction = self.rho if self.contraction is None \
+                        else self.contraction * self.rho
             self.g = _tree.axpy_(self.g, step.mixed, -self.eta)
 
     def end(self):
