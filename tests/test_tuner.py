@@ -735,9 +735,9 @@ def test_auto_temperature_is_that_of_the_summed_loss_on_a_folds_rows(n_rows, tau
         return tuner.cv_results_["mean_test_score"], tuner.history_["outer_loss"].to_numpy()
 
     assert SamplerSettings().temperature == "auto"
-    auto = scores(None)
-    np.testing.assert_array_equal(auto[0], scores(tau)[0])
-    np.testing.assert_array_equal(auto[1], scores(tau)[1])
+    auto, by_hand = scores(None), scores(tau)
+    np.testing.assert_array_equal(auto[0], by_hand[0])
+    np.testing.assert_array_equal(auto[1], by_hand[1])
     if tau < 1e-4:
         assert not np.array_equal(auto[1], scores(1e-4)[1])
 
