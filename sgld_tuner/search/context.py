@@ -22,7 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
 
 from ..core import ChainState, InnerSettings, make_generator
-from ..core.recursions import resolve_recursion
+from ..core.recursions import TrackedRecursion, resolve_recursion
 from ..learned_net import make_learned_net
 from ..optimizers import chain_dynamics, net_weight_decay
 from ..skorch_adapter import ModuleRNG, NetProblem
@@ -46,6 +46,24 @@ def net_input(X, ids: bool = False) -> np.ndarray:
     they are token ids for a module with an embedding)."""
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
     return np.ascontiguousarray(X, dtype=np.int64 if ids else np.float32)
+
+
+#: Tracked-adjoint steps per outer iteration at most, where the burn-in grows to span the
+#: net's training run: what a chain of ``B + M = 50`` steps takes at the default period.
+MAX_ADJOINT_STEPS = 10
+
+
+def spanning_adjoint_period(steps: int) -> int:
+    """The tracked adjoint's period (``curvature_every``) on outer iterations of
+    ``steps`` inner steps that grew to span the net's training run: the core's default
+    (every 5th step), or longer so that it steps at most :data:`MAX_ADJOINT_STEPS` times
+    per iteration. The adjoint carries over the persistent chain's ``n_outer``
+    iterations, so its steps per iteration need not grow with the data, while a step
+    every 5th made its double backward and outer gradient a fixed share of every
+    chain step. Period 10 searched as
+    period 5 on small data (``benchmarks/results/search_effect_curvature_every_k10.md``).
+    """
+    return max(TrackedRecursion.default_refresh, math.ceil(steps / MAX_ADJOINT_STEPS))
 
 
 @dataclass
@@ -126,6 +144,8 @@ class FitContext:
         hyperparameters drift many times further on large data than on small). Only
         for persistent SGLD chains (the unrolled baselines keep every step's graph) and
         a search (``n_outer=1``, the no-search control, refits the start values).
+        A grown iteration keeps the tracked adjoint's steps per outer iteration as
+        they are on small data (:func:`spanning_adjoint_period`).
         ``train_rows``: the fewest training rows of a lane's folds (``"auto"``
         temperature)."""
         sampler, net = self.sampler, self.lane_net(net_params)
@@ -138,6 +158,9 @@ class FitContext:
         # still override it).
         dynamics, _ = chain_dynamics(net)
         options = {**dynamics, **InnerSettings.check_options(sampler.options, SET_BY_SAMPLER)}
+        if burn_in > sampler.burn_in and self.recursion == "tracked":
+            options.setdefault("curvature_every",
+                               spanning_adjoint_period(burn_in + sampler.n_samples))
         return InnerSettings(method=sampler.method, inner_lr=float(inner_lr) * inner_lr_scale,
                              burn_in=burn_in, n_samples=sampler.n_samples,
                              temperature=sampler.temperature_for(train_rows),
