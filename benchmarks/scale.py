@@ -208,8 +208,12 @@ def tuner_details(est) -> dict:
 
 
 def package_version() -> str:
-    """The commit the package was imported at (``+dirty`` when sgld_tuner/ differs)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The commit the package was imported at (``+dirty`` when sgld_tuner/ differs):
+    that of the checkout ``sgld_tuner`` was imported from, which is not this script's
+    when an installed package or ``PYTHONPATH`` points elsewhere."""
+    import sgld_tuner
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sgld_tuner.__file__)))
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
                               capture_output=True, text=True, timeout=30).stdout.strip()

@@ -721,6 +721,25 @@ def test_n_outer_iterations_span_at_least_the_nets_training_budget(
     assert chain.n_steps >= 2 * max_epochs or n_outer == 1 or steps_per_iteration == 2
 
 
+@pytest.mark.parametrize("max_epochs, period", [(60, 6), (20, 5)])
+def test_iterations_grown_to_span_the_budget_step_the_adjoint_at_most_ten_times(
+        digits4, max_epochs, period):
+    """A budget of 2 * max_epochs steps over 2 outer iterations: 60 steps each at 60
+    epochs, where the tracked adjoint steps every 6th (ten times per iteration), the
+    same search bit for bit as ``curvature_every=6`` given by hand, and not that of the
+    core's every 5th; 20 steps each at 20 epochs keep every 5th."""
+    def search(**options):
+        sampler = {"options": options} if options else {}
+        tuner = tiny_tuner(tiny_classifier(max_epochs=max_epochs), sampler=sampler,
+                           refit=False).fit(*digits4)
+        return tuner.history_["hypergrad_norm"].to_numpy()
+
+    default, by_hand = search(), search(curvature_every=period)
+    np.testing.assert_array_equal(default, by_hand)
+    if period != 5:
+        assert not np.array_equal(default, search(curvature_every=5))
+
+
 @pytest.mark.parametrize("n_rows, tau", [(120, 1e-4), (400, 1e-2 / 200)])
 def test_auto_temperature_is_that_of_the_summed_loss_on_a_folds_rows(n_rows, tau):
     """``temperature="auto"`` (the default) is ``1e-2 / n`` for chains on ``n`` training
