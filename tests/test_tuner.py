@@ -721,13 +721,14 @@ def test_n_outer_iterations_span_at_least_the_nets_training_budget(
     assert chain.n_steps >= 2 * max_epochs or n_outer == 1 or steps_per_iteration == 2
 
 
-@pytest.mark.parametrize("max_epochs, period", [(60, 6), (20, 5)])
+@pytest.mark.parametrize("max_epochs, period", [(60, 6), (20, 5), (3, 1)])
 def test_iterations_grown_to_span_the_budget_step_the_adjoint_at_most_ten_times(
         digits4, max_epochs, period):
     """A budget of 2 * max_epochs steps over 2 outer iterations: 60 steps each at 60
     epochs, where the tracked adjoint steps every 6th (ten times per iteration), the
     same search bit for bit as ``curvature_every=6`` given by hand, and not that of the
-    core's every 5th; 20 steps each at 20 epochs keep every 5th."""
+    core's every 5th; 20 steps each at 20 epochs keep every 5th, and 3 steps each at 3
+    epochs the core's every step (two adjoint steps per iteration at least)."""
     def search(**options):
         sampler = {"options": options} if options else {}
         tuner = tiny_tuner(tiny_classifier(max_epochs=max_epochs), sampler=sampler,

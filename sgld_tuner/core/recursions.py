@@ -20,6 +20,7 @@ Registry: :data:`RECURSIONS`. Strategies that accept a ``lam``-dependent start (
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -277,15 +278,21 @@ class TrackedRecursion(Recursion):
     def __init__(self, lam, settings, persistent):
         super().__init__(lam, settings, persistent)
         if settings.curvature_every is None:
-            # ... but at least two adjoint steps per outer iteration: on short chains the
-            # adjoint would otherwise converge over far fewer steps than before.
-            steps = settings.burn_in + settings.n_samples
-            self.refresh_every = max(1, min(self.default_refresh, steps // 2))
+            self.refresh_every = self.default_period(settings.burn_in + settings.n_samples)
         # Nesterov's momentum assumes one fixed operator; pSGLD's preconditioner moves
         # every step, and accelerating across it settled off the exact ridge hypergradient
         # where the plain iteration converged (tests/test_samplers.py; docs/bias.md).
         self.accelerated = (getattr(settings, "adjoint", "accelerated") == "accelerated"
                             and getattr(settings, "sampler", "sgld") != "psgld")
+
+    @classmethod
+    def default_period(cls, steps: int, most: int | None = None) -> int:
+        """The adjoint's period on outer iterations of ``steps`` inner steps:
+        ``default_refresh``, but at least two adjoint steps per iteration (on short
+        chains the adjoint would otherwise converge over far fewer steps than before)
+        and, given ``most``, at most ``most`` of them."""
+        period = max(1, min(cls.default_refresh, steps // 2))
+        return period if most is None else max(period, math.ceil(steps / most))
 
     def begin(self, saved, theta):
         carried = self._saved(saved, "w") if self.persistent else None

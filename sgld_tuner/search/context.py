@@ -55,15 +55,14 @@ MAX_ADJOINT_STEPS = 10
 
 def spanning_adjoint_period(steps: int) -> int:
     """The tracked adjoint's period (``curvature_every``) on outer iterations of
-    ``steps`` inner steps that grew to span the net's training run: the core's default
-    (every 5th step), or longer so that it steps at most :data:`MAX_ADJOINT_STEPS` times
-    per iteration. The adjoint carries over the persistent chain's ``n_outer``
-    iterations, so its steps per iteration need not grow with the data, while a step
-    every 5th made its double backward and outer gradient a fixed share of every
-    chain step. Period 10 searched as
-    period 5 on small data (``benchmarks/results/search_effect_curvature_every_k10.md``).
+    ``steps`` inner steps that grew to span the net's training run: the core's default,
+    or longer so that it steps at most :data:`MAX_ADJOINT_STEPS` times per iteration.
+    The adjoint carries over the persistent chain's ``n_outer`` iterations, so its steps
+    per iteration need not grow with the data, while a step every 5th made its double
+    backward and outer gradient a fixed share of every chain step. Period 10 searched
+    as period 5 on small data (``benchmarks/results/search_effect_curvature_every_k10.md``).
     """
-    return max(TrackedRecursion.default_refresh, math.ceil(steps / MAX_ADJOINT_STEPS))
+    return TrackedRecursion.default_period(steps, MAX_ADJOINT_STEPS)
 
 
 @dataclass

@@ -54,7 +54,9 @@ class SamplerSettings(_Group):
         than ``n_outer * (B + M)`` steps, ``B`` grows so that the ``n_outer``
         iterations span it: on large data the chains reach the horizon the refit trains
         at, and the hyperparameters take as many steps per training run as on small
-        data (persistent SGLD chains, ``n_outer > 1``).
+        data (persistent SGLD chains, ``n_outer > 1``); the tracked adjoint then steps
+        at most ten times per outer iteration (``curvature_every`` in ``options``
+        overrides it).
     temperature : float or "auto", default="auto"
         ``tau`` of ``p(theta | lam) ∝ exp(-L_T / tau)``, ``L_T`` the mean training loss.
         ``"auto"``: ``min(1e-4, 1e-2 / n)`` (``MAX_AUTO_TEMPERATURE``,
