@@ -164,6 +164,41 @@ def test_the_race_keeps_the_lr_that_scores_best_at_the_refits_horizon(digits4):
     assert list(rows["iteration"][lrs == winner]) == [0, 1, 2]  # it continued warm
 
 
+@pytest.mark.parametrize("n_lanes, horizon, eval_every, rungs", [
+    (5, 32, 5, 2),   # small data: the first rung at a third of the horizon
+    (5, 44, 5, 2),   # a ninth of it would be 4.9 outer iterations: too short to judge
+    (5, 45, 5, 3),   # a ninth spans eval_every: down to one lane (and the hedge)
+    (5, 50, 5, 3),   # a training run spanning n_outer=50 (large data)
+    (9, 50, 5, 3),   # 9 -> 3 -> 1
+    (3, 50, 5, 2),   # 3 -> 1
+    (5, 10, 1, 3),
+    (1, 50, 5, 1)])
+def test_a_long_training_run_races_down_to_one_lane_in_one_more_rung(n_lanes, horizon,
+                                                                    eval_every, rungs):
+    from sgld_tuner.search import Race
+
+    assert Race()._n_rungs(n_lanes, horizon, eval_every) == rungs
+
+
+def test_three_rungs_run_at_a_ninth_a_third_and_all_of_the_horizon(digits4):
+    """Nine outer iterations of 2 + 2 steps span the net's budget (18 epochs of 2
+    batches), scored every iteration: rungs end at 1, 3 and 9 iterations, with 5, 3 and
+    at most 2 lanes (the best third, and the hedge)."""
+    from sgld_tuner.search import Race
+
+    X, y = digits4
+    tuner = _tuner(Race(extend=0, after=0, incumbent=False), n_outer=9, refit=False,
+                   estimator=tiny_classifier(max_epochs=18)).fit(X, y)
+    rows = tuner.cv_results_
+    lanes_per_rung = {rung: len(set(rows["param_lr"][rows["iter"] == rung].astype(float)))
+                      for rung in (0, 1, 2)}
+    # the last rung: the best lane, and the hedge unless the best has the smallest lr
+    assert lanes_per_rung[0] == 5 and lanes_per_rung[1] == 3 and lanes_per_rung[2] in (1, 2)
+    assert max(rows["iteration"][rows["iter"] == 0]) == 0
+    assert max(rows["iteration"][rows["iter"] == 1]) == 2
+    assert max(rows["iteration"][rows["iter"] == 2]) == 8
+
+
 @pytest.mark.parametrize("grid, match", [
     ({"lr": []}, "non-empty list"),
     ({"lr": [0.1, -1.0]}, "every lr must be > 0"),

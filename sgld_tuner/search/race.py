@@ -40,7 +40,9 @@ class Race(Schedule):
     factor : int, default=3
         Each rung keeps the best ``1 / factor`` of the lanes (at least one), and runs
         ``factor`` times as long as the one before; the last rung is at the refit's
-        horizon.
+        horizon. Rungs: enough that the last keeps at most ``factor`` lanes, and one
+        more (down to one lane and the ``hedge``) where the first rung still spans
+        ``eval_every`` outer iterations (a long training run: large data).
     n_lrs : int, default=5
         Learning rates in the default grid (odd: the net's own in the middle).
     spread : float, default=3.0
@@ -143,7 +145,8 @@ class Race(Schedule):
             lane.run(max(context.n_outer, lane.state.iteration))
             return lane
         lanes = [new_lane(c) for c in candidates]
-        n_rungs = max(1, math.ceil(math.log(len(lanes), self.factor))) if len(lanes) > 1 else 1
+        n_rungs = self._n_rungs(len(lanes), min(lane.budget_iterations for lane in lanes),
+                                context.outer.eval_every)
         everyone = list(lanes)
         alive = lanes
         for rung in range(n_rungs):
@@ -197,6 +200,21 @@ class Race(Schedule):
         if not _scored([own]) or winner.rung_score >= own.rung_score:
             return winner, None
         return own, None
+
+    def _n_rungs(self, n_lanes: int, horizon: int, eval_every: int) -> int:
+        """Rungs enough that the last keeps ``factor`` or fewer lanes (``ceil(log_factor
+        n)``), and one more, down to a single lane (and the ``hedge``), where the
+        horizon is long enough that the first rung still spans ``eval_every`` outer
+        iterations: on large data a chain's first ninth of its training run already
+        ranks its lr, and the lanes dropped there cost a third of what they did at a
+        third of it. Short horizons (small data) keep the first rung at a third or more
+        of it, where a rung of a few outer iterations would be judged on one point."""
+        if n_lanes <= 1:
+            return 1
+        rungs = max(1, math.ceil(math.log(n_lanes, self.factor)))
+        if horizon / self.factor ** rungs >= eval_every:
+            rungs += 1
+        return rungs
 
     @staticmethod
     def _run_rung(lanes: list, rung: int, share: float) -> Lane | None:
