@@ -370,11 +370,13 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
                   "rest of the fit (the race's lanes, the winner's continuation, scoring), "
                   "outer iterations over all lanes, scored points per rung, and per raced lr "
                   "its mean cv accuracy over the later half of its points in each rung it ran "
-                  "(rungs as ``cv_results_['iter']`` tags the points: rung 0 runs each lane to "
-                  "1/3 of the refit's training budget, rung 1 the kept lanes to the full "
-                  "budget); best: the cv score and outer iteration of the point refit "
-                  "(the last rows, at 07479b9, are the superseded runs below; their seed 0 ran "
-                  "before the script recorded these: lrs only).", "",
+                  "(rungs as ``cv_results_['iter']`` tags the points: from 3057cec rung 0 "
+                  "runs each lane to 1/9 of the refit's training budget, rung 1 the kept "
+                  "lanes to 1/3 and rung 2 the best and the hedge to the full budget; before "
+                  "it, two rungs: 1/3, then the full budget); best: the cv score and outer "
+                  "iteration of the point refit (the rows after the current ones are the "
+                  "superseded runs below; the 07479b9 seed 0 ran before the script recorded "
+                  "these: lrs only).", "",
                   "| n | seed | code | CPU s | refit wall s | rest s | outer iterations "
                   "| points per rung | lr: cv accuracy per rung (0 / 1 / 2) | best |",
                   "|---:|---:|---|---:|---:|---:|---:|---|---|---|"]
