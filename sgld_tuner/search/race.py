@@ -205,10 +205,9 @@ class Race(Schedule):
         """Rungs enough that the last keeps ``factor`` or fewer lanes (``ceil(log_factor
         n)``), and one more, down to a single lane (and the ``hedge``), where the
         horizon is long enough that the first rung still spans ``eval_every`` outer
-        iterations: on large data a chain's first ninth of its training run already
-        ranks its lr, and the lanes dropped there cost a third of what they did at a
-        third of it. Short horizons (small data) keep the first rung at a third or more
-        of it, where a rung of a few outer iterations would be judged on one point."""
+        iterations (a scored point of its own): a lane dropped there has run a
+        ``factor``-th of what it runs in a rung one step later. Shorter horizons (small
+        data) keep the first rung long enough to be judged on more than its last point."""
         if n_lanes <= 1:
             return 1
         rungs = max(1, math.ceil(math.log(n_lanes, self.factor)))
