@@ -40,16 +40,40 @@ def distinct_rows(n: int, size: int, generator: torch.Generator) -> torch.Tensor
     """``size`` distinct row indices out of ``n``, every subset equally likely, in
     O(size log size): the first ``size`` distinct values of a stream of uniform draws
     (drawn a quarter longer than ``size``, redrawn in the rare case it repeats too much)."""
-    device = generator.device
     n_draws = size + size // 4 + 8
     while True:
-        draws = torch.randint(n, (n_draws,), generator=generator, device=device)
-        values, inverse = torch.unique(draws, return_inverse=True)
-        if values.numel() >= size:
-            break
-    first = torch.full((values.numel(),), n_draws, dtype=torch.long, device=device)
-    first.scatter_reduce_(0, inverse, torch.arange(n_draws, device=device), reduce="amin")
-    return values[torch.argsort(first)[:size]]
+        draws = torch.randint(n, (n_draws,), generator=generator, device=generator.device)
+        rows = first_distinct(draws, size)
+        if rows is not None:
+            return rows
+
+
+def first_distinct(values: torch.Tensor, size: int) -> torch.Tensor | None:
+    """The first ``size`` distinct entries of the 1-d ``values``, in the order they first
+    occur; None when it has fewer.
+
+    On the CPU through numpy's stable sort: on the few hundred entries of a minibatch draw,
+    one numpy call costs a fraction of the several small torch calls the device path needs."""
+    if values.device.type == "cpu":
+        array = values.numpy()
+        first = np.unique(array, return_index=True)[1]
+        if first.size < size:
+            return None
+        first.sort()
+        return torch.from_numpy(array[first[:size]])
+    return _first_distinct_torch(values, size)
+
+
+def _first_distinct_torch(values: torch.Tensor, size: int) -> torch.Tensor | None:
+    """:func:`first_distinct` in torch calls only (any device)."""
+    distinct, inverse = torch.unique(values, return_inverse=True)
+    if distinct.numel() < size:
+        return None
+    first = torch.full((distinct.numel(),), values.numel(), dtype=torch.long,
+                       device=values.device)
+    first.scatter_reduce_(0, inverse, torch.arange(values.numel(), device=values.device),
+                          reduce="amin")
+    return distinct[torch.argsort(first)[:size]]
 
 
 def probe_output(module, *args, **kwargs):

@@ -547,6 +547,21 @@ def test_a_learned_nets_predictions_cut_rows_as_skorchs_loader_does(X_type, extr
     assert net._slices_directly(rows) == ("iterator_valid__shuffle" not in extra)
 
 
+def test_first_distinct_agrees_between_the_cpu_and_the_device_path():
+    """The numpy path (CPU) and the torch-only path (any device) give the first ``size``
+    distinct values in the order a plain loop meets them, and None when there are fewer."""
+    from sgld_tuner.skorch_adapter import _first_distinct_torch, first_distinct
+
+    gen = torch.Generator().manual_seed(1)
+    for n, length, size in [(5, 40, 5), (5, 40, 6), (1000, 160, 128), (10**6, 300, 300)]:
+        values = torch.randint(n, (length,), generator=gen)
+        expected = list(dict.fromkeys(values.tolist()))
+        expected = expected[:size] if len(expected) >= size else None
+        for path in (first_distinct, _first_distinct_torch):
+            rows = path(values, size)
+            assert (None if rows is None else rows.tolist()) == expected
+
+
 def test_direct_minibatch_draws_are_distinct_and_uniform():
     """Every row equally likely (chi-square over 4000 draws of 5 of 12 rows), no row twice
     in a draw, and a 64-row draw out of a million does not touch a million."""
