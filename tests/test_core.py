@@ -239,6 +239,29 @@ def test_callback_stops_and_bounds_project():
     assert 0.0 <= float(res.lam) <= 0.3 + 1e-6  # float32 rounding of the bound
 
 
+def test_bounds_per_leaf_hold_every_leaf_and_bad_bounds_are_named():
+    """Each leaf is clamped to its own pair (the outer loss pushes both past them), the
+    per-leaf form works for a single leaf, and a wrong number of pairs or low > high is
+    refused before any step."""
+    outer = lambda l, t: -(l[0] + l[1]).sum() + (t ** 2).sum()  # noqa: E731
+    inner = lambda l, t: ((t - 1.0) ** 2).sum()  # noqa: E731
+    kw = dict(n_outer=20, burn_in=1, n_samples=1, temperature=0.0, outer_lr=1.0,
+              random_state=0)
+    lam0 = (torch.zeros(1, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    res = minimize(outer, inner, lam0, torch.zeros(2, dtype=torch.float64),
+                   bounds=[(-1.0, 1.0), (None, 2.5)], **kw)
+    assert float(res.lam[0]) == 1.0 and res.lam[1].tolist() == [2.5, 2.5]
+    one = minimize(lambda l, t: -l.sum() + (t ** 2).sum(), inner,
+                   torch.zeros(1, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
+                   bounds=[(0.0, 0.5)], **kw)
+    assert float(one.lam) == 0.5
+    for bad, match in [([(-1.0, 1.0)], "2 leaves and bounds 1 pairs"),
+                       ((1.0, -1.0), "low must be <= high"),
+                       ([(0.0, 1.0), (0.0,)], r"\(low, high\) pair")]:
+        with pytest.raises(ValueError, match=match):
+            minimize(outer, inner, lam0, torch.zeros(2, dtype=torch.float64), bounds=bad, **kw)
+
+
 def test_non_scalar_loss_names_the_iteration():
     with pytest.raises(ValueError, match="outer iteration 0.*scalar"):
         minimize(lambda l, t: t, lambda l, t: (t ** 2).sum(), torch.tensor(1.0), torch.zeros(3),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -58,13 +59,35 @@ class BilevelResult:
     lam_last: Any = None
 
 
-def project(lam: list[torch.Tensor], bounds) -> None:
-    """Clamp ``lam`` in place to ``bounds``: ``(low, high)`` for all, or one pair per leaf."""
+def bound_pairs(bounds, n_leaves: int) -> list[tuple] | None:
+    """``bounds`` as one ``(low, high)`` pair per leaf of ``lam`` (``None`` for a side
+    without a bound), checked: one pair for all leaves, or a list of exactly one pair
+    per leaf, each with ``low <= high``."""
     if bounds is None:
+        return None
+    per_leaf = isinstance(bounds, (tuple, list)) and len(bounds) > 0 and \
+        all(isinstance(b, (tuple, list)) for b in bounds)
+    pairs = list(bounds) if per_leaf else [bounds] * n_leaves
+    if len(pairs) != n_leaves:
+        raise ValueError(f"bounds: one (low, high) pair for all of lam, or one per leaf; "
+                         f"lam has {n_leaves} leaves and bounds {len(pairs)} pairs")
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+                and all(v is None or isinstance(v, numbers.Real) for v in pair)):
+            raise ValueError(f"bounds: each must be a (low, high) pair of numbers or None, "
+                             f"got {pair!r}")
+        low, high = pair
+        if low is not None and high is not None and not low <= high:
+            raise ValueError(f"bounds: low must be <= high, got {pair!r}")
+    return [tuple(pair) for pair in pairs]
+
+
+def project(lam: list[torch.Tensor], pairs: list[tuple] | None) -> None:
+    """Clamp ``lam`` in place to ``pairs`` (from :func:`bound_pairs`), leaf by leaf."""
+    if pairs is None:
         return
-    pairs = bounds if (len(lam) > 1 and isinstance(bounds[0], (tuple, list))) else [bounds] * len(lam)
     with torch.no_grad():
-        for leaf, (low, high) in zip(lam, pairs):
+        for leaf, (low, high) in zip(lam, pairs, strict=True):
             leaf.clamp_(min=low, max=high)
 
 
@@ -145,7 +168,7 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
         Called after each outer iteration with the history record (a dict, with
         ``lam``); a truthy return value stops the loop.
     bounds : (low, high) or list of pairs, optional
-        Projection of ``lam`` after each outer step.
+        Clamp of ``lam`` after each outer step: one pair, or one per leaf (None: open).
     chain : {"persistent", "restart"}
     recursion : {"auto", "tracked", "damped", "paper", "gibbs"}
         The hypergradient strategy along the chain; ``"auto"`` is ``"tracked"``, or
@@ -209,6 +232,7 @@ def _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer, *
     """The engine for :func:`minimize`: one chain as the oracle, bounds and projection
     after each step, stop (keeping the last finite ``lam``) at a non-finite value; and
     the tail-average listener (``None`` unless ``average`` is set)."""
+    bounds = bound_pairs(bounds, len(lam))  # checked before the first evaluation
 
     # A chain can blow up without a NaN: an outer loss far above its value at the start
     # stops the run like one (the same rule as the tuner's).
