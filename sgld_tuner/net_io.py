@@ -7,6 +7,7 @@ parameters (``estimator``, ``hyperparams``, ``cv``, ``refit``, ``scorer_``...).
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -83,6 +84,18 @@ def _cast_finite(values, dtype, name: str) -> np.ndarray:
     return cast
 
 
+
+def _positive_number(value) -> bool:
+    """A finite real number > 0 (a Python or numpy number, or a one-element tensor)."""
+    if isinstance(value, (bool, str, bytes)):
+        return False
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return False
+    return 0 < value < math.inf
+
+
 class NetIO:
     """Mixin: the tuner's estimator, input checks, rows, splits and delegation."""
 
@@ -133,6 +146,10 @@ class NetIO:
         if bad:
             raise TypeError(f"hyperparams values must be sgld_tuner.hyperparams kinds; got {bad}")
         names = list(self.hyperparams)
+        nested = [k for k in names if not isinstance(k, str) or "__" in k]
+        if nested:
+            # get_params/set_params address a kind's settings as hyperparams__<name>__<key>
+            raise ValueError(f"hyperparams names must be strings without '__', got {nested}")
         replacing = [i for i, k in enumerate(names) if self.hyperparams[k].replaces_loss]
         if replacing and replacing[-1] > 0:
             # what the kinds before the last replacing one do to the loss is discarded
@@ -142,6 +159,9 @@ class NetIO:
                     f"hyperparams {shadowed} rewrite the training loss but "
                     f"{names[replacing[-1]]!r} after them replaces it: they never move; "
                     "keep one loss-replacing kind", UserWarning, stacklevel=3)
+        lr = self._net().lr
+        if not _positive_number(lr):
+            raise ValueError(f"the net's lr must be a finite number > 0, got {lr!r}")
         batch_size = sampler.batch_size if sampler.batch_size is not None else self._net().batch_size
         if batch_size is None or not (batch_size == -1 or batch_size >= 1):
             raise ValueError(
@@ -305,6 +325,12 @@ class NetIO:
         if not self.refit:
             raise AttributeError("classes_ is available only when refit is set (as in "
                                  "GridSearchCV); refit=False was passed")
+        if "_classes" not in self.__dict__:
+            # an AttributeError, so that hasattr(tuner, "classes_") is False
+            raise AttributeError(
+                "classes_ is available after fit, for a classifier: this "
+                f"{type(self).__name__} " + ("wraps a regressor" if "cv_results_" in
+                                             self.__dict__ else "is not fitted yet"))
         return self._classes
 
     @available_if(_estimator_has("score_samples"))

@@ -1,6 +1,7 @@
 """``cv_results_`` and ``history_`` in the formats scikit-learn and pandas users expect."""
 from __future__ import annotations
 
+import re
 import warnings
 from numbers import Integral
 
@@ -82,11 +83,15 @@ def build_history(records: list[dict]) -> pd.DataFrame:
 
 
 def select_best(cv_results: dict, refit, multimetric: bool, metric_names: list,
-                eligible=None):
+                eligible=None, kept=None):
     """``(best_index, best_score)`` as ``GridSearchCV`` picks them: a callable ``refit``
     chooses the index from ``cv_results`` (and there is no best score), otherwise the
     best rank of the refit metric among the ``eligible`` rows (all by default; a race's
-    are its winning lane's, as scikit-learn's halving searches pick in the last rung)."""
+    are its winning lane's, as scikit-learn's halving searches pick in the last rung).
+    None for several metrics and ``refit=False``: no metric says which is best. ``kept``:
+    the indices whose full values were kept (the best must be one of them)."""
+    if multimetric and refit is False:
+        return None
     if callable(refit):
         index = refit(cv_results)
         # GridSearchCV's errors and wording
@@ -94,15 +99,22 @@ def select_best(cv_results: dict, refit, multimetric: bool, metric_names: list,
             raise TypeError("best_index_ returned is not an integer")
         if not 0 <= index < len(cv_results["params"]):
             raise IndexError("best_index_ index out of range")
-        return int(index), None
-    key = "score"
-    if multimetric:
-        key = refit if isinstance(refit, str) and refit in metric_names else metric_names[0]
-    ranks = np.asarray(cv_results[f"rank_test_{key}"], dtype=float)
-    if eligible is not None:
-        ranks = np.where(eligible, ranks, np.inf)
-    index = int(np.argmin(ranks))
-    return index, float(cv_results[f"mean_test_{key}"][index])
+        index, score = int(index), None
+    else:
+        key = "score"
+        if multimetric:
+            key = refit if isinstance(refit, str) and refit in metric_names else metric_names[0]
+        ranks = np.asarray(cv_results[f"rank_test_{key}"], dtype=float)
+        if eligible is not None:
+            ranks = np.where(eligible, ranks, np.inf)
+        index = int(np.argmin(ranks))
+        score = float(cv_results[f"mean_test_{key}"][index])
+    if kept is not None and index not in kept:
+        raise ValueError(
+            f"the full values at cv_results_ index {index} were not kept (too many "
+            "hyperparameters to keep every point's: only the best point by the first "
+            "metric is stored)")
+    return index, score
 
 
 def check_evaluations(points: list, cv_results: dict) -> None:
@@ -116,10 +128,15 @@ def check_evaluations(points: list, cv_results: dict) -> None:
             f"{len(points)} point(s)): the scoring or the net is likely misconfigured "
             f"(pass error_score='raise' to see the traceback). The first error: "
             f"{errors[0][0]}")
-    for key in [k for k in cv_results if k.startswith("mean_test_")]:
-        if np.isnan(cv_results[key]).all():
-            raise ValueError(f"every evaluation failed ({key} is all NaN); see the warnings, "
-                             "or pass error_score='raise' to see the first error")
+    for key in [k[len("mean_test_"):] for k in cv_results if k.startswith("mean_test_")]:
+        # a point's mean is NaN when one fold's score is: only NaN in every fold of every
+        # point is a search that measured nothing (some NaN folds: a warning, below)
+        folds = [np.asarray(v, dtype=float) for k, v in cv_results.items()
+                 if re.fullmatch(rf"split\d+_test_{re.escape(key)}", k)]
+        if folds and all(np.isnan(f).all() for f in folds):
+            raise ValueError(f"every evaluation failed (every fold's test_{key} is NaN); "
+                             "see the warnings, or pass error_score='raise' to see the "
+                             "first error")
     for kind in ("test", "train"):
         bad = {k: cv_results[k] for k in cv_results if k.startswith(f"mean_{kind}_")
                and not np.isfinite(np.asarray(cv_results[k], dtype=float)).all()}

@@ -30,7 +30,7 @@ from .search.diagnostics import (DivergenceWarning, OverfittingWarning, SearchIn
                                  warn_if_unmoved)
 from .search.refit import best_point_steps, check_refit_params, refit_best, refit_targets
 from .search.routing import fold_score_params, route_fit_params
-from .search.race import Race
+from .search.race import Race, run_by
 from .search.schedules import LaneFactory, Schedule
 from .search.scoring import callable_metrics, check_refit, make_scorers, refit_metric
 from .search.settings import GroupedParams, OuterSettings, SamplerSettings
@@ -137,9 +137,10 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         Class labels (classifiers, and only with ``refit``, as in ``GridSearchCV``).
     """
 
+    _GROUPS = {**GroupedParams._GROUPS, "schedule": Race}  # schedule=None: a Race()
+
     _parameter_constraints: dict = {
-        # The skorch net (or Pipeline ending in one) is checked in fit, with a short
-        # message naming the fix.
+        # a skorch net (or a Pipeline ending in one): checked in fit, naming the fix
         "estimator": [HasMethods(["fit"])],
         "hyperparams": [dict],
         "n_outer": [Interval(Integral, 1, None, closed="left")],
@@ -231,8 +232,7 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
             check_refit_params(context, fit_params)  # before the search, not after it
             warnings.warn(f"fit parameters {sorted(fit_params)} reach the refit's fit only; "
                           "the search's chains do not use them", UserWarning, stacklevel=2)
-        schedule = self.schedule if self.schedule is not None else Race()
-        lane = schedule.run(context, lanes)
+        lane = run_by(self.schedule).run(context, lanes)
         self.recursion_ = context.recursion if sampler.method == "sgld" else sampler.method
         self.folds_stacked_ = lane.chains.stacked
         failure = context.callback_failure(lane.engine)
@@ -264,7 +264,9 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         data_hash = joblib_hash((context.X, context.y))
         settings_hash = settings_fingerprints(self._net(), self.hyperparams, self.cv,
                                               self.random_state, scoring=self.scoring,
-                                              groups=groups, sampler=context.sampler)
+                                              groups=groups, sampler=context.sampler,
+                                              outer=context.outer,
+                                              schedule=run_by(self.schedule))
         resumed = self._resumable(data_hash, settings_hash)
         splits = resumed.splits if resumed is not None else \
             self._splits(context.X, context.y, groups)
@@ -351,20 +353,18 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         self._select_best(snapshots, metric_names, lane)
 
     def _select_best(self, snapshots, metric_names, lane) -> None:
-        """``best_index_``, ``best_score_`` (not with a callable ``refit``, as in
-        ``GridSearchCV``) and ``best_params_``: the kinds' full values at the best point,
-        and the lane's net parameters."""
+        """``best_index_``, ``best_score_``, ``best_params_`` (the kinds' full values and
+        the lane's net parameters at the best point), where :func:`select_best` has them."""
+        for name in ("best_index_", "best_score_", "best_params_"):
+            self.__dict__.pop(name, None)  # never one left by an earlier fit
         eligible = [p.get("eligible", True) for p in lane.state.points] or None
-        self.best_index_, best_score = select_best(self.cv_results_, self.refit,
-                                                   self.multimetric_, metric_names, eligible)
-        self.__dict__.pop("best_score_", None)  # never one left by an earlier fit
+        best = select_best(self.cv_results_, self.refit, self.multimetric_, metric_names,
+                           eligible, kept=snapshots)
+        if best is None:
+            return
+        self.best_index_, best_score = best
         if best_score is not None:
             self.best_score_ = best_score
-        if self.best_index_ not in snapshots:
-            raise ValueError(
-                f"the full values at cv_results_ index {self.best_index_} were not kept "
-                "(too many hyperparameters to keep every point's: only the best point by "
-                "the first metric is stored)")
         self.best_params_ = lane.public_values(snapshots[self.best_index_])
         self.best_params_.update(lane.state.net_params or {})
 

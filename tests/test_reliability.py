@@ -18,7 +18,8 @@ from test_tuner import TinyMLP, tiny_classifier, tiny_tuner
 
 from sgld_tuner.search.diagnostics import UNDERTRAINED_GAP
 from sgld_tuner.search.state import SAVE_HEADER
-from sgld_tuner import SGLDHyperTuner
+from sgld_tuner import OuterSettings, SamplerSettings, SGLDHyperTuner
+from sgld_tuner.search import PlainSearch, Race
 from sgld_tuner.hyperparams import PerWeightL1
 from sgld_tuner.tuner import (DivergenceWarning, OverfittingWarning, SearchInterrupted,
                               UndertrainedWarning)
@@ -333,6 +334,59 @@ def test_an_undertrained_refit_is_flagged(data, max_epochs, refit, warns):
         assert "max_epochs=1" in found[0] and "undertrained" in found[0]
 
 
+class ReluMLP(torch.nn.Module):
+    def __init__(self, n_in=4, hidden=16, n_out=3):
+        super().__init__()
+        self.hidden, self.out = torch.nn.Linear(n_in, hidden), torch.nn.Linear(hidden, n_out)
+
+    def forward(self, X):
+        return self.out(torch.relu(self.hidden(X)))
+
+
+def test_rows_sorted_by_label_are_named_as_the_cause_when_the_net_does_not_shuffle():
+    """iris as load_iris gives it (50 rows of each class in turn) under skorch's default
+    sequential batches: the chains draw minibatches at random and score well, the refit
+    trains one class at a time and predicts one class. The warning names the order and
+    the fix, not the budget; shuffling the batches is the fix."""
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    X = X.astype(np.float32)
+
+    def fit(shuffle):
+        net = tiny_classifier(ReluMLP, module__n_in=4, module__n_out=3, lr=0.1,
+                              max_epochs=20, batch_size=32, iterator_train__shuffle=shuffle)
+        tuner = SGLDHyperTuner(net, {"l1": PerWeightL1()}, n_outer=33, cv=3,
+                               random_state=0, schedule=PlainSearch(),
+                               sampler=SamplerSettings(burn_in=2, n_samples=1),
+                               outer=OuterSettings(eval_every=33))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tuner.fit(X, y)
+        return tuner, [str(w.message) for w in caught if type(w.message) is UndertrainedWarning]
+
+    tuner, found = fit(shuffle=False)
+    in_order = tuner.best_estimator_.score(X, y)
+    assert len(found) == 1, found
+    assert "sorted by label" in found[0] and "iterator_train__shuffle=True" in found[0]
+    tuner, found = fit(shuffle=True)
+    assert tuner.best_estimator_.score(X, y) > in_order + 0.1 and not found
+
+
+def test_label_order_is_read_from_the_runs_of_the_targets():
+    """Sorted class codes under a sequential iterator are in label order; the same codes
+    shuffled, a shuffling iterator, or a regression target are not."""
+    from sgld_tuner.search.diagnostics import in_label_order
+
+    sorted_codes = np.repeat(np.arange(3), 50)
+    shuffled = np.random.default_rng(0).permutation(sorted_codes)
+    net = tiny_classifier()
+    assert in_label_order(net, sorted_codes)
+    assert not in_label_order(net, shuffled)
+    assert not in_label_order(tiny_classifier(iterator_train__shuffle=True), sorted_codes)
+    assert not in_label_order(net, np.sort(np.random.default_rng(0).normal(size=150)))
+
+
 def test_noisy_training_labels_validated_on_clean_rows_are_not_undertraining(data):
     """Half the training labels flipped, validation on clean rows (the noisy-labels
     set-up of SampleWeights): a well-trained refit then scores far below best_score_ on
@@ -474,6 +528,9 @@ def test_dropout_stream_is_resumed_with_the_chains(data):
     (dict(estimator=tiny_classifier(module__hidden=16)), "module"),
     (dict(cv=3), "cv"),
     (dict(random_state=1), "random_state"),
+    (dict(outer=OuterSettings(eval_every=1, lr=0.5)), "outer"),
+    (dict(outer=OuterSettings(eval_every=1, optimizer="sgd")), "outer"),
+    (dict(schedule=Race()), "schedule"),
 ])
 def test_warm_start_refuses_changed_settings_before_training(data, change, name):
     tuner = tiny_tuner(n_outer=1, refit=False, warm_start=True).fit(*data)
@@ -482,9 +539,11 @@ def test_warm_start_refuses_changed_settings_before_training(data, change, name)
     with pytest.raises(ValueError, match=f"but {name} changed since it started"):
         tuner.fit(*data)
     assert calls == []  # refused before any outer iteration
-    # Equal settings in new objects are the same search: it continues.
+    # Equal settings in new objects are the same search: it continues (a new timeout, a
+    # budget, is not a new search).
     tuner.set_params(estimator=tiny_classifier(), hyperparams={"l1": PerWeightL1(init=1e-3)},
-                     cv=2, random_state=0).fit(*data)
+                     cv=2, random_state=0, schedule=PlainSearch(),
+                     outer=OuterSettings(eval_every=1, timeout=600)).fit(*data)
     assert [c["iteration"] for c in calls] == [1]
 
 

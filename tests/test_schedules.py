@@ -199,21 +199,41 @@ def test_three_rungs_run_at_a_ninth_a_third_and_all_of_the_horizon(digits4):
     assert max(rows["iteration"][rows["iter"] == 2]) == 8
 
 
-@pytest.mark.parametrize("grid, match", [
-    ({"lr": []}, "non-empty list"),
-    ({"lr": [0.1, -1.0]}, "every lr must be > 0"),
-    ({"colour": [1, 2]}, "not a parameter of the net"),
-    ({"hyperparams__l1__init": [1e-3]}, "not a parameter of the net|differentiable"),
-    ({}, "non-empty dict"),
+@pytest.mark.parametrize("grid, error, match", [
+    ({"lr": []}, ValueError, "non-empty list"),
+    ({"lr": 0.1}, TypeError, "list of candidates"),
+    ({"lr": [0.1, -1.0]}, ValueError, r"invalid candidates \[-1.0\].*finite number > 0"),
+    ({"lr": [float("inf")]}, ValueError, "finite number > 0"),
+    ({"lr": ["0.1"]}, ValueError, "finite number > 0"),
+    ({"max_epochs": [0, 5]}, ValueError, r"invalid candidates \[0\].*int >= 1"),
+    ({"max_epochs": [2.5]}, ValueError, "int >= 1"),
+    ({"batch_size": [0, 8]}, ValueError, r"int >= 1, or -1"),
+    ({"colour": [1, 2]}, ValueError, "not a parameter of the net"),
+    ({"hyperparams__l1__init": [1e-3]}, ValueError, "not a parameter of the net|differentiable"),
+    ({}, ValueError, "non-empty dict"),
 ])
-def test_a_bad_race_declaration_is_refused_before_training(digits4, grid, match):
+def test_a_bad_race_declaration_is_refused_before_training(digits4, grid, error, match):
     from sgld_tuner.search import Race
 
     calls = []
     tuner = _tuner(Race(param_grid=grid), callbacks=[lambda r: calls.append(r) and False])
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         tuner.fit(*digits4)
     assert calls == []
+
+
+def test_a_kind_named_like_the_raced_lr_is_refused_before_training(digits4):
+    """The default race tunes the net's ``lr``: a kind of that name would share its key in
+    ``best_params_`` (and the refit would read the lr as the kind's value)."""
+    from sgld_tuner import SGLDHyperTuner
+    from sgld_tuner.hyperparams import PerWeightL1
+    from sgld_tuner.search import PlainSearch
+
+    with pytest.raises(ValueError, match="kind is named 'lr'.*PlainSearch"):
+        SGLDHyperTuner(tiny_classifier(), {"lr": PerWeightL1()}, n_outer=3).fit(*digits4)
+    tuner = SGLDHyperTuner(tiny_classifier(), {"lr": PerWeightL1()}, n_outer=2,
+                           schedule=PlainSearch(), cv=2, refit=False).fit(*digits4)
+    assert isinstance(tuner.best_params_["lr"], dict)  # the kind's strengths, by name
 
 
 def test_a_race_over_a_discrete_knob_refits_with_the_winner(digits4):

@@ -369,6 +369,28 @@ def test_grid_search_failing_classifier():
         make_tuner(scoring=raising_scorer, error_score=0.0, refit=False).fit(X, y)
 
 
+def test_one_failing_fold_per_point_is_a_warning_not_a_failed_search():
+    """As GridSearchCV when some fits fail: every point's mean is NaN (one of its folds
+    failed), the search finishes with warnings and ranks them all first (the first
+    point is refit); only NaN in every fold is a search that measured nothing."""
+    calls = []
+
+    def every_other_call_fails(est, X_, y_):
+        calls.append(1)
+        if len(calls) % 2 == 0:
+            raise RuntimeError("flaky")
+        return accuracy_score(y_, est.predict(X_))
+
+    with pytest.warns(RuntimeWarning, match="flaky"), \
+            pytest.warns(UserWarning, match="test scores are non-finite"):
+        tuner = make_tuner(scoring=every_other_call_fails).fit(X, y)
+    results = tuner.cv_results_
+    assert np.isnan(results["mean_test_score"]).all()
+    folds = np.column_stack([results["split0_test_score"], results["split1_test_score"]])
+    assert (np.isnan(folds).sum(axis=1) == 1).all()  # one failed fold per point
+    assert tuner.best_index_ == 0 and hasattr(tuner, "best_estimator_")
+
+
 def test_grid_search_classifier_all_fits_fail():
     """Mirrors ``test_grid_search_classifier_all_fits_fail``."""
     with pytest.raises(ValueError, match="every evaluation failed"), \

@@ -99,17 +99,21 @@ class AllMethodsNet(NeuralNetClassifier):
 
 def test_no_refit():
     """Mirrors ``test_no_refit``: with ``refit=False`` the search keeps best_index_ and
-    best_params_ but has no best_estimator_, and every delegated method raises an
-    AttributeError whose cause (chained, as ``available_if`` chains it) says that
-    ``refit=False`` is why. An invalid multi-metric ``refit`` is refused.
+    best_params_ (one metric; with several, none of best_index_, best_score_ and
+    best_params_, as ``GridSearchCV``'s fit does: no metric names the best) but has no
+    best_estimator_, and every delegated method raises an AttributeError whose cause
+    (chained, as ``available_if`` chains it) says that ``refit=False`` is why. An
+    invalid multi-metric ``refit`` is refused.
 
     Design difference: ``transform``/``inverse_transform`` are not checked; a skorch net
     has neither, so the tuner does not delegate them.
     """
     for scoring in (None, ["accuracy", "f1_macro"]):
         tuner = make_tuner(tiny_net(AllMethodsNet), scoring=scoring, refit=False).fit(X, y)
-        assert (not hasattr(tuner, "best_estimator_") and hasattr(tuner, "best_index_")
-                and hasattr(tuner, "best_params_"))
+        single = scoring is None
+        assert not hasattr(tuner, "best_estimator_")
+        assert [hasattr(tuner, name) for name in ("best_index_", "best_score_",
+                                                  "best_params_")] == [single] * 3
         for fn_name in ("predict", "predict_proba", "predict_log_proba",
                         "decision_function", "score_samples"):
             outer_msg = f"has no attribute '{fn_name}'"

@@ -16,7 +16,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from sgld_tuner import OuterSettings, SamplerSettings, SGLDHyperTuner
 from sgld_tuner.hyperparams import PerWeightL1, TaylorLoss, WeightDecay
-from sgld_tuner.search import PlainSearch
+from sgld_tuner.search import PlainSearch, Race
 
 
 class TinyMLP(torch.nn.Module):
@@ -120,6 +120,10 @@ def test_grouped_settings_default_to_none_and_still_take_set_params():
     tuner.set_params(sampler__burn_in=2, outer__eval_every=3)
     assert tuner.sampler.burn_in == 2 and tuner.sampler.n_samples == 5
     assert tuner.outer.eval_every == 3 and tuner.outer.lr == 0.05
+    # schedule=None is the race: a race setting given alone starts from Race()
+    tuner.set_params(schedule__n_lrs=3)
+    assert isinstance(tuner.schedule, Race) and tuner.schedule.n_lrs == 3
+    assert tuner.schedule.factor == Race().factor
 
 
 def test_old_parameter_names_say_where_they_moved():
@@ -140,6 +144,25 @@ def test_a_kind_parameter_in_a_grid_search(digits4):
     assert grid.best_params_["hyperparams__l1__init"] in (1e-4, 1e-2)
     with pytest.raises(ValueError, match="no hyperparameter 'l2'"):
         tiny_tuner().set_params(hyperparams__l2__init=1.0)
+
+
+def test_a_kind_is_replaced_by_its_name_and_the_callers_dict_kept():
+    """``hyperparams__<name>=<kind>`` swaps the kind, as a Pipeline step's name does."""
+    given = {"l1": PerWeightL1()}
+    tuner = SGLDHyperTuner(tiny_classifier(), given)
+    tuner.set_params(hyperparams__l1=WeightDecay(init=1e-3))
+    assert isinstance(tuner.hyperparams["l1"], WeightDecay)
+    assert tuner.get_params()["hyperparams__l1__init"] == 1e-3
+    assert isinstance(given["l1"], PerWeightL1)
+    with pytest.raises(ValueError, match="no hyperparameter 'l2'"):
+        tuner.set_params(hyperparams__l2=WeightDecay())
+
+
+def test_classes_before_fit_is_an_attribute_error_naming_it():
+    tuner = tiny_tuner()
+    assert not hasattr(tuner, "classes_")
+    with pytest.raises(AttributeError, match="classes_ is available after fit.*not fitted"):
+        tuner.classes_
 
 
 def test_pickle_round_trip_predicts_the_same(fitted, digits4):
@@ -396,6 +419,19 @@ def test_bad_estimator_and_hyperparams(digits4):
     with pytest.raises(ValueError, match="available"):
         SGLDHyperTuner(tiny_classifier(), {"l1": PerWeightL1(params="nope.*")}, n_outer=1,
                        cv=2).fit(X, y)
+    with pytest.raises(ValueError, match="names must be strings without '__'"):
+        SGLDHyperTuner(tiny_classifier(), {"my__l1": PerWeightL1()}).fit(X, y)
+
+
+@pytest.mark.parametrize("lr", [0.0, -0.1, float("nan"), float("inf"), "0.1", None])
+def test_a_net_lr_it_cannot_train_with_is_named_before_training(digits4, lr):
+    """Not an error about the chain's inner_lr or a race candidate the user never set."""
+    calls = []
+    tuner = SGLDHyperTuner(tiny_classifier(lr=lr), {"l1": PerWeightL1()},
+                           callbacks=[lambda r: calls.append(r) and False])
+    with pytest.raises(ValueError, match="the net's lr must be a finite number > 0"):
+        tuner.fit(*digits4)
+    assert calls == []
 
 
 @pytest.mark.parametrize("make_bad,match", [
@@ -667,6 +703,10 @@ def test_a_search_saved_in_the_previous_format_resumes(digits4):
         {**saved["param_groups"][0],
          "params": [i for g in saved["param_groups"] for i in g["params"]]}]}
     state.generator_states = [chain for chain, _ in state.generator_states]
+    # nor fingerprints of the outer settings and the schedule (a state without one is
+    # not held to it)
+    state.settings_hash = {k: v for k, v in state.settings_hash.items()
+                           if k not in ("outer", "schedule")}
     flat = tuner.__dict__
     for group in ("sampler", "outer", "schedule"):
         del flat[group]

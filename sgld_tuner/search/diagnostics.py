@@ -134,14 +134,37 @@ def warn_if_refit_undertrained(refit_net, X, codes, labels, scorer: dict, folds,
     chains = float(np.mean(chains))
     if not _below(train, chains):
         return
+    found = (f"best_estimator_ scores {train:.4g} on its own training rows, below the "
+             f"{best:.4g} (best_score_) that the search's chains scored on held-out rows "
+             f"after about {chain_steps} steps (and the {chains:.4g} they score on their "
+             "own training rows)")
+    if in_label_order(net, codes):
+        warn_at_caller(
+            f"{found}. The rows come sorted by label and the net trains on them in that "
+            "order (iterator_train__shuffle is not set: skorch's default), one class at "
+            "a time, while the chains draw their minibatches at random. Shuffle X and y "
+            "before fit, or set the net's iterator_train__shuffle=True", UndertrainedWarning)
+        return
     warn_at_caller(
-        f"best_estimator_ scores {train:.4g} on its own training rows, below the "
-        f"{best:.4g} (best_score_) that the search's chains scored on held-out rows "
-        f"after about {chain_steps} steps (and the {chains:.4g} they score on their own "
-        f"training rows); the net's own budget (max_epochs={net.max_epochs}, "
+        f"{found}; the net's own budget (max_epochs={net.max_epochs}, "
         f"lr={net.lr:g}) is about {budget} steps per fold. The net is undertrained: "
         "best_score_ overstates best_estimator_, and the values were learned on "
         "longer-trained nets. Raise the net's max_epochs or lr, or race them inside fit: "
         "schedule=Race() (the default: the lr), Race(param_grid={'lr': [...], "
         "'max_epochs': [...]}) (the lr and the budget)",
         UndertrainedWarning)
+
+
+def in_label_order(net, codes) -> bool:
+    """Whether ``net`` trains on its rows in the order given (its training iterator does
+    not shuffle) and the targets ``codes`` come in long runs of one class: fewer than
+    half the label changes a random order of the same labels would have."""
+    if net.get_params().get("iterator_train__shuffle") or len(codes) < 3:
+        return False
+    codes = np.asarray(codes).reshape(len(codes), -1)
+    if codes.shape[1] != 1 or codes.dtype.kind not in "iub":
+        return False  # class codes only: a regression target changes on every row
+    codes = codes[:, 0]
+    _, counts = np.unique(codes, return_counts=True)
+    random_changes = (len(codes) - 1) * (1.0 - np.sum((counts / len(codes)) ** 2))
+    return int(np.count_nonzero(codes[1:] != codes[:-1])) < 0.5 * random_changes

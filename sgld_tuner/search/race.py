@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.model_selection import ParameterGrid
@@ -111,6 +113,11 @@ class Race(Schedule):
             if not (isinstance(self.n_lrs, int) and self.n_lrs >= 1) or not self.spread > 1:
                 raise ValueError(f"Race: n_lrs must be an int >= 1 and spread > 1, got "
                                  f"n_lrs={self.n_lrs!r}, spread={self.spread!r}")
+            if "lr" in context.hyperparams:
+                # best_params_ holds the kinds and the raced knobs under one name each
+                raise ValueError("Race: a hyperparameter kind is named 'lr', the net's "
+                                 "learning rate the race tunes; rename the kind, or pass "
+                                 "schedule=PlainSearch() to tune without the race")
             return
         grids = self.param_grid if isinstance(self.param_grid, list) else [self.param_grid]
         known = set(context.net.get_params(deep=True))
@@ -126,11 +133,7 @@ class Race(Schedule):
                 if name.startswith("hyperparams") or name in context.hyperparams:
                     raise ValueError(f"Race: {name!r} is a differentiable hyperparameter: "
                                      "the search tunes it by hypergradient, not by a race")
-                if isinstance(values, (str, bytes)) or not len(values):
-                    raise ValueError(f"Race: param_grid[{name!r}] must be a non-empty list "
-                                     f"of candidates, got {values!r}")
-                if name == "lr" and not all(float(v) > 0 for v in values):
-                    raise ValueError(f"Race: every lr must be > 0, got {list(values)}")
+                _check_values(name, values)
 
     # -- the race -------------------------------------------------------------------------
     def run(self, context: FitContext, new_lane: LaneFactory) -> Lane:
@@ -282,6 +285,44 @@ class Race(Schedule):
                               f"{'diverged' if failed else 'could not be scored'})",
                               RaceWarning, stacklevel=4)
         return kept
+
+
+def run_by(schedule: Schedule | None) -> Schedule:
+    """The schedule a fit runs: ``schedule``, or the race of the net's lr for None."""
+    return schedule if schedule is not None else Race()
+
+
+def _check_values(name: str, values) -> None:
+    """One knob's candidates: a non-empty list (as scikit-learn's ``param_grid`` wants),
+    and for the knobs the race itself reads, values the net can train with."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise TypeError(f"Race: param_grid[{name!r}] must be a list of candidates, got "
+                        f"{values!r}; wrap a single value in a list")
+    if not len(values):
+        raise ValueError(f"Race: param_grid[{name!r}] must be a non-empty list of "
+                         "candidates")
+    bad = [v for v in values if not _valid_value(name, v)]
+    if bad:
+        need = _NEEDS.get(name)
+        raise ValueError(f"Race: param_grid[{name!r}] has invalid candidates {bad}: each "
+                         f"must be {need}")
+
+
+#: what each knob's candidates must be, for the knobs the race and the chains read
+_NEEDS = {"lr": "a finite number > 0", "max_epochs": "an int >= 1",
+          "batch_size": "an int >= 1, or -1 (all rows)"}
+
+
+def _valid_value(name: str, value) -> bool:
+    if name not in _NEEDS:
+        return True
+    if isinstance(value, bool):
+        return False
+    if name == "lr":
+        return isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
+    if not isinstance(value, numbers.Integral):
+        return False
+    return value >= 1 or (name == "batch_size" and value == -1)
 
 
 def _scored(lanes: list) -> list:

@@ -248,9 +248,10 @@ class GroupedParams:
         return params
 
     def set_params(self, **params):
-        """As scikit-learn's; ``sampler__<name>`` and ``outer__<name>`` work on the
-        default (``None``) groups too, and ``hyperparams__<name>__<param>`` sets a
-        kind's parameter on a copy of the dict (the caller's kinds are left alone)."""
+        """As scikit-learn's; ``<group>__<name>`` works on a group's default (``None``)
+        too (the groups in ``_GROUPS``: ``sampler``, ``outer``), ``hyperparams__<name>``
+        replaces a kind and ``hyperparams__<name>__<param>`` sets a kind's parameter,
+        both on a copy of the dict (the caller's kinds are left alone)."""
         moved = {k.split("__")[0] for k in params} & set(MOVED_PARAMETERS)
         if moved:
             raise moved_error(moved, ValueError)
@@ -262,11 +263,13 @@ class GroupedParams:
         if kinds:
             hyperparams = {**params.pop("hyperparams", self.hyperparams)}
             for key, value in kinds.items():
-                _, name, param = key.split("__", 2)
+                _, name, *param = key.split("__", 2)
                 if name not in hyperparams:
                     raise ValueError(f"set_params: no hyperparameter {name!r} in "
                                      f"hyperparams (names: {sorted(hyperparams)})")
-                hyperparams[name] = clone(hyperparams[name]).set_params(**{param: value})
+                # hyperparams__<name> replaces the kind, as a Pipeline's step name does
+                hyperparams[name] = (clone(hyperparams[name]).set_params(**{param[0]: value})
+                                     if param else value)
             params["hyperparams"] = hyperparams
         return super().set_params(**params)
 

@@ -99,12 +99,13 @@ NET_TRAINING = ("lr", "batch_size", "max_epochs", "module", "optimizer", "criter
 
 
 def settings_fingerprints(net, hyperparams: dict, cv, random_state, *, scoring=None,
-                          groups=None, sampler=None) -> dict:
+                          groups=None, sampler=None, outer=None, schedule=None) -> dict:
     """Fingerprints of everything a resumed search must share with the saved one for
     its results to mean one thing: the hyperparameters, the net's module and training
     settings (``lr``, ``batch_size``, ``max_epochs``, optimizer, criterion), ``cv`` and
-    the ``groups`` its splits came from, ``random_state``, ``scoring`` and the chains'
-    settings (``SamplerSettings``).
+    the ``groups`` its splits came from, ``random_state``, ``scoring``, the chains'
+    settings (``SamplerSettings``), the outer step's (``OuterSettings`` but its
+    ``timeout``, a budget a resume may change) and the ``schedule``.
 
     A value that cannot be hashed reliably (a generator of splits, a ``RandomState``
     instance, whose state moves) is fingerprinted by its type only.
@@ -117,7 +118,13 @@ def settings_fingerprints(net, hyperparams: dict, cv, random_state, *, scoring=N
                                         if not k.startswith("module")},
               "cv": cv, "groups": groups, "random_state": random_state,
               "scoring": _scoring_names(scoring),
-              "sampler": None if sampler is None else sampler.get_params()}
+              "sampler": None if sampler is None else sampler.get_params(),
+              # the saved outer optimizer's state carries its kind and lr: a new one
+              # would be overwritten by it in silence
+              "outer": None if outer is None else {
+                  k: v for k, v in outer.get_params().items() if k != "timeout"},
+              "schedule": None if schedule is None else (type(schedule).__name__,
+                                                         schedule.get_params())}
     return {name: fingerprint(value) for name, value in values.items()}
 
 
