@@ -91,7 +91,7 @@ def _positive_number(value) -> bool:
         return False
     try:
         value = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
     return 0 < value < math.inf
 
@@ -325,12 +325,13 @@ class NetIO:
         if not self.refit:
             raise AttributeError("classes_ is available only when refit is set (as in "
                                  "GridSearchCV); refit=False was passed")
-        if "_classes" not in self.__dict__:
+        fitted = "cv_results_" in self.__dict__
+        if not (fitted and self._is_classifier and "_classes" in self.__dict__):
             # an AttributeError, so that hasattr(tuner, "classes_") is False
             raise AttributeError(
                 "classes_ is available after fit, for a classifier: this "
-                f"{type(self).__name__} " + ("wraps a regressor" if "cv_results_" in
-                                             self.__dict__ else "is not fitted yet"))
+                f"{type(self).__name__} " + ("wraps a regressor" if fitted else
+                                             "is not fitted yet"))
         return self._classes
 
     @available_if(_estimator_has("score_samples"))

@@ -162,7 +162,9 @@ def _draw_cv_scores(ax, tuner, results, key, metric) -> None:
     std = np.asarray(results.get(f"std_test_{metric}", np.zeros_like(mean)), dtype=float)
     lanes = _race_lanes(results)
     best = getattr(tuner, "best_index_", None)
-    winner = lanes == lanes[best] if best is not None else np.ones(len(it), dtype=bool)
+    # without a best point (several metrics, refit=False) the race's winner is the lane
+    # that ran last: it continued after the race
+    winner = lanes == lanes[best if best is not None else len(it) - 1]
     for lr in dict.fromkeys(lanes[~winner]):  # a race's other lanes, faint
         rows = lanes == lr
         ax.plot(it[rows], mean[rows], marker=".", color="0.6", alpha=0.6, linewidth=0.8,

@@ -58,8 +58,8 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         and for the refit). A ``NeuralNetBinaryClassifier`` takes the labels 0 and 1.
     hyperparams : dict of str -> Hyperparameter
         The differentiable hyperparameters, e.g. ``{"l1": PerWeightL1()}``; each kind's
-        parameters are reachable as ``hyperparams__<name>__<param>`` (``set_params``,
-        ``GridSearchCV``).
+        parameters are reachable as ``hyperparams__<name>__<param>``, the kind itself as
+        ``hyperparams__<name>`` (``set_params``, ``GridSearchCV``).
     n_outer : int, default=50
         Outer (hyperparameter) iterations, spanning at least the net's training run.
     sampler : SamplerSettings, optional
@@ -76,7 +76,8 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         same folds, each judged at the horizon the refit trains), HPO-SGLD tuning the
         hyperparameters inside every lane. ``schedule=PlainSearch()`` switches the race
         off: one lane, the net's ``lr`` as given, ``n_outer`` iterations. With
-        ``n_outer=1`` nothing is searched or raced.
+        ``n_outer=1`` nothing is searched or raced. Race settings are
+        ``schedule__<name>`` (on ``None`` too).
     cv : int, cv splitter or iterable, default=5
     scoring : str, callable, list, tuple or dict, optional
         As in ``GridSearchCV``; ``None`` uses the net's ``score`` (accuracy / R^2). A
@@ -113,7 +114,9 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         One row per evaluation point on the hyperparameter trajectory, in
         ``GridSearchCV``'s format; ``param_<name>`` holds a scalar summary.
     best_index_, best_score_, best_params_ : int, float, dict
-        ``best_params_`` holds the full learned values (arrays for per-weight kinds).
+        ``best_params_`` holds the full learned values (arrays for per-weight kinds) and
+        the raced settings. As in ``GridSearchCV``: no ``best_score_`` with a callable
+        ``refit``, and none of the three with several metrics and ``refit=False``.
     best_estimator_ : skorch net
         A fresh net trained on all data with the learned values built in: an instance of
         a subclass of the user's net class (see ``learned_net.learned_class``), with
@@ -267,7 +270,9 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
                                               groups=groups, sampler=context.sampler,
                                               outer=context.outer,
                                               schedule=run_by(self.schedule))
-        resumed = self._resumable(data_hash, settings_hash)
+        resumed = saved_search.resumable(
+            getattr(self, "_search_state", None) if self.warm_start else None,
+            data_hash, settings_hash)
         splits = resumed.splits if resumed is not None else \
             self._splits(context.X, context.y, groups)
         self.n_splits_ = len(splits)
@@ -279,25 +284,6 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
             return SearchState.fresh(data_hash, settings_hash, splits, seeds, refit_seed,
                                      net_params)
         return LaneFactory(context, splits, fresh, resumed)
-
-    def _resumable(self, data_hash, settings_hash) -> SearchState | None:
-        """The saved search state when warm-starting on the same data and settings."""
-        previous = getattr(self, "_search_state", None)
-        if not (self.warm_start and previous is not None):
-            return None
-        if previous.data_hash != data_hash:
-            raise ValueError("warm_start=True continues a search on the same X and y; "
-                             "this data differs. Fit with warm_start=False to start over.")
-        saved = getattr(previous, "settings_hash", None) or settings_hash
-        # (a state saved before a fingerprint existed is not held to it)
-        changed = [name for name in settings_hash
-                   if name in saved and saved[name] != settings_hash[name]]
-        if changed:
-            raise ValueError(
-                f"warm_start=True continues the saved search, but {', '.join(changed)} "
-                "changed since it started: set them back, or fit with warm_start=False "
-                "to start over")
-        return previous
 
     def _set_up_scoring(self, context: FitContext, lanes: LaneFactory) -> None:
         """Final scorers (a dict-returning callable is multi-metric: one call on the

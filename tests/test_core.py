@@ -255,6 +255,15 @@ def test_bounds_per_leaf_hold_every_leaf_and_bad_bounds_are_named():
                    torch.zeros(1, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
                    bounds=[(0.0, 0.5)], **kw)
     assert float(one.lam) == 0.5
+    box = (torch.tensor([-1.0, 0.0], dtype=torch.float64),
+           torch.tensor([1.0, 0.25], dtype=torch.float64))  # elementwise, as before
+    boxed = minimize(lambda l, t: -l.sum() + (t ** 2).sum(), inner,
+                     torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
+                     bounds=box, **kw)
+    assert boxed.lam.tolist() == [1.0, 0.25]
+    open_second = minimize(outer, inner, lam0, torch.zeros(2, dtype=torch.float64),
+                           bounds=[(-1.0, 1.0), None], **kw)
+    assert float(open_second.lam[0]) == 1.0 and float(open_second.lam[1].min()) > 2.5
     for bad, match in [([(-1.0, 1.0)], "2 leaves and bounds 1 pairs"),
                        ((1.0, -1.0), "low must be <= high"),
                        ([(0.0, 1.0), (0.0,)], r"\(low, high\) pair")]:

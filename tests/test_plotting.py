@@ -207,3 +207,11 @@ def test_a_races_other_lanes_are_drawn_apart_from_the_winners_trajectory():
                                   raced.cv_results_["mean_test_score"][winner])
     grey = [line for line in ax.lines if line.get_color() == "0.6"]
     assert len(grey) == len(set(lrs[~winner])) >= 1
+    # several metrics, refit=False: no best point; the winner is the lane that ran last
+    unpicked = tuner_of(3, schedule=Race(n_lrs=3, extend=0)).set_params(
+        refit=False, scoring=["accuracy", "f1_macro"]).fit(X[:80], y[:80])
+    assert not hasattr(unpicked, "best_index_")
+    lines = {line.get_label(): line for line in plot_trajectory(unpicked).lines}
+    lrs = unpicked.cv_results_["param_lr"].astype(float)
+    np.testing.assert_array_equal(lines["cv accuracy"].get_ydata(),
+                                  unpicked.cv_results_["mean_test_accuracy"][lrs == lrs[-1]])

@@ -375,7 +375,7 @@ def test_rows_sorted_by_label_are_named_as_the_cause_when_the_net_does_not_shuff
 
 def test_label_order_is_read_from_the_runs_of_the_targets():
     """Sorted class codes under a sequential iterator are in label order; the same codes
-    shuffled, a shuffling iterator, or a regression target are not."""
+    shuffled, a shuffling or user-made iterator, or a regression target are not."""
     from sgld_tuner.search.diagnostics import in_label_order
 
     sorted_codes = np.repeat(np.arange(3), 50)
@@ -384,6 +384,11 @@ def test_label_order_is_read_from_the_runs_of_the_targets():
     assert in_label_order(net, sorted_codes)
     assert not in_label_order(net, shuffled)
     assert not in_label_order(tiny_classifier(iterator_train__shuffle=True), sorted_codes)
+    # a sampler of the user's, or an iterator class of their own: its order is unknown
+    sampler = torch.utils.data.RandomSampler(range(150))
+    assert not in_label_order(tiny_classifier(iterator_train__sampler=sampler), sorted_codes)
+    assert not in_label_order(tiny_classifier(iterator_train=type(
+        "MyLoader", (torch.utils.data.DataLoader,), {})), sorted_codes)
     assert not in_label_order(net, np.sort(np.random.default_rng(0).normal(size=150)))
 
 

@@ -156,6 +156,18 @@ def test_a_kind_is_replaced_by_its_name_and_the_callers_dict_kept():
     assert isinstance(given["l1"], PerWeightL1)
     with pytest.raises(ValueError, match="no hyperparameter 'l2'"):
         tuner.set_params(hyperparams__l2=WeightDecay())
+    # replacements first, whatever the order given (dicts keep it)
+    for order in (["hyperparams__l1__init", "hyperparams__l1"],
+                  ["hyperparams__l1", "hyperparams__l1__init"]):
+        values = {"hyperparams__l1__init": 0.5, "hyperparams__l1": PerWeightL1()}
+        tuner.set_params(**{key: values[key] for key in order})
+        assert isinstance(tuner.hyperparams["l1"], PerWeightL1)
+        assert tuner.hyperparams["l1"].init == 0.5
+    # a name ending in "_" round-trips
+    odd = SGLDHyperTuner(tiny_classifier(), {"l1_": PerWeightL1(init=0.1)})
+    odd.set_params(**odd.get_params())
+    odd.set_params(hyperparams__l1___init=0.2)
+    assert odd.hyperparams["l1_"].init == 0.2
 
 
 def test_classes_before_fit_is_an_attribute_error_naming_it():

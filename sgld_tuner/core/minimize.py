@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -60,24 +59,29 @@ class BilevelResult:
 
 
 def bound_pairs(bounds, n_leaves: int) -> list[tuple] | None:
-    """``bounds`` as one ``(low, high)`` pair per leaf of ``lam`` (``None`` for a side
-    without a bound), checked: one pair for all leaves, or a list of exactly one pair
-    per leaf, each with ``low <= high``."""
+    """``bounds`` as one ``(low, high)`` pair per leaf of ``lam``, checked: one pair for
+    all leaves, or a list of exactly one entry per leaf (a pair, or None: that leaf
+    unbounded). A side is a number, a tensor or array (elementwise), or None (open);
+    ``low <= high`` wherever both are given."""
     if bounds is None:
         return None
-    per_leaf = isinstance(bounds, (tuple, list)) and len(bounds) > 0 and \
-        all(isinstance(b, (tuple, list)) for b in bounds)
-    pairs = list(bounds) if per_leaf else [bounds] * n_leaves
+    per_leaf = isinstance(bounds, (tuple, list)) and \
+        all(b is None or isinstance(b, (tuple, list)) for b in bounds) and \
+        any(isinstance(b, (tuple, list)) for b in bounds)
+    pairs = [(None, None) if b is None else b for b in bounds] if per_leaf \
+        else [bounds] * n_leaves
     if len(pairs) != n_leaves:
         raise ValueError(f"bounds: one (low, high) pair for all of lam, or one per leaf; "
                          f"lam has {n_leaves} leaves and bounds {len(pairs)} pairs")
     for pair in pairs:
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2
-                and all(v is None or isinstance(v, numbers.Real) for v in pair)):
-            raise ValueError(f"bounds: each must be a (low, high) pair of numbers or None, "
-                             f"got {pair!r}")
-        low, high = pair
-        if low is not None and high is not None and not low <= high:
+        try:
+            low, high = pair
+            ordered = low is None or high is None or \
+                bool(torch.all(torch.as_tensor(low) <= torch.as_tensor(high)))
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"bounds: each must be a (low, high) pair of numbers, tensors "
+                             f"or None, got {pair!r}") from None
+        if not ordered:
             raise ValueError(f"bounds: low must be <= high, got {pair!r}")
     return [tuple(pair) for pair in pairs]
 
@@ -88,7 +92,8 @@ def project(lam: list[torch.Tensor], pairs: list[tuple] | None) -> None:
         return
     with torch.no_grad():
         for leaf, (low, high) in zip(lam, pairs, strict=True):
-            leaf.clamp_(min=low, max=high)
+            if low is not None or high is not None:  # (None, None): an open leaf
+                leaf.clamp_(min=low, max=high)
 
 
 def probe_dependence(problem: BilevelProblem, lam: list[torch.Tensor]) -> list[bool]:
@@ -232,7 +237,7 @@ def _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer, *
     """The engine for :func:`minimize`: one chain as the oracle, bounds and projection
     after each step, stop (keeping the last finite ``lam``) at a non-finite value; and
     the tail-average listener (``None`` unless ``average`` is set)."""
-    bounds = bound_pairs(bounds, len(lam))  # checked before the first evaluation
+    bounds = bound_pairs(bounds, len(lam))  # checked before the first step
 
     # A chain can blow up without a NaN: an outer loss far above its value at the start
     # stops the run like one (the same rule as the tuner's).

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 from sklearn.utils import _safe_indexing
+from torch.utils.data import DataLoader
 
 from ..core import _tree
 from ..core.engine import warn_at_caller
@@ -142,8 +143,9 @@ def warn_if_refit_undertrained(refit_net, X, codes, labels, scorer: dict, folds,
         warn_at_caller(
             f"{found}. The rows come sorted by label and the net trains on them in that "
             "order (iterator_train__shuffle is not set: skorch's default), one class at "
-            "a time, while the chains draw their minibatches at random. Shuffle X and y "
-            "before fit, or set the net's iterator_train__shuffle=True", UndertrainedWarning)
+            "a time, while the chains draw their minibatches at random. Set the net's "
+            "iterator_train__shuffle=True (or shuffle X and y before fit, where their "
+            "order means nothing)", UndertrainedWarning)
         return
     warn_at_caller(
         f"{found}; the net's own budget (max_epochs={net.max_epochs}, "
@@ -156,10 +158,13 @@ def warn_if_refit_undertrained(refit_net, X, codes, labels, scorer: dict, folds,
 
 
 def in_label_order(net, codes) -> bool:
-    """Whether ``net`` trains on its rows in the order given (its training iterator does
-    not shuffle) and the targets ``codes`` come in long runs of one class: fewer than
-    half the label changes a random order of the same labels would have."""
-    if net.get_params().get("iterator_train__shuffle") or len(codes) < 3:
+    """Whether ``net`` trains on its rows in the order given (skorch's own ``DataLoader``
+    without ``shuffle``, a sampler or a batch sampler) and the targets ``codes`` come in
+    long runs of one class: fewer than half the label changes a random order of the same
+    labels would have."""
+    params = net.get_params()
+    if params.get("iterator_train") is not DataLoader or len(codes) < 3 or any(
+            params.get(f"iterator_train__{k}") for k in ("shuffle", "sampler", "batch_sampler")):
         return False
     codes = np.asarray(codes).reshape(len(codes), -1)
     if codes.shape[1] != 1 or codes.dtype.kind not in "iub":

@@ -221,10 +221,31 @@ def moved_error(names, error: type = TypeError) -> Exception:
                      "(set_params: 'sampler__<name>' / 'outer__<name>')")
 
 
+def _with_kinds_set(hyperparams: dict, settings: dict) -> dict:
+    """A copy of ``hyperparams`` with ``settings`` applied: ``hyperparams__<name>``
+    replaces a kind, then ``hyperparams__<name>__<param>`` sets a parameter of the kind
+    now there (replacements first, whatever the order given, as for a Pipeline's steps).
+    A key's kind is the longest name it starts with (names may end in ``_``)."""
+    names = sorted(hyperparams, key=len, reverse=True)
+    parsed = []
+    for key, value in settings.items():
+        rest = key[len("hyperparams__"):]
+        name = next((n for n in names if rest == n or rest.startswith(n + "__")), None)
+        if name is None:
+            raise ValueError(f"set_params: no hyperparameter {rest.split('__')[0]!r} in "
+                             f"hyperparams (names: {sorted(hyperparams)})")
+        parsed.append((name, rest[len(name) + 2:], value))
+    out = dict(hyperparams)
+    for name, param, value in sorted(parsed, key=lambda entry: bool(entry[1])):
+        out[name] = clone(out[name]).set_params(**{param: value}) if param else value
+    return out
+
+
 class GroupedParams:
     """Mixin: scikit-learn's ``get_params`` / ``set_params`` for an estimator whose
-    settings live in groups (``sampler``, ``outer``) and whose ``hyperparams`` dict holds
-    estimators of its own; old flat names raise naming their new place."""
+    settings live in groups (``sampler``, ``outer``; the tuner adds ``schedule``) and
+    whose ``hyperparams`` dict holds estimators of its own; old flat names raise naming
+    their new place."""
 
     def __new__(cls, *args, **kwargs):
         # Parameters that moved into a settings group are named with their new place
@@ -249,9 +270,10 @@ class GroupedParams:
 
     def set_params(self, **params):
         """As scikit-learn's; ``<group>__<name>`` works on a group's default (``None``)
-        too (the groups in ``_GROUPS``: ``sampler``, ``outer``), ``hyperparams__<name>``
-        replaces a kind and ``hyperparams__<name>__<param>`` sets a kind's parameter,
-        both on a copy of the dict (the caller's kinds are left alone)."""
+        too (the groups in ``_GROUPS``: ``sampler``, ``outer``, and the tuner's
+        ``schedule``), ``hyperparams__<name>`` replaces a kind and
+        ``hyperparams__<name>__<param>`` sets a kind's parameter, both on a copy of the
+        dict (the caller's kinds are left alone)."""
         moved = {k.split("__")[0] for k in params} & set(MOVED_PARAMETERS)
         if moved:
             raise moved_error(moved, ValueError)
@@ -261,16 +283,8 @@ class GroupedParams:
                 setattr(self, group, cls())
         kinds = {k: params.pop(k) for k in list(params) if k.startswith("hyperparams__")}
         if kinds:
-            hyperparams = {**params.pop("hyperparams", self.hyperparams)}
-            for key, value in kinds.items():
-                _, name, *param = key.split("__", 2)
-                if name not in hyperparams:
-                    raise ValueError(f"set_params: no hyperparameter {name!r} in "
-                                     f"hyperparams (names: {sorted(hyperparams)})")
-                # hyperparams__<name> replaces the kind, as a Pipeline's step name does
-                hyperparams[name] = (clone(hyperparams[name]).set_params(**{param[0]: value})
-                                     if param else value)
-            params["hyperparams"] = hyperparams
+            params["hyperparams"] = _with_kinds_set(
+                params.pop("hyperparams", self.hyperparams), kinds)
         return super().set_params(**params)
 
     def __setstate__(self, state):

@@ -128,6 +128,28 @@ def settings_fingerprints(net, hyperparams: dict, cv, random_state, *, scoring=N
     return {name: fingerprint(value) for name, value in values.items()}
 
 
+def resumable(previous: SearchState | None, data_hash: str,
+              settings_hash: dict) -> SearchState | None:
+    """``previous``, the saved search a ``warm_start=True`` fit continues, when it was
+    made on the same data and settings (None: nothing to continue); a ``ValueError``
+    naming what changed otherwise. A state saved before a fingerprint existed is not
+    held to it."""
+    if previous is None:
+        return None
+    if previous.data_hash != data_hash:
+        raise ValueError("warm_start=True continues a search on the same X and y; "
+                         "this data differs. Fit with warm_start=False to start over.")
+    saved = getattr(previous, "settings_hash", None) or settings_hash
+    changed = [name for name in settings_hash
+               if name in saved and saved[name] != settings_hash[name]]
+    if changed:
+        raise ValueError(
+            f"warm_start=True continues the saved search, but {', '.join(changed)} "
+            "changed since it started: set them back, or fit with warm_start=False "
+            "to start over")
+    return previous
+
+
 def _scoring_names(scoring):
     """``scoring`` as names: a callable by its qualified name (a scorer object's state,
     e.g. a call counter, must not make a resumed search look different)."""
