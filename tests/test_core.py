@@ -271,6 +271,44 @@ def test_bounds_per_leaf_hold_every_leaf_and_bad_bounds_are_named():
             minimize(outer, inner, lam0, torch.zeros(2, dtype=torch.float64), bounds=bad, **kw)
 
 
+def test_ift_neumann_steps_at_the_inner_lr_and_warns_when_its_series_grows():
+    """Ridge regression, whose hypergradient has a closed form: the Neumann series at its
+    default step (the inner lr, stable where the inner descent is) lands within 3% of
+    it; a step of 0.99, above 2 / lambda_max (about 4.6 here), diverges and says so."""
+    from sgld_tuner.core.baselines import NeumannWarning
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 60, 5
+    X, w = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(d, generator=g,
+                                                                          dtype=torch.float64)
+    y = X @ w + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    Xv = torch.randn(n, d, generator=g, dtype=torch.float64)
+    yv = Xv @ w + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    inner = lambda l, t: ((X @ t - y) ** 2).mean() + 0.5 * torch.exp(l) * (t ** 2).sum()  # noqa: E731
+    outer = lambda l, t: ((Xv @ t - yv) ** 2).mean()  # noqa: E731
+
+    def closed(lam):
+        eye = torch.eye(d, dtype=torch.float64)
+        theta = torch.linalg.solve(X.T @ X / n + 0.5 * torch.exp(lam) * eye, X.T @ y / n)
+        return ((Xv @ theta - yv) ** 2).mean()
+
+    lam = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    exact = float(torch.autograd.grad(closed(lam), lam)[0])
+
+    def hypergradient(**options):
+        res = minimize(outer, inner, torch.tensor(0.5, dtype=torch.float64),
+                       torch.zeros(d, dtype=torch.float64), method="ift-neumann", n_outer=1,
+                       outer_lr=1.0, inner_lr=0.1, n_inner=300, temperature=0.0,
+                       random_state=0, method_options=options or None)
+        return 0.5 - float(res.lam)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NeumannWarning)
+        assert hypergradient() == pytest.approx(exact, rel=0.03)
+    with pytest.warns(NeumannWarning, match="neumann_alpha=0.99"):
+        hypergradient(neumann_alpha=0.99)
+
+
 def test_non_scalar_loss_names_the_iteration():
     with pytest.raises(ValueError, match="outer iteration 0.*scalar"):
         minimize(lambda l, t: t, lambda l, t: (t ** 2).sum(), torch.tensor(1.0), torch.zeros(3),
@@ -281,6 +319,24 @@ def test_unused_lam_warns():
     with pytest.warns(UnusedHyperparameterWarning, match="outer iteration 0"):
         minimize(lambda l, t: ((t - 1) ** 2).sum(), lambda l, t: (t ** 2).sum(),
                  torch.tensor(1.0), torch.zeros(2), n_outer=1, burn_in=1, n_samples=1)
+
+
+def test_first_order_rmd_says_when_it_cannot_move_lam():
+    """A lam that reaches the outer loss only through the inner loss gets a zero
+    first-order hypergradient (its only path is the dropped mixed derivative): a warning
+    says so; through the chain's start (first-order MAML) it moves, without one."""
+    outer = lambda l, t: ((t - 1.0) ** 2).sum()  # noqa: E731
+    inner = lambda l, t: ((t - l) ** 2).sum()  # noqa: E731
+    kw = dict(method="rmd-fo", n_outer=2, n_inner=3, inner_lr=0.1, outer_lr=0.5,
+              temperature=0.0)
+    with pytest.warns(UnusedHyperparameterWarning, match="rmd-fo.*will not move"):
+        res = minimize(outer, inner, torch.tensor(0.0), torch.zeros(2), **kw)
+    assert float(res.lam) == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnusedHyperparameterWarning)
+        moved = minimize(outer, lambda l, t: (t ** 2).sum(), torch.tensor(0.0),
+                         lambda l: l * torch.ones(2), **kw)
+    assert float(moved.lam) != 0.0
 
 
 def test_non_finite_loss_keeps_last_finite_lam():

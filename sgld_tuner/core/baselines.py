@@ -11,6 +11,8 @@ SGLD temperature and noise do not apply to them.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from . import _tree
@@ -163,13 +165,26 @@ def _conjugate_gradient(hvp, b, iters, damping):
     return x
 
 
+class NeumannWarning(RuntimeWarning):
+    """The Neumann series grew: its step ``neumann_alpha`` is too large for the inner
+    Hessian (above ``2 / lambda_max``), and the IFT-Neumann hypergradient is unreliable."""
+
+
 def _neumann(hvp, b, iters, alpha):
-    """``H^-1 b ~ alpha * sum_{k=0}^{iters} (I - alpha H)^k b``."""
+    """``H^-1 b ~ alpha * sum_{k=0}^{iters} (I - alpha H)^k b``; a
+    :class:`NeumannWarning` when the last term is larger than the first (the series
+    diverges)."""
     term = [t.clone() for t in b]
     total = [t.clone() for t in b]
     for _ in range(iters):
         term = [t - alpha * h for t, h in zip(term, hvp(term))]
         total = [s + t for s, t in zip(total, term)]
+    last, first = (float(_tree.dot(v, v)) ** 0.5 for v in (term, b))
+    if iters and not last <= first:
+        warnings.warn(f"the Neumann series grows (its last term {last:.3g} against "
+                      f"{first:.3g} at the start): neumann_alpha={alpha:g} "
+                      "is above 2 / the inner Hessian's largest eigenvalue; lower it (None "
+                      "takes inner_lr)", NeumannWarning, stacklevel=2)
     return [alpha * s for s in total]
 
 
@@ -205,8 +220,9 @@ def ift_cg_hypergrad(problem, lam, state, settings, generator) -> Hypergradient:
 
 def ift_neumann_hypergrad(problem, lam, state, settings, generator) -> Hypergradient:
     """Implicit differentiation with a Neumann series (``neumann_iters``, ``neumann_alpha``)."""
+    alpha = settings.inner_lr if settings.neumann_alpha is None else settings.neumann_alpha
     return _ift_hypergrad(problem, lam, state, settings, lambda hvp, b: _neumann(
-        hvp, b, settings.neumann_iters, settings.neumann_alpha))
+        hvp, b, settings.neumann_iters, alpha))
 
 
 BASELINES = {

@@ -96,14 +96,17 @@ def project(lam: list[torch.Tensor], pairs: list[tuple] | None) -> None:
                 leaf.clamp_(min=low, max=high)
 
 
-def probe_dependence(problem: BilevelProblem, lam: list[torch.Tensor]) -> list[bool]:
-    """Which leaves of ``lam`` reach either loss at ``theta0`` (one extra evaluation)."""
+def probe_dependence(problem: BilevelProblem, lam: list[torch.Tensor],
+                     first_order: bool = False) -> list[bool]:
+    """Which leaves of ``lam`` reach either loss at ``theta0`` (one extra evaluation);
+    ``first_order``: not counting the path through the inner loss's mixed derivative,
+    which first-order methods drop."""
     theta = [t.detach().requires_grad_(True) for t in problem.start(lam)]
     inner_value = problem.inner(lam, theta)
     grad_inner = torch.autograd.grad(inner_value, theta, create_graph=True, allow_unused=True)
     used = [g for g in grad_inner if g is not None]
     via_inner = [False] * len(lam)
-    if used:
+    if used and not first_order:
         dummies = [torch.ones_like(g) for g in used]
         mixed = torch.autograd.grad(used, lam, grad_outputs=dummies, allow_unused=True)
         via_inner = [m is not None for m in mixed]
@@ -210,7 +213,7 @@ def minimize(outer_loss: Callable, inner_loss: Callable, lam0, theta0, *, method
     generator = make_generator(random_state, lam[0].device)
     optimizer = make_outer_optimizer(outer_optimizer, lam, outer_lr)
     state = ChainState()
-    _warn_unused(problem, lam)
+    _warn_unused(problem, lam, method)
 
     engine, tail = _outer_loop(problem, lam, lam_spec, state, settings, generator, optimizer,
                                n_outer=n_outer, bounds=bounds, projection=projection,
@@ -284,10 +287,13 @@ def _start_lam(lam0):
     return [t.detach().clone().requires_grad_(True) for t in leaves], lam_spec
 
 
-def _warn_unused(problem: BilevelProblem, lam) -> None:
-    """Warn about leaves of ``lam`` that reach neither loss (they would never move)."""
+def _warn_unused(problem: BilevelProblem, lam, method: str) -> None:
+    """Warn about leaves of ``lam`` that reach neither loss (they would never move), or,
+    for ``"rmd-fo"``, that reach the outer loss only through the inner one."""
     try:
         reached = probe_dependence(problem, lam)
+        first_order = probe_dependence(problem, lam, first_order=True) \
+            if method == "rmd-fo" else reached
     except (ValueError, TypeError) as exc:
         raise _at_iteration(0, exc) from exc
     if not all(reached):
@@ -295,6 +301,12 @@ def _warn_unused(problem: BilevelProblem, lam) -> None:
         warnings.warn(f"at outer iteration 0: lam leaves {names} affect neither the inner nor "
                       "the outer loss; their hypergradient is zero and they will not move",
                       UnusedHyperparameterWarning, stacklevel=3)
+    inner_only = [i for i, (ok, fo) in enumerate(zip(reached, first_order)) if ok and not fo]
+    if inner_only:
+        warnings.warn(f"at outer iteration 0: lam leaves {inner_only} reach the outer loss "
+                      "only through the inner loss, whose second derivatives method='rmd-fo' "
+                      "drops: their hypergradient is zero and they will not move (use 'rmd' "
+                      "or 'sgld')", UnusedHyperparameterWarning, stacklevel=3)
 
 
 def _result(engine: OuterLoop, problem: BilevelProblem, state: ChainState,
