@@ -159,6 +159,11 @@ class NetIO:
                     f"hyperparams {shadowed} rewrite the training loss but "
                     f"{names[replacing[-1]]!r} after them replaces it: they never move; "
                     "keep one loss-replacing kind", UserWarning, stacklevel=3)
+        device = str(self._net().device or "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"the net's device is {device!r} but torch sees no CUDA device "
+                             "(torch.cuda.is_available() is False): pass device='cpu', or "
+                             "run where a GPU and a CUDA build of torch are")
         lr = self._net().lr
         if not _positive_number(lr):
             raise ValueError(f"the net's lr must be a finite number > 0, got {lr!r}")

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.exceptions import NotFittedError
 
 __all__ = ["feature_relevance", "feature_strengths", "learned_values", "feature_names_out"]
 
@@ -39,7 +40,12 @@ def _per_feature_names(tuner: Any) -> list[str]:
 
 
 def _resolve_name(source: Any, name: str | None) -> str | None:
-    if name is not None or not _is_tuner(source):
+    if not _is_tuner(source):
+        return name
+    if name is not None:
+        if name not in source.hyperparams_:
+            raise ValueError(f"no hyperparameter {name!r}; the tuner's: "
+                             f"{list(source.hyperparams_)}")
         return name
     found = _per_feature_names(source)
     if len(found) != 1:
@@ -76,6 +82,9 @@ def learned_values(source: Any, name: str | None = None) -> Any:
     """
     if _is_tuner(source):
         return source.hyperparams_[_resolve_name(source, name)]
+    if hasattr(source, "fit") and hasattr(source, "hyperparams"):
+        raise NotFittedError(f"this {type(source).__name__} is not fitted yet: call fit "
+                             "before reading its learned values")
     if isinstance(source, dict) and name is not None and name in source:
         return source[name]
     return source
@@ -84,6 +93,9 @@ def learned_values(source: Any, name: str | None = None) -> Any:
 def _feature_vector(values: Any) -> np.ndarray:
     """The 1-D per-feature strengths inside a public value."""
     if isinstance(values, dict):
+        if any(isinstance(v, dict) for v in values.values()):
+            raise ValueError("got the values of hyperparameters by name (as best_params_ "
+                             f"holds them, {list(values)}): pass name= to pick one")
         if len(values) != 1:
             raise ValueError(
                 "expected the public value of a granularity='feature' kind (a dict with one "

@@ -80,3 +80,17 @@ def test_notebook_runs(tmp_path, monkeypatch):
               if o.get("output_type") == "error"]
     assert not errors
     nbformat.write(nb, str(tmp_path / "executed.ipynb"))
+
+
+@pytest.mark.parametrize("argv, named", [(["--seeds", "0"], "--seeds"),
+                                         (["--n-train", "5"], "--n-train"),
+                                         (["--n-train", "5000"], "--n-train"),
+                                         (["--n-outer", "0"], "--n-outer")])
+def test_the_demo_refuses_settings_it_cannot_run_as_argparse_does(argv, named, capsys):
+    """Exit status 2 and the option named, before any fit (``--seeds 0`` used to print an
+    empty header and fail in the plot; ``--n-train 5`` in scikit-learn's split)."""
+    from sgld_tuner.demo import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and named in capsys.readouterr().err

@@ -20,6 +20,20 @@ from test_tuner import TinyMLP, digits4, tiny_classifier, tiny_tuner  # noqa: F4
 
 
 # -- 1. saves ---------------------------------------------------------------------------------
+def test_a_save_gets_the_mode_a_plain_open_gives(digits4, tmp_path):
+    """Readable as the umask allows, as joblib.dump or torch.save would leave it (the
+    temporary file's 0600 used to be kept by the rename)."""
+    import os
+    import stat
+
+    tuner = tiny_tuner(n_outer=1, refit=False).fit(*digits4)
+    tuner.save(tmp_path / "tuner.sgld")
+    with open(tmp_path / "plain.bin", "wb"):
+        pass
+    mode = lambda name: stat.S_IMODE(os.stat(tmp_path / name).st_mode)  # noqa: E731
+    assert mode("tuner.sgld") == mode("plain.bin")
+
+
 def test_an_interrupted_save_leaves_the_previous_save_whole(digits4, tmp_path, monkeypatch):
     """save() used to truncate the file and then stream the pickle: a Ctrl-C mid-write
     left a stub that load() failed on with an unrelated parse error."""

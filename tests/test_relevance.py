@@ -157,3 +157,20 @@ def test_feature_strengths_is_a_series_indexed_by_feature_name(bare):
     # Without names: x0, x1, ...; a bare array has no hyperparameter name.
     assert list(relevance.feature_strengths(bare).index) == [f"x{i}" for i in range(6)]
     assert relevance.feature_strengths(np.array([0.5, 0.1])).name == "strength"
+
+
+def test_an_unfitted_tuner_and_values_by_name_are_named(bare):
+    """Not a TypeError about float() (values by name), nor the tuner itself handed back
+    as its values (unfitted)."""
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        learned_values(tiny_tuner(tiny_net(6)))
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        relevance.feature_strengths(tiny_tuner(tiny_net(6)))
+    with pytest.raises(ValueError, match=r"by name \(as best_params_ holds them, \['l1', "
+                                         r"'lr'\]\): pass name="):
+        feature_relevance(bare.best_params_)
+    assert len(feature_relevance(bare.best_params_, name="l1")) == 6
+    with pytest.raises(ValueError, match=r"no hyperparameter 'zz'; the tuner's: \['l1'\]"):
+        learned_values(bare, "zz")

@@ -170,6 +170,36 @@ def test_a_kind_is_replaced_by_its_name_and_the_callers_dict_kept():
     assert odd.hyperparams["l1_"].init == 0.2
 
 
+def test_a_point_carries_the_values_its_chains_ran_at(digits4):
+    """The no-search control (``n_outer=1``) refits the start values, even with a large
+    outer step (it used to refit the values one step on); and every point of
+    ``cv_results_``, and every row of ``history_``, holds the values of the chains it
+    scored, the first row the start."""
+    from sgld_tuner.hyperparams import WeightDecay
+
+    kind = {"wd": WeightDecay(init=0.01, granularity="global")}
+    big_step = {"lr": 2.0, "lr_ramp": 0, "eval_every": 1}
+    control = tiny_tuner(n_outer=1, outer=big_step).set_params(hyperparams=kind)
+    control.fit(*digits4)
+    assert control.best_params_["wd"] == pytest.approx(0.01, rel=1e-6)
+    assert control.cv_results_["param_wd"][0] == pytest.approx(0.01, rel=1e-6)
+    searched = tiny_tuner(n_outer=3, outer=big_step).set_params(hyperparams=kind)
+    searched.fit(*digits4)
+    trajectory = searched.history_["param_wd"].to_numpy()
+    assert trajectory[0] == pytest.approx(0.01, rel=1e-6) and trajectory[1] != trajectory[0]
+    np.testing.assert_allclose(searched.cv_results_["param_wd"].astype(float), trajectory)
+    best = searched.best_index_
+    assert searched.best_params_["wd"] == pytest.approx(trajectory[best], rel=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_a_cuda_net_without_a_cuda_device_is_named_before_training(digits4):
+    """Not torch's message about a missing ATen_cuda library, which reads as a broken
+    install."""
+    with pytest.raises(ValueError, match="device is 'cuda' but torch sees no CUDA device"):
+        tiny_tuner(tiny_classifier(device="cuda")).fit(*digits4)
+
+
 def test_classes_before_fit_is_an_attribute_error_naming_it():
     tuner = tiny_tuner()
     assert not hasattr(tuner, "classes_")

@@ -295,19 +295,23 @@ class _Recorder(Listener):
 
     def __init__(self, lane: Lane, oracle: FoldOracle):
         self.lane, self.oracle = lane, oracle
-        self._pending = None
+        self._pending = self._evaluated = None
 
     def on_iteration_begin(self, engine):
         self._pending = None
+        # The values the iteration's chains run at: its record and its scored point
+        # carry these, not the values after its outer step (with n_outer=1 the refit
+        # then gets the start values, and best_params_ the values that earned the score).
+        self._evaluated = [t.detach().clone() for t in engine.lam]
 
     def on_record(self, engine, record):
-        lane, k = self.lane, record["iteration"]
+        lane, k, lam = self.lane, record["iteration"], self._evaluated
         every = lane.context.outer.eval_every
         record["diverged"] = False
-        record.update({f"param_{name}": v for name, v in lane.summaries(engine.lam).items()})
+        record.update({f"param_{name}": v for name, v in lane.summaries(lam).items()})
         pending = {"iteration": k + 1, "lam": [t.detach().clone() for t in engine.lam]}
         if k % every == every - 1 or k == engine.n_outer - 1:
-            published, mean_scores = lane.scored_point(k, engine.lam, self.oracle.parallel)
+            published, mean_scores = lane.scored_point(k, lam, self.oracle.parallel)
             pending.update(published)
             errors = published["points"][-1]["errors"]
             if not lane.state.points and all(errors):

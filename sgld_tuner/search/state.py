@@ -198,10 +198,18 @@ def save(obj, path) -> None:
             joblib.dump(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _created_mode())  # mkstemp's 0600, not what open() would give
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _created_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def load(path, cls: type, trusted: bool):
