@@ -74,7 +74,8 @@ ESTIMATORS = {
     "rmd-50": dict(method="rmd", n_inner=50),
     "ift-cg-10": dict(method="ift-cg", cg_iters=10),
     "ift-cg-50": dict(method="ift-cg", cg_iters=50, cg_damping=1e-4),
-    "ift-neumann-10": dict(method="ift-neumann", neumann_iters=10),
+    # the step of the stored results (the core's default before it became inner_lr)
+    "ift-neumann-10": dict(method="ift-neumann", neumann_iters=10, neumann_alpha=0.99),
 }
 
 

@@ -176,9 +176,10 @@ def main(argv=None):
     parser.add_argument("--out", default="sgld_tuner_demo.png")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (splits)")
     args = parser.parse_args(argv)
-    # digits has 1,797 rows; both splits need every one of its 10 classes
-    if not 20 <= args.n_train <= 1777:
-        parser.error(f"--n-train must be in [20, 1777] (digits has 1,797 rows), "
+    # digits has 1,797 rows; both splits need its 10 classes, and the tuner's 3 folds
+    # 3 rows of each
+    if not 30 <= args.n_train <= 1777:
+        parser.error(f"--n-train must be in [30, 1777] (digits has 1,797 rows), "
                      f"got {args.n_train}")
     if args.n_outer < 1 or args.seeds < 1:
         parser.error(f"--n-outer and --seeds must be >= 1, got {args.n_outer} and "

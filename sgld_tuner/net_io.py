@@ -175,6 +175,11 @@ class NetIO:
         if sampler.method == "fmd":
             warnings.warn("method='fmd' stores a dim(theta) x dim(lam) Jacobian; it is only "
                           "practical for a handful of hyperparameters", UserWarning, stacklevel=3)
+        if sampler.method == "rmd-fo":
+            warnings.warn("method='rmd-fo' drops the second derivatives through which the "
+                          "kinds, in the training loss, reach the validation loss: their "
+                          "hypergradients are zero and the search will not move them; use "
+                          "'sgld' or 'rmd'", UserWarning, stacklevel=3)
 
     def _validate_inputs(self, X, y):
         if y is None:

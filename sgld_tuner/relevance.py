@@ -82,7 +82,7 @@ def learned_values(source: Any, name: str | None = None) -> Any:
     """
     if _is_tuner(source):
         return source.hyperparams_[_resolve_name(source, name)]
-    if hasattr(source, "fit") and hasattr(source, "hyperparams"):
+    if all(hasattr(source, a) for a in ("fit", "estimator", "hyperparams")):  # a tuner
         raise NotFittedError(f"this {type(source).__name__} is not fitted yet: call fit "
                              "before reading its learned values")
     if isinstance(source, dict) and name is not None and name in source:

@@ -325,10 +325,12 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         state, lam = lane.state, lane.engine.lam
         points, snapshots = state.points, state.snapshots
         if not points:
-            # Stopped before the first scheduled evaluation: score where the chains are
-            # (the starting point if nothing finite was ever reached). For these results
-            # only: a resume must not start with a point its trajectory never scored.
-            published, _ = lane.scored_point(state.iteration - 1, lam)
+            # Stopped before the first scheduled evaluation: score where the chains are,
+            # at the values they ran at (the start if nothing finite was ever reached).
+            # For these results only: a resume must not start with a point its trajectory
+            # never scored.
+            ran_at = lam if lane.last_evaluated is None else lane.last_evaluated
+            published, _ = lane.scored_point(state.iteration - 1, ran_at)
             points, snapshots = published["points"], published["snapshots"]
         metric_names = list(lane.context.scorers)
         self.cv_results_ = build_cv_results(points, metric_names, self.n_splits_,

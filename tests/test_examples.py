@@ -83,7 +83,7 @@ def test_notebook_runs(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, named", [(["--seeds", "0"], "--seeds"),
-                                         (["--n-train", "5"], "--n-train"),
+                                         (["--n-train", "20"], "--n-train"),
                                          (["--n-train", "5000"], "--n-train"),
                                          (["--n-outer", "0"], "--n-outer")])
 def test_the_demo_refuses_settings_it_cannot_run_as_argparse_does(argv, named, capsys):

@@ -22,7 +22,8 @@ from test_tuner import TinyMLP, digits4, tiny_classifier, tiny_tuner  # noqa: F4
 # -- 1. saves ---------------------------------------------------------------------------------
 def test_a_save_gets_the_mode_a_plain_open_gives(digits4, tmp_path):
     """Readable as the umask allows, as joblib.dump or torch.save would leave it (the
-    temporary file's 0600 used to be kept by the rename)."""
+    temporary file's 0600 used to be kept by the rename); a file saved over keeps its
+    mode; no temporary file is left."""
     import os
     import stat
 
@@ -32,6 +33,10 @@ def test_a_save_gets_the_mode_a_plain_open_gives(digits4, tmp_path):
         pass
     mode = lambda name: stat.S_IMODE(os.stat(tmp_path / name).st_mode)  # noqa: E731
     assert mode("tuner.sgld") == mode("plain.bin")
+    os.chmod(tmp_path / "tuner.sgld", 0o600)  # saved over, a file keeps its mode
+    tuner.save(tmp_path / "tuner.sgld")
+    assert mode("tuner.sgld") == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_an_interrupted_save_leaves_the_previous_save_whole(digits4, tmp_path, monkeypatch):

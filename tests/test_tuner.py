@@ -190,6 +190,17 @@ def test_a_point_carries_the_values_its_chains_ran_at(digits4):
     np.testing.assert_allclose(searched.cv_results_["param_wd"].astype(float), trajectory)
     best = searched.best_index_
     assert searched.best_params_["wd"] == pytest.approx(trajectory[best], rel=1e-6)
+    # stopped by a callback before the first scheduled point: scored where the chains
+    # are, at the values of the last iteration they ran
+    stopped = tiny_tuner(n_outer=10, outer={**big_step, "eval_every": 5},
+                         callbacks=[lambda record: record["iteration"] >= 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stopped.set_params(hyperparams=kind).fit(*digits4)
+    last = stopped.history_["param_wd"].to_numpy()[-1]
+    assert len(stopped.history_) == 2 and last != pytest.approx(0.01, rel=1e-3)
+    assert stopped.cv_results_["param_wd"][0] == pytest.approx(last, rel=1e-6)
+    assert stopped.best_params_["wd"] == pytest.approx(last, rel=1e-6)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
@@ -198,6 +209,15 @@ def test_a_cuda_net_without_a_cuda_device_is_named_before_training(digits4):
     install."""
     with pytest.raises(ValueError, match="device is 'cuda' but torch sees no CUDA device"):
         tiny_tuner(tiny_classifier(device="cuda")).fit(*digits4)
+
+
+def test_first_order_rmd_in_the_tuner_says_nothing_will_move(digits4):
+    """Every kind enters the training loss: first-order RMD gives each a zero
+    hypergradient (the values indeed stay at their start)."""
+    tuner = tiny_tuner(n_outer=2, sampler={"method": "rmd-fo"})
+    with pytest.warns(UserWarning, match="rmd-fo.*will not move them"):
+        tuner.fit(*digits4)
+    assert tuner.history_["param_l1"].nunique() == 1
 
 
 def test_classes_before_fit_is_an_attribute_error_naming_it():

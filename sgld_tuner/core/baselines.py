@@ -181,10 +181,12 @@ def _neumann(hvp, b, iters, alpha):
         total = [s + t for s, t in zip(total, term)]
     last, first = (float(_tree.dot(v, v)) ** 0.5 for v in (term, b))
     if iters and not last <= first:
-        warnings.warn(f"the Neumann series grows (its last term {last:.3g} against "
-                      f"{first:.3g} at the start): neumann_alpha={alpha:g} "
-                      "is above 2 / the inner Hessian's largest eigenvalue; lower it (None "
-                      "takes inner_lr)", NeumannWarning, stacklevel=2)
+        # one message whatever the norms: the default filter then shows it once
+        warnings.warn(f"the Neumann series grows, so the IFT-Neumann hypergradient is "
+                      f"unreliable: neumann_alpha={alpha:g} is above 2 / the inner "
+                      "Hessian's largest eigenvalue (lower it; None takes inner_lr), or the "
+                      "Hessian has negative eigenvalues (the inner solution is not a "
+                      "minimum)", NeumannWarning, stacklevel=2)
     return [alpha * s for s in total]
 
 

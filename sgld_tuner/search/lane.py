@@ -63,6 +63,8 @@ class Lane:
         self.chains = FoldChains(folds, self._fold_batch(folds))
         self.bound = folds[0].problem.bound
         self.engine = None
+        #: the values the last committed iteration's chains ran at (None before one)
+        self.last_evaluated = None
         #: the rung of a race this lane runs in (``iter`` in ``cv_results_``)
         self.rung = 0
         #: when set, :meth:`rung_scores` uses the points from this outer iteration on
@@ -326,3 +328,4 @@ class _Recorder(Listener):
 
     def on_commit(self, engine, record):
         self.lane.state.publish(self._pending)
+        self.lane.last_evaluated = self._evaluated

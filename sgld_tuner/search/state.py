@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
+import secrets
+import stat
 from dataclasses import dataclass, field
 
 import joblib
@@ -191,25 +192,23 @@ def save(obj, path) -> None:
     interrupted or failed save leaves the previous file whole."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".sgld_tuner-", suffix=".tmp", dir=folder)
+    tmp = os.path.join(folder, f".sgld_tuner-{secrets.token_hex(8)}.tmp")
+    # created as open() creates a file (0666 less the umask), not mkstemp's 0600; a file
+    # saved over keeps its mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(SAVE_HEADER)
             joblib.dump(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, _created_mode())  # mkstemp's 0600, not what open() would give
+        if os.path.exists(path):
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
-
-
-def _created_mode() -> int:
-    """The mode ``open(path, "w")`` gives a new file: 0666 less the process's umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def load(path, cls: type, trusted: bool):
