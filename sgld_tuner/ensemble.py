@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import pickle
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, is_classifier, is_regressor
+from sklearn.base import BaseEstimator, clone, is_classifier, is_regressor
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
@@ -327,7 +328,7 @@ def collect_posterior_samples(net, hyperparams, learned_values, X, y, *, n_sampl
     y = np.asarray(y)
     if len(X) != len(y):
         raise ValueError(f"X and y have different lengths ({len(X)} and {len(y)})")
-    work = copy.deepcopy(net)  # the user's net (module mode, BN buffers) stays untouched
+    work = _working_copy(net)  # the user's net (module mode, BN buffers) stays untouched
     step = functools.partial(langevin_step, lr=inner_lr, temperature=temperature,
                              noise_scale=noise_scale)
     samples = _seeded_chain(work, hyperparams, learned_values, X, y, step,
@@ -336,6 +337,19 @@ def collect_posterior_samples(net, hyperparams, learned_values, X, y, *, n_sampl
     work.module_.load_state_dict(samples[-1])
     work.module_.eval()
     return PosteriorEnsemble(work, samples, classes=classes)
+
+
+def _working_copy(net):
+    """A copy of the initialized ``net``. skorch copies a net by pickling it, which fails
+    for a module class defined inside a function: then a clone initialized afresh, given
+    the net's module state (parameters, buffers, mode)."""
+    try:
+        return copy.deepcopy(net)
+    except (AttributeError, pickle.PicklingError):
+        work = clone(net).initialize()
+        work.module_.load_state_dict(net.module_.state_dict())
+        work.module_.train(net.module_.training)
+        return work
 
 
 def _seeded_chain(work, hyperparams, learned_values, X, y, step, *, batch_size, random_state,

@@ -316,3 +316,21 @@ def test_calibration_report_needs_a_refit_tuner(digits4):
                            outer=OuterSettings(eval_every=1)).fit(X, y)
     with pytest.raises(ValueError, match="no refit net"):
         calibration_report(tuner, X, y)
+
+
+def test_a_module_class_defined_in_a_function_gets_its_posterior(fitted_net, digits4):
+    """skorch copies a net by pickling it, which a local class cannot take: the chain then
+    runs on a fresh clone given the net's module state, and gives the samples the
+    picklable class gives (same weights, same seed)."""
+    X, y = digits4
+
+    class LocalMLP(TinyMLP):
+        pass
+
+    torch.manual_seed(0)
+    local = make_learned_net(tiny_net().set_params(module=LocalMLP), HP, VALUES).initialize()
+    local.module_.load_state_dict(fitted_net.module_.state_dict())
+    with pytest.raises((AttributeError, pickle.PicklingError)):
+        copy.deepcopy(local)
+    np.testing.assert_allclose(chain(local, X, y).predict_proba(X),
+                               chain(fitted_net, X, y).predict_proba(X), rtol=1e-5, atol=1e-6)

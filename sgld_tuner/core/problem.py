@@ -94,8 +94,8 @@ class InnerSettings:
     neumann_iters, neumann_alpha : int, float or None
         IFT-Neumann: series length ``i`` and step ``alpha`` in
         ``H^-1 v ~ alpha * sum_k (I - alpha H)^k v``; ``None``: ``inner_lr``, so the
-        series converges wherever the inner gradient descent does (``alpha`` below
-        ``2 / lambda_max(H)``; a fixed 0.99 diverged on a ridge with ``lambda_max`` 4.6).
+        series converges wherever the inner gradient descent does (both need ``alpha``
+        below ``2 / lambda_max(H)``; a fixed step diverges on a stiffer Hessian).
     """
 
     method: str = "sgld"

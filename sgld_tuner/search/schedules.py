@@ -4,9 +4,10 @@ A :class:`Schedule` decides which lanes a search runs (each lane an HPO-SGLD sea
 the same folds, possibly with other settings of the net, e.g. its ``lr``), how long each
 runs and which one the refit takes. ``SGLDHyperTuner(schedule=...)`` takes any schedule
 (default: :class:`~sgld_tuner.search.race.Race`, the race of the net's ``lr``); the plain
-search (:class:`PlainSearch`) is one lane run ``n_outer`` iterations. A schedule only calls :class:`LaneFactory` and :meth:`Lane.run
-<sgld_tuner.search.lane.Lane.run>`, and reads lanes' states: it never needs to touch the
-tuner, as scikit-learn's ``_run_search`` serves its Halving and Randomized searches.
+search (:class:`PlainSearch`) is one lane run ``n_outer`` iterations. A schedule only
+calls :class:`LaneFactory` and :meth:`Lane.run <sgld_tuner.search.lane.Lane.run>`, and
+reads lanes' states: it never needs to touch the tuner, as scikit-learn's ``_run_search``
+serves its Halving and Randomized searches.
 """
 from __future__ import annotations
 
