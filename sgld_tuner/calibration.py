@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from sklearn.base import is_regressor
 from sklearn.metrics import accuracy_score, log_loss
 
 __all__ = ["expected_calibration_error", "calibration_report"]
@@ -139,6 +140,10 @@ def calibration_report(tuner_or_models, X_test, y_test, *, n_bins: int = 15):
     import pandas as pd
 
     models = _as_named_models(tuner_or_models)
+    regressors = [name for name, (model, _, _) in models.items() if is_regressor(model)]
+    if regressors:
+        raise ValueError(f"calibration_report needs classifiers (class probabilities); "
+                         f"{regressors} are regressors")
     y_test = np.asarray(y_test)
     rows = []
     for name, (model, as_float32, classes) in models.items():

@@ -318,6 +318,17 @@ def test_calibration_report_needs_a_refit_tuner(digits4):
         calibration_report(tuner, X, y)
 
 
+def test_calibration_report_names_a_regressor(digits4):
+    """Not "labels ... are not among the classes": a regressor has no class probabilities."""
+    X, y = digits4
+    torch.manual_seed(0)
+    regressor = NeuralNetRegressor(TinyMLP, module__n_in=64, module__n_out=1, max_epochs=1,
+                                   train_split=None, verbose=0).fit(X, y[:, None].astype(np.float32))
+    with pytest.raises(ValueError, match=r"needs classifiers.*\['NeuralNetRegressor'\] are "
+                                         "regressors"):
+        calibration_report([regressor], X, y)
+
+
 def test_a_module_class_defined_in_a_function_gets_its_posterior(fitted_net, digits4):
     """skorch copies a net by pickling it, which a local class cannot take: the chain then
     runs on a fresh clone given the net's module state, and gives the samples the
