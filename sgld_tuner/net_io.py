@@ -7,7 +7,6 @@ parameters (``estimator``, ``hyperparams``, ``cv``, ``refit``, ``scorer_``...).
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -26,7 +25,7 @@ from .hyperparams import Hyperparameter
 from .search.refit import weights_finite
 from .search.routing import metadata_router
 from .search.scoring import refit_metric
-from .search.settings import SamplerSettings
+from .search.settings import SamplerSettings, is_learning_rate
 from .skorch_adapter import takes_ids
 
 
@@ -82,18 +81,6 @@ def _cast_finite(values, dtype, name: str) -> np.ndarray:
                          f"dtype {np.dtype(dtype).name} (|value| above "
                          f"{np.finfo(dtype).max:.3g}): rescale them")
     return cast
-
-
-
-def _positive_number(value) -> bool:
-    """A finite real number > 0 (a Python or numpy number, or a one-element tensor)."""
-    if isinstance(value, (bool, str, bytes)):
-        return False
-    try:
-        value = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return False
-    return 0 < value < math.inf
 
 
 class NetIO:
@@ -165,7 +152,7 @@ class NetIO:
                              "(torch.cuda.is_available() is False): pass device='cpu', or "
                              "run where a GPU and a CUDA build of torch are")
         lr = self._net().lr
-        if not _positive_number(lr):
+        if not is_learning_rate(lr):
             raise ValueError(f"the net's lr must be a finite number > 0, got {lr!r}")
         batch_size = sampler.batch_size if sampler.batch_size is not None else self._net().batch_size
         if batch_size is None or not (batch_size == -1 or batch_size >= 1):

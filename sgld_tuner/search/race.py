@@ -23,6 +23,7 @@ from sklearn.model_selection import ParameterGrid
 from .context import FitContext
 from .lane import Lane
 from .schedules import LaneFactory, PlainSearch, Schedule
+from .settings import is_learning_rate
 
 
 class RaceWarning(UserWarning):
@@ -319,7 +320,7 @@ def _valid_value(name: str, value) -> bool:
     if isinstance(value, bool):
         return False
     if name == "lr":
-        return isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
+        return is_learning_rate(value)
     if not isinstance(value, numbers.Integral):
         return False
     return value >= 1 or (name == "batch_size" and value == -1)

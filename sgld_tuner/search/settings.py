@@ -7,6 +7,7 @@ the tuner by ``get_params(deep=True)`` and ``set_params(sampler__temperature=...
 """
 from __future__ import annotations
 
+import math
 from numbers import Integral, Real
 
 from sklearn.base import BaseEstimator, clone
@@ -219,6 +220,18 @@ def moved_error(names, error: type = TypeError) -> Exception:
     where = "; ".join(f"{n} -> {MOVED_PARAMETERS[n]}" for n in sorted(names))
     return error(f"SGLDHyperTuner's {sorted(names)} moved into grouped settings: {where} "
                      "(set_params: 'sampler__<name>' / 'outer__<name>')")
+
+
+def is_learning_rate(value) -> bool:
+    """A finite real number > 0 (a Python or numpy number, or a one-element tensor): the
+    one rule for the net's ``lr`` and a race's lr candidates."""
+    if isinstance(value, (bool, str, bytes)):
+        return False
+    try:
+        value = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return 0 < value < math.inf
 
 
 def _with_kinds_set(hyperparams: dict, settings: dict) -> dict:
