@@ -1,5 +1,6 @@
 """The recursion strategies: one interface, state that survives copies, rollbacks and
 pickles, and estimates checked against closed forms (float64)."""
+import math
 import pickle
 from types import SimpleNamespace
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from sgld_tuner.core import BilevelProblem, ChainState, InnerSettings, hypergradient
+from sgld_tuner.core import recursions
 from sgld_tuner.core.recursions import RECURSIONS, StepProducts, make_recursion
 from sgld_tuner.problems import RidgePerFeature
 from sgld_tuner.search.chains import FoldChain, FoldChains
@@ -270,3 +272,47 @@ def test_the_accelerated_adjoint_converges_on_an_ill_conditioned_problem(adjoint
         assert error < 0.05
     else:  # the default: the test tells the two apart
         assert error > 0.5
+
+
+def _adjoint_under_low_rank_minibatch_hessians(ratio, adjoint, steps=2000, dim=50, rank=10):
+    """The tracked adjoint fed minibatch-like Hessians ``H_k = A_k^T A_k / dim`` (``A_k``:
+    ``rank`` Gaussian rows, a new draw every step, as a net's Gauss-Newton over a
+    minibatch), ``E[H_k] = rank / dim * I``, at ``eta = 0.5``; ``ratio`` is the runaway
+    test's (``inf``: off). Returns the adjoint's mean over the later half of the steps
+    (the hypergradient averages ``w`` over its samples), whether it was dropped, and
+    ``E[H]^-1 v``."""
+    settings = InnerSettings(inner_lr=0.5, burn_in=0, n_samples=steps, curvature_every=1,
+                             adjoint=adjoint).validate()
+    gen = torch.Generator().manual_seed(1)
+    v = torch.randn(dim, generator=gen, dtype=DT)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(recursions, "RUNAWAY_RATIO", ratio)
+        recursion = make_recursion(settings, [torch.zeros(1, dtype=DT)],
+                                   start_depends_on_lam=False)
+        recursion.begin(None, [torch.zeros(dim, dtype=DT)])
+        later = torch.zeros(dim, dtype=DT)
+        for m in range(1, steps + 1):
+            rows = torch.randn(rank, dim, generator=gen, dtype=DT)
+            w = recursion.vector([v])[0]
+            recursion.update(StepProducts(m=m, v=[v], mixed=None,
+                                          hess_u=[rows.T @ (rows @ w) / dim],
+                                          outer_value=None))
+            if m > steps // 2:
+                later += recursion.w[0] / (steps - steps // 2)
+    return later, bool(recursion.plain), v * dim / rank
+
+
+def test_a_runaway_accelerated_adjoint_is_dropped_for_the_plain_iteration():
+    """Under minibatch Hessians that change every step (each curvature ``a h`` within the
+    step cap on average, but not step by step) Nesterov's momentum grows the adjoint
+    without bound while the plain iteration settles near ``E[H]^-1 v``; the runaway
+    test drops the accelerated adjoint, which then lands near it as the plain one does. A
+    plain iteration that settles is never dropped."""
+    runaway, dropped, exact = _adjoint_under_low_rank_minibatch_hessians(math.inf, "accelerated")
+    assert not dropped and not float(runaway.norm()) < 1e6 * float(exact.norm())
+    guarded, dropped, _ = _adjoint_under_low_rank_minibatch_hessians(100.0, "accelerated")
+    assert dropped
+    plain, plain_dropped, _ = _adjoint_under_low_rank_minibatch_hessians(100.0, "gradient")
+    assert not plain_dropped
+    for got in (guarded, plain):
+        assert float((got - exact).norm() / exact.norm()) < 0.1

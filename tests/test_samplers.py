@@ -84,3 +84,22 @@ def test_sampler_buffers_survive_a_chain_state_copy(sampler):
     gen.set_state(gen_state)
     torch.testing.assert_close(hypergradient(problem, lam, saved, settings, gen).grad[0],
                                straight, rtol=0, atol=0)
+
+
+def test_psgld_noise_where_the_gradient_vanishes_is_a_typical_weights():
+    """One pSGLD step from 0 on one tensor, half its gradients 0 and half 1 (``r = |g|``
+    at the first step, mean 0.5). Where the gradient is 0, ``P = 1 / eps`` and the noise
+    ``sqrt(2 eta tau / eps)`` (about 9 here) would throw the weight far off: it diffuses
+    as at the tensor's mean, ``sqrt(2 eta tau / 0.5)``. Where the gradient is 1
+    (``P = 1``, above the mean) the noise is the Langevin one, ``sqrt(2 eta tau)``."""
+    eta, tau, n = 0.01, 4e-5, 20_000
+    settings = InnerSettings(inner_lr=eta, temperature=tau, sampler="psgld",
+                             precond_eps=1e-8).validate()
+    chain = make_sampler(settings)
+    grads = torch.cat([torch.zeros(n, dtype=DT), torch.ones(n, dtype=DT)])
+    (theta,) = chain.step([torch.zeros(2 * n, dtype=DT)], [grads],
+                          torch.Generator().manual_seed(0))
+    flat, steep = theta[:n], theta[n:] + eta  # the drift moved the steep half by -eta
+    assert float(flat.std()) == pytest.approx((2 * eta * tau / 0.5) ** 0.5, rel=0.03)
+    assert float(steep.std()) == pytest.approx((2 * eta * tau) ** 0.5, rel=0.03)
+    torch.testing.assert_close(chain.precond()[0][:n], torch.full((n,), 1e8, dtype=DT))

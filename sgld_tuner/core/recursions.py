@@ -236,6 +236,13 @@ class DampedRecursion(Recursion):
             if self.persistent else None
 
 
+#: how far beyond its system's solution (``w^T H w`` over ``|v^T w|``, 1 there) an
+#: adjoint must grow, on how many adjoint steps in a row (one step can be a minibatch's
+#: noise), before :class:`TrackedRecursion` drops it
+RUNAWAY_RATIO = 100.0
+RUNAWAY_STEPS = 3
+
+
 class TrackedRecursion(Recursion):
     """An adjoint ``w ~ H_T^-1 grad_theta f`` tracked along the chain.
 
@@ -266,6 +273,17 @@ class TrackedRecursion(Recursion):
     * ``"gradient"``: the plain iteration ``w' = w - a P (H_T w - v)``.
 
     ``a`` is ``eta`` capped by the curvature safeguard (:meth:`_safeguarded`).
+
+    A last safeguard drops a runaway adjoint: at the system's solution ``w^T H_T w =
+    v^T w``; where ``w^T H_T w`` exceeds ``|v^T w|`` :data:`RUNAWAY_RATIO`-fold on
+    :data:`RUNAWAY_STEPS` adjoint steps in a row, ``w`` has grown far beyond anything
+    ``v`` supports, so it restarts from zero and the chain's adjoint iterates without
+    momentum from then on, at half the step. (Nesterov's iteration is stable only where
+    ``a h < 4/3``, the plain one to 2; a net trained at a large lr sits at the edge of
+    stability, with minibatch curvatures near ``2 / eta`` that the Rayleigh quotient
+    along ``w`` does not see, and there the accelerated adjoint grew without bound along
+    a long chain, the hypergradient finite but meaningless: ``docs/bias.md``.) The test
+    is scale-free: a large ``w`` that solves its system (small curvatures) passes.
     """
 
     name = "tracked"
@@ -299,7 +317,7 @@ class TrackedRecursion(Recursion):
         self.w = carried if carried is not None else _tree.zeros_like(theta)
         device, dtype = theta[0].device, theta[0].dtype
         shape = () if self.slices is None else (self.slices,)
-        for key in ("curvature", "shift", "age"):
+        for key in ("curvature", "shift", "age", "worse", "plain"):
             kept = self._saved(saved, key) if self.persistent else None
             setattr(self, key, kept[0] if kept else torch.zeros(shape, device=device, dtype=dtype))
         # x: the last plain step's iterate (the momentum is x' - x). A state without one
@@ -329,28 +347,53 @@ class TrackedRecursion(Recursion):
             if step.mixed is not None:
                 self.g = [-b for b in step.mixed]
             if step.hess_u is not None:
-                shift = self.shift
-                hess_w, step_size = self._safeguarded(step.hess_u, step.precond)
-                grad = [hw - ft for hw, ft in zip(hess_w, step.v)]
-                resid = grad
-                if step.precond is not None:  # the same dynamics as the chain's step
-                    resid = [p * r for p, r in zip(step.precond, grad)]
-                if not self.accelerated:
-                    self.w = [w - _along(step_size, w) * r for w, r in zip(self.w, resid)]
-                    return
-                # one fused pass per leaf (addcmul), not a scaled temporary and a sum: the
-                # momentum's two extra passes cost no more than the plain step's before
-                x = [torch.addcmul(w, _along(step_size, w), r, value=-1.0)
-                     for w, r in zip(self.w, resid)]
-                moved = [a - b for a, b in zip(x, self.x)]
-                # restart where the step went uphill on w^T H w / 2 - v^T w, or the
-                # safeguard's shift changed the system (tensor ops: no host sync)
-                keep = (self._dot(grad, moved) <= 0) & (self.shift <= shift)
-                self.beta = torch.where(keep, self.age / (self.age + 3.0),
-                                        torch.zeros_like(self.age))
-                self.age = torch.where(keep, self.age + 1.0, torch.zeros_like(self.age))
-                self.w = [torch.addcmul(a, _along(self.beta, a), d) for a, d in zip(x, moved)]
-                self.x = x
+                self._adjoint_step(step)
+
+    def _adjoint_step(self, step) -> None:
+        """One step of the iteration on ``H_T w = v`` (tensor ops: no host sync)."""
+        shift = self.shift
+        hess_w, step_size = self._safeguarded(step.hess_u, step.precond)
+        dropped = self._runaway(hess_w, step.v)
+        grad = [hw - ft for hw, ft in zip(hess_w, step.v)]
+        resid = grad
+        if step.precond is not None:  # the same dynamics as the chain's step
+            resid = [p * r for p, r in zip(step.precond, grad)]
+        if not self.accelerated:
+            self.w = [w - _along(step_size, w) * r for w, r in zip(self.w, resid)]
+            self.w = self._restart_where(dropped, self.w)
+            return
+        # one fused pass per leaf (addcmul), not a scaled temporary and a sum: the
+        # momentum's two extra passes cost no more than the plain step's before
+        x = [torch.addcmul(w, _along(step_size, w), r, value=-1.0)
+             for w, r in zip(self.w, resid)]
+        moved = [a - b for a, b in zip(x, self.x)]
+        # restart where the step went uphill on w^T H w / 2 - v^T w, or the safeguard's
+        # shift changed the system; no momentum once an adjoint was dropped
+        keep = (self._dot(grad, moved) <= 0) & (self.shift <= shift) & (self.plain == 0)
+        self.beta = torch.where(keep, self.age / (self.age + 3.0), torch.zeros_like(self.age))
+        self.age = torch.where(keep, self.age + 1.0, torch.zeros_like(self.age))
+        self.w = self._restart_where(
+            dropped, [torch.addcmul(a, _along(self.beta, a), d) for a, d in zip(x, moved)])
+        self.x = self._restart_where(dropped, x)
+
+    def _runaway(self, hess_w, v) -> torch.Tensor:
+        """Where (per slice) ``w`` has run away (:data:`RUNAWAY_RATIO`) on
+        :data:`RUNAWAY_STEPS` steps in a row; there the iteration loses its momentum for
+        good and its step halves (``curvature`` at least ``2 / eta``)."""
+        beyond = self._dot(self.w, hess_w) > RUNAWAY_RATIO * self._dot(v, self.w).abs()
+        self.worse = torch.where(beyond, self.worse + 1.0, torch.zeros_like(self.worse))
+        dropped = self.worse >= RUNAWAY_STEPS
+        self.worse = torch.where(dropped, torch.zeros_like(self.worse), self.worse)
+        self.plain = torch.where(dropped, torch.ones_like(self.plain), self.plain)
+        halved = torch.maximum(2.0 * self.curvature, torch.full_like(self.curvature,
+                                                                     2.0 / self.eta))
+        self.curvature = torch.where(dropped, halved, self.curvature)
+        return dropped
+
+    @staticmethod
+    def _restart_where(dropped: torch.Tensor, tensors: list) -> list:
+        """``tensors`` with the dropped slices set to zero."""
+        return [torch.where(_along(dropped, t), torch.zeros_like(t), t) for t in tensors]
 
     def _safeguarded(self, hess_w, precond):
         """``(H w + s M w, step)``: the adjoint's Hessian product, shifted by ``s``, and its
@@ -389,12 +432,14 @@ class TrackedRecursion(Recursion):
         self.diagnostics["adjoint_norm"] = float(_tree.dot(self.w, self.w).sqrt())
         self.diagnostics["adjoint_curvature"] = float(self.curvature.max())
         self.diagnostics["adjoint_shift"] = float(self.shift.max())
+        self.diagnostics["adjoint_dropped"] = float(self.plain.max())
         if self.accelerated:
             self.diagnostics["adjoint_momentum"] = float(self.beta.max())
         if not self.persistent:
             return None
         tensors = {"w": [t.detach() for t in self.w], "curvature": [self.curvature.detach()],
-                   "shift": [self.shift.detach()]}
+                   "shift": [self.shift.detach()], "worse": [self.worse.detach()],
+                   "plain": [self.plain.detach()]}
         if self.accelerated:
             tensors["x"] = [t.detach() for t in self.x]
             tensors["age"] = [self.age.detach()]
