@@ -352,8 +352,8 @@ class TrackedRecursion(Recursion):
     def _adjoint_step(self, step) -> None:
         """One step of the iteration on ``H_T w = v`` (tensor ops: no host sync)."""
         shift = self.shift
-        hess_w, step_size = self._safeguarded(step.hess_u, step.precond)
-        dropped = self._runaway(hess_w, step.v)
+        hess_w, step_size, w_hess_w = self._safeguarded(step.hess_u, step.precond)
+        dropped = self._runaway(w_hess_w, step.v)
         grad = [hw - ft for hw, ft in zip(hess_w, step.v)]
         resid = grad
         if step.precond is not None:  # the same dynamics as the chain's step
@@ -376,11 +376,12 @@ class TrackedRecursion(Recursion):
             dropped, [torch.addcmul(a, _along(self.beta, a), d) for a, d in zip(x, moved)])
         self.x = self._restart_where(dropped, x)
 
-    def _runaway(self, hess_w, v) -> torch.Tensor:
+    def _runaway(self, w_hess_w, v) -> torch.Tensor:
         """Where (per slice) ``w`` has run away (:data:`RUNAWAY_RATIO`) on
         :data:`RUNAWAY_STEPS` steps in a row; there the iteration loses its momentum for
-        good and its step halves (``curvature`` at least ``2 / eta``)."""
-        beyond = self._dot(self.w, hess_w) > RUNAWAY_RATIO * self._dot(v, self.w).abs()
+        good and its step halves (``curvature`` at least ``2 / eta``). ``w_hess_w``:
+        ``w`` times its (shifted) Hessian product."""
+        beyond = w_hess_w > RUNAWAY_RATIO * self._dot(v, self.w).abs()
         self.worse = torch.where(beyond, self.worse + 1.0, torch.zeros_like(self.worse))
         dropped = self.worse >= RUNAWAY_STEPS
         self.worse = torch.where(dropped, torch.zeros_like(self.worse), self.worse)
@@ -396,8 +397,9 @@ class TrackedRecursion(Recursion):
         return [torch.where(_along(dropped, t), torch.zeros_like(t), t) for t in tensors]
 
     def _safeguarded(self, hess_w, precond):
-        """``(H w + s M w, step)``: the adjoint's Hessian product, shifted by ``s``, and its
-        step size. Tensor ops, no host sync.
+        """``(H w + s M w, step, w^T (H w + s M w))``: the adjoint's Hessian product,
+        shifted by ``s``, its step size and ``w`` times the product. Tensor ops, no host
+        sync.
 
         The gradient iteration on ``H w = v`` is stable only where the (preconditioned)
         Hessian is positive and ``step * h <= 2``. A chain can train where that fails: on
@@ -412,15 +414,15 @@ class TrackedRecursion(Recursion):
         """
         scaled = self.w if precond is None else [w / p for w, p in zip(self.w, precond)]
         den = self._dot(self.w, scaled)
-        q = torch.where(den > 0, self._dot(self.w, hess_w) / den.clamp_min(1e-300),
-                        torch.zeros_like(den))
+        w_hess_w = self._dot(self.w, hess_w)
+        q = torch.where(den > 0, w_hess_w / den.clamp_min(1e-300), torch.zeros_like(den))
         q = torch.nan_to_num(q, nan=0.0)
         self.shift = torch.maximum(self.shift, (-2.0 * q).clamp_min(0.0))
         self.curvature = torch.maximum(self.curvature, q + self.shift)
         shifted = [h + _along(self.shift, x) * x for h, x in zip(hess_w, scaled)]
         step = torch.minimum(torch.as_tensor(self.eta, dtype=den.dtype, device=den.device),
                              1.0 / self.curvature.clamp_min(1e-300))
-        return shifted, step
+        return shifted, step, w_hess_w + self.shift * den
 
     def _dot(self, a, b):
         """``a . b`` over the chain, or per slice (a ``(K,)`` tensor) for stacked chains."""
