@@ -190,11 +190,14 @@ def main(argv=None):
 
 
 def _merged(stem: str, df: pd.DataFrame, only: tuple, command: str, cpu: float):
-    """The written results with the rerun methods' rows replaced by ``df``'s."""
+    """The written results with the rows rerun (same data, training, seed and method)
+    replaced by ``df``'s; a run on a subset of the data or trainings keeps the rest."""
     with open(stem + ".json") as fh:
         old = json.load(fh)
     kept = pd.DataFrame.from_records(old["rows"])
-    kept = kept[~kept.method.isin(only)]
+    key = ["data", "training", "seed", "method"]
+    rerun = pd.MultiIndex.from_frame(df[key])
+    kept = kept[~pd.MultiIndex.from_frame(kept[key]).isin(rerun)]
     commands = old.get("commands", ["python benchmarks/race.py"]) + [command]
     return (pd.concat([kept, df], ignore_index=True), commands,
             old.get("cpu_s", float("nan")) + cpu)

@@ -316,3 +316,20 @@ def test_a_runaway_accelerated_adjoint_is_dropped_for_the_plain_iteration():
     assert not plain_dropped
     for got in (guarded, plain):
         assert float((got - exact).norm() / exact.norm()) < 0.1
+
+
+def test_an_adjoint_that_already_overflowed_is_dropped_too():
+    """A ``w`` that is no longer finite (a state saved before the runaway test, whose
+    adjoint had overflowed) gives a NaN ``w^T H w``, which no ratio exceeds: it counts as
+    a runaway, so after ``RUNAWAY_STEPS`` steps it restarts from zero and is finite."""
+    settings = InnerSettings(inner_lr=0.1, burn_in=0, n_samples=10, curvature_every=1
+                             ).validate()
+    recursion = make_recursion(settings, [torch.zeros(1, dtype=DT)], start_depends_on_lam=False)
+    recursion.begin(None, [torch.zeros(2, dtype=DT)])
+    recursion.w = recursion.x = [torch.tensor([math.inf, 1.0], dtype=DT)]
+    v = torch.tensor([1.0, 1.0], dtype=DT)
+    for m in range(1, recursions.RUNAWAY_STEPS + 2):
+        w = recursion.vector([v])[0]
+        recursion.update(StepProducts(m=m, v=[v], mixed=None, hess_u=[2.0 * w],
+                                      outer_value=None))
+    assert bool(recursion.plain) and torch.isfinite(recursion.w[0]).all()

@@ -86,7 +86,7 @@ def test_sampler_buffers_survive_a_chain_state_copy(sampler):
                                straight, rtol=0, atol=0)
 
 
-def test_psgld_noise_where_the_gradient_vanishes_is_a_typical_weights():
+def test_psgld_noise_where_the_gradient_vanishes_is_that_of_a_typical_weight():
     """One pSGLD step from 0 on one tensor, half its gradients 0 and half 1 (``r = |g|``
     at the first step, mean 0.5). Where the gradient is 0, ``P = 1 / eps`` and the noise
     ``sqrt(2 eta tau / eps)`` (about 9 here) would throw the weight far off: it diffuses
@@ -103,3 +103,18 @@ def test_psgld_noise_where_the_gradient_vanishes_is_a_typical_weights():
     assert float(flat.std()) == pytest.approx((2 * eta * tau / 0.5) ** 0.5, rel=0.03)
     assert float(steep.std()) == pytest.approx((2 * eta * tau) ** 0.5, rel=0.03)
     torch.testing.assert_close(chain.precond()[0][:n], torch.full((n,), 1e8, dtype=DT))
+
+
+def test_psgld_noise_of_a_tensor_without_any_gradient_is_that_of_the_chain():
+    """A tensor whose gradient is zero throughout (a layer of dead units, an unused
+    parameter) has no typical weight of its own: its noise is that of a weight at the
+    mean over the chain's weights, here (0 + 1 + 0) / 3 per third."""
+    eta, tau, n = 0.01, 4e-5, 20_000
+    settings = InnerSettings(inner_lr=eta, temperature=tau, sampler="psgld",
+                             precond_eps=1e-8).validate()
+    theta = [torch.zeros(n, dtype=DT), torch.zeros(2 * n, dtype=DT)]
+    grads = [torch.zeros(n, dtype=DT),
+             torch.cat([torch.zeros(n, dtype=DT), torch.ones(n, dtype=DT)])]
+    dead, live = make_sampler(settings).step(theta, grads, torch.Generator().manual_seed(0))
+    assert float(dead.std()) == pytest.approx((2 * eta * tau / (1 / 3)) ** 0.5, rel=0.03)
+    assert float(live[:n].std()) == pytest.approx((2 * eta * tau / 0.5) ** 0.5, rel=0.03)

@@ -278,7 +278,7 @@ class TrackedRecursion(Recursion):
     v^T w``; where ``w^T H_T w`` exceeds ``|v^T w|`` :data:`RUNAWAY_RATIO`-fold on
     :data:`RUNAWAY_STEPS` adjoint steps in a row, ``w`` has grown far beyond anything
     ``v`` supports, so it restarts from zero and the chain's adjoint iterates without
-    momentum from then on, at half the step. (Nesterov's iteration is stable only where
+    momentum from then on, at half the step (halved again at each later drop). (Nesterov's iteration is stable only where
     ``a h < 4/3``, the plain one to 2; a net trained at a large lr sits at the edge of
     stability, with minibatch curvatures near ``2 / eta`` that the Rayleigh quotient
     along ``w`` does not see, and there the accelerated adjoint grew without bound along
@@ -377,11 +377,14 @@ class TrackedRecursion(Recursion):
         self.x = self._restart_where(dropped, x)
 
     def _runaway(self, w_hess_w, v) -> torch.Tensor:
-        """Where (per slice) ``w`` has run away (:data:`RUNAWAY_RATIO`) on
-        :data:`RUNAWAY_STEPS` steps in a row; there the iteration loses its momentum for
-        good and its step halves (``curvature`` at least ``2 / eta``). ``w_hess_w``:
-        ``w`` times its (shifted) Hessian product."""
-        beyond = w_hess_w > RUNAWAY_RATIO * self._dot(v, self.w).abs()
+        """Where (per slice) ``w`` has run away (:data:`RUNAWAY_RATIO`, or is no longer
+        finite) on :data:`RUNAWAY_STEPS` steps in a row; there the iteration loses its
+        momentum for good and its step halves (``curvature`` at least ``2 / eta``), again
+        at each drop: a plain iteration that still runs away steps ever more carefully.
+        ``w_hess_w``: ``w`` times its (shifted) Hessian product."""
+        # a w that already overflowed (a state saved before this test) runs away too
+        beyond = (w_hess_w > RUNAWAY_RATIO * self._dot(v, self.w).abs()) \
+            | ~torch.isfinite(w_hess_w)
         self.worse = torch.where(beyond, self.worse + 1.0, torch.zeros_like(self.worse))
         dropped = self.worse >= RUNAWAY_STEPS
         self.worse = torch.where(dropped, torch.zeros_like(self.worse), self.worse)

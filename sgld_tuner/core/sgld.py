@@ -148,8 +148,10 @@ class PreconditionedSampler(Sampler):
     own ``lr`` trains as the net does.
 
     The noise's preconditioner ``Q = 1 / (eps + max(r, mean(r)))`` (the mean over each
-    tensor of one chain) is ``P`` but where a weight's gradient is below the tensor's
-    typical one: no weight diffuses faster than a typical weight of its tensor. Where a
+    tensor of one chain; over all the chain's weights for a tensor whose gradient is zero
+    throughout, a layer of dead units or an unused parameter) is ``P`` but where a
+    weight's gradient is below the tensor's typical one: no weight diffuses faster than a
+    typical weight of its tensor. Where a
     gradient vanishes (a dead ReLU unit's weights) ``P`` reaches ``1 / eps``, and the
     noise there, ``sqrt(2 eta tau / eps)`` per step, dwarfs the weights even at the small
     temperatures the tuner samples at: the chains diverged at the net's own lr where the
@@ -179,9 +181,9 @@ class PreconditionedSampler(Sampler):
         base = math.sqrt(2.0 * self.lr * self.temperature) * self.noise_scale
         if base > 0.0:
             slices = len(generator) if isinstance(generator, SliceGenerators) else None
-            for t, r in zip(out, rms):
+            floors = _typical_floors(rms, slices)
+            for t, r, floor in zip(out, rms, floors):
                 z = standard_normal(t.shape, generator, device=t.device, dtype=t.dtype)
-                floor = _typical(r, slices)
                 t.add_(z * (self.eps + torch.maximum(r, floor)).rsqrt(), alpha=base)
         return out
 
@@ -196,12 +198,24 @@ class PreconditionedSampler(Sampler):
             self.v, self.t = [v.clone() for v in state["v"]], state["t"]
 
 
-def _typical(values: torch.Tensor, slices: int | None) -> torch.Tensor:
-    """The mean of ``values``, per chain where ``slices`` chains are stacked along dim 0
-    (shaped to broadcast against ``values``)."""
-    if slices is None or values.dim() == 0:
-        return values.mean()
-    return values.reshape(slices, -1).mean(1).reshape(-1, *([1] * (values.dim() - 1)))
+def _typical_floors(values: list, slices: int | None) -> list:
+    """Per tensor, the mean of its ``values`` (per chain where ``slices`` chains are
+    stacked along dim 0), or the mean over all the tensors where that is zero; each
+    shaped to broadcast against its tensor."""
+    def per_chain(t):  # (sum, count) per chain: () for one chain, (K,) stacked
+        if slices is None or t.dim() == 0:
+            return t.sum(), t.numel()
+        return t.reshape(slices, -1).sum(1), t.numel() // slices
+
+    sums, counts = zip(*(per_chain(t) for t in values))
+    overall = sum(sums) / sum(counts)
+    floors = []
+    for t, total, count in zip(values, sums, counts):
+        mean = total / count
+        floor = torch.where(mean > 0, mean, overall)
+        floors.append(floor if floor.dim() == 0
+                      else floor.reshape(-1, *([1] * (t.dim() - 1))))
+    return floors
 
 
 def _add_noise(out, std, generator):
