@@ -151,13 +151,12 @@ class PreconditionedSampler(Sampler):
     tensor of one chain; over all the chain's weights for a tensor whose gradient is zero
     throughout, a layer of dead units or an unused parameter) is ``P`` but where a
     weight's gradient is below the tensor's typical one: no weight diffuses faster than a
-    typical weight of its tensor. Where a
-    gradient vanishes (a dead ReLU unit's weights) ``P`` reaches ``1 / eps``, and the
-    noise there, ``sqrt(2 eta tau / eps)`` per step, dwarfs the weights even at the small
-    temperatures the tuner samples at: the chains diverged at the net's own lr where the
-    net trains well (``docs/reliability.md``). Such weights sample a colder distribution
-    than ``tau``; the drift, and the preconditioner the hypergradient's adjoint uses
-    (:meth:`precond`), are ``P``.
+    typical weight of its tensor. Where a gradient vanishes (a dead ReLU unit's weights)
+    ``P`` reaches ``1 / eps``, and the noise there, ``sqrt(2 eta tau / eps)`` per step,
+    dwarfs the weights even at the small temperatures the tuner samples at: the chains
+    diverged at the net's own lr where the net trains well (``docs/reliability.md``).
+    Such weights sample a colder distribution than ``tau``; the drift, and the
+    preconditioner the hypergradient's adjoint uses (:meth:`precond`), are ``P``.
     """
 
     name = "psgld"
