@@ -278,12 +278,15 @@ class TrackedRecursion(Recursion):
     v^T w``; where ``w^T H_T w`` exceeds ``|v^T w|`` :data:`RUNAWAY_RATIO`-fold on
     :data:`RUNAWAY_STEPS` adjoint steps in a row, ``w`` has grown far beyond anything
     ``v`` supports, so it restarts from zero and the chain's adjoint iterates without
-    momentum from then on, at half the step (halved again at each later drop). (Nesterov's iteration is stable only where
-    ``a h < 4/3``, the plain one to 2; a net trained at a large lr sits at the edge of
-    stability, with minibatch curvatures near ``2 / eta`` that the Rayleigh quotient
-    along ``w`` does not see, and there the accelerated adjoint grew without bound along
-    a long chain, the hypergradient finite but meaningless: ``docs/bias.md``.) The test
-    is scale-free: a large ``w`` that solves its system (small curvatures) passes.
+    momentum from then on, at half the step (halved again at each later drop).
+    (Nesterov's iteration is stable only where ``a h < 4/3``, the plain one to 2; a net
+    trained at a large lr sits at the edge of stability, with minibatch curvatures near
+    ``2 / eta`` that the Rayleigh quotient along ``w`` does not see, and there the
+    accelerated adjoint grew without bound along a long chain, the hypergradient finite
+    but meaningless: ``docs/bias.md``.) The test is scale-free: a large ``w`` that solves
+    its system (small curvatures) passes. The restart costs one masked pass over ``w``
+    (and ``x``) per adjoint step, a ``torch.where`` rather than a host-side check, so
+    that a CUDA chain never waits on the device.
     """
 
     name = "tracked"
