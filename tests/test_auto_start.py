@@ -58,10 +58,11 @@ def test_auto_start_in_chunks_is_the_whole_sets_gradient(monkeypatch):
     assert value == pytest.approx(_mean_abs(grads), rel=1e-5)
 
 
-def test_auto_weight_decay_start_matches_the_data_pull():
+def test_auto_weight_decay_start_is_a_tenth_of_the_data_pull():
     problem, grads, weights = _problem(WeightDecay(init="auto", granularity="global"))
     value = problem.bound["p"].to_public(problem.init_lam()["p"])
-    assert value == pytest.approx(_mean_abs(grads) / _mean_abs(weights), rel=1e-4)
+    # lam * mean|w| = 0.1 * mean|g|: the decay pulls the initial weights a tenth as hard
+    assert value * _mean_abs(weights) == pytest.approx(0.1 * _mean_abs(grads), rel=1e-4)
 
 
 def test_auto_start_outside_the_tuner_says_how_to_bind():
