@@ -172,11 +172,21 @@ class PreconditionedSampler(Sampler):
         if self.v is None:
             self.v = [torch.zeros_like(g) for g in grads]
         self.t += 1
-        self.v = [self.beta2 * v + (1.0 - self.beta2) * g * g for v, g in zip(self.v, grads)]
-        correction = 1.0 - self.beta2 ** self.t
-        rms = [(v / correction).sqrt() for v in self.v]
-        self.P = [1.0 / (self.eps + r) for r in rms]
-        out = [t.detach() - self.lr * p * g for t, p, g in zip(theta, self.P, grads)]
+        # One foreach call per operation over all leaves (a per-leaf Python loop of small
+        # ops cost more than the arithmetic), in the same operations and order as
+        # ``beta2 v + (1 - beta2) g g``, ``sqrt(v / c)``, ``1 / (eps + r)`` and
+        # ``theta - lr P g``: the same bits. New lists: :meth:`state` hands out ``v``.
+        squares = torch._foreach_mul(grads, 1.0 - self.beta2)
+        torch._foreach_mul_(squares, grads)
+        self.v = list(torch._foreach_mul(self.v, self.beta2))  # foreach gives tuples
+        torch._foreach_add_(self.v, squares)
+        rms = torch._foreach_div(self.v, 1.0 - self.beta2 ** self.t)
+        torch._foreach_sqrt_(rms)
+        self.P = list(torch._foreach_add(rms, self.eps))
+        torch._foreach_reciprocal_(self.P)
+        steps = torch._foreach_mul(self.P, self.lr)
+        torch._foreach_mul_(steps, grads)
+        out = list(torch._foreach_sub([t.detach() for t in theta], steps))
         base = math.sqrt(2.0 * self.lr * self.temperature) * self.noise_scale
         if base > 0.0:
             slices = len(generator) if isinstance(generator, SliceGenerators) else None
