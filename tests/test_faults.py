@@ -91,6 +91,40 @@ def test_a_refit_that_diverges_is_retried_then_reported_never_silent(digits4):
         tuner(error_score="raise").fit(X, y)
 
 
+class _Linear(torch.nn.Module):
+    def __init__(self, n_in=3):
+        super().__init__()
+        self.lin = torch.nn.Linear(n_in, 1)
+
+    def forward(self, X):
+        return self.lin(X)
+
+
+def test_a_refit_that_blows_up_in_its_last_epochs_is_refit_at_half_the_lr():
+    """Full-batch gradient descent on a least-squares loss grows along the Hessian's top
+    eigenvector iff lr > 2 / lambda_max: at 1.1 x that bound the refit's loss dips, then
+    climbs for good (finite: 8 epochs), at half of it (0.55 x) it converges. The chains
+    run at a small inner step. The refit at half the lr is kept, and said so. It used to
+    be returned as it ended (a 32k-row search whose refit blew up in its last epoch
+    tested 0.58 where refits at the same values reach 0.84)."""
+    rng = np.random.RandomState(0)
+    X = (rng.standard_normal((60, 3)) * [3.0, 1.0, 0.5]).astype(np.float32)
+    y = (X @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.standard_normal(60)).astype(np.float32)
+    design = np.hstack([X, np.ones((60, 1))]).astype(np.float64)
+    top = np.linalg.eigvalsh(2.0 / 60 * design.T @ design)[-1]  # Hessian of the mean MSE
+    lr = 1.1 * 2.0 / top
+    net = NeuralNetRegressor(_Linear, lr=lr, max_epochs=8, batch_size=60,
+                             train_split=None, verbose=0)
+    with pytest.warns(DivergenceWarning, match="ended its training in a blow-up"):
+        tuner = tiny_tuner(net, sampler=dict(inner_lr=0.01)).fit(X, y)
+    refit = tuner.best_estimator_
+    assert refit.lr == pytest.approx(lr / 2)
+    losses = refit.history[:, "train_loss"]
+    # below 2 / lambda_max every step of gradient descent lowers a quadratic loss
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert "blow-up" in tuner.stop_reason_
+
+
 def test_a_finite_value_beyond_float32_is_refused_like_infinity(digits4):
     """1e39 is finite in float64 but infinite once cast to the net's float32."""
     X, y = digits4

@@ -97,7 +97,7 @@ def warn_if_unmoved(start_lam, lam, n_iter: int) -> None:
 UNDERTRAINED_GAP = 0.05
 
 
-def _quiet_score(estimator, X, y, scorer: dict) -> float:
+def quiet_score(estimator, X, y, scorer: dict) -> float:
     """The one metric of ``scorer`` (NaN where scoring fails: it only skips a check)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -121,7 +121,7 @@ def warn_if_refit_undertrained(refit_net, X, codes, labels, scorer: dict, folds,
     budget = max(fold.budget_steps for fold in folds)
     if not math.isfinite(best) or chain_steps <= budget:
         return
-    train = _quiet_score(refit_net, X, labels(codes), scorer)
+    train = quiet_score(refit_net, X, labels(codes), scorer)
     if not _below(train, best):
         return
     # Like with like: the chains on their own training rows. Rows that cannot be fit
@@ -130,7 +130,7 @@ def warn_if_refit_undertrained(refit_net, X, codes, labels, scorer: dict, folds,
     chains = []
     for fold, (train_rows, _) in zip(folds, splits):
         fold.load_chain()
-        chains.append(_quiet_score(fold.scored, _safe_indexing(X, train_rows),
+        chains.append(quiet_score(fold.scored, _safe_indexing(X, train_rows),
                                    labels(codes[train_rows]), scorer))
     chains = float(np.mean(chains))
     if not _below(train, chains):

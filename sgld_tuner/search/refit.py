@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from sklearn.base import clone
 from ..core.engine import InterruptGate
 from ..learned_net import make_learned_net
 from .context import FitContext
+from .diagnostics import quiet_score
 from .lane import Lane
 
 
@@ -80,7 +82,9 @@ def refit_best(context: FitContext, lane: Lane, values: dict, fit_params: dict,
     lane's ``refit_seed`` on a fork, so the caller's stream is left untouched. skorch's
     ``fit`` ends quietly on Ctrl-C: the engine's gate tells whether one arrived. A refit
     whose weights end non-finite is trained again from the start at half the net's
-    ``lr`` (at most :data:`REFIT_RETRIES` times); ``Refit.diverged`` says what happened.
+    ``lr`` (at most :data:`REFIT_RETRIES` times); so is one whose training loss ends in
+    an excursion (:func:`ended_in_excursion`), once, and the run that scores higher on
+    the training rows is kept. ``Refit.diverged`` says what happened.
     """
     started = time.perf_counter()
     net_params = dict(lane.state.net_params or {})
@@ -95,6 +99,9 @@ def refit_best(context: FitContext, lane: Lane, values: dict, fit_params: dict,
     else:
         notes.append("best_estimator_ is not finite: its predictions are NaN")
         result.finite = False
+    if result.finite and not result.interrupted:
+        result = _steadier(context, lane, values, fit_params, {**net_params, "lr": lr},
+                           result, notes)
     result.diverged = "; ".join(notes) or None
     if ensemble and result.interrupted is None and result.finite:
         from ..ensemble import collect_posterior_samples
@@ -116,10 +123,66 @@ def refit_best(context: FitContext, lane: Lane, values: dict, fit_params: dict,
 REFIT_RETRIES = 4
 
 
+#: a refit whose last epoch's training loss is above this many times its best epoch's
+#: ended in an excursion: at an lr at the edge of stability, one run of the net can blow
+#: up in its last epochs where the chains at the same lr, and other seeds, did not
+EXCURSION_RATIO = 1.25
+
+
+def ended_in_excursion(estimator) -> tuple[float, float] | None:
+    """``(last, best)`` epochs' training losses (skorch's ``train_loss``) of a fitted net
+    (or a ``Pipeline``'s last step) whose last is above :data:`EXCURSION_RATIO` times
+    its best, else None (also where the history records no ``train_loss``)."""
+    losses = _train_losses(estimator)
+    if len(losses) < 2 or not all(np.isfinite(losses)):
+        return None
+    last, best = losses[-1], min(losses)
+    return (last, best) if last > EXCURSION_RATIO * best else None
+
+
+def _train_losses(estimator) -> list:
+    """The training loss of every epoch (empty where the history records none)."""
+    try:
+        return [float(loss) for loss in _net_of(estimator).history[:, "train_loss"]]
+    except (KeyError, TypeError, ValueError):
+        return []
+
+
+def _net_of(estimator):
+    """A fitted net, or a ``Pipeline``'s last step."""
+    return estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+
+
+def _steadier(context, lane, values, fit_params, net_params: dict, result: Refit,
+              notes: list) -> Refit:
+    """``result``, or where its training loss ended in an excursion, the refit trained
+    again at half the lr when that one scores higher on the training rows (the refit
+    metric: a run that blew up lost what it had fit; a loss of the last epoch's
+    minibatches says less, a smaller lr ending higher there); a note says which."""
+    excursion = ended_in_excursion(result.estimator)
+    if excursion is None:
+        return result
+    lr = net_params["lr"]
+    retry = _refit_once(context, lane, values, fit_params, {**net_params, "lr": lr / 2})
+    if retry.interrupted or not weights_finite(retry.estimator):
+        return result
+    scorer = {context.best_key: context.scorers[context.best_key]}
+    labels = context.labels(refit_targets(context, lane))
+    first, again = (quiet_score(r.estimator, context.X, labels, scorer)
+                    for r in (result, retry))
+    if not again > first:
+        return result
+    last, best = excursion
+    notes.append(f"the refit at lr={lr:g} ended its training in a blow-up (its last epoch's "
+                 f"loss {last:.4g}, {last / best:.2g}x its best epoch's; training score "
+                 f"{first:.4g}): best_estimator_ is the refit at lr={lr / 2:g} (training "
+                 f"score {again:.4g})")
+    return retry
+
+
 def weights_finite(estimator) -> bool:
     """Whether a fitted net's (or a ``Pipeline``'s last step's) weights are all finite."""
-    net = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
-    return all(bool(torch.isfinite(p).all()) for p in net.module_.parameters())
+    return all(bool(torch.isfinite(p).all()) for p in _net_of(estimator).module_.parameters())
 
 
 def _refit_once(context: FitContext, lane: Lane, values: dict, fit_params: dict,
