@@ -1,11 +1,13 @@
 """What a notebook user and a fault study hit on the newer features: nothing silent,
 nothing lost (each test names the fault it guards against)."""
+import signal
 import warnings
 
 import joblib
 import numpy as np
 import pandas as pd
 import pytest
+import skorch
 import torch
 from sklearn.compose import ColumnTransformer
 from sklearn.model_selection import GroupKFold
@@ -100,6 +102,22 @@ class _Linear(torch.nn.Module):
         return self.lin(X)
 
 
+def _least_squares_on_the_edge():
+    """Rows, targets and the lr 1.1 x 2 / lambda_max of full-batch descent on their mean
+    squared error (the Hessian's top eigenvalue, in float64)."""
+    rng = np.random.RandomState(0)
+    X = (rng.standard_normal((60, 3)) * [3.0, 1.0, 0.5]).astype(np.float32)
+    y = (X @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.standard_normal(60)).astype(np.float32)
+    design = np.hstack([X, np.ones((60, 1))]).astype(np.float64)
+    top = np.linalg.eigvalsh(2.0 / 60 * design.T @ design)[-1]  # Hessian of the mean MSE
+    return X, y, 1.1 * 2.0 / top
+
+
+def _edge_net(lr, callbacks=None):
+    return NeuralNetRegressor(_Linear, lr=lr, max_epochs=8, batch_size=60, train_split=None,
+                              verbose=0, callbacks=callbacks)
+
+
 def test_a_refit_that_blows_up_in_its_last_epochs_is_refit_at_half_the_lr():
     """Full-batch gradient descent on a least-squares loss grows along the Hessian's top
     eigenvector iff lr > 2 / lambda_max: at 1.1 x that bound the refit's loss dips, then
@@ -107,22 +125,35 @@ def test_a_refit_that_blows_up_in_its_last_epochs_is_refit_at_half_the_lr():
     run at a small inner step. The refit at half the lr is kept, and said so. It used to
     be returned as it ended (a 32k-row search whose refit blew up in its last epoch
     tested 0.58 where refits at the same values reach 0.84)."""
-    rng = np.random.RandomState(0)
-    X = (rng.standard_normal((60, 3)) * [3.0, 1.0, 0.5]).astype(np.float32)
-    y = (X @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.standard_normal(60)).astype(np.float32)
-    design = np.hstack([X, np.ones((60, 1))]).astype(np.float64)
-    top = np.linalg.eigvalsh(2.0 / 60 * design.T @ design)[-1]  # Hessian of the mean MSE
-    lr = 1.1 * 2.0 / top
-    net = NeuralNetRegressor(_Linear, lr=lr, max_epochs=8, batch_size=60,
-                             train_split=None, verbose=0)
+    X, y, lr = _least_squares_on_the_edge()
     with pytest.warns(DivergenceWarning, match="ended its training in a blow-up"):
-        tuner = tiny_tuner(net, sampler=dict(inner_lr=0.01)).fit(X, y)
+        tuner = tiny_tuner(_edge_net(lr), sampler=dict(inner_lr=0.01)).fit(X, y)
     refit = tuner.best_estimator_
     assert refit.lr == pytest.approx(lr / 2)
     losses = refit.history[:, "train_loss"]
     # below 2 / lambda_max every step of gradient descent lowers a quadratic loss
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert "blow-up" in tuner.stop_reason_
+
+
+class _SigintInRetry(skorch.callbacks.Callback):
+    """A real SIGINT (Ctrl-C) at the end of epoch 3 of a net trained below ``lr``."""
+
+    def __init__(self, lr):
+        self.lr = lr
+
+    def on_epoch_end(self, net, **kwargs):
+        if net.lr < self.lr and len(net.history) == 3:
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_a_ctrl_c_in_the_retry_of_a_blown_up_refit_keeps_the_first_and_says_so():
+    X, y, lr = _least_squares_on_the_edge()
+    net = _edge_net(lr, callbacks=[_SigintInRetry(lr)])
+    with pytest.warns(DivergenceWarning, match=r"retry at lr=.* was interrupted"):
+        tuner = tiny_tuner(net, sampler=dict(inner_lr=0.01)).fit(X, y)
+    assert tuner.best_estimator_.lr == pytest.approx(lr)
+    assert len(tuner.best_estimator_.history) == 8
 
 
 def test_a_finite_value_beyond_float32_is_refused_like_infinity(digits4):

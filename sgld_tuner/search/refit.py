@@ -84,7 +84,7 @@ def refit_best(context: FitContext, lane: Lane, values: dict, fit_params: dict,
     whose weights end non-finite is trained again from the start at half the net's
     ``lr`` (at most :data:`REFIT_RETRIES` times); so is one whose training loss ends in
     an excursion (:func:`ended_in_excursion`), once, and the run that scores higher on
-    the training rows is kept. ``Refit.diverged`` says what happened.
+    the training rows is kept (a note either way). ``Refit.diverged`` says what happened.
     """
     started = time.perf_counter()
     net_params = dict(lane.state.net_params or {})
@@ -157,27 +157,29 @@ def _steadier(context, lane, values, fit_params, net_params: dict, result: Refit
               notes: list) -> Refit:
     """``result``, or where its training loss ended in an excursion, the refit trained
     again at half the lr when that one scores higher on the training rows (the refit
-    metric: a run that blew up lost what it had fit; a loss of the last epoch's
-    minibatches says less, a smaller lr ending higher there); a note says which."""
+    metric: a run that blew up lost what it had fit; the loss of the last epoch's
+    minibatches says less, a smaller lr ending higher there). A note says what was kept
+    and why, whatever the retry gave (interrupted, non-finite, lower)."""
     excursion = ended_in_excursion(result.estimator)
     if excursion is None:
         return result
-    lr = net_params["lr"]
+    lr, (last, best) = net_params["lr"], excursion
+    found = (f"the refit at lr={lr:g} ended its training in a blow-up (its last epoch's "
+             f"loss {last:.4g}, {last / best:.2g}x its best epoch's)")
     retry = _refit_once(context, lane, values, fit_params, {**net_params, "lr": lr / 2})
     if retry.interrupted or not weights_finite(retry.estimator):
+        how = "was interrupted" if retry.interrupted else "became non-finite"
+        notes.append(f"{found}; its retry at lr={lr / 2:g} {how}: best_estimator_ is the "
+                     f"refit at lr={lr:g}")
         return result
     scorer = {context.best_key: context.scorers[context.best_key]}
     labels = context.labels(refit_targets(context, lane))
     first, again = (quiet_score(r.estimator, context.X, labels, scorer)
                     for r in (result, retry))
-    if not again > first:
-        return result
-    last, best = excursion
-    notes.append(f"the refit at lr={lr:g} ended its training in a blow-up (its last epoch's "
-                 f"loss {last:.4g}, {last / best:.2g}x its best epoch's; training score "
-                 f"{first:.4g}): best_estimator_ is the refit at lr={lr / 2:g} (training "
-                 f"score {again:.4g})")
-    return retry
+    kept, kept_lr = (retry, lr / 2) if again > first else (result, lr)
+    notes.append(f"{found}; training score {first:.4g}, and {again:.4g} retrained at "
+                 f"lr={lr / 2:g}: best_estimator_ is the refit at lr={kept_lr:g}")
+    return kept
 
 
 def weights_finite(estimator) -> bool:
