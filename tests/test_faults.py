@@ -123,7 +123,7 @@ def test_a_refit_that_blows_up_in_its_last_epochs_is_refit_at_half_the_lr():
     eigenvector iff lr > 2 / lambda_max: at 1.1 x that bound the refit's loss dips, then
     climbs for good (finite: 8 epochs), at half of it (0.55 x) it converges. The chains
     run at a small inner step. The refit at half the lr is kept, and said so. It used to
-    be returned as it ended (a 32k-row search whose refit blew up in its last epoch
+    be returned as it ended (an 8k-row search whose refit blew up in its last epoch
     tested 0.58 where refits at the same values reach 0.84)."""
     X, y, lr = _least_squares_on_the_edge()
     with pytest.warns(DivergenceWarning, match="ended its training in a blow-up"):
