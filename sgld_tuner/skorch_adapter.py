@@ -226,10 +226,17 @@ class NetProblem:
     module_rng : ModuleRNG, optional
         The stream that the module's own random layers (dropout) draw from in the
         training loss. ``None`` leaves them on torch's global RNG.
+    data_grads : dict of str -> Tensor, optional
+        The ``init="auto"`` calibration's gradient (:attr:`data_grads` of a problem on
+        the same training rows, module start and criterion, whose module has no
+        buffers), so that it is not computed again; ``None`` computes it here.
 
     Attributes
     ----------
     bound : dict of str -> BoundHyperparameter
+    data_grads : dict of str -> Tensor or None
+        The net criterion's mean gradient over the training rows at the initial weights,
+        which the kinds with ``init="auto"`` started from (None when none asks).
     output_shape : tuple of int
         Shape of one row of the module's (first) output, from a forward on two rows.
 
@@ -247,7 +254,7 @@ class NetProblem:
                  augment_outer: bool = False, n_train_total: int | None = None,
                  outer_batch_size: int | None = None, n_classes: int | None = None,
                  module_rng: ModuleRNG | None = None,
-                 outer_generator: torch.Generator | None = None):
+                 outer_generator: torch.Generator | None = None, data_grads: dict | None = None):
         if not getattr(net, "initialized_", False):
             raise ValueError("NetProblem needs an initialized net (call net.initialize())")
         self.net = net
@@ -304,11 +311,12 @@ class NetProblem:
             self.hyperparams, self.module, self.crit, n_train=n_train_total,
             n_classes=n_classes, input_shape=tuple(self.X_train.shape[1:]))
         self.objective = Objective(self.crit, self.bound)
-        self._calibrate()
+        self.data_grads = self._calibrate(data_grads)
 
-    def _calibrate(self):
+    def _calibrate(self, data_grads: dict | None = None) -> dict | None:
         """Data-derived starts (``init="auto"``): one gradient of the net's own criterion
-        on the training rows at the initial weights, handed to the kinds that ask.
+        on the training rows at the initial weights, handed to the kinds that ask
+        (``data_grads`` when given: the same gradient, from another problem). Returns it.
 
         The rows go through in chunks of ``CALIBRATION_ROWS`` (their mean gradients
         weighted by their share of the rows), so that the pass's peak memory does not
@@ -316,8 +324,16 @@ class NetProblem:
         training sets)."""
         asking = [b for b in self.bound.values() if b.needs_calibration]
         if not asking:
-            return
+            return None
         theta = self.theta0()
+        if data_grads is None:
+            data_grads = self._data_gradient(theta)
+        for b in asking:
+            b.calibrate(data_grads, {n: t.detach() for n, t in theta.items()})
+        return data_grads
+
+    def _data_gradient(self, theta: dict) -> dict:
+        """The mean gradient of the net's criterion over the training rows at ``theta``."""
         leaves = {n: t.requires_grad_(True) for n, t in theta.items()}
         data_grads = {n: torch.zeros_like(t) for n, t in leaves.items()}
         n = self.X_train.shape[0]
@@ -331,8 +347,7 @@ class NetProblem:
             for name, g in zip(leaves, grads):
                 if g is not None:
                     data_grads[name] += g if share == 1 else share * g
-        for b in asking:
-            b.calibrate(data_grads, {n: t.detach() for n, t in theta.items()})
+        return data_grads
 
     @property
     def module(self):

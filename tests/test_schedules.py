@@ -1,5 +1,6 @@
 """The seam a schedule plugs into: lanes of chains run and compared inside one fit."""
 import numpy as np
+import torch
 import pytest
 from sklearn.base import clone
 
@@ -342,3 +343,43 @@ def test_the_lanes_of_a_race_share_each_splits_rows(digits4, pipeline):
             assert a.scored.steps[-1][1] is not b.scored.steps[-1][1]
         else:
             assert a.scored is not b.scored
+
+
+class _LanesSeen(Schedule):
+    """One lane per given net setting, one outer iteration each; keeps them."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def run(self, context, new_lane):
+        self.lanes = [new_lane(params) for params in self.settings]
+        for lane in self.lanes:
+            lane.run(1)
+        return self.lanes[0]
+
+
+def test_lanes_whose_nets_start_alike_share_each_folds_calibration(digits4):
+    """The ``init="auto"`` start is one gradient pass over a fold's rows at the initial
+    weights: lanes that differ in training settings only (lr, batch size) take it from
+    the first, and start where each would alone; a lane whose module differs computes
+    its own."""
+    X, y = digits4
+    settings = [{"lr": 0.05}, {"lr": 0.3, "batch_size": 16}, {"module__hidden": 12}]
+    schedule = _LanesSeen(settings)
+
+    def tuner(schedule, **net):
+        return SGLDHyperTuner(tiny_classifier(**net), {"l1": PerWeightL1()},
+                              **grouped({"n_outer": 1, "cv": 2, "random_state": 0,
+                                         "schedule": schedule, "refit": False},
+                                        sampler={"burn_in": 2, "n_samples": 2}))
+
+    tuner(schedule).fit(X, y)
+    first, second, wider = schedule.lanes
+    for a, b, c in zip(first.folds, second.folds, wider.folds):
+        assert a.problem.data_grads is b.problem.data_grads
+        assert c.problem.data_grads is not a.problem.data_grads
+    for lane, params in zip(schedule.lanes, settings):
+        alone = _LanesSeen([params])
+        tuner(alone).fit(X, y)
+        for x, y_ in zip(lane.state.lam, alone.lanes[0].state.lam):
+            assert torch.equal(x, y_)

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 import torch
+from joblib import hash as joblib_hash
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
@@ -33,6 +34,12 @@ from .settings import OuterSettings, SamplerSettings
 # no samples); every other field is a valid ``SamplerSettings.options`` key.
 SET_BY_SAMPLER = ("method", "inner_lr", "burn_in", "n_samples", "temperature",
                   "noise_scale", "chain", "recursion", "keep_samples")
+
+
+#: net settings that change how a net trains but neither its start nor its criterion:
+#: lanes that differ only in them share a fold's ``init="auto"`` calibration
+TRAINING_ONLY = ("lr", "max_epochs", "batch_size", "optimizer")
+TRAINING_ONLY_PREFIXES = ("optimizer__", "iterator_train__")
 
 
 def derived_seed(seed) -> int:
@@ -101,6 +108,9 @@ class FitContext:
     #: each split's rows (and fitted preprocessing), shared by every lane of a race: a
     #: copy per lane held the data set once per candidate (benchmarks/results/scale.md)
     fold_rows: dict = field(default_factory=dict, repr=False)
+    #: each fold's ``init="auto"`` calibration gradient, shared by the lanes whose nets
+    #: start alike (a race's lr candidates): a pass over the fold's rows per lane saved
+    calibrations: dict = field(default_factory=dict, repr=False)
 
     @property
     def is_pipeline(self) -> bool:
@@ -193,9 +203,11 @@ class FitContext:
         y = self.y
         # skorch initialises the module from torch's global RNG (lazy modules only on the
         # first forward, inside NetProblem): seed it without disturbing the caller's stream.
+        calibration_key = self._calibration_key(train, seed, net_params)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed[0]))
             net.initialize()
+            shareable = not list(net.module_.buffers())
             problem = NetProblem(net, self.hyperparams, net_train, y[train], net_val, y[val],
                                  train_rows=np.asarray(train), n_train_total=len(y),
                                  batch_size=batch_size, generator=generator,
@@ -203,7 +215,10 @@ class FitContext:
                                  outer_batch_size=self.sampler.outer_batch_size,
                                  module_rng=ModuleRNG(derived_seed(seed), device),
                                  outer_generator=make_generator(derived_seed((*seed, 1)),
-                                                                device))
+                                                                device),
+                                 data_grads=self.calibrations.get(calibration_key))
+        if shareable and problem.data_grads is not None:
+            self.calibrations[calibration_key] = problem.data_grads
         # The net's own optimizer__weight_decay stays in the chain's training loss.
         bilevel = problem.bilevel(weight_decay=net_weight_decay(net))
         keep_train = self.return_train_score
@@ -215,6 +230,14 @@ class FitContext:
                          y_train=self.labels(y[train]) if keep_train else None,
                          start_loss=problem.start_loss(),
                          warm_up_steps=self._warm_up_steps(budget), budget_steps=budget)
+
+    @staticmethod
+    def _calibration_key(train, seed, net_params: dict | None) -> tuple:
+        """What a fold's calibration gradient depends on: its rows, its seeds (the module's
+        start) and the raced settings other than those of the training run alone."""
+        shaping = {name: value for name, value in (net_params or {}).items()
+                   if name not in TRAINING_ONLY and not name.startswith(TRAINING_ONLY_PREFIXES)}
+        return _rows_key(train), tuple(int(v) for v in seed), joblib_hash(shaping)
 
     def _warm_up_steps(self, budget: int) -> int:
         """``warm_up`` in inner steps for a fold whose net trains ``budget`` steps."""
