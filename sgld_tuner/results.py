@@ -144,3 +144,32 @@ def check_evaluations(points: list, cv_results: dict) -> None:
             warnings.warn(f"One or more of the {kind} scores are non-finite: "
                           f"{ {k: v.tolist() for k, v in bad.items()} }", UserWarning,
                           stacklevel=4)
+
+
+def halving_attributes(rungs: list[dict], steps_run: int, horizon: int) -> dict:
+    """The fitted attributes of scikit-learn's successive-halving searches, for a race's
+    rungs (resources: inner steps per fold, as ``cv_results_["n_resources"]``).
+
+    Parameters
+    ----------
+    rungs : list of dict
+        One per rung run: ``n_candidates`` (lanes it ran), ``n_resources`` (the steps it
+        judged them at). Empty without a race: one iteration of one candidate.
+    steps_run : int
+        Inner steps per fold the refit lane ran in all.
+    horizon : int
+        Inner steps per fold of one training run of the refit's net (the last rung's).
+
+    Returns
+    -------
+    dict
+        ``n_candidates_``, ``n_resources_`` (lists, one entry per rung),
+        ``n_iterations_``, ``n_remaining_candidates_`` (the one lane refit),
+        ``min_resources_``, ``max_resources_``.
+    """
+    rungs = rungs or [{"n_candidates": 1, "n_resources": steps_run}]
+    n_resources = [int(r["n_resources"]) for r in rungs]
+    return {"n_candidates_": [int(r["n_candidates"]) for r in rungs],
+            "n_resources_": n_resources, "n_iterations_": len(rungs),
+            "n_remaining_candidates_": 1, "min_resources_": n_resources[0],
+            "max_resources_": max(int(horizon), *n_resources)}

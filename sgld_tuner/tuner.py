@@ -21,7 +21,8 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from .core.engine import warn_at_caller
 from .net_io import NetIO
-from .results import build_cv_results, build_history, check_evaluations, select_best
+from .results import (build_cv_results, build_history, check_evaluations, halving_attributes,
+                      select_best)
 from .search import state as saved_search
 from .search.context import FitContext
 from .search.diagnostics import (DivergenceWarning, OverfittingWarning, SearchInterrupted,
@@ -135,6 +136,11 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         resolved), or the baseline's name for another ``method``.
     stop_reason_ : str or None
         Why the search (or the refit) ended early, if it did.
+    n_candidates_, n_resources_ : list of int
+        As scikit-learn's successive-halving searches: per rung of the race, the lanes it
+        ran and the inner steps per fold it judged them at (one iteration of one
+        candidate without a race). Also ``n_iterations_``, ``n_remaining_candidates_``,
+        ``min_resources_`` and ``max_resources_`` (the refit's horizon).
     refit_time_, n_splits_, scorer_, n_features_in_, multimetric_
     classes_ : ndarray
         Class labels (classifiers, and only with ``refit``, as in ``GridSearchCV``).
@@ -337,6 +343,10 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
                                             not self.multimetric_)
         self.history_ = build_history(state.records)
         self.hyperparams_ = lane.public_values(lam)
+        # (a state saved before rungs were kept has none)
+        for name, value in halving_attributes(getattr(state, "rungs", []), lane.steps_run,
+                                              lane.budget_steps).items():
+            setattr(self, name, value)
         check_evaluations(points, self.cv_results_)
         self._select_best(snapshots, metric_names, lane)
 

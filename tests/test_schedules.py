@@ -64,6 +64,11 @@ def test_the_race_is_the_default_schedule_and_n_outer_1_races_nothing(digits4):
     np.testing.assert_array_equal(control.cv_results_["mean_test_score"],
                                   plain.cv_results_["mean_test_score"])
     assert "lr" not in control.best_params_
+    # without a race: one iteration of one candidate, at the steps the lane ran
+    assert (plain.n_candidates_, plain.n_iterations_) == ([1], 1)
+    assert plain.n_resources_ == [max(plain.cv_results_["n_resources"])]
+    assert default.n_candidates_[0] >= 5 and default.n_iterations_ == len(set(
+        default.cv_results_["iter"]))
 
 
 def _fake_lanes(scores, errors=None, lrs=(0.01, 0.1, 1.0)):
@@ -198,6 +203,13 @@ def test_three_rungs_run_at_a_ninth_a_third_and_all_of_the_horizon(digits4):
     assert max(rows["iteration"][rows["iter"] == 0]) == 0
     assert max(rows["iteration"][rows["iter"] == 1]) == 2
     assert max(rows["iteration"][rows["iter"] == 2]) == 8
+    # as scikit-learn's successive-halving searches report them: lanes per rung, and the
+    # inner steps per fold each rung judged them at (4 an iteration; budget 36)
+    assert tuner.n_candidates_ == [5, 3, lanes_per_rung[2]] and tuner.n_iterations_ == 3
+    assert tuner.n_resources_ == [4, 12, 36] == [
+        max(rows["n_resources"][rows["iter"] == rung]) for rung in (0, 1, 2)]
+    assert (tuner.min_resources_, tuner.max_resources_, tuner.n_remaining_candidates_) \
+        == (4, 36, 1)
 
 
 @pytest.mark.parametrize("grid, error, match", [

@@ -76,10 +76,20 @@ class Lane:
         return self.chains.folds
 
     @property
+    def steps_run(self) -> int:
+        """Inner steps the lane's chains have run (the most of any fold)."""
+        return max(fold.state.n_steps for fold in self.folds)
+
+    @property
     def budget_iterations(self) -> int:
         """Outer iterations in which the chains run the net's own training budget
         (``max_epochs`` passes over a fold's rows): the horizon the refit trains at."""
-        return max(1, math.ceil(self._budget_steps(self.folds) / max(1, self.settings.steps)))
+        return max(1, math.ceil(self.budget_steps / max(1, self.settings.steps)))
+
+    @property
+    def budget_steps(self) -> int:
+        """Inner steps per fold of one training run of the lane's net."""
+        return self._budget_steps(self.folds)
 
     def _inner_settings(self, folds) -> InnerSettings:
         """The chains' settings at the lane's inner-step scale and net settings."""
@@ -228,7 +238,7 @@ class Lane:
                  "fit_times": [f.fit_time - t for f, t in zip(folds, state.last_fit_times)],
                  "score_times": [t for _, _, t, _ in per_fold],
                  "errors": [e for _, _, _, e in per_fold], "iter": self.rung,
-                 "n_resources": max(f.state.n_steps for f in folds)}
+                 "n_resources": self.steps_run}
         if state.net_params:
             point["net_params"] = dict(state.net_params)
         if context.return_train_score:

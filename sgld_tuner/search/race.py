@@ -148,6 +148,15 @@ class Race(Schedule):
             lane = new_lane(new_lane.resuming)
             lane.run(max(context.n_outer, lane.state.iteration))
             return lane
+        rungs = []
+        lane = self._race(context, new_lane, candidates, rungs)
+        lane.state.rungs = rungs
+        return lane
+
+    def _race(self, context: FitContext, new_lane: LaneFactory, candidates: list,
+              rungs: list) -> Lane:
+        """The rungs, then the winner's search; each rung's lanes and steps go to
+        ``rungs``. Returns the lane to refit."""
         lanes = [new_lane(c) for c in candidates]
         n_rungs = self._n_rungs(len(lanes), min(lane.budget_iterations for lane in lanes),
                                 context.outer.eval_every)
@@ -160,6 +169,7 @@ class Race(Schedule):
                 grown = self._extend_edges(alive, new_lane, share)
                 everyone += grown
                 alive += grown
+            rungs.append(_rung_record(alive, rung))
             if stopped is not None:
                 return _ended_by_user(stopped, everyone)
             alive = self._finite(alive) or [_own_lane(context, lanes)]
@@ -169,18 +179,18 @@ class Race(Schedule):
         if winner.engine.failed:
             _merge_losers(winner, [lane for lane in everyone if lane is not winner])
             return winner  # every candidate diverged: the net's own lr, as it stopped
-        winner, stopped = self._finish(context, winner, everyone, n_rungs)
+        winner, stopped = self._finish(context, winner, everyone, n_rungs, rungs)
         if stopped is not None:
             return _ended_by_user(stopped, everyone)
         _merge_losers(winner, [lane for lane in everyone if lane is not winner])
         return winner
 
     def _finish(self, context: FitContext, winner: Lane, everyone: list,
-                final_rung: int) -> tuple[Lane, Lane | None]:
+                final_rung: int, rungs: list) -> tuple[Lane, Lane | None]:
         """The winner's search continues ``after`` more budgets; with ``incumbent``, the
         lane of the net's own settings continues to the same outer iteration, and the
-        better of the two there is kept. Returns the lane to refit and the lane a user's
-        stop ended, if any."""
+        better of the two there is kept (a rung of its own in ``rungs``). Returns the lane
+        to refit and the lane a user's stop ended, if any."""
         until = context.n_outer
         if self.after is not None:
             until = min(until, winner.state.iteration
@@ -193,14 +203,20 @@ class Race(Schedule):
             # (whose tie rule favours the net's own lr).
             winner.run(target)
             return winner, None
-        # Compared over the later half of the stretch the incumbent runs, on both chains.
+        # Compared over the later half of the stretch the incumbent runs, on both chains:
+        # one more rung of two lanes (``iter`` in ``cv_results_``).
         start = (own.state.iteration + target) // 2
+        stopped = None
         for lane in (winner, own):
             lane.rung = final_rung
             engine = lane.run(max(target, lane.state.iteration + 1))
             if engine.stop_reason is not None and not engine.failed:
-                return lane, lane
+                stopped = lane
+                break
             lane.window_start = start
+        rungs.append(_rung_record([winner, own], final_rung))
+        if stopped is not None:
+            return stopped, stopped
         if not _scored([own]) or winner.rung_score >= own.rung_score:
             return winner, None
         return own, None
@@ -387,6 +403,13 @@ def _ended_by_user(stopped: Lane, everyone: list) -> Lane:
         best.engine.stop_reason = stopped.engine.stop_reason
     _merge_losers(best, [lane for lane in everyone if lane is not best])
     return best
+
+
+def _rung_record(lanes: list, rung: int) -> dict:
+    """What a rung ran: its lanes (those a user's stop left unrun are not counted) and
+    the inner steps per fold they were judged at (``n_candidates_``, ``n_resources_``)."""
+    ran = [lane for lane in lanes if lane.engine is not None and lane.rung == rung]
+    return {"n_candidates": len(ran), "n_resources": max((lane.steps_run for lane in ran), default=0)}
 
 
 def _merge_losers(winner: Lane, losers: list) -> None:

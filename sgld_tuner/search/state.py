@@ -47,6 +47,9 @@ class SearchState:
     settings_hash: dict | None = None
     #: the net's parameters this search's chains train with (a lane of a race), if any
     net_params: dict | None = None
+    #: the race that chose this lane, one dict per rung (``n_candidates``,
+    #: ``n_resources``: the lanes it ran and the inner steps per fold it judged them at)
+    rungs: list = field(default_factory=list)
 
     @classmethod
     def fresh(cls, data_hash: str, settings_hash: dict, splits: list, seeds: np.ndarray,
