@@ -397,7 +397,8 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         warn_if_refit_undertrained(
             self.best_estimator_, context.X, refit_targets(context, lane), context.labels,
             {best_key: context.scorers[best_key]}, lane.folds, lane.state.splits, best,
-            best_point_steps(context, lane, iteration), context.lane_net(lane.state.net_params))
+            best_point_steps(context, lane, iteration), context.lane_net(lane.state.net_params),
+            own_lr=context.net.lr)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:

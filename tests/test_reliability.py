@@ -334,6 +334,23 @@ def test_an_undertrained_refit_is_flagged(data, max_epochs, refit, warns):
         assert "max_epochs=1" in found[0] and "undertrained" in found[0]
 
 
+def test_an_undertrained_refit_at_a_raced_lr_names_the_race_and_the_budget_race(data):
+    """Where the race refit an lr other than the net's own, "race them inside fit" is
+    no advice (it did): the warning names the pick and the race of the budget."""
+    from sgld_tuner.search import Race
+
+    net = tiny_classifier(lr=0.05, max_epochs=1, batch_size=64)
+    tuner = tiny_tuner(net, n_outer=10, sampler=dict(burn_in=5, n_samples=5),
+                       outer=dict(eval_every=5), schedule=Race(param_grid={"lr": [0.0125]}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuner.fit(*data)
+    found = [str(w.message) for w in caught if type(w.message) is UndertrainedWarning]
+    assert tuner.best_estimator_.lr == 0.0125 and len(found) == 1
+    assert "The race refit lr=0.0125 (the net's own: 0.05)" in found[0]
+    assert "'max_epochs'" in found[0] and "schedule=Race()" not in found[0]
+
+
 class ReluMLP(torch.nn.Module):
     def __init__(self, n_in=4, hidden=16, n_out=3):
         super().__init__()

@@ -109,7 +109,7 @@ def _below(score: float, reference: float) -> bool:
 
 
 def warn_if_refit_undertrained(refit_net, X, codes, labels, scorer: dict, folds, splits,
-                               best: float, chain_steps: int, net) -> None:
+                               best: float, chain_steps: int, net, own_lr=None) -> None:
     """Warn when the refit, trained for the net's own budget, scores on its own training
     rows below ``best`` (``best_score_``) and below the chains on theirs, while the chains
     of the best point had trained ``chain_steps``, longer than that budget: then the net
@@ -117,6 +117,8 @@ def warn_if_refit_undertrained(refit_net, X, codes, labels, scorer: dict, folds,
     nets than ``best_estimator_``, and no penalty the search can learn makes up for it.
 
     ``codes``: the rows' targets (class codes); ``labels``: codes -> what scorers see.
+    ``own_lr``: the user's net's ``lr`` where a race refit another (the advice then
+    names the race's pick).
     """
     budget = max(fold.budget_steps for fold in folds)
     if not math.isfinite(best) or chain_steps <= budget:
@@ -147,14 +149,18 @@ def warn_if_refit_undertrained(refit_net, X, codes, labels, scorer: dict, folds,
             "iterator_train__shuffle=True (or shuffle X and y before fit, where their "
             "order means nothing)", UndertrainedWarning)
         return
+    advice = ("Raise the net's max_epochs or lr, or race them inside fit: schedule=Race() "
+              "(the default: the lr), Race(param_grid={'lr': [...], 'max_epochs': [...]}) "
+              "(the lr and the budget)")
+    if own_lr is not None and not math.isclose(float(net.lr), float(own_lr)):
+        advice = (f"The race refit lr={net.lr:g} (the net's own: {own_lr:g}): race the "
+                  "budget with it, Race(param_grid={'lr': [...], 'max_epochs': [...]}), "
+                  "or raise the net's max_epochs")
     warn_at_caller(
         f"{found}; the net's own budget (max_epochs={net.max_epochs}, "
         f"lr={net.lr:g}) is about {budget} steps per fold. The net is undertrained: "
         "best_score_ overstates best_estimator_, and the values were learned on "
-        "longer-trained nets. Raise the net's max_epochs or lr, or race them inside fit: "
-        "schedule=Race() (the default: the lr), Race(param_grid={'lr': [...], "
-        "'max_epochs': [...]}) (the lr and the budget)",
-        UndertrainedWarning)
+        f"longer-trained nets. {advice}", UndertrainedWarning)
 
 
 def in_label_order(net, codes) -> bool:

@@ -96,10 +96,12 @@ class SamplerSettings(_Group):
         ``cv_results_`` always uses the whole split (``docs/performance.md``).
     batch_folds : "auto" or bool, default="auto"
         Run the folds' chains as one computation over stacked weights
-        (:mod:`sgld_tuner.search.stacked`), only where that equals the folds one by one
-        (a recursion that declares itself stackable, a module without buffers, tied
-        weights or random layers). ``"auto"``: when ``n_jobs`` is None or 1 and the net
-        has at most ``sgld_tuner.search.stacked.AUTO_MAX_WEIGHTS`` weights.
+        (:mod:`sgld_tuner.search.stacked`), only where that computes what the folds one
+        by one do (a recursion that declares itself stackable, a module without buffers,
+        tied weights or random layers), up to float rounding: batched products sum in
+        another order, and the difference can grow along a long search (on digits, cv
+        scores up to 0.02 apart late in a search; the same pick). ``"auto"``: when ``n_jobs`` is None or 1 and the net has
+        at most ``sgld_tuner.search.stacked.AUTO_MAX_WEIGHTS`` weights.
     options : dict, optional
         Further fields of :class:`~sgld_tuner.core.InnerSettings`: the baselines'
         ``n_inner``, ``cg_iters``, ``cg_damping``, ``neumann_iters``, ``neumann_alpha``;
