@@ -12,8 +12,8 @@ net optimizer               chain
 ==========================  ===========================================================
 SGD (momentum 0)            plain SGLD at the net's ``lr``
 SGD (momentum mu > 0)       momentum SGLD, same ``mu`` (Nesterov is run as heavy ball)
-Adam, AdamW                 pSGLD with Adam's second moment (``betas[1]``, ``eps``);
-                            Adam's first moment is not used
+Adam, AdamW                 pSGLD with Adam's moments (``betas``, ``eps``): the
+                            first as momentum (Adam's step, bias corrections included)
 RMSprop                     pSGLD with RMSprop's ``alpha`` and ``eps`` (its momentum is
                             not used)
 anything else               plain SGLD at the net's ``lr``, with a warning naming it
@@ -51,7 +51,8 @@ def _sgd(opts):
 
 def _adam(opts):
     betas = opts.get("betas", (0.9, 0.999))
-    return {"sampler": "psgld", "beta2": float(betas[1]), "precond_eps": float(opts.get("eps", 1e-8))}
+    return {"sampler": "psgld", "momentum": float(betas[0]), "beta2": float(betas[1]),
+            "precond_eps": float(opts.get("eps", 1e-8))}
 
 
 def _rmsprop(opts):

@@ -106,12 +106,15 @@ KINDS = {
 MOMENTUM = InnerSettings(inner_lr=0.05, burn_in=2, n_samples=3, temperature=1e-3,
                          sampler="momentum", momentum=0.9)
 ADAM = InnerSettings(inner_lr=0.01, burn_in=2, n_samples=3, temperature=1e-3, sampler="psgld")
+ADAM_MOMENTUM = InnerSettings(inner_lr=0.01, burn_in=2, n_samples=3, temperature=1e-3,
+                              sampler="psgld", momentum=0.9)
 
 
 @pytest.mark.parametrize("kind, n, settings, module",
                          [(kind, N, SETTINGS, MLP) for kind in KINDS]
                          + [("PerWeightL1", 89, SETTINGS, MLP), ("LossWeights", 89, SETTINGS, MLP),
                             ("PerWeightL1", N, MOMENTUM, MLP), ("L1+LossWeights", 89, ADAM, MLP),
+                            ("PerWeightL1", 89, ADAM_MOMENTUM, MLP),
                             ("PerWeightL1", 89, SETTINGS, Flattening)],
                          ids=lambda v: (v.sampler if isinstance(v, InnerSettings) else
                                         v.__name__ if isinstance(v, type) else str(v)))

@@ -28,8 +28,9 @@ def _net(optimizer, lr=0.1, **kwargs):
     (torch.optim.SGD, {}, {"sampler": "sgld"}),
     (torch.optim.SGD, {"optimizer__momentum": 0.9}, {"sampler": "momentum", "momentum": 0.9}),
     (torch.optim.Adam, {"optimizer__betas": (0.8, 0.99)},
-     {"sampler": "psgld", "beta2": 0.99, "precond_eps": 1e-8}),
-    (torch.optim.AdamW, {}, {"sampler": "psgld", "beta2": 0.999, "precond_eps": 1e-8}),
+     {"sampler": "psgld", "momentum": 0.8, "beta2": 0.99, "precond_eps": 1e-8}),
+    (torch.optim.AdamW, {},
+     {"sampler": "psgld", "momentum": 0.9, "beta2": 0.999, "precond_eps": 1e-8}),
     (torch.optim.RMSprop, {"optimizer__alpha": 0.9, "optimizer__eps": 1e-6},
      {"sampler": "psgld", "beta2": 0.9, "precond_eps": 1e-6}),
 ])

@@ -17,15 +17,17 @@ def _quadratic_grad(theta):
     return A @ (theta - torch.tensor([1.0, -2.0, 3.0], dtype=DT))
 
 
-@pytest.mark.parametrize("sampler, optimizer", [
-    ("momentum", lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
-    ("psgld", lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.0, 0.99), eps=1e-8)),
+@pytest.mark.parametrize("sampler, momentum, optimizer", [
+    ("momentum", 0.9, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
+    ("psgld", 0.0, lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.0, 0.99), eps=1e-8)),
+    ("psgld", 0.9, lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.9, 0.99), eps=1e-8)),
 ])
-def test_noise_free_sampler_is_the_torch_optimizer(sampler, optimizer):
-    """Without noise the momentum sampler is torch's SGD(momentum) and pSGLD is Adam with
-    beta1 = 0: the chain moves as the net's own optimizer would."""
-    settings = InnerSettings(inner_lr=0.05, temperature=0.0, sampler=sampler, momentum=0.9,
-                             beta2=0.99).validate()
+def test_noise_free_sampler_is_the_torch_optimizer(sampler, momentum, optimizer):
+    """Without noise the momentum sampler is torch's SGD(momentum) and pSGLD is Adam
+    (its first moment's beta1 the momentum; 0: RMSprop's step with Adam's bias
+    correction): the chain moves as the net's own optimizer would."""
+    settings = InnerSettings(inner_lr=0.05, temperature=0.0, sampler=sampler,
+                             momentum=momentum, beta2=0.99).validate()
     chain = make_sampler(settings)
     theta = [torch.zeros(3, dtype=DT)]
     param = torch.zeros(3, dtype=DT, requires_grad=True)
@@ -38,12 +40,14 @@ def test_noise_free_sampler_is_the_torch_optimizer(sampler, optimizer):
     torch.testing.assert_close(theta[0], param.detach(), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("sampler", ["momentum", "psgld"])
-def test_sampler_draws_the_gibbs_distribution(sampler):
+@pytest.mark.parametrize("sampler, momentum", [("momentum", 0.5), ("psgld", 0.0),
+                                               ("psgld", 0.5), ("psgld", 0.9)])
+def test_sampler_draws_the_gibbs_distribution(sampler, momentum):
     """``L = (theta - 1)^2 / 2`` at tau = 0.5: the samples' mean is 1 and their variance
-    0.5 (up to the discretisation bias of a small step)."""
-    settings = InnerSettings(inner_lr=0.01, temperature=0.5, sampler=sampler, momentum=0.5,
-                             beta2=0.999).validate()
+    0.5 (up to the discretisation bias of a small step), with or without Adam's first
+    moment in pSGLD."""
+    settings = InnerSettings(inner_lr=0.01, temperature=0.5, sampler=sampler,
+                             momentum=momentum, beta2=0.999).validate()
     chain = make_sampler(settings)
     gen = torch.Generator().manual_seed(0)
     theta, draws = [torch.zeros(500, dtype=DT)], []

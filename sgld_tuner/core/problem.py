@@ -83,8 +83,9 @@ class InnerSettings:
     sampler : {"sgld", "momentum", "psgld"}
         The inner dynamics (:data:`~sgld_tuner.core.sgld.SAMPLERS`): plain SGLD; SGLD with
         momentum ``momentum`` (what an SGD-with-momentum net does); preconditioned SGLD
-        with Adam's/RMSprop's diagonal (``beta2``, ``precond_eps``), what an Adam or
-        RMSprop net does. The tracked adjoint steps with the same preconditioner.
+        with Adam's/RMSprop's diagonal (``beta2``, ``precond_eps``) and, given a
+        ``momentum``, Adam's first moment with that ``beta1``: what an Adam or RMSprop
+        net does. The tracked adjoint steps with the same preconditioner.
     momentum, beta2, precond_eps : float
         The samplers' knobs (momentum in [0, 1), beta2 in [0, 1), precond_eps > 0).
     keep_samples : bool
