@@ -228,10 +228,11 @@ class PreconditionedSampler(Sampler):
         base = math.sqrt(2.0 * self.temperature / self.lr) * self.noise_scale
         if base > 0.0:
             slices = len(generator) if isinstance(generator, SliceGenerators) else None
-            for b, r, floor in zip(self.b, rms, _typical_floors(rms, slices)):
+            # sqrt(Q) / P z, in place (a small net's step is its kernel launches)
+            for b, r, floor, p in zip(self.b, rms, _typical_floors(rms, slices), self.P):
                 z = standard_normal(b.shape, generator, device=b.device, dtype=b.dtype)
-                b.add_(z * (self.eps + r) * (self.eps + torch.maximum(r, floor)).rsqrt(),
-                       alpha=base)
+                z.mul_(torch.maximum(r, floor).add_(self.eps).rsqrt_())
+                b.addcdiv_(z, p, value=base)
         steps = torch._foreach_mul(self.P, self.b)
         torch._foreach_mul_(steps, self.lr * (1.0 - beta1) / (1.0 - beta1 ** self.t))
         return list(torch._foreach_sub([t.detach() for t in theta], steps))
