@@ -105,36 +105,6 @@ def test_a_rung_keeps_the_best_third_and_the_next_smaller_lr():
     assert kept == {0.3, 0.9}
 
 
-def test_only_the_promotion_into_the_last_rung_hedges_where_a_slower_lane_is_kept():
-    """Short horizons favour large lrs; the hedge keeps a slower candidate than the
-    rung's best for the next rung. Into an earlier rung, a kept lane slower than the
-    best already is one; into the last rung the next smaller lr is always kept, from
-    every lane raced: one dropped at an earlier rung comes back warm."""
-    from types import SimpleNamespace
-
-    from sgld_tuner.search import Race
-
-    def lanes(scores, lrs):
-        return [SimpleNamespace(state=SimpleNamespace(net_params={"lr": lr}), rung_score=s,
-                                rung_error=0.0, engine=SimpleNamespace(failed=False))
-                for lr, s in zip(lrs, scores)]
-
-    def lrs(kept):
-        return {lane.state.net_params["lr"] for lane in kept}
-
-    rung = lanes((0.2, 0.3, 0.5, 0.7, 0.8), (0.01, 0.03, 0.1, 0.3, 0.9))
-    assert lrs(Race()._promoted(rung, rung, final=False)) == {0.9, 0.3}  # 0.3 < 0.9
-    assert lrs(Race()._promoted(rung, rung, final=True)) == {0.9, 0.3, 0.1}
-    slowest_best = lanes((0.2, 0.3, 0.5, 0.8, 0.7), (0.01, 0.03, 0.1, 0.3, 0.9))
-    assert lrs(Race()._promoted(slowest_best, slowest_best, final=False)) == {0.3, 0.9, 0.1}
-    # into the last rung: the rung's best is its smallest lr, the next smaller was
-    # dropped a rung before and comes back
-    dropped = lanes((0.4, 0.6), (0.01, 0.03))
-    last = lanes((0.9, 0.7), (0.1, 0.3))
-    assert lrs(Race()._promoted(last, dropped + last, final=True)) == {0.1, 0.03}
-    assert lrs(Race(hedge=False)._promoted(last, dropped + last, final=True)) == {0.1}
-
-
 def test_a_user_stop_ends_the_race_with_its_results_kept(digits4):
     """A callback's stop (as Ctrl-C or the timeout) in the third lane ends the whole
     race: no further lane is run, the best lane so far is reported and refit."""
@@ -228,21 +198,14 @@ def test_three_rungs_run_at_a_ninth_a_third_and_all_of_the_horizon(digits4):
     rows = tuner.cv_results_
     lanes_per_rung = {rung: len(set(rows["param_lr"][rows["iter"] == rung].astype(float)))
                       for rung in (0, 1, 2)}
-    # the first rung's best two (one scored point each), and the hedge only where the
-    # best of them has the smaller lr; the last rung: the best lane and the hedge
-    first = rows["iter"] == 0
-    best_two = sorted(zip(rows["mean_test_score"][first], rows["param_lr"][first].astype(float)),
-                      reverse=True)[:2]
-    hedged = best_two[0][1] < best_two[1][1]
-    assert lanes_per_rung[0] == 5 and lanes_per_rung[1] == (3 if hedged else 2)
-    assert lanes_per_rung[2] in (1, 2)
+    # the last rung: the best lane, and the hedge unless the best has the smallest lr
+    assert lanes_per_rung[0] == 5 and lanes_per_rung[1] == 3 and lanes_per_rung[2] in (1, 2)
     assert max(rows["iteration"][rows["iter"] == 0]) == 0
     assert max(rows["iteration"][rows["iter"] == 1]) == 2
     assert max(rows["iteration"][rows["iter"] == 2]) == 8
     # as scikit-learn's successive-halving searches report them: lanes per rung, and the
     # inner steps per fold each rung judged them at (4 an iteration; budget 36)
-    assert tuner.n_candidates_ == [5, lanes_per_rung[1], lanes_per_rung[2]]
-    assert tuner.n_iterations_ == 3
+    assert tuner.n_candidates_ == [5, 3, lanes_per_rung[2]] and tuner.n_iterations_ == 3
     assert tuner.n_resources_ == [4, 12, 36] == [
         max(rows["n_resources"][rows["iter"] == rung]) for rung in (0, 1, 2)]
     assert (tuner.min_resources_, tuner.max_resources_, tuner.n_remaining_candidates_) \

@@ -174,7 +174,7 @@ class Race(Schedule):
                 return _ended_by_user(stopped, everyone)
             alive = self._finite(alive) or [_own_lane(context, lanes)]
             if rung < n_rungs - 1:
-                alive = self._promoted(alive, everyone, final=rung == n_rungs - 2)
+                alive = self._promoted(alive)
         winner = self._winner(alive, float(context.net.lr))
         if winner.engine.failed:
             _merge_losers(winner, [lane for lane in everyone if lane is not winner])
@@ -268,24 +268,16 @@ class Race(Schedule):
                 break
         return grown
 
-    def _promoted(self, lanes: list, everyone: list = (), final: bool = True) -> list:
-        """The best ``1 / factor`` of the lanes, and the ``hedge`` lane: into the last
-        rung, the next smaller lr than the smallest kept from every lane raced (one
-        dropped at an earlier rung continues warm from where it stopped); into an
-        earlier rung, the next smaller among ``lanes``, and only where no kept lane is
-        slower than the best (the next rung then sees a slower candidate already)."""
+    def _promoted(self, lanes: list) -> list:
+        """The best ``1 / factor`` of the lanes, and the ``hedge`` lane."""
         keep = max(1, math.ceil(len(lanes) / self.factor))
         ranked = sorted(lanes, key=lambda lane: -lane.rung_score)
         kept, rest = ranked[:keep], ranked[keep:]
-        pool = _scored([lane for lane in everyone if lane not in lanes]) if final else []
-        if not self.hedge or not _all_have_lr(lanes + pool):
-            return kept
-        floor = min(_lr(lane) for lane in kept)
-        if not final and floor < _lr(ranked[0]):
-            return kept
-        below = [lane for lane in rest + pool if _lr(lane) < floor]
-        if below:
-            kept.append(max(below, key=_lr))
+        if self.hedge and _all_have_lr(lanes):
+            floor = min(_lr(lane) for lane in kept)
+            below = [lane for lane in rest if _lr(lane) < floor]
+            if below:
+                kept.append(max(below, key=_lr))
         return kept
 
     def _winner(self, lanes: list, own_lr: float) -> Lane:
