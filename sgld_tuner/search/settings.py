@@ -99,8 +99,8 @@ class SamplerSettings(_Group):
         (:mod:`sgld_tuner.search.stacked`), only where that computes what the folds one
         by one do (a recursion that declares itself stackable, a module without buffers,
         tied weights or random layers), up to float rounding: batched products sum in
-        another order, and the difference can grow along a long search (on digits, cv
-        scores up to 0.02 apart late in a search; the same pick). ``"auto"``: when ``n_jobs`` is None or 1 and the net has
+        another order, and the difference can grow along a long search
+        (``docs/reliability.md``, the fourth sweep). ``"auto"``: when ``n_jobs`` is None or 1 and the net has
         at most ``sgld_tuner.search.stacked.AUTO_MAX_WEIGHTS`` weights.
     options : dict, optional
         Further fields of :class:`~sgld_tuner.core.InnerSettings`: the baselines'
