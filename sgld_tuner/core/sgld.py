@@ -185,18 +185,7 @@ class PreconditionedSampler(Sampler):
         self.t += 1
         if self.beta1 > 0.0:
             return self._adam_step(theta, grads, generator)
-        # One foreach call per operation over all leaves (a per-leaf Python loop of small
-        # ops cost more than the arithmetic), in the same operations and order as
-        # ``beta2 v + (1 - beta2) g g``, ``sqrt(v / c)``, ``1 / (eps + r)`` and
-        # ``theta - lr P g``: the same bits. New lists: :meth:`state` hands out ``v``.
-        squares = torch._foreach_mul(grads, 1.0 - self.beta2)
-        torch._foreach_mul_(squares, grads)
-        self.v = list(torch._foreach_mul(self.v, self.beta2))  # foreach gives tuples
-        torch._foreach_add_(self.v, squares)
-        rms = torch._foreach_div(self.v, 1.0 - self.beta2 ** self.t)
-        torch._foreach_sqrt_(rms)
-        self.P = list(torch._foreach_add(rms, self.eps))
-        torch._foreach_reciprocal_(self.P)
+        rms = self._second_moment(grads)
         steps = torch._foreach_mul(self.P, self.lr)
         torch._foreach_mul_(steps, grads)
         out = list(torch._foreach_sub([t.detach() for t in theta], steps))
@@ -209,18 +198,27 @@ class PreconditionedSampler(Sampler):
                 t.add_(z * (self.eps + torch.maximum(r, floor)).rsqrt(), alpha=base)
         return out
 
-    def _adam_step(self, theta, grads, generator):
-        """The step with Adam's first moment (``beta1 > 0``; see the class notes)."""
-        beta1, beta2 = self.beta1, self.beta2
-        # foreach calls over all leaves, as in step (new lists: state() hands them out)
-        squares = torch._foreach_mul(grads, 1.0 - beta2)
+    def _second_moment(self, grads) -> list:
+        """Update ``v`` and ``P`` from this step's gradients; return ``r``.
+
+        One foreach call per operation over all leaves (a per-leaf Python loop of small
+        ops cost more than the arithmetic), in the same operations and order as
+        ``beta2 v + (1 - beta2) g g``, ``sqrt(v / c)`` and ``1 / (eps + r)``. New lists:
+        :meth:`state` hands out ``v``."""
+        squares = torch._foreach_mul(grads, 1.0 - self.beta2)
         torch._foreach_mul_(squares, grads)
-        self.v = list(torch._foreach_mul(self.v, beta2))
+        self.v = list(torch._foreach_mul(self.v, self.beta2))  # foreach gives tuples
         torch._foreach_add_(self.v, squares)
-        rms = torch._foreach_div(self.v, 1.0 - beta2 ** self.t)
+        rms = torch._foreach_div(self.v, 1.0 - self.beta2 ** self.t)
         torch._foreach_sqrt_(rms)
         self.P = list(torch._foreach_add(rms, self.eps))
         torch._foreach_reciprocal_(self.P)
+        return rms
+
+    def _adam_step(self, theta, grads, generator):
+        """The step with Adam's first moment (``beta1 > 0``; see the class notes)."""
+        beta1 = self.beta1
+        rms = self._second_moment(grads)
         if self.b is None:
             self.b = [torch.zeros_like(g) for g in grads]
         self.b = list(torch._foreach_mul(self.b, beta1))
