@@ -10,7 +10,7 @@ from sgld_tuner import SGLDHyperTuner
 from sgld_tuner import SamplerSettings, OuterSettings
 from sgld_tuner.core import ChainState, InnerSettings, SliceGenerators, sgld_hypergrad
 from sgld_tuner.core import _tree
-from sgld_tuner.core.sgld import standard_normal
+from sgld_tuner.core.sgld import NOISES, draw_noise
 from sgld_tuner.search.stacked import FoldBatch
 from test_tuner import grouped
 from sgld_tuner.hyperparams import (AffineAugmentation, LossWeights, PerWeightL1, SampleWeights,
@@ -199,13 +199,19 @@ def test_auto_leaves_large_nets_alone():
     assert FoldBatch.build(folds, SETTINGS, 0.0, max_weights=n_weights) is not None
 
 
-def test_slice_generators_draw_what_each_generator_draws_alone():
+@pytest.mark.parametrize("noise", NOISES)
+def test_slice_generators_draw_what_each_generator_draws_alone(noise):
     gens = SliceGenerators(torch.Generator().manual_seed(s) for s in (1, 2, 3))
-    z = standard_normal((3, 4, 5), gens, device=torch.device("cpu"), dtype=torch.float64)
+    stacked = [torch.empty(3, 4, 5, dtype=torch.float64), torch.empty(3, 7, dtype=torch.float64)]
+    drawn = list(draw_noise(stacked, gens, noise))
     for k, seed in enumerate((1, 2, 3)):
-        alone = torch.randn((4, 5), generator=torch.Generator().manual_seed(seed),
-                            dtype=torch.float64)
-        torch.testing.assert_close(z[k], alone, rtol=0, atol=0)
+        alone = list(draw_noise([t[k] for t in stacked], torch.Generator().manual_seed(seed),
+                                noise))
+        for z, z_alone in zip(drawn, alone):
+            torch.testing.assert_close(z[k], z_alone, rtol=0, atol=0)
+    if noise == "gaussian":  # the stream of torch.randn, leaf after leaf
+        torch.testing.assert_close(drawn[0][1], torch.randn(
+            (4, 5), generator=torch.Generator().manual_seed(2), dtype=torch.float64))
 
 
 def _tuner(**kw):

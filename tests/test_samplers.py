@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sgld_tuner.core import BilevelProblem, ChainState, InnerSettings, hypergradient
-from sgld_tuner.core.sgld import make_sampler
+from sgld_tuner.core.sgld import NOISES, draw_noise, make_sampler
 from sgld_tuner.problems import RidgePerFeature
 
 from _ridge import warm_chain_relative_error
@@ -40,14 +40,17 @@ def test_noise_free_sampler_is_the_torch_optimizer(sampler, momentum, optimizer)
     torch.testing.assert_close(theta[0], param.detach(), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("sampler, momentum", [("momentum", 0.5), ("psgld", 0.0),
-                                               ("psgld", 0.5), ("psgld", 0.9)])
-def test_sampler_draws_the_gibbs_distribution(sampler, momentum):
+@pytest.mark.parametrize("noise", NOISES)
+@pytest.mark.parametrize("sampler, momentum", [("sgld", 0.0), ("momentum", 0.5),
+                                               ("psgld", 0.0), ("psgld", 0.5),
+                                               ("psgld", 0.9)])
+def test_sampler_draws_the_gibbs_distribution(sampler, momentum, noise):
     """``L = (theta - 1)^2 / 2`` at tau = 0.5: the samples' mean is 1 and their variance
     0.5 (up to the discretisation bias of a small step), with or without Adam's first
-    moment in pSGLD."""
+    moment in pSGLD, from normal increments and from random signs (the weak Euler
+    scheme: only the increments' mean and variance reach the samples' distribution)."""
     settings = InnerSettings(inner_lr=0.01, temperature=0.5, sampler=sampler,
-                             momentum=momentum, beta2=0.999).validate()
+                             momentum=momentum, beta2=0.999, noise=noise).validate()
     chain = make_sampler(settings)
     gen = torch.Generator().manual_seed(0)
     theta, draws = [torch.zeros(500, dtype=DT)], []
@@ -126,3 +129,25 @@ def test_psgld_noise_of_a_tensor_without_any_gradient_is_that_of_the_chain():
     dead, live = make_sampler(settings).step(theta, grads, torch.Generator().manual_seed(0))
     assert float(dead.std()) == pytest.approx((2 * eta * tau / (1 / 3)) ** 0.5, rel=0.03)
     assert float(live[:n].std()) == pytest.approx((2 * eta * tau / 0.5) ** 0.5, rel=0.03)
+
+
+def test_random_signs_are_fair_coins_in_every_bit_position():
+    """Each weight's sign is +-1 with probability 1/2, whichever of a 64-bit word's bits
+    it comes from (torch's ``random_()`` leaves an int64's sign bit 0: a weight fed by
+    it would always move the same way), and the leaves take disjoint draws."""
+    gen = torch.Generator().manual_seed(0)
+    like = [torch.empty(40, dtype=DT), torch.empty(3, 8, dtype=DT)]  # 64 weights a draw
+    draws = torch.stack([torch.cat([z.reshape(-1) for z in draw_noise(like, gen,
+                                                                       "rademacher")])
+                         for _ in range(4000)])
+    assert set(draws.unique().tolist()) == {-1.0, 1.0}
+    # 4000 coins per position: the std of a position's mean is 1 / sqrt(4000) = 0.016
+    assert float(draws.mean(0).abs().max()) < 0.07
+    assert float(draws.var()) == pytest.approx(1.0, abs=0.01)
+    # neighbouring positions independent (the signs of one byte come from one lookup)
+    assert float((draws[:, :-1] * draws[:, 1:]).mean(0).abs().max()) < 0.07
+
+
+def test_unknown_noise_is_refused():
+    with pytest.raises(ValueError, match="noise must be one of"):
+        InnerSettings(noise="uniform").validate()

@@ -45,13 +45,71 @@ def standard_normal(shape, generator, *, device, dtype) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
+#: the chains' noise increments (``InnerSettings.noise``): standard normal, or random
+#: signs (mean 0, variance 1; Kloeden & Platen's simplified weak Euler scheme)
+NOISES = ("gaussian", "rademacher")
+
+
+def draw_noise(like, generator, kind: str = "gaussian"):
+    """One draw ``z`` of ``kind`` per tensor of ``like`` (its shape, device and dtype).
+
+    ``"gaussian"`` draws leaf by leaf, in leaf order, when iterated (one leaf's noise
+    alive at a time, the stream of the leaves drawn one after the other). ``"rademacher"``
+    draws every leaf's signs at once (views of one buffer of the chain's size: a model's
+    worth of memory for the step), from 64 random bits per 64 weights: on a CPU a normal
+    draw costs about four times the step's own arithmetic per weight, the signs a
+    quarter of the normal draw. Either way, for :class:`SliceGenerators` chain ``k``
+    (slice ``k`` along dim 0) draws from generator ``k`` what it draws alone.
+    """
+    if kind == "gaussian":
+        return (standard_normal(t.shape, generator, device=t.device, dtype=t.dtype)
+                for t in like)
+    if kind != "rademacher":
+        raise ValueError(f"noise must be one of {NOISES}, got {kind!r}")
+    like = list(like)
+    if len({(t.device, t.dtype) for t in like}) > 1:  # mixed leaves: one buffer each
+        return [z for t in like for z in _random_signs([t], generator)]
+    return _random_signs(like, generator)
+
+
+# one table per (device, dtype): row b holds the signs of byte b's eight bits
+_SIGN_TABLES: dict = {}
+
+
+def _random_signs(like: list, generator) -> list:
+    """Random signs for tensors of one device and dtype, as views of one buffer."""
+    if not like:
+        return []
+    device, dtype = like[0].device, like[0].dtype
+    gens = generator if isinstance(generator, SliceGenerators) else (generator,)
+    sizes = [t.numel() // len(gens) for t in like]  # per chain
+    words = torch.empty(len(gens), -(-sum(sizes) // 64), dtype=torch.int64, device=device)
+    for row, gen in zip(words, gens):
+        # the whole int64 range: random_() alone leaves the sign bit 0
+        row.random_(-2 ** 63, 2 ** 63 - 1, generator=gen)
+    key = (device, dtype)
+    if key not in _SIGN_TABLES:
+        byte = torch.arange(256, device=device).unsqueeze(1)
+        bits = (byte >> torch.arange(8, device=device)) & 1
+        _SIGN_TABLES[key] = bits.to(dtype).mul_(2).sub_(1)
+    # a byte's eight signs in one lookup: the cheapest unpacking of bits torch has
+    signs = torch.index_select(_SIGN_TABLES[key], 0, words.view(torch.uint8).view(-1).int())
+    signs = signs.view(len(gens), -1)
+    out, start = [], 0
+    for t, size in zip(like, sizes):
+        out.append(signs[:, start:start + size].view(t.shape))
+        start += size
+    return out
+
+
 @torch.no_grad()
-def langevin_step(theta, grads, *, lr, temperature, noise_scale, generator):
+def langevin_step(theta, grads, *, lr, temperature, noise_scale, generator, noise="gaussian"):
     """One SGLD step on a list of tensors; returns new detached tensors.
 
-    ``theta - lr * grad + sqrt(2 * lr * temperature) * noise_scale * z`` with
-    ``z ~ N(0, I)``. ``lr`` is the paper's ``eps / (2 * tau)``, so ``temperature -> 0``
-    (or ``noise_scale = 0``) is plain gradient descent.
+    ``theta - lr * grad + sqrt(2 * lr * temperature) * noise_scale * z`` with ``z`` drawn
+    by :func:`draw_noise` (``noise="gaussian"``: ``N(0, I)``). ``lr`` is the paper's
+    ``eps / (2 * tau)``, so ``temperature -> 0`` (or ``noise_scale = 0``) is plain
+    gradient descent.
     """
     std = math.sqrt(2.0 * lr * temperature) * noise_scale
     theta = [t.detach() for t in theta]
@@ -63,10 +121,7 @@ def langevin_step(theta, grads, *, lr, temperature, noise_scale, generator):
         out = torch._foreach_add(theta, grads, alpha=-lr)
     else:
         out = [t - lr * g for t, g in zip(theta, grads)]
-    # Leaf by leaf, in leaf order: a seed gives the same stream as before, and only one
-    # leaf's noise is alive at a time (a list of all of it would add a full model's worth
-    # of memory to the peak).
-    return _add_noise(out, std, generator)
+    return _add_noise(out, std, generator, noise)
 
 
 class Sampler:
@@ -88,10 +143,12 @@ class Sampler:
     def __init__(self, settings):
         self.lr, self.temperature = settings.inner_lr, settings.temperature
         self.noise_scale = settings.noise_scale
+        self.noise = getattr(settings, "noise", "gaussian")
 
     def step(self, theta, grads, generator):
         return langevin_step(theta, grads, lr=self.lr, temperature=self.temperature,
-                             noise_scale=self.noise_scale, generator=generator)
+                             noise_scale=self.noise_scale, generator=generator,
+                             noise=self.noise)
 
     def precond(self):
         return None
@@ -128,7 +185,7 @@ class MomentumSampler(Sampler):
         # The noise goes into the buffer (it is carried like a gradient), so the iterate is
         # an AR(2) process driven by white noise whose stationary variance is tau / h.
         std = math.sqrt(2.0 * self.temperature * (1.0 - self.mu) / self.lr) * self.noise_scale
-        self.buffer = _add_noise(self.buffer, std, generator)
+        self.buffer = _add_noise(self.buffer, std, generator, self.noise)
         return [t.detach() - self.lr * b for t, b in zip(theta, self.buffer)]
 
     def state(self):
@@ -193,8 +250,8 @@ class PreconditionedSampler(Sampler):
         if base > 0.0:
             slices = len(generator) if isinstance(generator, SliceGenerators) else None
             floors = _typical_floors(rms, slices)
-            for t, r, floor in zip(out, rms, floors):
-                z = standard_normal(t.shape, generator, device=t.device, dtype=t.dtype)
+            for t, r, floor, z in zip(out, rms, floors,
+                                      draw_noise(out, generator, self.noise)):
                 t.add_(z * (self.eps + torch.maximum(r, floor)).rsqrt(), alpha=base)
         return out
 
@@ -227,8 +284,8 @@ class PreconditionedSampler(Sampler):
         if base > 0.0:
             slices = len(generator) if isinstance(generator, SliceGenerators) else None
             # sqrt(Q) / P z, in place (a small net's step is its kernel launches)
-            for b, r, floor, p in zip(self.b, rms, _typical_floors(rms, slices), self.P):
-                z = standard_normal(b.shape, generator, device=b.device, dtype=b.dtype)
+            for b, r, floor, p, z in zip(self.b, rms, _typical_floors(rms, slices), self.P,
+                                         draw_noise(self.b, generator, self.noise)):
                 z.mul_(torch.maximum(r, floor).add_(self.eps).rsqrt_())
                 b.addcdiv_(z, p, value=base)
         steps = torch._foreach_mul(self.P, self.b)
@@ -269,12 +326,11 @@ def _typical_floors(values: list, slices: int | None) -> list:
     return floors
 
 
-def _add_noise(out, std, generator):
+def _add_noise(out, std, generator, noise="gaussian"):
     """``out + std * z`` leaf by leaf, in place (the stream of :func:`langevin_step`)."""
     if std > 0.0:
-        for t in out:
-            t.add_(standard_normal(t.shape, generator, device=t.device, dtype=t.dtype),
-                   alpha=std)
+        for t, z in zip(out, draw_noise(out, generator, noise)):
+            t.add_(z, alpha=std)
     return out
 
 

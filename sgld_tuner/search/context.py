@@ -33,7 +33,7 @@ from .settings import OuterSettings, SamplerSettings
 # InnerSettings fields the sampler's own fields set (and keep_samples: the search keeps
 # no samples); every other field is a valid ``SamplerSettings.options`` key.
 SET_BY_SAMPLER = ("method", "inner_lr", "burn_in", "n_samples", "temperature",
-                  "noise_scale", "chain", "recursion", "keep_samples")
+                  "noise_scale", "noise", "chain", "recursion", "keep_samples")
 
 
 #: net settings that change how a net trains but neither its start nor its criterion:
@@ -173,7 +173,7 @@ class FitContext:
         return InnerSettings(method=sampler.method, inner_lr=float(inner_lr) * inner_lr_scale,
                              burn_in=burn_in, n_samples=sampler.n_samples,
                              temperature=sampler.temperature_for(train_rows),
-                             noise_scale=sampler.noise_scale,
+                             noise_scale=sampler.noise_scale, noise=sampler.noise,
                              chain=sampler.chain, recursion=self.recursion,
                              **options).validate()
 

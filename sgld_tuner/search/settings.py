@@ -14,6 +14,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 from ..core import METHODS, InnerSettings
+from ..core.sgld import NOISES
 from ..core.recursions import RECURSIONS
 
 
@@ -107,6 +108,13 @@ class SamplerSettings(_Group):
         ``n_inner``, ``cg_iters``, ``cg_damping``, ``neumann_iters``, ``neumann_alpha``;
         ``curvature_every`` of the tracked and damped recursions; ``sampler``,
         ``momentum``, ``beta2``, ``precond_eps`` (by default from the net's optimizer).
+    noise : {"rademacher", "gaussian"}, default="rademacher"
+        The chains' noise increments: random signs, or standard normal draws (the
+        paper's). Both have mean 0 and variance 1 and sample the same distribution to the
+        same order in the step (the simplified weak Euler scheme;
+        :class:`~sgld_tuner.core.InnerSettings`); on a CPU a normal draw per weight cost
+        as much as a sixth of a chain's step on a large MLP, the signs a quarter of that
+        (``docs/performance.md``).
     """
 
     _parameter_constraints: dict = {
@@ -123,12 +131,13 @@ class SamplerSettings(_Group):
         "outer_batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "batch_folds": [StrOptions({"auto"}), "boolean"],
         "options": [dict, None],
+        "noise": [StrOptions(set(NOISES))],
     }
 
     def __init__(self, burn_in=5, n_samples=5, temperature="auto", noise_scale=1.0,
                  inner_lr=None, batch_size=None, method="sgld", recursion="auto",
                  chain="persistent", warm_up=0, outer_batch_size=128, batch_folds="auto",
-                 options=None):
+                 options=None, noise="rademacher"):
         self.burn_in = burn_in
         self.n_samples = n_samples
         self.temperature = temperature
@@ -142,6 +151,7 @@ class SamplerSettings(_Group):
         self.outer_batch_size = outer_batch_size
         self.batch_folds = batch_folds
         self.options = options
+        self.noise = noise
 
     def temperature_for(self, n_rows: int) -> float:
         """The chains' ``tau`` for a chain that trains on ``n_rows`` rows."""
