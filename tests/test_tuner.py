@@ -463,6 +463,7 @@ def test_callbacks_can_stop_and_verbose_shows_progress(digits4, capsys):
     ({"sampler": {"n_samples": 0}}, InvalidParameterError),
     ({"cv": "five"}, InvalidParameterError),
     ({"sampler": {"method": "grid"}}, InvalidParameterError),
+    ({"sampler": {"noise": "uniform"}}, InvalidParameterError),
     ({"outer": {"lr": 0.0}}, InvalidParameterError),
 ])
 def test_invalid_knobs_raise_sklearn_errors(digits4, kwargs, error):
