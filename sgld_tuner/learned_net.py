@@ -137,10 +137,12 @@ class _LearnedMixin:
         lazy = any(is_lazy(p) for p in self.module_.parameters())
         n_classes = None
         if crit.is_classifier or lazy:
-            # A forward on one row reads the output layout and, as skorch's first batch
-            # would, materialises lazy layers (LazyLinear) before the kinds bind to them.
-            probe = (probe_output(self.module_, **{k: v[:1] for k, v in x_batch.items()})
-                     if isinstance(x_batch, Mapping) else probe_output(self.module_, x_batch[:1]))
+            # A forward on two rows reads the output layout and, as skorch's first batch
+            # would, materialises lazy layers (LazyLinear) before the kinds bind to them
+            # (two: a batch norm without running statistics normalises by the batch's
+            # own spread even in eval mode, and one row has none).
+            probe = (probe_output(self.module_, **{k: v[:2] for k, v in x_batch.items()})
+                     if isinstance(x_batch, Mapping) else probe_output(self.module_, x_batch[:2]))
             n_classes = int(probe.shape[-1]) if crit.is_classifier else None
         dtype = module_dtype(self.module_)
         device = module_device(self.module_)

@@ -13,6 +13,7 @@ from sgld_tuner.hyperparams import (AffineAugmentation, LossWeights, PerWeightL1
                                     TaylorLoss, WeightDecay)
 from sgld_tuner.learned_net import (ROW_KEY, WRAP_KEY, LearnedNet, LearnedNetClassifier,
                                     LearnedNetRegressor, make_learned_net)
+from sgld_tuner.search.chains import recompute_batch_norm, tracks_batch_norm
 from sgld_tuner.skorch_adapter import NetProblem
 
 
@@ -361,6 +362,57 @@ def test_the_output_probe_leaves_batch_norm_and_the_mode_alone():
                                           for k, b in problem.bound.items()})
     learned.fit(X, y)  # its probe used to run one row through batch norm in train mode
     assert learned.predict(X).shape == (60,)
+
+
+def _batch_norm_net(track=True):
+    module = torch.nn.Sequential(torch.nn.Linear(16, 8),
+                                 torch.nn.BatchNorm1d(8, track_running_stats=track),
+                                 torch.nn.Linear(8, 3))
+    return NeuralNetClassifier(module, criterion=torch.nn.CrossEntropyLoss, max_epochs=2,
+                               lr=0.1, train_split=None, verbose=0).initialize()
+
+
+def test_a_refit_probes_batch_norm_without_running_statistics():
+    """Such a layer normalises by the batch's own spread in eval mode too: the probe that
+    reads the output layout takes two rows (one has no spread)."""
+    net = _batch_norm_net(track=False)
+    X, y = _data()
+    hps = {"l1": PerWeightL1(init=0.01)}
+    problem = NetProblem(net, hps, X, y, X[:20], y[:20], generator=torch.Generator())
+    lam = problem.init_lam()
+    learned = make_learned_net(net, hps, {k: b.to_public(lam[k])
+                                          for k, b in problem.bound.items()})
+    learned.fit(X, y)
+    assert learned.predict(X).shape == (60,) and not tracks_batch_norm(problem)
+
+
+def test_batch_norm_statistics_are_recomputed_at_the_weights_the_module_holds():
+    """After ``recompute_batch_norm`` the running mean and variance are the training rows'
+    batch statistics of the layer's input at the current weights (the unbiased variance,
+    as batch norm keeps it), whatever stale values they held; the module's mode and the
+    global random stream are left as they were."""
+    net = _batch_norm_net()
+    X, y = _data()
+    problem = NetProblem(net, {"l1": PerWeightL1(init=0.01)}, X, y, X[:20], y[:20],
+                         generator=torch.Generator())
+    linear, norm = net.module_[0], net.module_[1]
+    with torch.no_grad():
+        linear.weight.mul_(5.0)  # the scale a chain's noise can give the weights
+        norm.running_mean.fill_(3.0)
+        norm.running_var.fill_(0.01)
+    net.module_.eval()
+    rng = torch.get_rng_state()
+    recompute_batch_norm(problem)
+    with torch.no_grad():
+        inputs = linear(torch.as_tensor(X))
+    torch.testing.assert_close(norm.running_mean, inputs.mean(0))
+    torch.testing.assert_close(norm.running_var, inputs.var(0, unbiased=True))
+    assert not net.module_.training and torch.equal(torch.get_rng_state(), rng)
+    plain = NetProblem(NeuralNetClassifier(Classifier, max_epochs=2, verbose=0, lr=0.1,
+                                           train_split=None).initialize(),
+                       {"l1": PerWeightL1(init=0.01)}, X, y, X[:20], y[:20],
+                       generator=torch.Generator())
+    assert tracks_batch_norm(problem) and not tracks_batch_norm(plain)
 
 
 @pytest.mark.filterwarnings("ignore:The least populated class")

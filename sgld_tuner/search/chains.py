@@ -11,17 +11,25 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from joblib import delayed
+from torch.optim.swa_utils import update_bn
 
 from ..core import BilevelProblem, ChainState, InnerSettings, _tree, hypergradient
 from ..core.hypergrad import advance_chain
-from ..skorch_adapter import ModuleRNG, NetProblem
+from ..skorch_adapter import OUTER_CHUNK, ModuleRNG, NetProblem
 from .scoring import scores_on
 from .stacked import FoldBatch
+
+#: training rows whose forward passes recompute a chain's batch norm statistics before
+#: each outer iteration and each scoring (:meth:`FoldChain.refresh_batch_norm`), in
+#: passes of ``OUTER_CHUNK`` rows
+BATCH_NORM_ROWS = 2048
+_BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d,
+                torch.nn.SyncBatchNorm)
 
 
 @dataclass
@@ -48,6 +56,7 @@ class FoldChain:
     fit_time: float = 0.0
     warm_up_steps: int = 0
     budget_steps: int = 0  # the net's own training run in steps on this fold's rows
+    _batch_norm: bool | None = field(default=None, repr=False)
 
     def generator_states(self) -> tuple:
         """The fold's two generators' states: the chain's (noise, minibatches) and the
@@ -77,6 +86,50 @@ class FoldChain:
         completed a step (e.g. rolled back at once) sits at theta0."""
         leaves = self.state.theta if self.state.theta is not None else self.bilevel.theta0_leaves
         self.problem.load_theta(_tree.unflatten(leaves, self.bilevel.theta_spec))
+        if self.batch_norm:
+            recompute_batch_norm(self.problem)
+
+    def refresh_batch_norm(self) -> None:
+        """Batch norm statistics recomputed at the chain's position, where the module has
+        them (:func:`recompute_batch_norm`): before each outer iteration, so that the
+        outer loss (eval mode) reads statistics of the weights it evaluates. The module
+        then holds the chain's parameters."""
+        if self.batch_norm:
+            self.load_chain()
+
+    @property
+    def batch_norm(self) -> bool:
+        """:func:`tracks_batch_norm` of the fold's problem (decided once)."""
+        if self._batch_norm is None:
+            self._batch_norm = tracks_batch_norm(self.problem)
+        return self._batch_norm
+
+
+def tracks_batch_norm(problem: NetProblem) -> bool:
+    """Whether the problem's module has batch norm layers with running statistics (and
+    tensor inputs to recompute them from)."""
+    return torch.is_tensor(problem.X_train) and any(
+        isinstance(m, _BATCH_NORMS) and m.track_running_stats
+        for m in problem.module.modules())
+
+
+def recompute_batch_norm(problem: NetProblem) -> None:
+    """Recompute the running statistics of the module's batch norm layers at the weights
+    it holds, from up to ``BATCH_NORM_ROWS`` training rows spread evenly over the fold
+    (``torch.optim.swa_utils.update_bn``).
+
+    A chain's running statistics trail its weights by the layers' momentum, and under an
+    adaptive optimizer's preconditioned noise the weights that feed a batch norm (whose
+    loss does not see their scale) grow fast enough that eval mode (the outer loss, the
+    scores) read them against statistics of much smaller weights: the chains of an Adam
+    net with batch norm scored far below the net, and the race ranked lrs by it
+    (``docs/reliability.md``, the fifth sweep). Dropout's draws in the pass come from a
+    forked stream (the chain's streams do not move)."""
+    X = problem.X_train
+    rows = X[::max(1, -(-X.shape[0] // BATCH_NORM_ROWS))]
+    devices = [problem.device] if problem.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        update_bn(rows.split(OUTER_CHUNK), problem.module)
 
 
 def fold_hypergradient(fold: FoldChain, lam_values, settings: InnerSettings):
@@ -87,6 +140,7 @@ def fold_hypergradient(fold: FoldChain, lam_values, settings: InnerSettings):
     """
     started = time.perf_counter()
     lam = [t.detach().clone().requires_grad_(True) for t in lam_values]
+    fold.refresh_batch_norm()
     if fold.state.n_steps == 0 and fold.warm_up_steps:
         advance_chain(fold.bilevel, lam, fold.state, settings, fold.generator,
                       fold.warm_up_steps)
