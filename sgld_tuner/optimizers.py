@@ -86,7 +86,7 @@ def chain_dynamics(net) -> tuple[dict, float]:
     -----
     OptimizerFollowingWarning
         When the optimizer is not one of SGD, Adam, AdamW, RMSprop (the chain then runs
-        plain SGLD at the net's ``lr``), or is followed only in part.
+        plain SGLD at the lane's ``lr``), or is followed only in part.
     """
     optimizer = net.get_params()["optimizer"]
     opts = _optimizer_params(net)
@@ -95,7 +95,8 @@ def chain_dynamics(net) -> tuple[dict, float]:
     if follow is None:
         name = getattr(optimizer, "__name__", repr(optimizer))
         warnings.warn(f"the net's optimizer {name} has no matching sampler: the search's "
-                      "chains run plain SGLD at the net's lr (followed: SGD, SGD with "
+                      "chains run plain SGLD, at the net's lr or each lr a race tries; the "
+                      "refit trains with the net's optimizer (followed: SGD, SGD with "
                       "momentum, Adam, AdamW, RMSprop)", OptimizerFollowingWarning, stacklevel=3)
         settings = {"sampler": "sgld"}
     else:

@@ -53,6 +53,26 @@ def test_an_optimizer_without_a_sampler_is_named_in_a_warning():
     assert settings == {"sampler": "sgld"}
 
 
+def test_a_race_names_an_optimizer_without_a_sampler_once():
+    """Every lane (five lrs here) reads the net's optimizer: the warning comes once per
+    fit, and says the chains run at each lr the race tries."""
+    import warnings
+
+    from sgld_tuner import SGLDHyperTuner
+    from sgld_tuner.hyperparams import PerWeightL1
+
+    X, y = _digits4()
+    net = _net(torch.optim.Adagrad).set_params(max_epochs=1)
+    tuner = SGLDHyperTuner(net, {"l1": PerWeightL1()}, cv=2, n_outer=4, refit=False,
+                           random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuner.fit(X[:60], y[:60])
+    named = [w for w in caught if issubclass(w.category, OptimizerFollowingWarning)]
+    assert len(named) == 1 and "each lr a race tries" in str(named[0].message)
+    assert len(set(tuner.cv_results_["param_lr"])) >= 5
+
+
 def _digits4():
     from sklearn.datasets import load_digits
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -111,6 +112,9 @@ class FitContext:
     #: each fold's ``init="auto"`` calibration gradient, shared by the lanes whose nets
     #: start alike (a race's lr candidates): a pass over the fold's rows per lane saved
     calibrations: dict = field(default_factory=dict, repr=False)
+    #: the messages of the chains' warnings already given in this fit (every lane, and
+    #: every rollback's shrunken step, reads the net's optimizer again)
+    warned: set = field(default_factory=set, repr=False)
 
     @property
     def is_pipeline(self) -> bool:
@@ -165,7 +169,7 @@ class FitContext:
         inner_lr = sampler.inner_lr if sampler.inner_lr is not None else net.get_params()["lr"]
         # The chains train like the net: its optimizer picks the sampler (options may
         # still override it).
-        dynamics, _ = chain_dynamics(net)
+        dynamics = self._chain_dynamics(net)
         options = {**dynamics, **InnerSettings.check_options(sampler.options, SET_BY_SAMPLER)}
         if burn_in > sampler.burn_in and self.recursion == "tracked":
             options.setdefault("curvature_every",
@@ -176,6 +180,18 @@ class FitContext:
                              noise_scale=sampler.noise_scale, noise=sampler.noise,
                              chain=sampler.chain, recursion=self.recursion,
                              **options).validate()
+
+    def _chain_dynamics(self, net) -> dict:
+        """:func:`~sgld_tuner.optimizers.chain_dynamics` of a lane's net, each of its
+        warnings once per fit."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dynamics, _ = chain_dynamics(net)
+        for w in caught:
+            if str(w.message) not in self.warned:
+                self.warned.add(str(w.message))
+                warnings.warn(w.message, stacklevel=4)
+        return dynamics
 
     def resolve_recursion(self, fold: FoldChain) -> None:
         """Resolve ``recursion="auto"`` once, from the kinds bound to the first fold."""
