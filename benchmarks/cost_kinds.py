@@ -5,9 +5,9 @@ AffineAugmentation, SampleWeights), built with its default arguments as a user w
 them, and each net (64-128-10, 64-512-512-10 and 64-964-964-10, about 1.0e6 weights):
 
 * the CPU time of one HPO-SGLD inner step with the tuner's defaults (``SamplerSettings()``:
-  recursion ``"auto"``, i.e. tracked; B = M = 5; ``temperature=1e-4``; the net's
-  ``lr=0.1``; batch 64; the outer loss on ``outer_batch_size=128`` validation rows drawn
-  from a generator of their own), i.e. one hypergradient divided by ``B + M``, on the fold
+  recursion ``"auto"``, i.e. tracked; its noise, random signs; B = M = 5;
+  ``temperature=1e-4``; the net's ``lr=0.1``; batch 64; the outer loss on
+  ``outer_batch_size=128`` validation rows drawn from a generator of their own), i.e. one hypergradient divided by ``B + M``, on the fold
   problem the tuner builds (``NetProblem`` with ``module_rng`` and ``outer_generator``,
   then ``problem.bilevel()``);
 * the CPU time of one plain SGD training step of the same net on a 64-row minibatch
@@ -46,7 +46,9 @@ from skorch import NeuralNetClassifier  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
+from sgld_tuner import SamplerSettings  # noqa: E402
 from sgld_tuner.core import ChainState, InnerSettings, hypergradient  # noqa: E402
+from sgld_tuner.core.sgld import draw_noise  # noqa: E402
 from sgld_tuner.core import _tree  # noqa: E402
 from sgld_tuner.hyperparams import (AffineAugmentation, LossWeights, PerWeightL1,  # noqa: E402
                                     SampleWeights, TaylorLoss, WeightDecay)
@@ -150,7 +152,8 @@ def settings(net, recursion: str) -> InnerSettings:
     dynamics, _ = chain_dynamics(net)
     return InnerSettings(method="sgld", inner_lr=LR, burn_in=BURN_IN, n_samples=N_SAMPLES,
                          temperature=TEMPERATURE, noise_scale=1.0, chain="persistent",
-                         recursion=recursion, **dynamics).validate()
+                         recursion=recursion, noise=SamplerSettings().noise,
+                         **dynamics).validate()
 
 
 class PlainTrainer:
@@ -413,6 +416,8 @@ def profile(size: str, kind: str, recursion: str = "auto", rounds: int = 20) -> 
             bilevel.outer(lam, theta), theta),
         "Gaussian noise for every weight": lambda: [torch.randn(t.shape, generator=gen)
                                                    for t in theta],
+        "random signs for every weight (the default noise)": lambda: list(
+            draw_noise(theta, gen, "rademacher")),
     }
     times = {name: [] for name in pieces}
     for fn in pieces.values():
