@@ -91,7 +91,7 @@ class InnerSettings:
         standard normal (the paper's), or random signs: the same mean and variance, the
         simplified weak Euler scheme of Langevin dynamics (Kloeden & Platen 1992, 14.1),
         whose samples' distribution has the same order of discretisation error as with
-        normal increments, at a quarter of a normal draw's cost on a CPU.
+        normal increments, and much cheaper to draw on a CPU (``docs/performance.md``).
     momentum, beta2, precond_eps : float
         The samplers' knobs (momentum in [0, 1), beta2 in [0, 1), precond_eps > 0).
     keep_samples : bool

@@ -56,9 +56,9 @@ def draw_noise(like, generator, kind: str = "gaussian"):
     ``"gaussian"`` draws leaf by leaf, in leaf order, when iterated (one leaf's noise
     alive at a time, the stream of the leaves drawn one after the other). ``"rademacher"``
     draws every leaf's signs at once (views of one buffer of the chain's size: a model's
-    worth of memory for the step), from 64 random bits per 64 weights: on a CPU a normal
-    draw costs about four times the step's own arithmetic per weight, the signs a
-    quarter of the normal draw. Either way, for :class:`SliceGenerators` chain ``k``
+    worth of memory for the step), from 64 random bits per 64 weights, where a normal
+    draw takes a generator call per weight: on a CPU the generator, not the step's
+    arithmetic, is a normal draw's cost (``docs/performance.md``). Either way, for :class:`SliceGenerators` chain ``k``
     (slice ``k`` along dim 0) draws from generator ``k`` what it draws alone.
     """
     if kind == "gaussian":

@@ -112,9 +112,9 @@ class SamplerSettings(_Group):
         The chains' noise increments: random signs, or standard normal draws (the
         paper's). Both have mean 0 and variance 1 and sample the same distribution to the
         same order in the step (the simplified weak Euler scheme;
-        :class:`~sgld_tuner.core.InnerSettings`); on a CPU a normal draw per weight cost
-        as much as a sixth of a chain's step on a large MLP, the signs a quarter of that
-        (``docs/performance.md``).
+        :class:`~sgld_tuner.core.InnerSettings`); the signs are much cheaper to draw on
+        a CPU, where a normal draw per weight is a visible share of a large net's chain
+        step (``docs/performance.md``).
     """
 
     _parameter_constraints: dict = {
