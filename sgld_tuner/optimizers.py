@@ -13,17 +13,24 @@ net optimizer               chain
 SGD (momentum 0)            plain SGLD at the net's ``lr``
 SGD (momentum mu > 0)       momentum SGLD, same ``mu`` (Nesterov is run as heavy ball)
 Adam, AdamW                 pSGLD with Adam's moments (``betas``, ``eps``): the
-                            first as momentum (Adam's step, bias corrections included)
+                            first as momentum (Adam's step, bias corrections included);
+                            AdamW's decay decoupled as AdamW applies it
 RMSprop                     pSGLD with RMSprop's ``alpha`` and ``eps`` (its momentum is
                             not used)
 anything else               plain SGLD at the net's ``lr``, with a warning naming it
 ==========================  ===========================================================
 
-``optimizer__weight_decay`` is kept as ``0.5 * wd * ||theta||^2`` in the chain's training
-loss (for AdamW, whose decay is decoupled, this is the coupled approximation).
+The net's weight decay (``optimizer__weight_decay``, or the optimizer's own default where
+unset: 0.01 for AdamW) is followed as the optimizer applies it: coupled (SGD, Adam,
+RMSprop) as ``0.5 * wd * ||theta||^2`` in the chain's training loss, decoupled (AdamW, or
+Adam with ``decoupled_weight_decay=True``) as the sampler's ``decoupled_decay``, a shrink
+of every weight by ``1 - lr * wd`` per step outside the preconditioner. (Coupled, a large
+AdamW decay is divided by Adam's ``sqrt(v)`` and pulls the weights far harder than the
+net's own optimizer does.)
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
@@ -80,7 +87,8 @@ def chain_dynamics(net) -> tuple[dict, float]:
     settings : dict
         ``InnerSettings`` fields: ``sampler`` and its knobs.
     weight_decay : float
-        ``optimizer__weight_decay`` (0 if unset), to keep in the chain's training loss.
+        The coupled weight decay to keep in the chain's training loss
+        (:func:`net_weight_decay`); a decoupled one is ``settings["decoupled_decay"]``.
 
     Warns
     -----
@@ -101,12 +109,39 @@ def chain_dynamics(net) -> tuple[dict, float]:
         settings = {"sampler": "sgld"}
     else:
         settings = follow(opts)
-    return settings, net_weight_decay(net)
+    decay, decoupled = _weight_decay(net)
+    if decoupled and decay:
+        settings["decoupled_decay"] = decay
+    return settings, 0.0 if decoupled else decay
 
 
 def net_weight_decay(net) -> float:
-    """The net's ``optimizer__weight_decay`` (0 if unset)."""
-    return float(_optimizer_params(net).get("weight_decay", 0.0) or 0.0)
+    """The net's coupled weight decay, to keep in the chain's training loss as an L2
+    term: ``optimizer__weight_decay`` (the optimizer's default where unset), 0 for an
+    optimizer whose decay is decoupled (AdamW: the sampler follows it,
+    :func:`chain_dynamics`)."""
+    decay, decoupled = _weight_decay(net)
+    return 0.0 if decoupled else decay
+
+
+def _weight_decay(net) -> tuple[float, bool]:
+    """The net's optimizer's weight decay (set or its default) and whether it is
+    decoupled (AdamW, or ``decoupled_weight_decay=True``)."""
+    optimizer = net.get_params()["optimizer"]
+    opts = {**_defaults(optimizer), **_optimizer_params(net)}
+    decoupled = isinstance(optimizer, type) and (
+        issubclass(optimizer, torch.optim.AdamW) or bool(opts.get("decoupled_weight_decay")))
+    return float(opts.get("weight_decay", 0.0) or 0.0), decoupled
+
+
+def _defaults(optimizer) -> dict:
+    """The optimizer's constructor defaults (``{}`` where its signature is not readable)."""
+    try:
+        params = inspect.signature(optimizer).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {name: p.default for name, p in params.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def with_weight_decay(inner_loss, weight_decay: float):

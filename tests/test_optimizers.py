@@ -4,7 +4,8 @@ import pytest
 import torch
 from skorch import NeuralNetClassifier
 
-from sgld_tuner.optimizers import OptimizerFollowingWarning, chain_dynamics, with_weight_decay
+from sgld_tuner.optimizers import (OptimizerFollowingWarning, chain_dynamics, net_weight_decay,
+                                   with_weight_decay)
 from sgld_tuner import SamplerSettings, OuterSettings
 
 
@@ -29,7 +30,7 @@ def _net(optimizer, lr=0.1, **kwargs):
     (torch.optim.SGD, {"optimizer__momentum": 0.9}, {"sampler": "momentum", "momentum": 0.9}),
     (torch.optim.Adam, {"optimizer__betas": (0.8, 0.99)},
      {"sampler": "psgld", "momentum": 0.8, "beta2": 0.99, "precond_eps": 1e-8}),
-    (torch.optim.AdamW, {},
+    (torch.optim.AdamW, {"optimizer__weight_decay": 0.0},
      {"sampler": "psgld", "momentum": 0.9, "beta2": 0.999, "precond_eps": 1e-8}),
     (torch.optim.RMSprop, {"optimizer__alpha": 0.9, "optimizer__eps": 1e-6},
      {"sampler": "psgld", "beta2": 0.9, "precond_eps": 1e-6}),
@@ -45,6 +46,21 @@ def test_weight_decay_is_read_and_kept_in_the_training_loss():
     theta = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([3.0])}
     loss = with_weight_decay(lambda lam, th: torch.tensor(0.5), weight_decay)
     assert float(loss(None, theta)) == pytest.approx(0.5 + 0.5 * 1e-3 * 14.0)
+
+
+@pytest.mark.parametrize("optimizer, kwargs, decay", [
+    (torch.optim.AdamW, {}, 0.01),  # torch's default, unset in skorch's params
+    (torch.optim.AdamW, {"optimizer__weight_decay": 0.3}, 0.3),
+    (torch.optim.Adam, {"optimizer__weight_decay": 0.3,
+                        "optimizer__decoupled_weight_decay": True}, 0.3),
+])
+def test_a_decoupled_decay_is_followed_by_the_sampler_not_the_loss(optimizer, kwargs, decay):
+    """AdamW shrinks the weights outside Adam's preconditioner: the chain's sampler does
+    the same (``decoupled_decay``) and no L2 term enters its loss (divided by Adam's
+    ``sqrt(v)`` it would pull far harder)."""
+    settings, weight_decay = chain_dynamics(_net(optimizer, **kwargs))
+    assert settings["decoupled_decay"] == decay and weight_decay == 0.0
+    assert net_weight_decay(_net(optimizer, **kwargs)) == 0.0
 
 
 def test_an_optimizer_without_a_sampler_is_named_in_a_warning():

@@ -17,17 +17,22 @@ def _quadratic_grad(theta):
     return A @ (theta - torch.tensor([1.0, -2.0, 3.0], dtype=DT))
 
 
-@pytest.mark.parametrize("sampler, momentum, optimizer", [
-    ("momentum", 0.9, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
-    ("psgld", 0.0, lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.0, 0.99), eps=1e-8)),
-    ("psgld", 0.9, lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.9, 0.99), eps=1e-8)),
+@pytest.mark.parametrize("sampler, momentum, decay, optimizer", [
+    ("momentum", 0.9, 0.0, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
+    ("psgld", 0.0, 0.0, lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.0, 0.99), eps=1e-8)),
+    ("psgld", 0.9, 0.0, lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.9, 0.99), eps=1e-8)),
+    ("psgld", 0.9, 0.3, lambda p: torch.optim.AdamW(p, lr=0.05, betas=(0.9, 0.99), eps=1e-8,
+                                                    weight_decay=0.3)),
+    ("sgld", 0.0, 0.3, lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=0.3)),
 ])
-def test_noise_free_sampler_is_the_torch_optimizer(sampler, momentum, optimizer):
+def test_noise_free_sampler_is_the_torch_optimizer(sampler, momentum, decay, optimizer):
     """Without noise the momentum sampler is torch's SGD(momentum) and pSGLD is Adam
     (its first moment's beta1 the momentum; 0: RMSprop's step with Adam's bias
-    correction): the chain moves as the net's own optimizer would."""
+    correction), with a decoupled decay AdamW (and plain SGLD SGD's L2 decay, the same
+    step there): the chain moves as the net's own optimizer would."""
     settings = InnerSettings(inner_lr=0.05, temperature=0.0, sampler=sampler,
-                             momentum=momentum, beta2=0.99).validate()
+                             momentum=momentum, beta2=0.99,
+                             decoupled_decay=decay).validate()
     chain = make_sampler(settings)
     theta = [torch.zeros(3, dtype=DT)]
     param = torch.zeros(3, dtype=DT, requires_grad=True)
@@ -151,3 +156,34 @@ def test_random_signs_are_fair_coins_in_every_bit_position():
 def test_unknown_noise_is_refused():
     with pytest.raises(ValueError, match="noise must be one of"):
         InnerSettings(noise="uniform").validate()
+
+
+@pytest.mark.parametrize("recursion", ["tracked", "damped"])
+def test_decoupled_decay_under_plain_sgld_is_an_l2_term_for_the_hypergradient(recursion):
+    """Under plain SGLD (``P = 1``) a decoupled decay ``c`` steps exactly as an L2 term
+    ``c ||theta||^2 / 2`` in the training loss; the decay's curvature the recursions add
+    (``c u``) must then give the hypergradient autograd gives through that term."""
+    prob = RidgePerFeature(n=30, d=4, random_state=0)
+    decay = 0.7
+
+    def with_l2(lam, theta):
+        return prob.inner_loss(lam, theta) + 0.5 * decay * sum((t * t).sum() for t in theta)
+
+    results = []
+    for inner, extra in ((with_l2, {}), (prob.inner_loss, {"decoupled_decay": decay})):
+        problem = BilevelProblem(prob.outer_loss, inner, None, prob.theta0)
+        settings = InnerSettings(inner_lr=0.02, burn_in=4, n_samples=4, temperature=1e-3,
+                                 recursion=recursion, curvature_every=2, **extra).validate()
+        lam = [torch.full((4,), -1.0, dtype=DT, requires_grad=True)]
+        state, gen = ChainState(), torch.Generator().manual_seed(0)
+        for _ in range(5):
+            res = hypergradient(problem, lam, state, settings, gen)
+        results.append(res.grad[0])
+    torch.testing.assert_close(results[1], results[0], rtol=1e-9, atol=1e-12)
+
+
+def test_decoupled_decay_is_refused_where_there_is_no_sampler():
+    with pytest.raises(ValueError, match="decoupled_decay"):
+        InnerSettings(method="rmd", decoupled_decay=0.1).validate()
+    with pytest.raises(ValueError, match="decoupled_decay"):
+        InnerSettings(decoupled_decay=-0.1).validate()

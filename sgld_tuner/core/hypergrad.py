@@ -146,8 +146,11 @@ def _step(problem, lam, theta, recursion: Recursion, start, settings, generator,
         f_theta, v = None, None
     mixed, hess_u = None, None
     if need_mixed or need_hessian:
-        mixed, hess_u = _inner_products(problem, lam, theta, grad_graph, recursion.vector(v),
-                                        need_hessian, need_mixed)
+        u = recursion.vector(v)
+        mixed, hess_u = _inner_products(problem, lam, theta, grad_graph, u, need_hessian,
+                                        need_mixed)
+        if hess_u is not None and sampler.decay:
+            hess_u = _with_decay_curvature(hess_u, u, sampler)
     del grad_graph  # free the inner graph before the strategy's elementwise updates
     recursion.update(StepProducts(m=m, v=v, mixed=mixed, hess_u=hess_u,
                                   outer_value=_detached(outer_value), inner_lam_grad=inner_lam_grad,
@@ -158,6 +161,19 @@ def _step(problem, lam, theta, recursion: Recursion, start, settings, generator,
     # Keep the Nones: most outer losses do not touch lam (no full-size zero fills).
     f_lam = grads[len(theta):]
     return new_theta, _detached(outer_value), inner_value.detach(), f_lam
+
+
+def _with_decay_curvature(hess_u, u, sampler: Sampler) -> list:
+    """``H u + decay * u / P``: the Hessian product of the loss whose preconditioned
+    gradient is the sampler's drift, decoupled decay included (``P``: the step's
+    preconditioner, 1 for plain SGLD). Under pSGLD the decay pulls each weight
+    ``eta * decay * theta`` whatever its ``P``: an L2 term of strength ``decay / P``."""
+    precond = sampler.precond()
+    with torch.no_grad():
+        if precond is None:
+            return [h + sampler.decay * x for h, x in zip(hess_u, u)]
+        return [torch.addcdiv(h, x, p, value=sampler.decay)
+                for h, x, p in zip(hess_u, u, precond)]
 
 
 def _detached(value):

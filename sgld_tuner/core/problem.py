@@ -94,6 +94,15 @@ class InnerSettings:
         normal increments, and much cheaper to draw on a CPU (``docs/performance.md``).
     momentum, beta2, precond_eps : float
         The samplers' knobs (momentum in [0, 1), beta2 in [0, 1), precond_eps > 0).
+    decoupled_decay : float
+        AdamW's weight decay (Loshchilov & Hutter 2019): each step first shrinks the
+        weights by ``1 - eta * decoupled_decay``, outside the sampler's preconditioner,
+        then takes the sampler's step. Under plain SGLD this is an L2 term of that
+        strength in ``L_T``; under pSGLD it pulls every weight alike where an L2 term's
+        pull would be scaled by ``P``. The Hessian products the recursions take add the
+        decay's curvature in the preconditioned coordinates (``H u + decay * u / P``), so
+        the tracked adjoint solves the stationarity condition of these dynamics. SGLD
+        only (the unrolled baselines have no sampler). Default 0.
     keep_samples : bool
         Keep the ``M`` retained SGLD samples in the result (for posterior ensembles).
     cg_iters, cg_damping : int, float
@@ -121,6 +130,7 @@ class InnerSettings:
     momentum: float = 0.0
     beta2: float = 0.999
     precond_eps: float = 1e-8
+    decoupled_decay: float = 0.0
     keep_samples: bool = False
     cg_iters: int = 10
     cg_damping: float = 0.01
@@ -150,6 +160,7 @@ class InnerSettings:
         "momentum": (Real, 0, 1, "left"),
         "beta2": (Real, 0, 1, "left"),
         "precond_eps": (Real, 0, None, "neither"),
+        "decoupled_decay": (Real, 0, None, "left"),
     }
     # Settings that may be None (meaning "the default rule", see above).
     OPTIONAL = ("n_inner", "curvature_every", "curvature_bound", "neumann_alpha")
@@ -169,6 +180,9 @@ class InnerSettings:
         if self.recursion != "auto" and self.recursion not in RECURSIONS:
             raise ValueError(f"recursion must be 'auto' or one of {sorted(RECURSIONS)}, got "
                              f"{self.recursion!r}")
+        if self.decoupled_decay and self.method != "sgld":
+            raise ValueError("decoupled_decay is a step of the SGLD samplers; method "
+                             f"{self.method!r} has none (put an L2 term in inner_loss)")
         bad = [name for name in self.BOUNDS if not self._within(name)]
         if bad:
             values = ", ".join(f"{n}={getattr(self, n)!r}" for n in bad)

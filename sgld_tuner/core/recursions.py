@@ -354,29 +354,35 @@ class TrackedRecursion(Recursion):
 
     def _adjoint_step(self, step) -> None:
         """One step of the iteration on ``H_T w = v`` (tensor ops: no host sync)."""
+        # Weight-sized buffers: the state's w and x are never written (a failed chain
+        # leaves its state as it was); this step's own results are, in place, so that a
+        # step holds four of them besides w and x (a million-weight net's peak is counted
+        # in them).
         shift = self.shift
         hess_w, step_size, w_hess_w = self._safeguarded(step.hess_u, step.precond)
         dropped = self._runaway(w_hess_w, step.v)
-        grad = [hw - ft for hw, ft in zip(hess_w, step.v)]
-        resid = grad
-        if step.precond is not None:  # the same dynamics as the chain's step
-            resid = [p * r for p, r in zip(step.precond, grad)]
+        grad = [hw.sub_(ft) for hw, ft in zip(hess_w, step.v)]  # hess_w is this step's
         if not self.accelerated:
-            self.w = [w - _along(step_size, w) * r for w, r in zip(self.w, resid)]
-            self.w = self._restart_where(dropped, self.w)
+            if step.precond is not None:  # the same dynamics as the chain's step
+                grad = [r.mul_(p) for p, r in zip(step.precond, grad)]
+            w = [w - r.mul_(_along(step_size, w)) for w, r in zip(self.w, grad)]
+            del grad
+            self.w = self._restart_where(dropped, w)
             return
-        # one fused pass per leaf (addcmul), not a scaled temporary and a sum: the
-        # momentum's two extra passes cost no more than the plain step's before
+        # (accelerated: no preconditioner, see __init__) one fused pass per leaf
         x = [torch.addcmul(w, _along(step_size, w), r, value=-1.0)
-             for w, r in zip(self.w, resid)]
+             for w, r in zip(self.w, grad)]
         moved = [a - b for a, b in zip(x, self.x)]
         # restart where the step went uphill on w^T H w / 2 - v^T w, or the safeguard's
         # shift changed the system; no momentum once an adjoint was dropped
         keep = (self._dot(grad, moved) <= 0) & (self.shift <= shift) & (self.plain == 0)
+        del grad
         self.beta = torch.where(keep, self.age / (self.age + 3.0), torch.zeros_like(self.age))
         self.age = torch.where(keep, self.age + 1.0, torch.zeros_like(self.age))
-        self.w = self._restart_where(
-            dropped, [torch.addcmul(a, _along(self.beta, a), d) for a, d in zip(x, moved)])
+        # w' = x' + beta (x' - x), written over x' - x
+        w = [d.mul_(_along(self.beta, d)).add_(a) for a, d in zip(x, moved)]
+        del moved
+        self.w = self._restart_where(dropped, w)
         self.x = self._restart_where(dropped, x)
 
     def _runaway(self, w_hess_w, v) -> torch.Tensor:
@@ -399,8 +405,8 @@ class TrackedRecursion(Recursion):
 
     @staticmethod
     def _restart_where(dropped: torch.Tensor, tensors: list) -> list:
-        """``tensors`` with the dropped slices set to zero."""
-        return [torch.where(_along(dropped, t), torch.zeros_like(t), t) for t in tensors]
+        """``tensors`` (this step's own) with the dropped slices set to zero, in place."""
+        return [t.masked_fill_(_along(dropped, t), 0.0) for t in tensors]
 
     def _safeguarded(self, hess_w, precond):
         """``(H w + s M w, step, w^T (H w + s M w))``: the adjoint's Hessian product,
@@ -425,7 +431,8 @@ class TrackedRecursion(Recursion):
         q = torch.nan_to_num(q, nan=0.0)
         self.shift = torch.maximum(self.shift, (-2.0 * q).clamp_min(0.0))
         self.curvature = torch.maximum(self.curvature, q + self.shift)
-        shifted = [h + _along(self.shift, x) * x for h, x in zip(hess_w, scaled)]
+        # a new list: hess_w is the chain loop's (the caller may read it after the update)
+        shifted = [torch.addcmul(h, _along(self.shift, x), x) for h, x in zip(hess_w, scaled)]
         step = torch.minimum(torch.as_tensor(self.eta, dtype=den.dtype, device=den.device),
                              1.0 / self.curvature.clamp_min(1e-300))
         return shifted, step, w_hess_w + self.shift * den

@@ -144,11 +144,21 @@ class Sampler:
         self.lr, self.temperature = settings.inner_lr, settings.temperature
         self.noise_scale = settings.noise_scale
         self.noise = getattr(settings, "noise", "gaussian")
+        self.decay = float(getattr(settings, "decoupled_decay", 0.0) or 0.0)
 
     def step(self, theta, grads, generator):
-        return langevin_step(theta, grads, lr=self.lr, temperature=self.temperature,
-                             noise_scale=self.noise_scale, generator=generator,
-                             noise=self.noise)
+        return langevin_step(self.decayed(theta), grads, lr=self.lr,
+                             temperature=self.temperature, noise_scale=self.noise_scale,
+                             generator=generator, noise=self.noise)
+
+    @torch.no_grad()
+    def decayed(self, theta) -> list:
+        """``theta`` detached and, with a ``decoupled_decay``, shrunk by ``1 - eta *
+        decay`` (AdamW's step before its Adam step)."""
+        theta = [t.detach() for t in theta]
+        if not self.decay:
+            return theta
+        return list(torch._foreach_mul(theta, 1.0 - self.lr * self.decay))
 
     def precond(self):
         return None
@@ -186,7 +196,7 @@ class MomentumSampler(Sampler):
         # an AR(2) process driven by white noise whose stationary variance is tau / h.
         std = math.sqrt(2.0 * self.temperature * (1.0 - self.mu) / self.lr) * self.noise_scale
         self.buffer = _add_noise(self.buffer, std, generator, self.noise)
-        return [t.detach() - self.lr * b for t, b in zip(theta, self.buffer)]
+        return [t - self.lr * b for t, b in zip(self.decayed(theta), self.buffer)]
 
     def state(self):
         return {"buffer": self.buffer}
@@ -245,7 +255,7 @@ class PreconditionedSampler(Sampler):
         rms = self._second_moment(grads)
         steps = torch._foreach_mul(self.P, self.lr)
         torch._foreach_mul_(steps, grads)
-        out = list(torch._foreach_sub([t.detach() for t in theta], steps))
+        out = list(torch._foreach_sub(self.decayed(theta), steps))
         base = math.sqrt(2.0 * self.lr * self.temperature) * self.noise_scale
         if base > 0.0:
             slices = len(generator) if isinstance(generator, SliceGenerators) else None
@@ -290,7 +300,7 @@ class PreconditionedSampler(Sampler):
                 b.addcdiv_(z, p, value=base)
         steps = torch._foreach_mul(self.P, self.b)
         torch._foreach_mul_(steps, self.lr * (1.0 - beta1) / (1.0 - beta1 ** self.t))
-        return list(torch._foreach_sub([t.detach() for t in theta], steps))
+        return list(torch._foreach_sub(self.decayed(theta), steps))
 
     def precond(self):
         return self.P
