@@ -19,6 +19,7 @@ from torch.func import functional_call
 from .core import _tree
 from .core.problem import BilevelProblem, SeparablePenalty
 from .hyperparams.base import BoundHyperparameter, Hyperparameter
+from .minibatches import Minibatches, draw_rows
 from .objective import (Criterion, Objective, average_replicas, bind_all, first_output,
                         module_device, module_dtype)
 from .optimizers import with_weight_decay
@@ -31,51 +32,6 @@ __all__ = ["ModuleRNG", "NetProblem", "takes_ids"]
 OUTER_CHUNK = 1024
 #: training rows per forward and backward pass of the ``init="auto"`` calibration
 CALIBRATION_ROWS = 4096
-#: from this many rows on, a minibatch is drawn in O(batch) (:func:`distinct_rows`), not
-#: as the head of a ``randperm(n)`` (O(n) per step)
-DIRECT_DRAW_ROWS = 16384
-
-
-def distinct_rows(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """``size`` distinct row indices out of ``n``, every subset equally likely, in
-    O(size log size): the first ``size`` distinct values of a stream of uniform draws
-    (drawn a quarter longer than ``size``, redrawn in the rare case it repeats too much)."""
-    n_draws = size + size // 4 + 8
-    while True:
-        draws = torch.randint(n, (n_draws,), generator=generator, device=generator.device)
-        rows = first_distinct(draws, size)
-        if rows is not None:
-            return rows
-
-
-def first_distinct(values: torch.Tensor, size: int) -> torch.Tensor | None:
-    """The first ``size`` distinct entries of the 1-d ``values``, in the order they first
-    occur; None when it has fewer.
-
-    On the CPU through numpy's stable sort: on the few hundred entries of a minibatch draw,
-    one numpy call costs a fraction of the several small torch calls the device path needs."""
-    if values.device.type == "cpu":
-        array = values.numpy()
-        first = np.unique(array, return_index=True)[1]
-        if first.size < size:
-            return None
-        first.sort()
-        return torch.from_numpy(array[first[:size]])
-    return _first_distinct_torch(values, size)
-
-
-def _first_distinct_torch(values: torch.Tensor, size: int) -> torch.Tensor | None:
-    """:func:`first_distinct` in torch calls only (any device)."""
-    distinct, inverse = torch.unique(values, return_inverse=True)
-    if distinct.numel() < size:
-        return None
-    first = torch.full((distinct.numel(),), values.numel(), dtype=torch.long,
-                       device=values.device)
-    first.scatter_reduce_(0, inverse, torch.arange(values.numel(), device=values.device),
-                          reduce="amin")
-    return distinct[torch.argsort(first)[:size]]
-
-
 def probe_output(module, *args, **kwargs):
     """The module's prediction on a few rows, to read the output layout: in eval mode,
     so that batch norm takes a single row and neither its running statistics nor the
@@ -204,7 +160,13 @@ class NetProblem:
         :class:`~sgld_tuner.hyperparams.SampleWeights`; default ``arange(len(X_train))``.
     batch_size : int, optional
         Inner minibatch size; ``None`` uses ``net.batch_size``; ``-1`` or ``>= n`` gives full
-        batch. Rows are drawn without replacement with ``generator``.
+        batch.
+    batch_order : {"draws", "ordered", "shuffled"}, default="draws"
+        How the minibatches come (:class:`~sgld_tuner.minibatches.Minibatches`): each an
+        independent draw of distinct rows with ``generator``, or passes over the rows as
+        a ``DataLoader`` gives them, in order or shuffled per pass, each ending with its
+        partial batch unless ``drop_last``.
+    drop_last : bool, default=False
     generator : torch.Generator
         Source of all randomness here (minibatches, augmentation draws). It should live on
         ``net.device``; draws are made on the generator's device and moved.
@@ -254,7 +216,8 @@ class NetProblem:
                  augment_outer: bool = False, n_train_total: int | None = None,
                  outer_batch_size: int | None = None, n_classes: int | None = None,
                  module_rng: ModuleRNG | None = None,
-                 outer_generator: torch.Generator | None = None, data_grads: dict | None = None):
+                 outer_generator: torch.Generator | None = None, data_grads: dict | None = None,
+                 batch_order: str = "draws", drop_last: bool = False):
         if not getattr(net, "initialized_", False):
             raise ValueError("NetProblem needs an initialized net (call net.initialize())")
         self.net = net
@@ -284,6 +247,8 @@ class NetProblem:
             batch_size = getattr(net, "batch_size", -1)
         self.batch_size = n if batch_size is None or batch_size < 0 or batch_size >= n \
             else int(batch_size)
+        self.minibatches = Minibatches(n, self.batch_size, batch_order, drop_last,
+                                       generator.initial_seed(), self.device)
         # None: the whole validation split at every step (exact). An int draws that many
         # validation rows per call with the generator: a stochastic outer loss, which the
         # method allows and which cuts the per-step cost when the split is large.
@@ -405,23 +370,10 @@ class NetProblem:
         if self.module.training != training:
             self.module.train(training)
 
-    def _draw_rows(self, n=None, size=None, generator=None):
-        """Row indices of one minibatch (training rows unless told otherwise), or None
-        for the full set."""
-        n = self.X_train.shape[0] if n is None else n
-        size = self.batch_size if size is None else size
-        generator = self.generator if generator is None else generator
-        if size >= n:
-            return None
-        if n < DIRECT_DRAW_ROWS:
-            perm = torch.randperm(n, generator=generator, device=generator.device)
-            return perm[:size].to(self.device)
-        return distinct_rows(n, size, generator).to(self.device)
-
     def training_batch(self):
         """One minibatch of training rows ``(X, y, rows)`` (``rows``: their indices into
-        the whole training set), drawn with the chain's generator."""
-        idx = self._draw_rows()
+        the whole training set): the next of the chain's :attr:`minibatches`."""
+        idx = self.minibatches.next(self.generator)
         if idx is None:
             return self.X_train, self.y_train, self.train_rows
         return self.X_train[idx], self.y_train[idx], self.train_rows[idx]
@@ -431,8 +383,8 @@ class NetProblem:
         or ``outer_batch_size`` drawn with the outer generator."""
         if self.outer_batch_size is None:
             return self.X_val, self.y_val
-        idx = self._draw_rows(self.X_val.shape[0], self.outer_batch_size,
-                              self.outer_generator)
+        idx = draw_rows(self.X_val.shape[0], self.outer_batch_size, self.outer_generator,
+                        self.device)
         return self.X_val[idx], self.y_val[idx]
 
     def inner_loss(self, lam, theta, without=()) -> torch.Tensor:

@@ -25,9 +25,10 @@ from .results import (build_cv_results, build_history, check_evaluations, halvin
                       select_best)
 from .search import state as saved_search
 from .search.context import FitContext
-from .search.diagnostics import (DivergenceWarning, OverfittingWarning, SearchInterrupted,
-                                 UndertrainedWarning, UnmovedSearchWarning,
-                                 warn_if_chains_degraded, warn_if_refit_undertrained,
+from .search.diagnostics import (DivergenceWarning, OverfittingWarning, RowOrderWarning,
+                                 SearchInterrupted, UndertrainedWarning,
+                                 UnmovedSearchWarning, warn_if_chains_degraded,
+                                 warn_if_in_label_order, warn_if_refit_undertrained,
                                  warn_if_unmoved)
 from .search.refit import best_point_steps, check_refit_params, refit_best, refit_targets
 from .search.routing import fold_score_params, route_fit_params
@@ -38,7 +39,7 @@ from .search.settings import GroupedParams, OuterSettings, SamplerSettings
 from .search.state import SearchState, draw_seeds, settings_fingerprints
 
 __all__ = ["SGLDHyperTuner", "SearchInterrupted", "UnmovedSearchWarning", "DivergenceWarning",
-           "OverfittingWarning", "UndertrainedWarning"]
+           "OverfittingWarning", "RowOrderWarning", "UndertrainedWarning"]
 
 #: saves written before the search had rooms of its own unpickle their state through this
 _SearchState = SearchState
@@ -241,6 +242,7 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
             check_refit_params(context, fit_params)  # before the search, not after it
             warnings.warn(f"fit parameters {sorted(fit_params)} reach the refit's fit only; "
                           "the search's chains do not use them", UserWarning, stacklevel=2)
+        warn_if_in_label_order(context.net, context.y)
         lane = run_by(self.schedule).run(context, lanes)
         self.recursion_ = context.recursion if sampler.method == "sgld" else sampler.method
         self.folds_stacked_ = lane.chains.stacked
@@ -364,7 +366,7 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         if best_score is not None:
             self.best_score_ = best_score
         self.best_params_ = lane.public_values(snapshots[self.best_index_])
-        self.best_params_.update(lane.state.net_params or {})
+        self.best_params_.update(lane.ran_net_params())
 
     # ------------------------------------------------------------------ refit
     def _refit(self, context: FitContext, lane, fit_params) -> None:
@@ -397,7 +399,7 @@ class SGLDHyperTuner(NetIO, GroupedParams, MetaEstimatorMixin, BaseEstimator):
         warn_if_refit_undertrained(
             self.best_estimator_, context.X, refit_targets(context, lane), context.labels,
             {best_key: context.scorers[best_key]}, lane.folds, lane.state.splits, best,
-            best_point_steps(context, lane, iteration), context.lane_net(lane.state.net_params),
+            best_point_steps(context, lane, iteration), context.lane_net(lane.ran_net_params()),
             own_lr=context.net.lr)
 
     # ------------------------------------------------------------------ persistence

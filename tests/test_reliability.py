@@ -73,6 +73,15 @@ def test_transient_divergence_rolls_back_shrinks_and_continues(data):
     assert hist["diverged"].any() and (~hist["diverged"]).sum() == 6
     assert hist.loc[hist["diverged"], "inner_lr"].iloc[0] == pytest.approx(0.05)
     assert_no_nan(tuner)
+    # The chains now step below the net's lr: the points scored after the rollback
+    # (param_lr), best_params_ and the refit read that lr, not the one that diverged (a
+    # race ranked, reported and refit such a lane at its candidate's lr, and the refit
+    # at it went non-finite).
+    ran = hist.loc[hist["diverged"], "inner_lr"].iloc[-1]
+    lrs = tuner.cv_results_["param_lr"]
+    assert lrs[-1] == pytest.approx(ran) and lrs.mask[0]  # the first point: as given
+    assert tuner.best_params_["lr"] == pytest.approx(ran)
+    assert tuner.best_estimator_.lr == pytest.approx(ran)
 
 
 def test_persistent_divergence_stops_with_best_so_far(data):
@@ -347,7 +356,7 @@ def test_an_undertrained_refit_at_a_raced_lr_names_the_race_and_the_budget_race(
         tuner.fit(*data)
     found = [str(w.message) for w in caught if type(w.message) is UndertrainedWarning]
     assert tuner.best_estimator_.lr == 0.0125 and len(found) == 1
-    assert "The race refit lr=0.0125 (the net's own: 0.05)" in found[0]
+    assert "The search refit lr=0.0125 (the net's own: 0.05)" in found[0]
     assert "'max_epochs'" in found[0] and "schedule=Race()" not in found[0]
 
 
@@ -362,9 +371,12 @@ class ReluMLP(torch.nn.Module):
 
 def test_rows_sorted_by_label_are_named_as_the_cause_when_the_net_does_not_shuffle():
     """iris as load_iris gives it (50 rows of each class in turn) under skorch's default
-    sequential batches: the chains draw minibatches at random and score well, the refit
-    trains one class at a time and predicts one class. The warning names the order and
-    the fix, not the budget; shuffling the batches is the fix."""
+    sequential batches: the net trains one class at a time, and so do the chains, which
+    take their minibatches as the net does. A warning before the search names the order
+    and the fix (not the budget, once the refit falls short); shuffling the batches is
+    the fix."""
+    from sgld_tuner.search import RowOrderWarning
+
     from sklearn.datasets import load_iris
 
     X, y = load_iris(return_X_y=True)
@@ -380,7 +392,8 @@ def test_rows_sorted_by_label_are_named_as_the_cause_when_the_net_does_not_shuff
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             tuner.fit(X, y)
-        return tuner, [str(w.message) for w in caught if type(w.message) is UndertrainedWarning]
+        return tuner, [str(w.message) for w in caught
+                       if type(w.message) in (UndertrainedWarning, RowOrderWarning)]
 
     tuner, found = fit(shuffle=False)
     in_order = tuner.best_estimator_.score(X, y)

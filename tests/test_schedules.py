@@ -76,7 +76,8 @@ def _fake_lanes(scores, errors=None, lrs=(0.01, 0.1, 1.0)):
 
     errors = errors or [0.0] * len(scores)
     return [SimpleNamespace(state=SimpleNamespace(net_params={"lr": lr}), rung_score=s,
-                            rung_error=e) for lr, s, e in zip(lrs, scores, errors)]
+                            rung_error=e, ran_net_params=lambda lr=lr: {"lr": lr})
+            for lr, s, e in zip(lrs, scores, errors)]
 
 
 @pytest.mark.parametrize("scores, errors, margin, own, winner", [
@@ -138,6 +139,24 @@ def test_a_race_whose_every_candidate_diverges_keeps_the_start(digits4):
         tuner.fit(*digits4)
     for arr in tuner.best_params_["l1"].values():
         np.testing.assert_allclose(arr, 1e-3, rtol=1e-5)
+
+
+def test_a_diverging_candidates_warnings_name_it(digits4):
+    """A candidate far above the net's lr diverges: the warnings say which candidate (not
+    "the net's lr ... see history_", whose records are the winner's), and the lane the
+    race keeps is refit at its own lr."""
+    import warnings
+
+    from sgld_tuner.search import DivergenceWarning, Race
+
+    tuner = _tuner(schedule=Race(param_grid={"lr": [0.1, 1e6]}), refit=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuner.fit(*digits4)
+    diverged = [str(w.message) for w in caught if w.category is DivergenceWarning]
+    assert diverged and all(m.startswith("the race's candidate {'lr': 1000000.0}: ")
+                            for m in diverged), diverged
+    assert tuner.best_params_["lr"] == 0.1 and not tuner.history_["diverged"].any()
 
 
 def test_a_schedule_is_a_parameter_like_any_other():
@@ -285,7 +304,9 @@ def test_the_nets_own_lr_is_refit_unless_the_winner_beats_it_where_the_search_en
     grid = {"lr": [0.1, 0.9]}
     # the stream on which 0.9 wins the race on these 24 rows (the scenario under test)
     gaussian = {"noise": "gaussian"}
-    race = _tuner(Race(param_grid=grid, after=None), n_outer=4, sampler=gaussian).fit(X, y)
+    # margin=0: 0.9 wins the race outright (the tie rule is tested on its own)
+    race = _tuner(Race(param_grid=grid, after=None, margin=0), n_outer=4,
+                  sampler=gaussian).fit(X, y)
     without = _tuner(Race(param_grid=grid, after=None, margin=0, incumbent=False),
                      n_outer=4, refit=False, sampler=gaussian).fit(X, y)
     plain = _tuner(PlainSearch(), n_outer=4, refit=False, sampler=gaussian).fit(X, y)

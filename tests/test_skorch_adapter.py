@@ -107,12 +107,13 @@ def test_minibatch_sizes():
     net = _nets()["ce_logits"].initialize()
     X, y = _data()
     full = _problem(net, {}, X, y, batch_size=-1)
-    assert full.batch_size == 40 and full._draw_rows() is None
+    assert full.batch_size == 40 and full.minibatches.next(full.generator) is None
     assert _problem(net, {}, X, y, batch_size=1000).batch_size == 40
     assert _problem(net, {}, X, y).batch_size == 40          # net.batch_size = 128
     small = _problem(net, {}, X, y, batch_size=8)
-    rows = small._draw_rows()
+    rows = small.minibatches.next(small.generator)
     assert rows.shape == (8,) and len(set(rows.tolist())) == 8
+    assert small.training_batch()[0].shape[0] == 8
 
 
 def test_mixed_vjp_only_for_separable_penalties():
@@ -602,7 +603,7 @@ def test_a_learned_nets_predictions_cut_rows_as_skorchs_loader_does(X_type, extr
 def test_first_distinct_agrees_between_the_cpu_and_the_device_path():
     """The numpy path (CPU) and the torch-only path (any device) give the first ``size``
     distinct values in the order a plain loop meets them, and None when there are fewer."""
-    from sgld_tuner.skorch_adapter import _first_distinct_torch, first_distinct
+    from sgld_tuner.minibatches import _first_distinct_torch, first_distinct
 
     gen = torch.Generator().manual_seed(1)
     for n, length, size in [(5, 40, 5), (5, 40, 6), (1000, 160, 128), (10**6, 300, 300)]:
@@ -619,7 +620,7 @@ def test_direct_minibatch_draws_are_distinct_and_uniform():
     in a draw, and a 64-row draw out of a million does not touch a million."""
     from scipy.stats import chisquare
 
-    from sgld_tuner.skorch_adapter import distinct_rows
+    from sgld_tuner.minibatches import distinct_rows
 
     gen = torch.Generator().manual_seed(0)
     counts = np.zeros(12)

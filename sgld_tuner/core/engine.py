@@ -233,11 +233,16 @@ class RollbackOnNonFinite(NonFinitePolicy):
     factor : float, default=0.5
     raise_on_failure : bool, default=False
     warning : Warning subclass, default=RuntimeWarning
+    where : str or None, default=None
+        Which run diverged, named at the start of the warning (e.g. one candidate of
+        several run by the caller); None: the run whose records the caller reports.
     """
 
     def __init__(self, shrink: Callable, checkpoint: Callable | None = None,
                  restore: Callable | None = None, *, max_retries: int = 3, factor: float = 0.5,
-                 raise_on_failure: bool = False, warning: type[Warning] = RuntimeWarning):
+                 raise_on_failure: bool = False, warning: type[Warning] = RuntimeWarning,
+                 where: str | None = None):
+        self.where = where
         self.shrink = shrink
         self.checkpoint = checkpoint or (lambda engine: [t.detach().clone() for t in engine.lam])
         self.restore = restore or _copy_back
@@ -270,10 +275,12 @@ class RollbackOnNonFinite(NonFinitePolicy):
         engine.add_record({"iteration": k, "outer_loss": result.outer_loss, "diverged": True,
                            "retry": self.retries, **columns})
         if not self.warned:
+            where = "" if self.where is None else f"{self.where}: "
+            records = "see history_" if self.where is None else "in history_ if it is kept"
             warn_at_caller(
-                f"non-finite loss or hypergradient at outer iteration {k}: rolled the "
+                f"{where}non-finite loss or hypergradient at outer iteration {k}: rolled the "
                 "hyperparameters and chains back to the last finite point and halved the "
-                "outer and inner steps (see history_)", self.warning)
+                f"outer and inner steps ({records})", self.warning)
             self.warned = True
         if self.retries <= self.max_retries:
             return True

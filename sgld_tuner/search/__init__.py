@@ -16,8 +16,8 @@
 - :mod:`~sgld_tuner.search.diagnostics`: the end-of-search warnings.
 """
 from .context import FitContext
-from .diagnostics import (DivergenceWarning, OverfittingWarning, SearchInterrupted,
-                          UndertrainedWarning, UnmovedSearchWarning)
+from .diagnostics import (DivergenceWarning, OverfittingWarning, RowOrderWarning,
+                          SearchInterrupted, UndertrainedWarning, UnmovedSearchWarning)
 from .lane import Lane
 from .race import Race, RaceWarning
 from .schedules import LaneFactory, PlainSearch, Schedule
@@ -27,4 +27,5 @@ from .state import SearchState
 __all__ = ["FitContext", "Lane", "LaneFactory", "PlainSearch", "Race", "RaceWarning",
            "Schedule", "SearchState",
            "SamplerSettings", "OuterSettings", "SearchInterrupted", "UnmovedSearchWarning",
-           "DivergenceWarning", "OverfittingWarning", "UndertrainedWarning"]
+           "DivergenceWarning", "OverfittingWarning", "RowOrderWarning",
+           "UndertrainedWarning"]

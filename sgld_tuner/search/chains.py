@@ -89,6 +89,11 @@ class FoldChain:
         if self.batch_norm:
             recompute_batch_norm(self.problem)
 
+    def resume_minibatches(self) -> None:
+        """The fold's minibatches continue from the chain's step count (after a
+        rollback, a resume or steps the chain's state did not count)."""
+        self.problem.minibatches.position = self.state.n_steps
+
     def refresh_batch_norm(self) -> None:
         """Batch norm statistics recomputed at the chain's position, where the module has
         them (:func:`recompute_batch_norm`): before each outer iteration, so that the
@@ -141,6 +146,7 @@ def fold_hypergradient(fold: FoldChain, lam_values, settings: InnerSettings):
     started = time.perf_counter()
     lam = [t.detach().clone().requires_grad_(True) for t in lam_values]
     fold.refresh_batch_norm()
+    fold.resume_minibatches()
     if fold.state.n_steps == 0 and fold.warm_up_steps:
         advance_chain(fold.bilevel, lam, fold.state, settings, fold.generator,
                       fold.warm_up_steps)
@@ -185,6 +191,8 @@ class FoldChains:
         states cannot be stacked now (the sequential path then runs)."""
         started = time.perf_counter()
         lam = [t.detach().clone().requires_grad_(True) for t in lam]
+        for fold in self.folds:
+            fold.resume_minibatches()
         self._warm_up_stacked(lam, settings)
         out = self.batch.hypergradient([f.state for f in self.folds], lam, settings)
         if out is None:

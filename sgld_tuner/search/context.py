@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from joblib import hash as joblib_hash
+from torch.utils.data import DataLoader
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
@@ -214,8 +215,9 @@ class FitContext:
         generator = make_generator(int(seed[1]), device)
         # The paper transforms validation images too when learning invariances.
         augments = any(h.transforms_validation_inputs for h in self.hyperparams.values())
-        batch_size = self.sampler.batch_size if self.sampler.batch_size is not None \
-            else net.batch_size
+        batch_size, batch_order, drop_last = training_iterator(net)
+        if self.sampler.batch_size is not None:
+            batch_size = self.sampler.batch_size
         y = self.y
         # skorch initialises the module from torch's global RNG (lazy modules only on the
         # first forward, inside NetProblem): seed it without disturbing the caller's stream.
@@ -232,14 +234,15 @@ class FitContext:
                                  module_rng=ModuleRNG(derived_seed(seed), device),
                                  outer_generator=make_generator(derived_seed((*seed, 1)),
                                                                 device),
-                                 data_grads=self.calibrations.get(calibration_key))
+                                 data_grads=self.calibrations.get(calibration_key),
+                                 batch_order=batch_order, drop_last=drop_last)
         if shareable and problem.data_grads is not None:
             self.calibrations[calibration_key] = problem.data_grads
         # The net's own optimizer__weight_decay stays in the chain's training loss.
         bilevel = problem.bilevel(weight_decay=net_weight_decay(net))
         keep_train = self.return_train_score
         # One training run of the net on this fold: max_epochs passes in batches.
-        budget = int(net.max_epochs) * math.ceil(len(train) / problem.batch_size)
+        budget = int(net.max_epochs) * problem.minibatches.steps_per_pass
         return FoldChain(net=net, problem=problem, bilevel=bilevel, state=ChainState(),
                          generator=generator, X_val=X_val, y_val=self.labels(y[val]),
                          scored=scored, X_train=X_train if keep_train else None,
@@ -309,3 +312,23 @@ class FitContext:
 def _rows_key(rows) -> tuple:
     rows = np.asarray(rows)
     return rows.shape, hashlib.sha1(np.ascontiguousarray(rows).tobytes()).hexdigest()
+
+
+def training_iterator(net) -> tuple[int, str, bool]:
+    """How the net's training iterator batches its rows: ``(batch_size, batch_order,
+    drop_last)`` for :class:`~sgld_tuner.minibatches.Minibatches`. skorch's default, a
+    ``DataLoader`` at ``batch_size`` (``iterator_train__batch_size`` where set), passes
+    over the rows in order (``iterator_train__shuffle=True``: shuffled), ending each pass
+    with its partial batch (unless ``iterator_train__drop_last``); another iterator or
+    a custom sampler: independent draws at ``batch_size``."""
+    params = net.get_params()
+    batch_size = params.get("iterator_train__batch_size", params.get("batch_size", -1))
+    if batch_size is None:
+        batch_size = -1
+    custom = {"iterator_train__sampler", "iterator_train__batch_sampler"} & set(params)
+    iterator = params.get("iterator_train")
+    if custom or not (isinstance(iterator, type) and issubclass(iterator, DataLoader)):
+        return batch_size, "draws", False
+    order = "shuffled" if params.get("iterator_train__shuffle", False) else "ordered"
+    return batch_size, order, bool(params.get("iterator_train__drop_last", False))
+

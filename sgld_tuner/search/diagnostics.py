@@ -30,6 +30,12 @@ class OverfittingWarning(UserWarning):
     """The chains fit their training rows ever closer while the validation loss rises."""
 
 
+class RowOrderWarning(UserWarning):
+    """The net trains on its rows in the order given, and they come sorted by label: it
+    (and the search's chains, which take their minibatches as the net does) trains on
+    one class at a time."""
+
+
 class UndertrainedWarning(UserWarning):
     """The refit net, trained for the net's own budget, scores below the longer-trained
     chains the search scored: the net's ``max_epochs`` or ``lr`` leaves it undertrained."""
@@ -141,19 +147,11 @@ def warn_if_refit_undertrained(refit_net, X, codes, labels, scorer: dict, folds,
              f"{best:.4g} (best_score_) that the search's chains scored on held-out rows "
              f"after about {chain_steps} steps (and the {chains:.4g} they score on their "
              "own training rows)")
-    if in_label_order(net, codes):
-        warn_at_caller(
-            f"{found}. The rows come sorted by label and the net trains on them in that "
-            "order (iterator_train__shuffle is not set: skorch's default), one class at "
-            "a time, while the chains draw their minibatches at random. Set the net's "
-            "iterator_train__shuffle=True (or shuffle X and y before fit, where their "
-            "order means nothing)", UndertrainedWarning)
-        return
     advice = ("Raise the net's max_epochs or lr, or race them inside fit: schedule=Race() "
               "(the default: the lr), Race(param_grid={'lr': [...], 'max_epochs': [...]}) "
               "(the lr and the budget)")
     if own_lr is not None and not math.isclose(float(net.lr), float(own_lr)):
-        advice = (f"The race refit lr={net.lr:g} (the net's own: {own_lr:g}): race the "
+        advice = (f"The search refit lr={net.lr:g} (the net's own: {own_lr:g}): race the "
                   "budget with it, Race(param_grid={'lr': [...], 'max_epochs': [...]}), "
                   "or raise the net's max_epochs")
     warn_at_caller(
@@ -161,6 +159,19 @@ def warn_if_refit_undertrained(refit_net, X, codes, labels, scorer: dict, folds,
         f"lr={net.lr:g}) is about {budget} steps per fold. The net is undertrained: "
         "best_score_ overstates best_estimator_, and the values were learned on "
         f"longer-trained nets. {advice}", UndertrainedWarning)
+
+
+def warn_if_in_label_order(net, codes) -> None:
+    """Before the search: warn where the net trains on rows sorted by label
+    (:func:`in_label_order`), which the chains then do too."""
+    if in_label_order(net, codes):
+        warn_at_caller(
+            "the rows come sorted by label and the net trains on them in that order "
+            "(iterator_train__shuffle is not set: skorch's default), one class at a time; "
+            "the search's chains take their minibatches as the net does, so its scores, "
+            "its race and the refit all see that order. Set the net's "
+            "iterator_train__shuffle=True (or shuffle X and y before fit, where their "
+            "order means nothing)", RowOrderWarning)
 
 
 def in_label_order(net, codes) -> bool:

@@ -70,6 +70,9 @@ class Lane:
         #: when set, :meth:`rung_scores` uses the points from this outer iteration on
         #: (any rung): two lanes compared over the same stretch of their chains
         self.window_start = None
+        #: how warnings name the lane: a race's candidate by its settings
+        self.where = (None if not state.net_params
+                      else f"the race's candidate {dict(state.net_params)}")
 
     @property
     def folds(self) -> list:
@@ -163,12 +166,12 @@ class Lane:
         # One worker pool for the whole stretch (re-creating it every outer iteration
         # cost more than the folds' work on small nets).
         with Parallel(n_jobs=context.n_jobs, prefer="threads") as parallel:
-            oracle = FoldOracle(self.chains, self.settings, parallel)
+            oracle = FoldOracle(self.chains, self.settings, parallel, self.where)
             policy = RollbackOnNonFinite(
                 self._shrink(oracle, step), self._checkpoint(oracle, step),
                 self._restore(oracle, step),
                 max_retries=MAX_RETRIES, raise_on_failure=context.error_score == "raise",
-                warning=DivergenceWarning)
+                warning=DivergenceWarning, where=self.where)
             engine = OuterLoop(oracle, lam, optimizer, n_outer=until, start=state.iteration,
                                policy=policy, listeners=self._listeners(oracle),
                                records=state.records, on_interrupt="stop", step=step)
@@ -195,6 +198,17 @@ class Lane:
             oracle.settings = self._inner_settings(self.folds)
             return {"outer_lr": step.current, "inner_lr": oracle.settings.inner_lr}
         return shrink
+
+    def ran_net_params(self) -> dict:
+        """The lane's net settings as its chains ran them: where the chains step at the
+        net's lr (no ``SamplerSettings(inner_lr=...)``) and a rollback shrank their step,
+        the lr times that scale. Its scored points (``param_lr``), the race's ranking,
+        ``best_params_`` and the refit read these, not the lr that diverged."""
+        params = dict(self.state.net_params or {})
+        scale = self.state.inner_lr_scale
+        if scale != 1.0 and self.context.sampler.inner_lr is None:
+            params["lr"] = float(self.context.lane_net(self.state.net_params).lr) * scale
+        return params
 
     # Everything an iteration changes besides the optimizer (the policy copies it) and the
     # records and points (built aside until the commit): a rollback, on NaN or Ctrl-C,
@@ -232,15 +246,16 @@ class Lane:
                                      context.score_params)
         scores = {m: [test[m] for test, _, _, _ in per_fold] for m in context.scorers}
         folds = self.folds
+        net_params = self.ran_net_params()
         point = {"iteration": iteration,
-                 "params": {**(state.net_params or {}), **self.summaries(lam)},
+                 "params": {**net_params, **self.summaries(lam)},
                  "scores": scores,
                  "fit_times": [f.fit_time - t for f, t in zip(folds, state.last_fit_times)],
                  "score_times": [t for _, _, t, _ in per_fold],
                  "errors": [e for _, _, _, e in per_fold], "iter": self.rung,
                  "n_resources": self.steps_run}
-        if state.net_params:
-            point["net_params"] = dict(state.net_params)
+        if net_params:
+            point["net_params"] = net_params
         if context.return_train_score:
             point["train_scores"] = {m: [train[m] for _, train, _, _ in per_fold]
                                      for m in context.scorers}

@@ -22,20 +22,26 @@ class FoldOracle:
     rolls it back like a NaN.
     """
 
-    def __init__(self, chains: FoldChains, settings: InnerSettings, parallel):
+    def __init__(self, chains: FoldChains, settings: InnerSettings, parallel,
+                 where: str | None = None):
         self.chains, self.settings, self.parallel = chains, settings, parallel
         self.limit = blowup_limit(float(np.mean([f.start_loss for f in chains.folds])))
         self.warned = False
+        #: the lane a warning names (a race's candidate), None for the search's own
+        self.where = where
 
     def _blown_up(self, outer_loss: float) -> bool:
         """Whether a finite ``outer_loss`` is a divergence (warns the first time)."""
         if not outer_loss > self.limit:
             return False
         if not self.warned:
+            where = "" if self.where is None else f"{self.where}: "
+            cause = ("e.g. its lr or the tuner's inner_lr" if self.where is None
+                     else "this candidate's setting, e.g. its lr")
             warn_at_caller(
-                f"the outer loss reached {outer_loss:.3g}, more than {BLOWUP_FACTOR:g} times "
-                "the validation loss at the initial weights: treated as a divergence (a "
-                "step too large for the net, e.g. its lr or the tuner's inner_lr)",
+                f"{where}the outer loss reached {outer_loss:.3g}, more than "
+                f"{BLOWUP_FACTOR:g} times the validation loss at the initial weights: "
+                f"treated as a divergence (a step too large for the net, {cause})",
                 DivergenceWarning)
             self.warned = True
         return True

@@ -349,7 +349,8 @@ def _scored(lanes: list) -> list:
 
 
 def _lr(lane: Lane) -> float:
-    return float(lane.state.net_params["lr"])
+    """The lr the lane's chains run at (its candidate's, or less after a rollback)."""
+    return float(lane.ran_net_params()["lr"])
 
 
 def _all_have_lr(lanes: list) -> bool:

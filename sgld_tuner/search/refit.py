@@ -86,7 +86,7 @@ def refit_best(context: FitContext, lane: Lane, values: dict, fit_params: dict,
     the training rows is kept (a note either way). ``Refit.diverged`` says what happened.
     """
     started = time.perf_counter()
-    net_params = dict(lane.state.net_params or {})
+    net_params = lane.ran_net_params()
     lr = float(context.lane_net(net_params).lr)
     notes = []
     for attempt in range(REFIT_RETRIES + 1):
@@ -98,6 +98,8 @@ def refit_best(context: FitContext, lane: Lane, values: dict, fit_params: dict,
     else:
         notes.append("best_estimator_ is not finite: its predictions are NaN")
         result.finite = False
+    if notes and result.finite and not result.interrupted:
+        notes.append(f"best_estimator_ is the refit at lr={lr:g}")
     if result.finite and not result.interrupted:
         result = _steadier(context, lane, values, fit_params, {**net_params, "lr": lr},
                            result, notes)
@@ -163,8 +165,8 @@ def _steadier(context, lane, values, fit_params, net_params: dict, result: Refit
     if excursion is None:
         return result
     lr, (last, best) = net_params["lr"], excursion
-    found = (f"the refit at lr={lr:g} ended its training in a blow-up (its last epoch's "
-             f"loss {last:.4g}, {last / best:.2g}x its best epoch's)")
+    found = (f"the refit at lr={lr:g} ended its training above its best epoch's loss (the "
+             f"last epoch's {last:.4g}, {last / best:.2g}x the best's)")
     retry = _refit_once(context, lane, values, fit_params, {**net_params, "lr": lr / 2})
     if retry.interrupted or not weights_finite(retry.estimator):
         how = "was interrupted" if retry.interrupted else "became non-finite"
@@ -176,8 +178,9 @@ def _steadier(context, lane, values, fit_params, net_params: dict, result: Refit
     first, again = (quiet_score(r.estimator, context.X, labels, scorer)
                     for r in (result, retry))
     kept, kept_lr = (retry, lr / 2) if again > first else (result, lr)
-    notes.append(f"{found}; training score {first:.4g}, and {again:.4g} retrained at "
-                 f"lr={lr / 2:g}: best_estimator_ is the refit at lr={kept_lr:g}")
+    notes.append(f"{found}; trained again at lr={lr / 2:g}: training score {first:.4g} at "
+                 f"lr={lr:g}, {again:.4g} at lr={lr / 2:g}: best_estimator_ is the refit at "
+                 f"lr={kept_lr:g}")
     return kept
 
 

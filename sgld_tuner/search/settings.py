@@ -75,7 +75,11 @@ class SamplerSettings(_Group):
     inner_lr : float, optional
         Inner step size; defaults to the net's ``lr``.
     batch_size : int, optional
-        Inner minibatch size; defaults to the net's ``batch_size`` (-1: full batch).
+        Inner minibatch size; defaults to the net's (``iterator_train__batch_size`` or
+        ``batch_size``; -1: full batch). The chains take their minibatches as the net's
+        ``DataLoader`` does: passes over the fold's rows, in order or shuffled
+        (``iterator_train__shuffle``), each ending with its partial batch unless
+        ``iterator_train__drop_last`` (:mod:`sgld_tuner.minibatches`).
     method : {"sgld", "rmd", "rmd-fo", "fmd", "ift-cg", "ift-neumann"}, default="sgld"
         HPO-SGLD, or one of the classic baselines.
     recursion : {"auto", "tracked", "damped", "paper", "gibbs"}, default="auto"

@@ -129,7 +129,8 @@ class FoldBatch:
             penalty=None if penalties[0] is None else _StackedPenalty(penalties, self.lam_spec),
             outer_depends_on_lam=bilevels[0].outer_depends_on_lam)
         # Equal row counts and a per-row mean: the sum of the folds' means is K times the
-        # mean over all their rows, one criterion call instead of K.
+        # mean over all their rows, one criterion call instead of K (for minibatches,
+        # checked again at each step: a pass's partial batch can differ between folds).
         per_row = _per_row_mean(problems[0].crit.criterion)
         equal = [len({_rows(p.X_train.shape[0], p.batch_size) for p in problems}) == 1,
                  len({_rows(p.X_val.shape[0], p.outer_batch_size) for p in problems}) == 1]
@@ -215,7 +216,7 @@ class FoldBatch:
             batches.append((p.objective.transform(lam, X, p.generator), y, rows, X.shape[0]))
         _set_mode(self.template, True)
         out = self._stacked_forward(theta, [b[0] for b in batches])
-        if self.pooled_inner:
+        if self.pooled_inner and len({b[3] for b in batches}) == 1:
             return self._pooled_mean(out, [b[1] for b in batches], batches[0][3])
         return sum(p.objective.training_loss(lam, average_replicas(o, n), y, rows, th,
                                              self.closed)
