@@ -321,3 +321,6 @@ def test_a_refit_that_diverges_once_is_refit_at_a_smaller_step(digits4):
         tuner = tiny_tuner(net, sampler=dict(inner_lr=0.01)).fit(X, y.astype(np.float32))
     assert "not finite" not in tuner.stop_reason_
     assert tuner.best_estimator_.lr < 10 and np.isfinite(tuner.predict(X)).all()
+    # the note names the lr kept, not only the one that failed
+    assert f"best_estimator_ is the refit at lr={tuner.best_estimator_.lr:g}" \
+        in tuner.stop_reason_

@@ -19,10 +19,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from joblib import hash as joblib_hash
-from torch.utils.data import DataLoader
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
+from torch.utils.data import DataLoader
 
 from ..core import ChainState, InnerSettings, make_generator
 from ..core.recursions import TrackedRecursion, resolve_recursion
@@ -331,4 +331,3 @@ def training_iterator(net) -> tuple[int, str, bool]:
         return batch_size, "draws", False
     order = "shuffled" if params.get("iterator_train__shuffle", False) else "ordered"
     return batch_size, order, bool(params.get("iterator_train__drop_last", False))
-

@@ -98,11 +98,12 @@ def refit_best(context: FitContext, lane: Lane, values: dict, fit_params: dict,
     else:
         notes.append("best_estimator_ is not finite: its predictions are NaN")
         result.finite = False
-    if notes and result.finite and not result.interrupted:
-        notes.append(f"best_estimator_ is the refit at lr={lr:g}")
+    rescued = len(notes)  # non-finite runs, each halving the lr
     if result.finite and not result.interrupted:
         result = _steadier(context, lane, values, fit_params, {**net_params, "lr": lr},
                            result, notes)
+        if rescued and len(notes) == rescued:  # (an excursion's note names the lr kept)
+            notes.append(f"best_estimator_ is the refit at lr={lr:g}")
     result.diverged = "; ".join(notes) or None
     if ensemble and result.interrupted is None and result.finite:
         from ..ensemble import collect_posterior_samples
