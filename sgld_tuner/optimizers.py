@@ -115,13 +115,14 @@ def chain_dynamics(net) -> tuple[dict, float]:
     return settings, 0.0 if decoupled else decay
 
 
-def net_weight_decay(net) -> float:
-    """The net's coupled weight decay, to keep in the chain's training loss as an L2
-    term: ``optimizer__weight_decay`` (the optimizer's default where unset), 0 for an
-    optimizer whose decay is decoupled (AdamW: the sampler follows it,
-    :func:`chain_dynamics`)."""
+def net_weight_decay(net, decoupled_in_sampler: bool = True) -> float:
+    """The net's weight decay to keep in the chain's training loss as an L2 term:
+    ``optimizer__weight_decay`` (the optimizer's default where unset), 0 for an
+    optimizer whose decay is decoupled (AdamW) when the sampler follows it
+    (``decoupled_in_sampler``; the unrolled baselines have no sampler and keep it as
+    L2)."""
     decay, decoupled = _weight_decay(net)
-    return 0.0 if decoupled else decay
+    return 0.0 if decoupled and decoupled_in_sampler else decay
 
 
 def _weight_decay(net) -> tuple[float, bool]:

@@ -130,3 +130,18 @@ def test_chains_of_an_adam_and_a_momentum_net_train_like_the_net(optimizer, lr, 
     plain = _trajectory_end(_net(optimizer, lr=lr, **kwargs), sampler="sgld", momentum=0.0)
     assert followed > reference - 0.1
     assert followed > plain + 0.15
+
+
+def test_an_adamw_net_runs_under_an_unrolled_baseline():
+    """The baselines have no sampler to shrink the weights: AdamW's decay stays an L2
+    term in their training loss (a decoupled decay would be refused by InnerSettings)."""
+    from sgld_tuner import SGLDHyperTuner
+    from sgld_tuner.hyperparams import PerWeightL1
+
+    X = np.random.RandomState(0).standard_normal((40, 64)).astype(np.float32)
+    y = np.arange(40) % 4
+    tuner = SGLDHyperTuner(_net(torch.optim.AdamW, lr=0.01).set_params(max_epochs=2),
+                           {"l1": PerWeightL1()}, n_outer=2, cv=2, random_state=0,
+                           sampler=SamplerSettings(method="rmd", burn_in=1, n_samples=1))
+    tuner.fit(X, y)
+    assert np.isfinite(tuner.best_score_)

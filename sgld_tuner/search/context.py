@@ -171,6 +171,8 @@ class FitContext:
         # The chains train like the net: its optimizer picks the sampler (options may
         # still override it).
         dynamics = self._chain_dynamics(net)
+        if sampler.method != "sgld":  # no sampler: AdamW's decay stays an L2 term
+            dynamics.pop("decoupled_decay", None)
         options = {**dynamics, **InnerSettings.check_options(sampler.options, SET_BY_SAMPLER)}
         if burn_in > sampler.burn_in and self.recursion == "tracked":
             options.setdefault("curvature_every",
@@ -239,7 +241,8 @@ class FitContext:
         if shareable and problem.data_grads is not None:
             self.calibrations[calibration_key] = problem.data_grads
         # The net's own optimizer__weight_decay stays in the chain's training loss.
-        bilevel = problem.bilevel(weight_decay=net_weight_decay(net))
+        bilevel = problem.bilevel(weight_decay=net_weight_decay(
+            net, decoupled_in_sampler=self.sampler.method == "sgld"))
         keep_train = self.return_train_score
         # One training run of the net on this fold: max_epochs passes in batches.
         budget = int(net.max_epochs) * problem.minibatches.steps_per_pass
